@@ -1,0 +1,981 @@
+//! `shim.toml`: the schema, its defaults, and validation with messages that name the file, the
+//! key and what is wrong. Everything the rest of the program reads from configuration is the
+//! resolved [`Config`]: environment variables expanded, URLs parsed, JSON pointers checked.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::Url;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Deserializer};
+
+use crate::upstream::{Mapping, Preset};
+
+/// An error in the configuration: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+/// How environment variables are read while resolving the config (tests pass a map).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// A duration written as humantime text: `"1s"`, `"250ms"`, `"2h 30m"`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write e.g. \"500ms\", \"5s\", \"2h\""
+            ))
+        })
+    }
+}
+
+/// A size written as text: `"1MiB"`, `"64 MiB"`, `"512KB"`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse::<bytesize::ByteSize>()
+            .map(|b| Size(b.as_u64()))
+            .map_err(|e| {
+                serde::de::Error::custom(format!("invalid size {s:?} ({e}); write e.g. \"1MiB\""))
+            })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    callbacks: RawCallbacks,
+    #[serde(default)]
+    workers: RawWorkers,
+    #[serde(default)]
+    upstreams: BTreeMap<String, RawUpstream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "d_listen")]
+    listen: String,
+    #[serde(default = "d_token_env")]
+    api_token_env: String,
+    #[serde(default = "d_max_body")]
+    max_body: Size,
+}
+fn d_listen() -> String {
+    "127.0.0.1:8680".into()
+}
+fn d_token_env() -> String {
+    "HOOKSHIM_API_TOKEN".into()
+}
+fn d_max_body() -> Size {
+    Size(1 << 20)
+}
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: d_listen(),
+            api_token_env: d_token_env(),
+            max_body: d_max_body(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default = "d_path")]
+    path: PathBuf,
+    #[serde(default = "d_cache")]
+    cache: Size,
+}
+fn d_path() -> PathBuf {
+    "data".into()
+}
+fn d_cache() -> Size {
+    Size(64 << 20)
+}
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            path: d_path(),
+            cache: d_cache(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCallbacks {
+    default_url: Option<String>,
+    #[serde(default = "d_secret_env")]
+    secret_env: String,
+    #[serde(default = "d_allowed")]
+    allowed_hosts: Vec<String>,
+    #[serde(default = "d_cb_timeout")]
+    timeout: Dur,
+    #[serde(default = "d_retry")]
+    retry_schedule: Vec<Dur>,
+}
+fn d_secret_env() -> String {
+    "HOOKSHIM_CALLBACK_SECRET".into()
+}
+fn d_allowed() -> Vec<String> {
+    vec!["127.0.0.1".into(), "localhost".into(), "::1".into()]
+}
+fn d_cb_timeout() -> Dur {
+    Dur(Duration::from_secs(15))
+}
+fn d_retry() -> Vec<Dur> {
+    ["5s", "5m", "30m", "2h", "5h", "10h", "10h"]
+        .iter()
+        .map(|s| Dur(humantime::parse_duration(s).unwrap_or_default()))
+        .collect()
+}
+impl Default for RawCallbacks {
+    fn default() -> Self {
+        RawCallbacks {
+            default_url: None,
+            secret_env: d_secret_env(),
+            allowed_hosts: d_allowed(),
+            timeout: d_cb_timeout(),
+            retry_schedule: d_retry(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkers {
+    #[serde(default = "d_polls")]
+    polls_in_flight: usize,
+    #[serde(default = "d_deliveries")]
+    deliveries_in_flight: usize,
+}
+fn d_polls() -> usize {
+    64
+}
+fn d_deliveries() -> usize {
+    64
+}
+impl Default for RawWorkers {
+    fn default() -> Self {
+        RawWorkers {
+            polls_in_flight: d_polls(),
+            deliveries_in_flight: d_deliveries(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    #[serde(default = "d_preset")]
+    preset: String,
+    base_url: Option<String>,
+    status_path: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    status_field: Option<String>,
+    pending: Option<Vec<String>>,
+    succeeded: Option<Vec<String>>,
+    failed: Option<Vec<String>>,
+    cancelled: Option<Vec<String>>,
+    expired: Option<Vec<String>>,
+    result_field: Option<String>,
+    error_field: Option<String>,
+    progress_field: Option<String>,
+    #[serde(default = "d_not_found")]
+    not_found_after: u32,
+    #[serde(default = "d_req_timeout")]
+    timeout: Dur,
+    rate: Option<RawRate>,
+    #[serde(default)]
+    poll: RawPoll,
+    webhook: Option<RawWebhook>,
+}
+fn d_preset() -> String {
+    "generic".into()
+}
+fn d_not_found() -> u32 {
+    3
+}
+fn d_req_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    per_second: u32,
+    burst: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPoll {
+    initial: Option<Dur>,
+    multiplier: Option<f64>,
+    max: Option<Dur>,
+    jitter: Option<f64>,
+    deadline: Option<Dur>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    scheme: String,
+    secret_env: Option<String>,
+    operation_field: Option<String>,
+    safety_poll: Option<Dur>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The resolved configuration.
+
+/// The whole configuration, resolved and validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where it was read from (for messages).
+    pub source: String,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub callbacks: CallbackConfig,
+    pub workers: WorkerConfig,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub api_token_env: String,
+    /// `Some` when the environment variable named by `api_token_env` is set.
+    pub api_token: Option<Secret>,
+    pub max_body: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub cache_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct CallbackConfig {
+    pub default_url: Option<Url>,
+    pub secret_env: String,
+    /// The signing key when the environment provides one; otherwise the store's generated key
+    /// is used (see [`crate::delivery::load_or_create_secret`]).
+    pub secret: Option<Secret>,
+    pub allowed_hosts: Vec<String>,
+    pub timeout: Duration,
+    pub retry_schedule: Vec<Duration>,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub polls_in_flight: usize,
+    pub deliveries_in_flight: usize,
+}
+
+/// Bytes that must never be printed. `Debug` shows only their length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<redacted {} bytes>", self.0.len())
+    }
+}
+
+impl Secret {
+    /// Parse a Standard Webhooks secret: `whsec_<base64>`.
+    pub fn from_whsec(s: &str) -> Result<Secret, String> {
+        let b64 = s
+            .strip_prefix("whsec_")
+            .ok_or("must start with \"whsec_\" followed by base64")?;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(Secret)
+            .map_err(|e| format!("the part after \"whsec_\" is not valid base64 ({e})"))
+    }
+    pub fn to_whsec(&self) -> String {
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(&self.0)
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub preset: Preset,
+    pub base_url: Url,
+    pub status_path: String,
+    /// Resolved headers (values may hold secrets; never print them).
+    pub headers: HeaderMap,
+    /// The header templates as written, for `hookshim check`.
+    pub header_templates: BTreeMap<String, String>,
+    pub mapping: Mapping,
+    pub not_found_after: u32,
+    pub timeout: Duration,
+    pub rate: RateConfig,
+    pub poll: PollConfig,
+    pub webhook: Option<WebhookConfig>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateConfig {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PollConfig {
+    pub initial: Duration,
+    pub multiplier: f64,
+    pub max: Duration,
+    pub jitter: f64,
+    pub deadline: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookScheme {
+    StandardWebhooks,
+    Github,
+    None,
+}
+
+impl WebhookScheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            WebhookScheme::StandardWebhooks => "standard-webhooks",
+            WebhookScheme::Github => "github",
+            WebhookScheme::None => "none",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    pub scheme: WebhookScheme,
+    pub secret_env: Option<String>,
+    pub secret: Option<Secret>,
+    pub operation_field: String,
+    pub safety_poll: Duration,
+}
+
+impl Config {
+    /// Read and resolve a config file with the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(&text, &path.display().to_string(), &process_env)
+    }
+
+    /// Parse and resolve config text. `source` names the file in messages; `env` reads variables.
+    pub fn parse(text: &str, source: &str, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: source.to_string(),
+            message,
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        resolve(raw, source, env).map_err(err)
+    }
+
+    /// A human-readable rendering of the resolved config with every secret redacted.
+    pub fn redacted(&self) -> serde_json::Value {
+        use serde_json::json;
+        let ms = |d: Duration| humantime::format_duration(d).to_string();
+        let ups: serde_json::Map<String, serde_json::Value> = self
+            .upstreams
+            .values()
+            .map(|u| {
+                let headers: serde_json::Map<String, serde_json::Value> = u
+                    .header_templates
+                    .iter()
+                    .map(|(k, v)| {
+                        let shown = if v.contains("${") { format!("<redacted, from {v}>") } else { "<redacted>".to_string() };
+                        (k.clone(), json!(shown))
+                    })
+                    .collect();
+                (
+                    u.name.clone(),
+                    json!({
+                        "preset": u.preset.name(),
+                        "base_url": u.base_url.as_str(),
+                        "status_path": u.status_path,
+                        "headers": headers,
+                        "mapping": u.mapping.describe(),
+                        "not_found_after": u.not_found_after,
+                        "timeout": ms(u.timeout),
+                        "rate": {"per_second": u.rate.per_second, "burst": u.rate.burst},
+                        "poll": {
+                            "initial": ms(u.poll.initial), "multiplier": u.poll.multiplier,
+                            "max": ms(u.poll.max), "jitter": u.poll.jitter, "deadline": ms(u.poll.deadline)
+                        },
+                        "webhook": u.webhook.as_ref().map(|w| json!({
+                            "scheme": w.scheme.name(),
+                            "secret_env": w.secret_env,
+                            "secret": w.secret.as_ref().map(|_| "<redacted>"),
+                            "operation_field": w.operation_field,
+                            "safety_poll": ms(w.safety_poll),
+                        })),
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "source": self.source,
+            "server": {
+                "listen": self.server.listen.to_string(),
+                "api_token_env": self.server.api_token_env,
+                "api_token": if self.server.api_token.is_some() { "<redacted, set>" } else { "<unset: API is open>" },
+                "max_body": self.server.max_body,
+            },
+            "store": {"path": self.store.path.display().to_string(), "cache_bytes": self.store.cache_bytes},
+            "callbacks": {
+                "default_url": self.callbacks.default_url.as_ref().map(|u| u.as_str()),
+                "secret_env": self.callbacks.secret_env,
+                "secret": if self.callbacks.secret.is_some() { "<redacted, from environment>" } else { "<generated in the data directory on first start>" },
+                "allowed_hosts": self.callbacks.allowed_hosts,
+                "timeout": ms(self.callbacks.timeout),
+                "retry_schedule": self.callbacks.retry_schedule.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            },
+            "workers": {"polls_in_flight": self.workers.polls_in_flight, "deliveries_in_flight": self.workers.deliveries_in_flight},
+            "upstreams": ups,
+        })
+    }
+}
+
+/// Check a JSON pointer (RFC 6901): empty, or starting with `/`.
+pub fn check_pointer(key: &str, p: &str) -> Result<String, String> {
+    if p.is_empty() || p.starts_with('/') {
+        Ok(p.to_string())
+    } else {
+        Err(format!(
+            "`{key}`: {p:?} is not a JSON pointer; it must start with \"/\" (e.g. \"/state\")"
+        ))
+    }
+}
+
+/// Expand `${VAR}` references from the environment; a missing variable is an error.
+pub fn expand_env(key: &str, template: &str, env: EnvLookup<'_>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("`{key}`: unterminated \"${{\" in {template:?}"))?;
+        let name = &after[..end];
+        if name.is_empty() {
+            return Err(format!("`{key}`: empty variable name \"${{}}\""));
+        }
+        let value =
+            env(name).ok_or_else(|| format!("`{key}`: environment variable {name} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, String> {
+    let listen: SocketAddr = raw.server.listen.parse().map_err(|e| {
+        format!(
+            "`server.listen`: {:?} is not an address like \"127.0.0.1:8680\" ({e})",
+            raw.server.listen
+        )
+    })?;
+    let api_token = env(&raw.server.api_token_env).map(|t| Secret(t.into_bytes()));
+    if raw.server.max_body.0 < 1024 {
+        return Err("`server.max_body`: must be at least 1KiB".into());
+    }
+
+    if raw.store.cache.0 < (1 << 20) {
+        return Err("`store.cache`: must be at least 1MiB".into());
+    }
+
+    let cb = raw.callbacks;
+    let allowed_hosts: Vec<String> = cb
+        .allowed_hosts
+        .iter()
+        .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+        .collect();
+    let default_url = match cb.default_url {
+        None => None,
+        Some(u) => Some(
+            check_callback_url(&u, &allowed_hosts)
+                .map_err(|e| format!("`callbacks.default_url`: {e}"))?,
+        ),
+    };
+    let secret =
+        match env(&cb.secret_env) {
+            None => None,
+            Some(s) => Some(Secret::from_whsec(&s).map_err(|e| {
+                format!("`callbacks.secret_env`: the value of {} {e}", cb.secret_env)
+            })?),
+        };
+    if cb.timeout.0.is_zero() {
+        return Err("`callbacks.timeout`: must be more than 0s".into());
+    }
+    if cb.retry_schedule.is_empty() {
+        return Err("`callbacks.retry_schedule`: needs at least one wait (e.g. [\"5s\"])".into());
+    }
+    if raw.workers.polls_in_flight == 0 || raw.workers.deliveries_in_flight == 0 {
+        return Err(
+            "`workers`: polls_in_flight and deliveries_in_flight must be at least 1".into(),
+        );
+    }
+
+    let mut upstreams = BTreeMap::new();
+    for (name, u) in raw.upstreams {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "`upstreams.{name}`: upstream names may use only letters, digits, '-' and '_'"
+            ));
+        }
+        let resolved = resolve_upstream(&name, u, env)?;
+        upstreams.insert(name, resolved);
+    }
+
+    Ok(Config {
+        source: source.to_string(),
+        server: ServerConfig {
+            listen,
+            api_token_env: raw.server.api_token_env,
+            api_token,
+            max_body: raw.server.max_body.0 as usize,
+        },
+        store: StoreConfig {
+            path: raw.store.path,
+            cache_bytes: raw.store.cache.0,
+        },
+        callbacks: CallbackConfig {
+            default_url,
+            secret_env: cb.secret_env,
+            secret,
+            allowed_hosts,
+            timeout: cb.timeout.0,
+            retry_schedule: cb.retry_schedule.into_iter().map(|d| d.0).collect(),
+        },
+        workers: WorkerConfig {
+            polls_in_flight: raw.workers.polls_in_flight,
+            deliveries_in_flight: raw.workers.deliveries_in_flight,
+        },
+        upstreams,
+    })
+}
+
+/// Parse a callback URL and check its scheme and host against `allowed_hosts`.
+pub fn check_callback_url(url: &str, allowed_hosts: &[String]) -> Result<Url, String> {
+    let parsed = Url::parse(url).map_err(|e| format!("{url:?} is not a valid URL ({e})"))?;
+    if parsed.scheme() != "http" && parsed.scheme() != "https" {
+        return Err(format!("{url:?} must use http or https"));
+    }
+    let host = parsed
+        .host_str()
+        .unwrap_or("")
+        .trim_matches(['[', ']'])
+        .to_ascii_lowercase();
+    if !allowed_hosts.iter().any(|h| h == &host) {
+        return Err(format!(
+            "host {host:?} is not in callbacks.allowed_hosts ({})",
+            allowed_hosts.join(", ")
+        ));
+    }
+    Ok(parsed)
+}
+
+fn resolve_upstream(
+    name: &str,
+    u: RawUpstream,
+    env: EnvLookup<'_>,
+) -> Result<UpstreamConfig, String> {
+    let key = |k: &str| format!("upstreams.{name}.{k}");
+    let preset = Preset::from_name(&u.preset).ok_or_else(|| {
+        format!(
+            "`{}`: unknown preset {:?}; expected one of: {}",
+            key("preset"),
+            u.preset,
+            Preset::NAMES.join(", ")
+        )
+    })?;
+    let defaults = preset.defaults();
+    let base = u
+        .base_url
+        .or(defaults.base_url.map(str::to_string))
+        .ok_or_else(|| format!("`{}`: required for preset {:?}", key("base_url"), u.preset))?;
+    let mut base_url = Url::parse(&base)
+        .map_err(|e| format!("`{}`: {base:?} is not a valid URL ({e})", key("base_url")))?;
+    if base_url.scheme() != "http" && base_url.scheme() != "https" {
+        return Err(format!(
+            "`{}`: {base:?} must use http or https",
+            key("base_url")
+        ));
+    }
+    if !base_url.path().ends_with('/') {
+        // So that joining "jobs/{operation}" appends instead of replacing the last segment.
+        let p = format!("{}/", base_url.path());
+        base_url.set_path(&p);
+    }
+    let status_path = u
+        .status_path
+        .or(defaults.status_path.map(str::to_string))
+        .ok_or_else(|| {
+            format!(
+                "`{}`: required for preset {:?}",
+                key("status_path"),
+                u.preset
+            )
+        })?;
+    if !status_path.contains("{operation}") {
+        return Err(format!(
+            "`{}`: {status_path:?} must contain \"{{operation}}\"",
+            key("status_path")
+        ));
+    }
+
+    let mut headers = HeaderMap::new();
+    for (hk, hv) in &u.headers {
+        let k = key(&format!("headers.{hk}"));
+        let value = expand_env(&k, hv, env)?;
+        let name = HeaderName::from_bytes(hk.as_bytes())
+            .map_err(|_| format!("`{k}`: {hk:?} is not a valid header name"))?;
+        let mut value = HeaderValue::from_str(&value)
+            .map_err(|_| format!("`{k}`: the value is not a valid header value"))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+
+    let ptr = |field: &str, v: Option<String>| -> Result<Option<String>, String> {
+        v.map(|p| check_pointer(&key(field), &p)).transpose()
+    };
+    let mapping = Mapping::build(
+        preset,
+        crate::upstream::MappingInput {
+            status_field: ptr("status_field", u.status_field)?,
+            pending: u.pending,
+            succeeded: u.succeeded,
+            failed: u.failed,
+            cancelled: u.cancelled,
+            expired: u.expired,
+            result_field: ptr("result_field", u.result_field)?,
+            error_field: ptr("error_field", u.error_field)?,
+            progress_field: ptr("progress_field", u.progress_field)?,
+        },
+    )
+    .map_err(|e| format!("`upstreams.{name}`: {e}"))?;
+
+    let rate = match u.rate {
+        None => RateConfig {
+            per_second: 10,
+            burst: 10,
+        },
+        Some(r) => {
+            if r.per_second == 0 {
+                return Err(format!("`{}`: must be at least 1", key("rate.per_second")));
+            }
+            let burst = r.burst.unwrap_or(r.per_second);
+            if burst == 0 {
+                return Err(format!("`{}`: must be at least 1", key("rate.burst")));
+            }
+            RateConfig {
+                per_second: r.per_second,
+                burst,
+            }
+        }
+    };
+
+    let dp = defaults.poll;
+    let poll = PollConfig {
+        initial: u.poll.initial.map(|d| d.0).unwrap_or(dp.initial),
+        multiplier: u.poll.multiplier.unwrap_or(dp.multiplier),
+        max: u.poll.max.map(|d| d.0).unwrap_or(dp.max),
+        jitter: u.poll.jitter.unwrap_or(dp.jitter),
+        deadline: u.poll.deadline.map(|d| d.0).unwrap_or(dp.deadline),
+    };
+    if poll.initial.is_zero() {
+        return Err(format!("`{}`: must be more than 0s", key("poll.initial")));
+    }
+    if !(1.0..=10.0).contains(&poll.multiplier) {
+        return Err(format!(
+            "`{}`: must be between 1.0 and 10.0 (got {})",
+            key("poll.multiplier"),
+            poll.multiplier
+        ));
+    }
+    if poll.max < poll.initial {
+        return Err(format!(
+            "`{}`: must not be less than poll.initial",
+            key("poll.max")
+        ));
+    }
+    if !(0.0..=0.5).contains(&poll.jitter) {
+        return Err(format!(
+            "`{}`: must be between 0.0 and 0.5 (got {})",
+            key("poll.jitter"),
+            poll.jitter
+        ));
+    }
+    if poll.deadline.is_zero() {
+        return Err(format!("`{}`: must be more than 0s", key("poll.deadline")));
+    }
+
+    let webhook = match u.webhook {
+        None => None,
+        Some(w) => {
+            let scheme = match w.scheme.as_str() {
+                "standard-webhooks" => WebhookScheme::StandardWebhooks,
+                "github" => WebhookScheme::Github,
+                "none" => WebhookScheme::None,
+                other => {
+                    return Err(format!(
+                        "`{}`: unknown scheme {other:?}; expected \"standard-webhooks\", \"github\" or \"none\"",
+                        key("webhook.scheme")
+                    ));
+                }
+            };
+            let secret = match (&scheme, &w.secret_env) {
+                (WebhookScheme::None, _) => None,
+                (_, None) => {
+                    return Err(format!(
+                        "`{}`: required for scheme {:?}",
+                        key("webhook.secret_env"),
+                        w.scheme
+                    ));
+                }
+                (_, Some(var)) => {
+                    let v = env(var).ok_or_else(|| {
+                        format!(
+                            "`{}`: environment variable {var} is not set",
+                            key("webhook.secret_env")
+                        )
+                    })?;
+                    Some(match scheme {
+                        WebhookScheme::StandardWebhooks => match v.strip_prefix("whsec_") {
+                            Some(_) => Secret::from_whsec(&v).map_err(|e| {
+                                format!("`{}`: the value of {var} {e}", key("webhook.secret_env"))
+                            })?,
+                            // OpenAI's quirk: a secret without the prefix is used as raw bytes.
+                            None => Secret(v.into_bytes()),
+                        },
+                        _ => Secret(v.into_bytes()),
+                    })
+                }
+            };
+            let operation_field = check_pointer(
+                &key("webhook.operation_field"),
+                w.operation_field.as_deref().unwrap_or("/data/id"),
+            )?;
+            let safety_poll = w
+                .safety_poll
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(600));
+            if safety_poll.is_zero() {
+                return Err(format!(
+                    "`{}`: must be more than 0s",
+                    key("webhook.safety_poll")
+                ));
+            }
+            Some(WebhookConfig {
+                scheme,
+                secret_env: w.secret_env,
+                secret,
+                operation_field,
+                safety_poll,
+            })
+        }
+    };
+
+    Ok(UpstreamConfig {
+        name: name.to_string(),
+        preset,
+        base_url,
+        status_path,
+        headers,
+        header_templates: u.headers,
+        mapping,
+        not_found_after: u.not_found_after.max(1),
+        timeout: u.timeout.0,
+        rate,
+        poll,
+        webhook,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "JOBS_TOKEN" => Some("t0k".into()),
+            "JOBS_WEBHOOK_SECRET" => Some("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into()),
+            _ => None,
+        }
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8680"
+max_body = "1MiB"
+[store]
+path = "data"
+cache = "64MiB"
+[callbacks]
+default_url = "http://127.0.0.1:9000/callback"
+retry_schedule = ["5s", "5m"]
+[upstreams.jobs]
+preset = "generic"
+base_url = "http://127.0.0.1:7000/"
+status_path = "jobs/{operation}"
+headers = { Authorization = "Bearer ${JOBS_TOKEN}" }
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+rate = { per_second = 10, burst = 10 }
+poll = { initial = "1s", multiplier = 1.5, max = "30s", jitter = 0.1, deadline = "24h" }
+[upstreams.jobs.webhook]
+scheme = "standard-webhooks"
+secret_env = "JOBS_WEBHOOK_SECRET"
+operation_field = "/data/id"
+safety_poll = "10m"
+"#;
+
+    #[test]
+    fn good_config_resolves_env_and_durations() {
+        let c = Config::parse(GOOD, "shim.toml", &env).unwrap();
+        let u = &c.upstreams["jobs"];
+        assert_eq!(u.headers["authorization"], "Bearer t0k");
+        assert_eq!(u.poll.max, Duration::from_secs(30));
+        assert_eq!(
+            c.callbacks.retry_schedule,
+            vec![Duration::from_secs(5), Duration::from_secs(300)]
+        );
+        assert_eq!(c.server.max_body, 1 << 20);
+        assert_eq!(
+            u.webhook.as_ref().unwrap().secret.as_ref().unwrap().0.len(),
+            24
+        );
+    }
+
+    fn err_of(text: &str) -> String {
+        Config::parse(text, "shim.toml", &env)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let e = err_of("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+        assert!(e.starts_with("shim.toml: "), "{e}");
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_explained() {
+        let e = err_of(&GOOD.replace("max = \"30s\"", "max = \"30 parsecs\""));
+        assert!(e.contains("invalid duration \"30 parsecs\""), "{e}");
+    }
+
+    #[test]
+    fn bad_pointer_names_the_key() {
+        let e = err_of(&GOOD.replace("status_field = \"/state\"", "status_field = \"state\""));
+        assert!(e.contains("`upstreams.jobs.status_field`"), "{e}");
+        assert!(e.contains("not a JSON pointer"), "{e}");
+    }
+
+    #[test]
+    fn unknown_preset_lists_the_known_ones() {
+        let e = err_of(&GOOD.replace("preset = \"generic\"", "preset = \"magic\""));
+        assert!(e.contains("unknown preset \"magic\""), "{e}");
+        assert!(e.contains("google-operation"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_var_is_an_error() {
+        let e = err_of(&GOOD.replace("${JOBS_TOKEN}", "${NOT_THERE}"));
+        assert!(
+            e.contains(
+                "`upstreams.jobs.headers.Authorization`: environment variable NOT_THERE is not set"
+            ),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace(
+            "secret_env = \"JOBS_WEBHOOK_SECRET\"",
+            "secret_env = \"NOPE\"",
+        ));
+        assert!(e.contains("environment variable NOPE is not set"), "{e}");
+    }
+
+    #[test]
+    fn callback_host_must_be_allowed() {
+        let e = err_of(&GOOD.replace("http://127.0.0.1:9000/callback", "http://example.com/cb"));
+        assert!(
+            e.contains(
+                "`callbacks.default_url`: host \"example.com\" is not in callbacks.allowed_hosts"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn redacted_view_has_no_secrets() {
+        let c = Config::parse(GOOD, "shim.toml", &env).unwrap();
+        let text = serde_json::to_string(&c.redacted()).unwrap();
+        assert!(!text.contains("t0k"), "{text}");
+        assert!(!text.contains("C2FVsBQ"), "{text}");
+        assert!(
+            text.contains("<redacted, from Bearer ${JOBS_TOKEN}>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn sizes_parse_binary_units() {
+        let s: Size = toml::from_str::<toml::Value>("x = \"64MiB\"").unwrap()["x"]
+            .clone()
+            .try_into()
+            .unwrap();
+        assert_eq!(s.0, 64 << 20);
+    }
+}

@@ -1,0 +1,355 @@
+//! Callbacks to the app, in Standard Webhooks format. Stages: prepare (load the outbox entry,
+//! build and sign the body) → call (POST, no redirects, timeout) → handle the answer (record the
+//! attempt; retry on the schedule, honour Retry-After, stop on 410 or after the last attempt).
+//! The `webhook-id` comes from the operation, so every attempt and redelivery carries the same.
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::CONTENT_TYPE;
+
+use crate::clock::Timestamp;
+use crate::config::Secret;
+use crate::operation::{DeliveryState, Operation};
+use crate::poller::error_chain;
+use crate::schedule::{callback_retry_delay, parse_hint};
+use crate::service::Shim;
+use crate::signing::sign_v1;
+
+/// The callback signing key file inside the data directory.
+pub const SECRET_FILE: &str = "callback_secret";
+
+/// Use the configured callback secret, or the one kept in the data directory, or make one.
+/// Returns the key and, when it came from (or went to) a file, that file's path.
+pub fn load_or_create_secret(
+    configured: Option<&Secret>,
+    data_dir: &Path,
+) -> Result<(Secret, Option<PathBuf>), String> {
+    if let Some(s) = configured {
+        return Ok((s.clone(), None));
+    }
+    let path = data_dir.join(SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let s = Secret::from_whsec(text.trim())
+                .map_err(|e| format!("{}: the stored callback secret {e}", path.display()))?;
+            Ok((s, Some(path)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let bytes: [u8; 32] = rand::random();
+            let secret = Secret(bytes.to_vec());
+            write_private(&path, secret.to_whsec().as_bytes()).map_err(|e| {
+                format!(
+                    "{}: cannot write the generated callback secret: {e}",
+                    path.display()
+                )
+            })?;
+            Ok((secret, Some(path)))
+        }
+        Err(e) => Err(format!(
+            "{}: cannot read the callback secret: {e}",
+            path.display()
+        )),
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(data)?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+/// The answer to one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptResult {
+    Delivered(u16),
+    /// 410 Gone: the receiver does not want it; stop.
+    Gone,
+    /// Anything else: retry. `label` is the metrics label.
+    Retry {
+        status: Option<u16>,
+        error: String,
+        hint: Option<Duration>,
+        label: &'static str,
+    },
+}
+
+/// Classify a receiver's HTTP status.
+pub fn classify(status: StatusCode, hint: Option<Duration>) -> AttemptResult {
+    if status.is_success() {
+        AttemptResult::Delivered(status.as_u16())
+    } else if status == StatusCode::GONE {
+        AttemptResult::Gone
+    } else if status.is_redirection() {
+        AttemptResult::Retry {
+            status: Some(status.as_u16()),
+            error: format!("receiver answered {status}; redirects are not followed"),
+            hint: None,
+            label: "redirect",
+        }
+    } else {
+        let label = if status == StatusCode::TOO_MANY_REQUESTS {
+            "rate_limited"
+        } else {
+            "http_error"
+        };
+        AttemptResult::Retry {
+            status: Some(status.as_u16()),
+            error: format!("receiver answered {status}"),
+            hint,
+            label,
+        }
+    }
+}
+
+/// Record an attempt on the record. Returns whether to write.
+pub fn record_attempt(
+    o: &mut Operation,
+    result: &AttemptResult,
+    schedule: &[Duration],
+    now: Timestamp,
+    sample: f64,
+) -> bool {
+    if o.delivery.state != DeliveryState::Pending {
+        return false;
+    }
+    let d = &mut o.delivery;
+    d.attempts += 1;
+    d.last_attempt_at = Some(now);
+    match result {
+        AttemptResult::Delivered(code) => {
+            d.state = DeliveryState::Delivered;
+            d.last_status = Some(*code);
+            d.last_error = None;
+            d.next_attempt_at = None;
+            d.delivered_at = Some(now);
+        }
+        AttemptResult::Gone => {
+            d.state = DeliveryState::Failed;
+            d.last_status = Some(410);
+            d.last_error = Some("receiver answered 410 Gone; not retrying".into());
+            d.next_attempt_at = None;
+        }
+        AttemptResult::Retry {
+            status,
+            error,
+            hint,
+            ..
+        } => {
+            d.last_status = *status;
+            match callback_retry_delay(schedule, d.attempts, *hint, sample) {
+                Some(wait) => {
+                    d.last_error = Some(error.clone());
+                    d.next_attempt_at = Some(now.plus(wait));
+                }
+                None => {
+                    d.state = DeliveryState::Failed;
+                    d.last_error = Some(format!("{error}; gave up after {} attempts", d.attempts));
+                    d.next_attempt_at = None;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Send one callback attempt for `id`, if it is in the outbox.
+pub async fn deliver_once(shim: &Shim, id: &str) {
+    // Prepare.
+    let op = match shim.store.get(id) {
+        Ok(Some(op)) if op.in_outbox() => op,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::error!(op = id, error = %e, "cannot read outbox entry; retrying in 30s");
+            shim.deliveries
+                .schedule(id, shim.clock.now().plus(Duration::from_secs(30)));
+            return;
+        }
+    };
+    let Some(url) = op.callback_url.clone() else {
+        return;
+    };
+    let body = serde_json::to_vec(&op.callback_body()).unwrap_or_default();
+    let webhook_id = op.callback_webhook_id();
+    let ts = shim.clock.now().unix_seconds();
+    let signature = format!(
+        "v1,{}",
+        sign_v1(&shim.callback_key.0, &webhook_id, ts, &body)
+    );
+
+    // Call.
+    let sent = shim
+        .callback_http
+        .post(&url)
+        .header(CONTENT_TYPE, "application/json")
+        .header("webhook-id", &webhook_id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await;
+    let result = match sent {
+        Ok(resp) => classify(
+            resp.status(),
+            parse_hint(resp.headers(), std::time::SystemTime::now()),
+        ),
+        Err(e) if e.is_timeout() => AttemptResult::Retry {
+            status: None,
+            error: format!(
+                "receiver did not answer within {:?}",
+                shim.config.callbacks.timeout
+            ),
+            hint: None,
+            label: "timeout",
+        },
+        Err(e) => AttemptResult::Retry {
+            status: None,
+            error: format!("callback request failed: {}", error_chain(&e)),
+            hint: None,
+            label: "network_error",
+        },
+    };
+
+    // Handle.
+    let now = shim.clock.now();
+    let sample = rand::random_range(-1.0..=1.0);
+    let schedule = &shim.config.callbacks.retry_schedule;
+    let wrote = Cell::new(false);
+    let updated = shim.store.update(id, &|o| {
+        let w = record_attempt(o, &result, schedule, now, sample);
+        wrote.set(w);
+        w
+    });
+    shim.metrics.callback(match &result {
+        AttemptResult::Delivered(_) => "delivered",
+        AttemptResult::Gone => "gone",
+        AttemptResult::Retry { label, .. } => label,
+    });
+    match updated {
+        Ok(Some((after, _))) if wrote.get() => match after.delivery.state {
+            DeliveryState::Delivered => {
+                if let Some(done) = after.completed_at {
+                    shim.metrics
+                        .delivery_latency
+                        .observe(done.until(now).as_secs_f64());
+                }
+                tracing::debug!(
+                    op = id,
+                    attempts = after.delivery.attempts,
+                    "callback delivered"
+                );
+            }
+            DeliveryState::Pending => {
+                let at = after.delivery.next_attempt_at.unwrap_or(now);
+                tracing::info!(op = id, attempt = after.delivery.attempts, error = ?after.delivery.last_error, next_in_ms = now.until(at).as_millis() as u64, "callback attempt failed; will retry");
+                shim.deliveries.schedule(id, at);
+            }
+            _ => {
+                tracing::warn!(op = id, error = ?after.delivery.last_error, "callback delivery failed for good; POST /v1/operations/{id}/redeliver to try again")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(op = id, error = %e, "cannot record callback attempt; retrying in 30s");
+            shim.deliveries
+                .schedule(id, now.plus(Duration::from_secs(30)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operation::{DetectedVia, Status, sample};
+
+    fn pending_op() -> Operation {
+        let mut op = sample(Timestamp(0));
+        op.finish(Status::Succeeded, DetectedVia::Poll, Timestamp(10));
+        op
+    }
+
+    #[test]
+    fn success_gone_and_redirect_are_told_apart() {
+        assert_eq!(
+            classify(StatusCode::NO_CONTENT, None),
+            AttemptResult::Delivered(204)
+        );
+        assert_eq!(classify(StatusCode::GONE, None), AttemptResult::Gone);
+        assert!(matches!(
+            classify(StatusCode::FOUND, None),
+            AttemptResult::Retry {
+                label: "redirect",
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR, None),
+            AttemptResult::Retry {
+                label: "http_error",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn retries_follow_schedule_then_fail() {
+        let sched = [Duration::from_secs(5), Duration::from_secs(60)];
+        let mut op = pending_op();
+        let err = AttemptResult::Retry {
+            status: Some(500),
+            error: "x".into(),
+            hint: None,
+            label: "http_error",
+        };
+        assert!(record_attempt(&mut op, &err, &sched, Timestamp(1000), 0.0));
+        assert_eq!(op.delivery.next_attempt_at, Some(Timestamp(6000)));
+        record_attempt(&mut op, &err, &sched, Timestamp(6000), 0.0);
+        assert_eq!(op.delivery.state, DeliveryState::Pending);
+        record_attempt(&mut op, &err, &sched, Timestamp(66000), 0.0);
+        assert_eq!(op.delivery.state, DeliveryState::Failed);
+        assert_eq!(op.delivery.attempts, 3);
+        assert!(!op.in_outbox());
+    }
+
+    #[test]
+    fn gone_stops_at_once() {
+        let mut op = pending_op();
+        record_attempt(
+            &mut op,
+            &AttemptResult::Gone,
+            &[Duration::from_secs(5)],
+            Timestamp(1),
+            0.0,
+        );
+        assert_eq!(op.delivery.state, DeliveryState::Failed);
+        assert_eq!(op.delivery.attempts, 1);
+    }
+
+    #[test]
+    fn generated_secret_is_kept_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, path) = load_or_create_secret(None, dir.path()).unwrap();
+        let (b, _) = load_or_create_secret(None, dir.path()).unwrap();
+        assert_eq!(a, b);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path.unwrap())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Inbound upstream webhooks: verify the signature per the upstream's scheme, find which
+//! operation it is about, record it durably (de-duplicated by webhook id), and only then answer.
+//! Webhook bodies are thin, so a webhook never decides an outcome by itself: it makes the
+//! operation due for an immediate status read, and that read decides.
+
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::api::ApiError;
+use crate::config::WebhookScheme;
+use crate::service::Shim;
+use crate::signing::{VerifyError, verify_github, verify_standard};
+use crate::store::WebhookRecord;
+
+/// Handle one inbound webhook body. The caller has already enforced `max_body`.
+pub async fn receive(
+    shim: &Shim,
+    upstream: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(StatusCode, Value), ApiError> {
+    let up = shim.config.upstreams.get(upstream).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_upstream",
+            format!("no upstream named {upstream:?} in the config"),
+        )
+    })?;
+    let wh = up.webhook.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "webhooks_not_enabled",
+            format!("upstream {upstream:?} has no [upstreams.{upstream}.webhook] section"),
+        )
+    })?;
+    let now = shim.clock.now();
+    let keys: Vec<&[u8]> = wh.secret.iter().map(|s| s.0.as_slice()).collect();
+    let reject = |e: VerifyError| {
+        let (code, label) = match e {
+            VerifyError::StaleTimestamp => ("stale_timestamp", "stale_timestamp"),
+            VerifyError::MissingHeader(_) => ("missing_signature", "bad_signature"),
+            VerifyError::MalformedHeader(_) => ("malformed_signature", "bad_signature"),
+            VerifyError::BadSignature => ("bad_signature", "bad_signature"),
+        };
+        shim.metrics.webhook(upstream, label);
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            code,
+            format!("webhook rejected: {e}"),
+        )
+    };
+    let webhook_id = match wh.scheme {
+        WebhookScheme::StandardWebhooks => {
+            verify_standard(&keys, headers, body, now.unix_seconds()).map_err(reject)?
+        }
+        WebhookScheme::Github => {
+            verify_github(&keys, headers, body).map_err(reject)?;
+            header_or_hash(headers, "x-github-delivery", body)
+        }
+        WebhookScheme::None => header_or_hash(headers, "webhook-id", body),
+    };
+    let malformed = |msg: String| {
+        shim.metrics.webhook(upstream, "malformed");
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", msg)
+    };
+    let parsed: Value = serde_json::from_slice(body)
+        .map_err(|e| malformed(format!("webhook body is not valid JSON: {e}")))?;
+    let operation = match parsed.pointer(&wh.operation_field) {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => {
+            return Err(malformed(format!(
+                "webhook body has no operation id at {} (webhook.operation_field)",
+                wh.operation_field
+            )));
+        }
+    };
+
+    let record = shim
+        .store
+        .record_webhook(upstream, &webhook_id, &operation, now)
+        .map_err(ApiError::store)?;
+    shim.commit.flushed().await.map_err(ApiError::store)?;
+    let (status, body) = match &record {
+        WebhookRecord::Duplicate => {
+            shim.metrics.webhook(upstream, "duplicate");
+            (
+                StatusCode::OK,
+                json!({"result": "duplicate", "webhook_id": webhook_id}),
+            )
+        }
+        WebhookRecord::Kept => {
+            shim.metrics.webhook(upstream, "kept");
+            tracing::info!(upstream, operation = %operation, "webhook for an operation not registered yet; kept for 24h");
+            (
+                StatusCode::ACCEPTED,
+                json!({"result": "kept", "webhook_id": webhook_id}),
+            )
+        }
+        WebhookRecord::Applied { id, terminal } => {
+            shim.metrics.webhook(upstream, "accepted");
+            if !terminal {
+                shim.polls.schedule(id, now);
+            }
+            (
+                StatusCode::OK,
+                json!({"result": "accepted", "webhook_id": webhook_id, "id": id}),
+            )
+        }
+    };
+    Ok((status, body))
+}
+
+fn header_or_hash(headers: &HeaderMap, name: &str, body: &[u8]) -> String {
+    match headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+    {
+        Some(v) => v.to_string(),
+        None => format!("sha256_{}", hex::encode(Sha256::digest(body))),
+    }
+}

@@ -1,0 +1,118 @@
+//! The `hookshim` command: `serve`, `check`, `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hookshim::config::Config;
+use hookshim::service::{StartOptions, start};
+
+#[derive(Parser)]
+#[command(
+    name = "hookshim",
+    version,
+    about = "Push semantics for long-running upstream jobs: poll or take webhooks, deliver exactly one signed callback"
+)]
+struct Cli {
+    /// The config file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "shim.toml",
+        env = "HOOKSHIM_CONFIG"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve,
+    /// Validate the config and print it resolved, with secrets redacted.
+    Check,
+    /// Run a simulated upstream, hookshim and a verifying receiver in one process on loopback,
+    /// and print each job's callback as it arrives.
+    Demo {
+        /// How many jobs to run.
+        #[arg(long, default_value_t = 6)]
+        jobs: usize,
+    },
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKSHIM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check => match Config::load(&cli.config) {
+            Ok(c) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&c.redacted()).unwrap_or_default()
+                );
+                println!("config OK: {}", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve => {
+            init_logging("info");
+            let config = match Config::load(&cli.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(async {
+                match start(config, StartOptions::default()).await {
+                    Ok(running) => {
+                        running.run_until_signal().await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Demo { jobs } => {
+            init_logging("warn");
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(hookshim::demo::run(jobs)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Prometheus metrics (`GET /metrics`). Names and labels are listed in the README.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CompletedLabels {
+    pub upstream: String,
+    pub status: String,
+    pub detected_via: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub upstream: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub upstream: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallbackLabel {
+    pub result: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub registered: Family<UpstreamLabel, Counter>,
+    pub active: Family<UpstreamLabel, Gauge>,
+    pub completed: Family<CompletedLabels, Counter>,
+    pub upstream_requests: Family<OutcomeLabels, Counter>,
+    pub webhooks: Family<ResultLabels, Counter>,
+    pub callback_attempts: Family<CallbackLabel, Counter>,
+    pub delivery_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let registered = Family::<UpstreamLabel, Counter>::default();
+        let active = Family::<UpstreamLabel, Gauge>::default();
+        let completed = Family::<CompletedLabels, Counter>::default();
+        let upstream_requests = Family::<OutcomeLabels, Counter>::default();
+        let webhooks = Family::<ResultLabels, Counter>::default();
+        let callback_attempts = Family::<CallbackLabel, Counter>::default();
+        // 1 ms .. ~33 s, doubling.
+        let delivery_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "hookshim_operations_registered",
+            "Operations registered by the app",
+            registered.clone(),
+        );
+        registry.register(
+            "hookshim_operations_active",
+            "Operations being tracked (not terminal)",
+            active.clone(),
+        );
+        registry.register(
+            "hookshim_operations_completed",
+            "Operations that reached a terminal status, by status and how it was detected",
+            completed.clone(),
+        );
+        registry.register(
+            "hookshim_upstream_requests",
+            "Status requests to upstreams by outcome (ok, not_modified, not_found, rate_limited, server_error, client_error, invalid_body, timeout, network_error)",
+            upstream_requests.clone(),
+        );
+        registry.register(
+            "hookshim_webhooks_received",
+            "Inbound upstream webhooks by result (accepted, kept, duplicate, bad_signature, stale_timestamp, malformed, too_large)",
+            webhooks.clone(),
+        );
+        registry.register(
+            "hookshim_callback_attempts",
+            "Callback attempts by result (delivered, gone, redirect, http_error, rate_limited, timeout, network_error)",
+            callback_attempts.clone(),
+        );
+        registry.register(
+            "hookshim_callback_delivery_latency_seconds",
+            "Time from the terminal transition to the callback's successful delivery",
+            delivery_latency.clone(),
+        );
+        Metrics {
+            registry,
+            registered,
+            active,
+            completed,
+            upstream_requests,
+            webhooks,
+            callback_attempts,
+            delivery_latency,
+        }
+    }
+
+    pub fn upstream_request(&self, upstream: &str, outcome: &str) {
+        self.upstream_requests
+            .get_or_create(&OutcomeLabels {
+                upstream: upstream.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn webhook(&self, upstream: &str, result: &str) {
+        self.webhooks
+            .get_or_create(&ResultLabels {
+                upstream: upstream.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn callback(&self, result: &str) {
+        self.callback_attempts
+            .get_or_create(&CallbackLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn active(&self, upstream: &str) -> Gauge {
+        self.active
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.into(),
+            })
+            .clone()
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

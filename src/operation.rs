@@ -1,0 +1,343 @@
+//! The operation record and the rules for changing it. Pure: no I/O, no clock reads — callers
+//! pass `now`. The store applies these functions inside one atomic write.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clock::Timestamp;
+use crate::upstream::{Observation, ObservedState};
+
+/// hookshim's status of an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Expired,
+    TimedOut,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Pending,
+        Status::Running,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Cancelled,
+        Status::Expired,
+        Status::TimedOut,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::Pending | Status::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::Expired => "expired",
+            Status::TimedOut => "timed_out",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn from_observed(s: ObservedState) -> Status {
+        match s {
+            ObservedState::Pending => Status::Pending,
+            ObservedState::Running => Status::Running,
+            ObservedState::Succeeded => Status::Succeeded,
+            ObservedState::Failed => Status::Failed,
+            ObservedState::Cancelled => Status::Cancelled,
+            ObservedState::Expired => Status::Expired,
+        }
+    }
+}
+
+/// How the terminal state was learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectedVia {
+    Poll,
+    Webhook,
+    Deadline,
+}
+
+impl DetectedVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetectedVia::Poll => "poll",
+            DetectedVia::Webhook => "webhook",
+            DetectedVia::Deadline => "deadline",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// No callback: not terminal yet, or no callback URL (the app polls hookshim).
+    None,
+    /// In the outbox: being sent or waiting for a retry.
+    Pending,
+    Delivered,
+    /// Every attempt failed, or the receiver answered 410; redeliver to try again.
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub state: DeliveryState,
+    pub attempts: u32,
+    pub last_attempt_at: Option<Timestamp>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<Timestamp>,
+    pub delivered_at: Option<Timestamp>,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            state: DeliveryState::None,
+            attempts: 0,
+            last_attempt_at: None,
+            last_status: None,
+            last_error: None,
+            next_attempt_at: None,
+            delivered_at: None,
+        }
+    }
+}
+
+/// One tracked upstream operation. This is both the stored record and the API's view.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Operation {
+    /// `op_<ULID>`: sorts by creation time.
+    pub id: String,
+    pub upstream: String,
+    /// The upstream's id of the operation, as the app registered it.
+    pub operation: String,
+    pub status: Status,
+    pub upstream_status: Option<Value>,
+    pub progress: Option<f64>,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    pub metadata: Option<Value>,
+    pub callback_url: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub completed_at: Option<Timestamp>,
+    pub detected_via: Option<DetectedVia>,
+    /// Status requests made to the upstream for this operation.
+    pub polls: u32,
+    pub next_poll_at: Option<Timestamp>,
+    pub deadline_at: Timestamp,
+    pub delivery: Delivery,
+    /// 404s in a row from the upstream.
+    pub not_found_streak: u32,
+    /// Failed status reads in a row (network, 5xx, 429, unparseable); drives backoff.
+    pub error_streak: u32,
+    pub last_poll_error: Option<String>,
+    /// When the upstream last pushed a webhook for this operation.
+    pub webhook_at: Option<Timestamp>,
+    /// Status reads still owed to the last webhook: while > 0 the operation polls on its base
+    /// schedule (the status endpoint may lag the webhook) and a terminal result counts as
+    /// detected via webhook.
+    pub webhook_reads: u32,
+    /// Terminal observations after the first one: counted, never re-emitted (invariant 2).
+    pub late_observations: u32,
+}
+
+/// Status reads granted to one webhook before the operation falls back to its safety poll.
+pub const WEBHOOK_READS: u32 = 5;
+
+/// Why an operation ended without a terminal upstream status.
+pub fn shim_error(code: &str, message: &str) -> Value {
+    serde_json::json!({"code": code, "message": message})
+}
+
+impl Operation {
+    /// The `webhook-id` of this operation's terminal callback: derived from the operation only,
+    /// so it is the same on every retry, restart and redelivery. No `.` (it is part of the
+    /// signed content's separator syntax).
+    pub fn callback_webhook_id(&self) -> String {
+        format!("{}_terminal", self.id)
+    }
+
+    /// Move to a terminal status. Returns false (and counts the observation) if the operation
+    /// is already terminal: the first terminal observation wins.
+    pub fn finish(&mut self, status: Status, via: DetectedVia, now: Timestamp) -> bool {
+        debug_assert!(status.is_terminal());
+        if self.status.is_terminal() {
+            self.late_observations += 1;
+            return false;
+        }
+        self.status = status;
+        self.detected_via = Some(via);
+        self.completed_at = Some(now);
+        self.updated_at = now;
+        self.next_poll_at = None;
+        self.delivery = Delivery::default();
+        if self.callback_url.is_some() {
+            self.delivery.state = DeliveryState::Pending;
+            self.delivery.next_attempt_at = Some(now);
+        }
+        true
+    }
+
+    /// Apply one status reading. Returns true if it made the operation terminal.
+    pub fn apply_observation(&mut self, obs: &Observation, now: Timestamp) -> bool {
+        if self.status.is_terminal() {
+            if obs.state.is_terminal() {
+                self.late_observations += 1;
+            }
+            return false;
+        }
+        self.upstream_status = Some(obs.raw_status.clone());
+        if obs.progress.is_some() {
+            self.progress = obs.progress;
+        }
+        self.not_found_streak = 0;
+        self.error_streak = 0;
+        self.last_poll_error = None;
+        self.updated_at = now;
+        if obs.state.is_terminal() {
+            self.result = obs.result.clone();
+            self.error = obs.error.clone();
+            let via = if self.webhook_reads > 0 {
+                DetectedVia::Webhook
+            } else {
+                DetectedVia::Poll
+            };
+            self.finish(Status::from_observed(obs.state), via, now)
+        } else {
+            self.status = Status::from_observed(obs.state);
+            self.webhook_reads = self.webhook_reads.saturating_sub(1);
+            false
+        }
+    }
+
+    /// Whether the operation is in the outbox.
+    pub fn in_outbox(&self) -> bool {
+        self.delivery.state == DeliveryState::Pending
+    }
+
+    /// The callback body (Standard Webhooks' recommended shape).
+    pub fn callback_body(&self) -> Value {
+        let completed = self.completed_at.unwrap_or(self.updated_at);
+        serde_json::json!({
+            "type": format!("operation.{}", self.status.as_str()),
+            "timestamp": completed,
+            "data": {
+                "id": self.id,
+                "upstream": self.upstream,
+                "operation": self.operation,
+                "status": self.status,
+                "upstream_status": self.upstream_status,
+                "result": self.result,
+                "error": self.error,
+                "metadata": self.metadata,
+                "created_at": self.created_at,
+                "completed_at": self.completed_at,
+                "detected_via": self.detected_via,
+                "polls": self.polls,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn sample(now: Timestamp) -> Operation {
+    Operation {
+        id: "op_01J00000000000000000000000".into(),
+        upstream: "jobs".into(),
+        operation: "abc".into(),
+        status: Status::Pending,
+        upstream_status: None,
+        progress: None,
+        result: None,
+        error: None,
+        metadata: None,
+        callback_url: Some("http://127.0.0.1:9/cb".into()),
+        created_at: now,
+        updated_at: now,
+        completed_at: None,
+        detected_via: None,
+        polls: 0,
+        next_poll_at: Some(now),
+        deadline_at: now.plus(std::time::Duration::from_secs(3600)),
+        delivery: Delivery::default(),
+        not_found_streak: 0,
+        error_streak: 0,
+        last_poll_error: None,
+        webhook_at: None,
+        webhook_reads: 0,
+        late_observations: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obs(state: ObservedState) -> Observation {
+        Observation {
+            state,
+            raw_status: json!("x"),
+            progress: None,
+            result: Some(json!(1)),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn first_terminal_observation_wins_and_later_ones_are_counted() {
+        let t = Timestamp(1_000);
+        let mut op = sample(t);
+        assert!(op.apply_observation(&obs(ObservedState::Succeeded), Timestamp(2_000)));
+        assert_eq!(op.status, Status::Succeeded);
+        assert_eq!(op.delivery.state, DeliveryState::Pending);
+        assert!(!op.apply_observation(&obs(ObservedState::Failed), Timestamp(3_000)));
+        assert!(!op.finish(Status::TimedOut, DetectedVia::Deadline, Timestamp(4_000)));
+        assert_eq!(op.status, Status::Succeeded);
+        assert_eq!(op.completed_at, Some(Timestamp(2_000)));
+        assert_eq!(op.late_observations, 2);
+    }
+
+    #[test]
+    fn webhook_reads_mark_detection_via_webhook() {
+        let mut op = sample(Timestamp(0));
+        op.webhook_reads = WEBHOOK_READS;
+        assert!(!op.apply_observation(&obs(ObservedState::Running), Timestamp(1)));
+        assert_eq!(op.webhook_reads, WEBHOOK_READS - 1);
+        assert!(op.apply_observation(&obs(ObservedState::Succeeded), Timestamp(2)));
+        assert_eq!(op.detected_via, Some(DetectedVia::Webhook));
+    }
+
+    #[test]
+    fn no_callback_url_means_no_outbox_entry() {
+        let mut op = sample(Timestamp(0));
+        op.callback_url = None;
+        op.finish(Status::Failed, DetectedVia::Poll, Timestamp(1));
+        assert!(!op.in_outbox());
+        assert_eq!(op.delivery.state, DeliveryState::None);
+    }
+
+    #[test]
+    fn webhook_id_is_stable_and_has_no_dot() {
+        let op = sample(Timestamp(0));
+        assert_eq!(op.callback_webhook_id(), op.clone().callback_webhook_id());
+        assert!(!op.callback_webhook_id().contains('.'));
+    }
+}

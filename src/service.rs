@@ -1,0 +1,374 @@
+//! Wiring: [`Shim`] is the state every part shares; [`start`] opens the store, rebuilds the
+//! schedule and outbox from it, starts the workers and the HTTP server; [`Running::stop`] shuts
+//! down in order (stop accepting → finish in-flight work → flush → return).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::config::{Config, Secret};
+use crate::metrics::{CompletedLabels, Metrics};
+use crate::operation::Operation;
+use crate::schedule::{DueQueue, UpstreamLimiter};
+use crate::store::{GroupCommit, SledStore, Store};
+
+/// How long a webhook for an unregistered operation is kept.
+pub const EARLY_WEBHOOK_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// How long webhook ids are remembered for de-duplication (upstreams retry for up to 72 h).
+pub const INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often old webhook ids and kept webhooks are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// Overdue polls found at start are spread over at most this long.
+const RESTART_SPREAD_MAX: Duration = Duration::from_secs(30);
+
+/// Everything the API and the workers share.
+pub struct Shim {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub commit: Arc<GroupCommit>,
+    /// Operations by next poll time.
+    pub polls: DueQueue,
+    /// Outbox entries by next attempt time.
+    pub deliveries: DueQueue,
+    pub limiters: HashMap<String, UpstreamLimiter>,
+    /// For status requests: rustls, follows a few redirects (status endpoints may move).
+    pub upstream_http: reqwest::Client,
+    /// For callbacks: never follows redirects, times out per config.
+    pub callback_http: reqwest::Client,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    pub callback_key: Secret,
+    pub shutdown: CancellationToken,
+    pub workers_running: AtomicBool,
+}
+
+impl Shim {
+    /// After a write made `op` terminal: count it, flush (the outbox entry must be durable
+    /// before the callback goes out), then hand it to delivery.
+    pub async fn on_terminal(&self, op: &Operation) {
+        let labels = CompletedLabels {
+            upstream: op.upstream.clone(),
+            status: op.status.as_str().into(),
+            detected_via: op.detected_via.map(|d| d.as_str()).unwrap_or("poll").into(),
+        };
+        self.metrics.completed.get_or_create(&labels).inc();
+        self.metrics.active(&op.upstream).dec();
+        self.polls.remove(&op.id);
+        tracing::info!(op = %op.id, upstream = %op.upstream, status = op.status.as_str(), via = ?op.detected_via, "operation finished");
+        match self.commit.flushed().await {
+            Ok(()) => {
+                if op.in_outbox() {
+                    self.deliveries.schedule(
+                        &op.id,
+                        op.delivery
+                            .next_attempt_at
+                            .unwrap_or_else(|| self.clock.now()),
+                    );
+                }
+            }
+            Err(e) => {
+                // The record may not be on disk: do not send. Retry the flush shortly; the
+                // outbox entry is in the store and is picked up then (or at restart).
+                tracing::error!(op = %op.id, error = %e, "flush failed after terminal transition; callback held back");
+                self.deliveries
+                    .schedule(&op.id, self.clock.now().plus(Duration::from_secs(5)));
+            }
+        }
+    }
+}
+
+/// Options the binary and tests pass besides the config.
+pub struct StartOptions {
+    pub clock: Arc<dyn Clock>,
+    /// Use this listener instead of binding `server.listen` (tests bind port 0).
+    pub listener: Option<std::net::TcpListener>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            clock: Arc::new(SystemClock),
+            listener: None,
+        }
+    }
+}
+
+/// A started service.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shim: Arc<Shim>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    workers: TaskTracker,
+    flusher: tokio::task::JoinHandle<()>,
+    flusher_stop: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Secret(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// Open the store, rebuild the schedule, start workers and the HTTP server.
+pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartError> {
+    let store_path = config.store.path.clone();
+    let cache = config.store.cache_bytes;
+    let store: Arc<dyn Store> = Arc::new(
+        tokio::task::spawn_blocking(move || SledStore::open(&store_path, cache))
+            .await
+            .map_err(|e| StartError::Secret(e.to_string()))??,
+    );
+    let (callback_key, secret_path) = crate::delivery::load_or_create_secret(
+        config.callbacks.secret.as_ref(),
+        &config.store.path,
+    )
+    .map_err(StartError::Secret)?;
+    match &secret_path {
+        Some(p) => {
+            tracing::info!(path = %p.display(), "callback signing secret kept in the data directory (set {} to use your own)", config.callbacks.secret_env)
+        }
+        None => {
+            tracing::info!(env = %config.callbacks.secret_env, "callback signing secret from the environment")
+        }
+    }
+
+    let upstream_http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .user_agent(concat!("hookshim/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| StartError::Http(e.to_string()))?;
+    let callback_http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(config.callbacks.timeout)
+        .user_agent(concat!("hookshim/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| StartError::Http(e.to_string()))?;
+
+    let limiters = config
+        .upstreams
+        .iter()
+        .map(|(n, u)| (n.clone(), UpstreamLimiter::new(u.rate)))
+        .collect();
+    let commit = GroupCommit::new(store.clone());
+    let shim = Arc::new(Shim {
+        store,
+        commit: commit.clone(),
+        polls: DueQueue::new(),
+        deliveries: DueQueue::new(),
+        limiters,
+        upstream_http,
+        callback_http,
+        metrics: Metrics::new(),
+        clock: opts.clock,
+        callback_key,
+        shutdown: CancellationToken::new(),
+        workers_running: AtomicBool::new(false),
+        config,
+    });
+
+    rebuild(&shim)?;
+
+    let flusher_stop = CancellationToken::new();
+    let flusher = tokio::spawn(commit.run(flusher_stop.clone()));
+    let workers = TaskTracker::new();
+    workers.spawn(dispatch_polls(shim.clone(), workers.clone()));
+    workers.spawn(dispatch_deliveries(shim.clone(), workers.clone()));
+    workers.spawn(purge_loop(shim.clone()));
+    shim.workers_running.store(true, Ordering::SeqCst);
+
+    let listener = match opts.listener {
+        Some(l) => {
+            l.set_nonblocking(true).map_err(|e| StartError::Listen {
+                addr: "given listener".into(),
+                source: e,
+            })?;
+            TcpListener::from_std(l).map_err(|e| StartError::Listen {
+                addr: "given listener".into(),
+                source: e,
+            })?
+        }
+        None => TcpListener::bind(shim.config.server.listen)
+            .await
+            .map_err(|e| StartError::Listen {
+                addr: shim.config.server.listen.to_string(),
+                source: e,
+            })?,
+    };
+    let addr = listener.local_addr().map_err(|e| StartError::Listen {
+        addr: "listener".into(),
+        source: e,
+    })?;
+    let app = crate::api::router(shim.clone());
+    let stop = shim.shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    tracing::info!(%addr, upstreams = shim.config.upstreams.len(), "hookshim listening");
+    Ok(Running {
+        addr,
+        shim,
+        server,
+        workers,
+        flusher,
+        flusher_stop,
+    })
+}
+
+/// Rebuild the in-memory schedule and outbox from the store (invariant 6). Overdue polls are
+/// spread over a short window instead of all firing at once.
+fn rebuild(shim: &Shim) -> Result<(), StartError> {
+    let now = shim.clock.now();
+    let scheduled = shim.store.scheduled()?;
+    let overdue = scheduled.iter().filter(|d| d.at <= now).count();
+    let spread = RESTART_SPREAD_MAX.min(Duration::from_millis(overdue as u64 * 2));
+    for d in &scheduled {
+        let at = if d.at <= now && !spread.is_zero() {
+            now.plus(spread.mul_f64(rand::random::<f64>()))
+        } else {
+            d.at
+        };
+        shim.polls.schedule(&d.id, at);
+        shim.metrics.active(&d.upstream).inc();
+    }
+    let outbox = shim.store.outbox()?;
+    for d in &outbox {
+        shim.deliveries.schedule(&d.id, d.at.max(now));
+    }
+    tracing::info!(
+        active = scheduled.len(),
+        overdue,
+        outbox = outbox.len(),
+        "schedule rebuilt from the store"
+    );
+    Ok(())
+}
+
+async fn dispatch_polls(shim: Arc<Shim>, tracker: TaskTracker) {
+    let slots = Arc::new(Semaphore::new(shim.config.workers.polls_in_flight));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let batch = shim
+            .polls
+            .next_batch(shim.clock.as_ref(), 1, &shim.shutdown)
+            .await;
+        let Some(id) = batch.into_iter().next() else {
+            return;
+        };
+        let s = shim.clone();
+        tracker.spawn(async move {
+            crate::poller::poll_once(&s, &id).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn dispatch_deliveries(shim: Arc<Shim>, tracker: TaskTracker) {
+    let slots = Arc::new(Semaphore::new(shim.config.workers.deliveries_in_flight));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let batch = shim
+            .deliveries
+            .next_batch(shim.clock.as_ref(), 1, &shim.shutdown)
+            .await;
+        let Some(id) = batch.into_iter().next() else {
+            return;
+        };
+        let s = shim.clone();
+        tracker.spawn(async move {
+            crate::delivery::deliver_once(&s, &id).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn purge_loop(shim: Arc<Shim>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PURGE_EVERY) => {}
+            _ = shim.shutdown.cancelled() => return,
+        }
+        let now = shim.clock.now();
+        let before = |d: Duration| Timestamp(now.0.saturating_sub(d.as_millis() as u64));
+        match shim
+            .store
+            .purge_webhooks(before(INBOX_RETENTION), before(EARLY_WEBHOOK_WINDOW))
+        {
+            Ok(n) if n > 0 => tracing::info!(removed = n, "purged old webhook records"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging old webhook records failed"),
+        }
+    }
+}
+
+impl Running {
+    /// Graceful stop: stop accepting, let in-flight polls and callbacks finish, flush.
+    pub async fn stop(self) {
+        self.shim.shutdown.cancel();
+        self.shim.workers_running.store(false, Ordering::SeqCst);
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server ended with an error"),
+            Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        }
+        self.workers.close();
+        self.workers.wait().await;
+        if let Err(e) = self.shim.commit.flushed().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        self.flusher_stop.cancel();
+        let _ = self.flusher.await;
+        tracing::info!("hookshim stopped");
+    }
+
+    /// Run until SIGTERM or Ctrl-C, then stop gracefully.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received; finishing in-flight work");
+        self.stop().await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

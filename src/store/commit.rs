@@ -1,0 +1,99 @@
+//! Group commit: one flusher task, many waiters. A writer bumps the requested epoch and waits
+//! until a flush that *started after its write* has finished; one `fsync` serves every writer
+//! that arrived while the previous one ran. sled's `flush_async` can hang when called
+//! concurrently, so only this task ever flushes (on a blocking thread).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{Store, StoreError};
+
+#[derive(Clone, Debug)]
+struct Done {
+    epoch: u64,
+    result: Result<(), StoreError>,
+}
+
+/// Handle shared by every writer.
+pub struct GroupCommit {
+    store: Arc<dyn Store>,
+    requested: AtomicU64,
+    kick: Notify,
+    done: watch::Sender<Done>,
+    /// Flushes performed (for metrics and benchmarks).
+    pub flushes: AtomicU64,
+}
+
+/// How often the flusher flushes on its own, so that writes nobody waits for (poll bookkeeping,
+/// delivery results) reach the disk too.
+const IDLE_FLUSH: Duration = Duration::from_secs(1);
+
+impl GroupCommit {
+    pub fn new(store: Arc<dyn Store>) -> Arc<GroupCommit> {
+        let (done, _) = watch::channel(Done {
+            epoch: 0,
+            result: Ok(()),
+        });
+        Arc::new(GroupCommit {
+            store,
+            requested: AtomicU64::new(0),
+            kick: Notify::new(),
+            done,
+            flushes: AtomicU64::new(0),
+        })
+    }
+
+    /// Wait until every write this task made before calling is on disk.
+    pub async fn flushed(&self) -> Result<(), StoreError> {
+        let mut rx = self.done.subscribe();
+        let target = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.kick.notify_one();
+        loop {
+            {
+                let d = rx.borrow_and_update();
+                if d.epoch >= target {
+                    return d.result.clone();
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(StoreError::Io("the store is shutting down".into()));
+            }
+        }
+    }
+
+    /// The flusher loop; returns after a last flush once `shutdown` fires.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut completed = 0u64;
+        loop {
+            let stopping = tokio::select! {
+                _ = self.kick.notified() => false,
+                _ = tokio::time::sleep(IDLE_FLUSH) => false,
+                _ = shutdown.cancelled() => true,
+            };
+            let target = self.requested.load(Ordering::SeqCst);
+            let store = self.store.clone();
+            let result = match tokio::task::spawn_blocking(move || store.flush()).await {
+                Ok(r) => r,
+                Err(e) => Err(StoreError::Io(format!("flush task failed: {e}"))),
+            };
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "store flush failed; writers waiting on it get an error");
+            }
+            if target > completed || result.is_err() {
+                completed = completed.max(target);
+                self.done.send_replace(Done {
+                    epoch: target,
+                    result,
+                });
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+}

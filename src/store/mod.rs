@@ -1,0 +1,111 @@
+//! Durable state. [`Store`] is the small interface the rest of hookshim uses; [`SledStore`] is
+//! the embedded default. Every method that changes state does it in one atomic write across the
+//! trees it touches; nothing is durable until [`GroupCommit::flushed`] returns (invariant 1).
+
+mod commit;
+mod sled_store;
+
+pub use commit::GroupCommit;
+pub use sled_store::SledStore;
+
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::operation::{Operation, Status};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The disk said no (full, read-only, I/O error). The message says which.
+    #[error("store write failed: {0}")]
+    Io(String),
+    /// A record could not be decoded: a bug or a damaged data directory.
+    #[error("store record {key} is damaged: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("cannot open the store at {path}: {message}")]
+    Open { path: String, message: String },
+}
+
+/// The result of registering an operation.
+#[derive(Debug)]
+pub enum Registered {
+    /// A new record. `early_webhook` is set when a webhook for it had already arrived.
+    Created {
+        op: Operation,
+        early_webhook: Option<Timestamp>,
+    },
+    /// The same `(upstream, operation)` was registered before: that record.
+    Existing(Operation),
+}
+
+/// What recording an inbound webhook did.
+#[derive(Debug, PartialEq)]
+pub enum WebhookRecord {
+    /// This `webhook-id` was seen before: nothing changed.
+    Duplicate,
+    /// The operation is tracked; it is now due for an immediate status read (unless terminal).
+    Applied { id: String, terminal: bool },
+    /// Not registered yet: kept, and applied when the app registers it.
+    Kept,
+}
+
+/// Filters for listing operations.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub status: Option<Status>,
+    pub upstream: Option<String>,
+    /// Only operations whose delivery failed (for the "failed deliveries" view).
+    pub delivery_failed: bool,
+    pub limit: usize,
+    /// List ids strictly after this one.
+    pub cursor: Option<String>,
+}
+
+/// A scheduled piece of work found in the store at start: the operation id and when it is due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Due {
+    pub id: String,
+    pub upstream: String,
+    pub at: Timestamp,
+}
+
+/// The store interface. Methods are synchronous and fast (they do not wait for the disk);
+/// durability comes from [`Store::flush`], which [`GroupCommit`] calls for many writers at once.
+pub trait Store: Send + Sync + 'static {
+    /// Insert a new operation, or return the existing one for the same `(upstream, operation)`.
+    /// A webhook kept for it within `early_window` is consumed and reported.
+    fn register(&self, op: Operation, early_window: Duration) -> Result<Registered, StoreError>;
+    fn get(&self, id: &str) -> Result<Option<Operation>, StoreError>;
+    fn list(&self, filter: &ListFilter) -> Result<(Vec<Operation>, Option<String>), StoreError>;
+    /// Read-modify-write one operation atomically. `f` returns whether to write; it may run more
+    /// than once (on conflict), so it must only change the record it is given. The outbox and the
+    /// schedule index follow the record (a terminal transition and its outbox entry are one write).
+    fn update(
+        &self,
+        id: &str,
+        f: &dyn Fn(&mut Operation) -> bool,
+    ) -> Result<Option<(Operation, bool)>, StoreError>;
+    /// Stop tracking: remove the record and its indexes.
+    fn delete(&self, id: &str) -> Result<Option<Operation>, StoreError>;
+    /// Record an inbound webhook durably-to-be (call [`Store::flush`] before answering).
+    fn record_webhook(
+        &self,
+        upstream: &str,
+        webhook_id: &str,
+        operation: &str,
+        now: Timestamp,
+    ) -> Result<WebhookRecord, StoreError>;
+    /// Every non-terminal operation and when it is next due for a poll.
+    fn scheduled(&self) -> Result<Vec<Due>, StoreError>;
+    /// Every operation with a callback still to send, and when.
+    fn outbox(&self) -> Result<Vec<Due>, StoreError>;
+    /// Forget webhook ids and kept webhooks received before `older_than`. Returns how many.
+    fn purge_webhooks(
+        &self,
+        inbox_before: Timestamp,
+        early_before: Timestamp,
+    ) -> Result<usize, StoreError>;
+    /// Make every write so far durable. Blocking; call it through [`GroupCommit`].
+    fn flush(&self) -> Result<(), StoreError>;
+    /// Bytes on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,487 @@
+//! The embedded default store on sled 0.34.
+//!
+//! Trees (all keys are UTF-8 strings, `\0` separates parts):
+//! - `ops`:      `op_<ULID>` → the operation record (JSON). ULIDs sort by creation time, which
+//!   gives the list endpoint a stable cursor.
+//! - `keys`:     `upstream\0operation` → `op_<ULID>`: makes registration idempotent.
+//! - `active`:   `op_<ULID>` → next poll (u64 BE ms) + upstream name: the schedule, rebuilt at start
+//!   without reading every record.
+//! - `outbox`:   `op_<ULID>` → next attempt (u64 BE ms): callbacks still to send.
+//! - `inbox`:    `upstream\0webhook-id` → received (u64 BE ms): webhook de-duplication.
+//! - `early`:    `upstream\0operation` → received (u64 BE ms): webhooks for operations not yet
+//!   registered.
+//!
+//! `active` and `outbox` are derived from the record inside the same transaction that writes it,
+//! so they can never disagree with it.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::time::Duration;
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use super::{Due, ListFilter, Registered, Store, StoreError, WebhookRecord};
+use crate::clock::Timestamp;
+use crate::operation::{Operation, WEBHOOK_READS};
+
+pub struct SledStore {
+    db: sled::Db,
+    ops: sled::Tree,
+    keys: sled::Tree,
+    active: sled::Tree,
+    outbox: sled::Tree,
+    inbox: sled::Tree,
+    early: sled::Tree,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn tx_err(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => io(e),
+    }
+}
+
+fn pair_key(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+fn ts_bytes(t: Timestamp) -> [u8; 8] {
+    t.0.to_be_bytes()
+}
+
+fn ts_from(bytes: &[u8]) -> Timestamp {
+    let mut b = [0u8; 8];
+    let n = bytes.len().min(8);
+    b[..n].copy_from_slice(&bytes[..n]);
+    Timestamp(u64::from_be_bytes(b))
+}
+
+fn decode(key: &[u8], bytes: &[u8]) -> Result<Operation, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn encode(op: &Operation) -> Vec<u8> {
+    // Serialising a struct of plain data to JSON cannot fail.
+    serde_json::to_vec(op).unwrap_or_default()
+}
+
+fn active_value(op: &Operation) -> Vec<u8> {
+    let mut v = ts_bytes(op.next_poll_at.unwrap_or(op.deadline_at)).to_vec();
+    v.extend_from_slice(op.upstream.as_bytes());
+    v
+}
+
+/// Write a record and keep `active` and `outbox` in step with it.
+fn put(
+    ops: &TransactionalTree,
+    active: &TransactionalTree,
+    outbox: &TransactionalTree,
+    op: &Operation,
+) -> TxResult<()> {
+    ops.insert(op.id.as_bytes(), encode(op))?;
+    if op.status.is_terminal() {
+        active.remove(op.id.as_bytes())?;
+    } else {
+        active.insert(op.id.as_bytes(), active_value(op))?;
+    }
+    if op.in_outbox() {
+        let at = op.delivery.next_attempt_at.unwrap_or(op.updated_at);
+        outbox.insert(op.id.as_bytes(), ts_bytes(at).to_vec())?;
+    } else {
+        outbox.remove(op.id.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn get_tx(ops: &TransactionalTree, id: &str) -> TxResult<Option<Operation>> {
+    match ops.get(id.as_bytes())? {
+        None => Ok(None),
+        Some(b) => decode(id.as_bytes(), &b)
+            .map(Some)
+            .map_err(ConflictableTransactionError::Abort),
+    }
+}
+
+impl SledStore {
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(path).map_err(|e| open_err(&e))?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            // Only the group-commit task flushes (see DESIGN.md: sled's concurrent flushes).
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
+                    open_err(&format!(
+                        "{e}; is another hookshim process using this data directory?"
+                    ))
+                }
+                other => open_err(&other),
+            })?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(&e));
+        Ok(SledStore {
+            ops: tree("ops")?,
+            keys: tree("keys")?,
+            active: tree("active")?,
+            outbox: tree("outbox")?,
+            inbox: tree("inbox")?,
+            early: tree("early")?,
+            db,
+        })
+    }
+}
+
+impl Store for SledStore {
+    fn register(&self, op: Operation, early_window: Duration) -> Result<Registered, StoreError> {
+        let key = pair_key(&op.upstream, &op.operation);
+        (
+            &self.ops,
+            &self.keys,
+            &self.active,
+            &self.outbox,
+            &self.early,
+        )
+            .transaction(|(ops, keys, active, outbox, early)| {
+                if let Some(existing) = keys.get(&key)? {
+                    let id = String::from_utf8_lossy(&existing).into_owned();
+                    if let Some(found) = get_tx(ops, &id)? {
+                        return Ok(Registered::Existing(found));
+                    }
+                }
+                let mut op = op.clone();
+                let mut early_webhook = None;
+                if let Some(at) = early.remove(key.as_slice())? {
+                    let at = ts_from(&at);
+                    if at.plus(early_window) >= op.created_at {
+                        early_webhook = Some(at);
+                        op.webhook_at = Some(at);
+                        op.webhook_reads = WEBHOOK_READS;
+                        op.next_poll_at = Some(op.created_at);
+                    }
+                }
+                keys.insert(key.as_slice(), op.id.as_bytes())?;
+                put(ops, active, outbox, &op)?;
+                Ok(Registered::Created { op, early_webhook })
+            })
+            .map_err(tx_err)
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Operation>, StoreError> {
+        match self.ops.get(id.as_bytes()).map_err(io)? {
+            None => Ok(None),
+            Some(b) => decode(id.as_bytes(), &b).map(Some),
+        }
+    }
+
+    fn list(&self, f: &ListFilter) -> Result<(Vec<Operation>, Option<String>), StoreError> {
+        let start = match &f.cursor {
+            Some(c) => Bound::Excluded(c.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        let limit = f.limit.max(1);
+        for item in self.ops.range((start, Bound::Unbounded)) {
+            let (k, v) = item.map_err(io)?;
+            let op = decode(&k, &v)?;
+            if f.status.is_some_and(|s| s != op.status)
+                || f.upstream.as_ref().is_some_and(|u| u != &op.upstream)
+                || (f.delivery_failed
+                    && op.delivery.state != crate::operation::DeliveryState::Failed)
+            {
+                continue;
+            }
+            out.push(op);
+            if out.len() == limit {
+                let next = out.last().map(|o| o.id.clone());
+                return Ok((out, next));
+            }
+        }
+        Ok((out, None))
+    }
+
+    fn update(
+        &self,
+        id: &str,
+        f: &dyn Fn(&mut Operation) -> bool,
+    ) -> Result<Option<(Operation, bool)>, StoreError> {
+        (&self.ops, &self.active, &self.outbox)
+            .transaction(|(ops, active, outbox)| {
+                let Some(mut op) = get_tx(ops, id)? else {
+                    return Ok(None);
+                };
+                let write = f(&mut op);
+                if write {
+                    put(ops, active, outbox, &op)?;
+                }
+                Ok(Some((op, write)))
+            })
+            .map_err(tx_err)
+    }
+
+    fn delete(&self, id: &str) -> Result<Option<Operation>, StoreError> {
+        (&self.ops, &self.keys, &self.active, &self.outbox)
+            .transaction(|(ops, keys, active, outbox)| {
+                let Some(op) = get_tx(ops, id)? else {
+                    return Ok(None);
+                };
+                ops.remove(id.as_bytes())?;
+                keys.remove(pair_key(&op.upstream, &op.operation))?;
+                active.remove(id.as_bytes())?;
+                outbox.remove(id.as_bytes())?;
+                Ok(Some(op))
+            })
+            .map_err(tx_err)
+    }
+
+    fn record_webhook(
+        &self,
+        upstream: &str,
+        webhook_id: &str,
+        operation: &str,
+        now: Timestamp,
+    ) -> Result<WebhookRecord, StoreError> {
+        let inbox_key = pair_key(upstream, webhook_id);
+        let op_key = pair_key(upstream, operation);
+        (
+            &self.inbox,
+            &self.keys,
+            &self.ops,
+            &self.active,
+            &self.outbox,
+            &self.early,
+        )
+            .transaction(|(inbox, keys, ops, active, outbox, early)| {
+                if inbox.get(&inbox_key)?.is_some() {
+                    return Ok(WebhookRecord::Duplicate);
+                }
+                inbox.insert(inbox_key.as_slice(), &ts_bytes(now))?;
+                let id = keys
+                    .get(&op_key)?
+                    .map(|b| String::from_utf8_lossy(&b).into_owned());
+                let found = match &id {
+                    Some(id) => get_tx(ops, id)?,
+                    None => None,
+                };
+                match found {
+                    None => {
+                        early.insert(op_key.as_slice(), &ts_bytes(now))?;
+                        Ok(WebhookRecord::Kept)
+                    }
+                    Some(mut op) => {
+                        let terminal = op.status.is_terminal();
+                        op.webhook_at = Some(now);
+                        if terminal {
+                            op.late_observations += 1;
+                        } else {
+                            op.webhook_reads = WEBHOOK_READS;
+                            op.next_poll_at = Some(now);
+                            op.updated_at = now;
+                        }
+                        put(ops, active, outbox, &op)?;
+                        Ok(WebhookRecord::Applied {
+                            id: op.id,
+                            terminal,
+                        })
+                    }
+                }
+            })
+            .map_err(tx_err)
+    }
+
+    fn scheduled(&self) -> Result<Vec<Due>, StoreError> {
+        let mut out = Vec::with_capacity(self.active.len());
+        for item in self.active.iter() {
+            let (k, v) = item.map_err(io)?;
+            out.push(Due {
+                id: String::from_utf8_lossy(&k).into_owned(),
+                upstream: String::from_utf8_lossy(v.get(8..).unwrap_or_default()).into_owned(),
+                at: ts_from(&v),
+            });
+        }
+        Ok(out)
+    }
+
+    fn outbox(&self) -> Result<Vec<Due>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.outbox.iter() {
+            let (k, v) = item.map_err(io)?;
+            out.push(Due {
+                id: String::from_utf8_lossy(&k).into_owned(),
+                upstream: String::new(),
+                at: ts_from(&v),
+            });
+        }
+        Ok(out)
+    }
+
+    fn purge_webhooks(
+        &self,
+        inbox_before: Timestamp,
+        early_before: Timestamp,
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for (tree, before) in [(&self.inbox, inbox_before), (&self.early, early_before)] {
+            for item in tree.iter() {
+                let (k, v) = item.map_err(io)?;
+                if ts_from(&v) < before {
+                    // compare_and_swap so that a fresher write to the same key is kept.
+                    if tree
+                        .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)
+                        .map_err(io)?
+                        .is_ok()
+                    {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(io)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operation::{DetectedVia, Status, sample};
+
+    fn store() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn register_is_idempotent_per_upstream_and_operation() {
+        let (_d, s) = store();
+        let op = sample(Timestamp(1_000));
+        assert!(matches!(
+            s.register(op.clone(), Duration::from_secs(1)).unwrap(),
+            Registered::Created { .. }
+        ));
+        let mut again = op.clone();
+        again.id = "op_01J00000000000000000000001".into();
+        match s.register(again, Duration::from_secs(1)).unwrap() {
+            Registered::Existing(e) => assert_eq!(e.id, op.id),
+            other => panic!("expected existing, got {other:?}"),
+        }
+        assert_eq!(s.scheduled().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn terminal_update_moves_the_record_from_schedule_to_outbox_in_one_write() {
+        let (_d, s) = store();
+        let op = sample(Timestamp(1_000));
+        s.register(op.clone(), Duration::ZERO).unwrap();
+        let (after, wrote) = s
+            .update(&op.id, &|o| {
+                o.finish(Status::Succeeded, DetectedVia::Poll, Timestamp(2_000))
+            })
+            .unwrap()
+            .unwrap();
+        assert!(wrote);
+        assert_eq!(after.status, Status::Succeeded);
+        assert!(s.scheduled().unwrap().is_empty());
+        assert_eq!(s.outbox().unwrap().len(), 1);
+        // A second terminal observation writes nothing.
+        let (_, wrote) = s
+            .update(&op.id, &|o| {
+                o.finish(Status::Failed, DetectedVia::Poll, Timestamp(3_000))
+            })
+            .unwrap()
+            .unwrap();
+        assert!(!wrote);
+    }
+
+    #[test]
+    fn webhook_before_registration_is_kept_then_applied() {
+        let (_d, s) = store();
+        assert_eq!(
+            s.record_webhook("jobs", "msg_1", "abc", Timestamp(500))
+                .unwrap(),
+            WebhookRecord::Kept
+        );
+        assert_eq!(
+            s.record_webhook("jobs", "msg_1", "abc", Timestamp(600))
+                .unwrap(),
+            WebhookRecord::Duplicate
+        );
+        match s
+            .register(sample(Timestamp(1_000)), Duration::from_secs(60))
+            .unwrap()
+        {
+            Registered::Created { op, early_webhook } => {
+                assert_eq!(early_webhook, Some(Timestamp(500)));
+                assert_eq!(op.webhook_reads, WEBHOOK_READS);
+                assert_eq!(op.next_poll_at, Some(Timestamp(1_000)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stale_early_webhooks_are_not_applied() {
+        let (_d, s) = store();
+        s.record_webhook("jobs", "msg_1", "abc", Timestamp(0))
+            .unwrap();
+        match s
+            .register(sample(Timestamp(100_000)), Duration::from_secs(10))
+            .unwrap()
+        {
+            Registered::Created { early_webhook, .. } => assert_eq!(early_webhook, None),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn purge_forgets_old_webhook_ids_only() {
+        let (_d, s) = store();
+        s.record_webhook("jobs", "old", "x", Timestamp(1)).unwrap();
+        s.record_webhook("jobs", "new", "y", Timestamp(10_000))
+            .unwrap();
+        assert_eq!(
+            s.purge_webhooks(Timestamp(5_000), Timestamp(5_000))
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            s.record_webhook("jobs", "new", "y", Timestamp(10_001))
+                .unwrap(),
+            WebhookRecord::Duplicate
+        );
+        assert_eq!(
+            s.record_webhook("jobs", "old", "x", Timestamp(10_001))
+                .unwrap(),
+            WebhookRecord::Kept
+        );
+    }
+}

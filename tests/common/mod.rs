@@ -1,0 +1,522 @@
+//! Test harness: a fake upstream and a verifying receiver (the boundary of our system, so fakes
+//! are fine there), and the real hookshim library started over loopback on a real sled store in
+//! a temp dir.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hookshim::config::Config;
+use hookshim::service::{Running, StartOptions, start};
+use serde_json::{Value, json};
+
+pub const CALLBACK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const PUSHY_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    addr
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fake upstream: GET /{*path} answers the JSON set for that path, after any scripted answers.
+
+#[derive(Clone, Debug)]
+pub struct Scripted {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl Scripted {
+    pub fn new(status: u16, body: &str) -> Scripted {
+        Scripted {
+            status,
+            headers: Vec::new(),
+            body: body.to_string(),
+        }
+    }
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Scripted {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+#[derive(Default)]
+pub struct UpstreamState {
+    pub bodies: HashMap<String, Value>,
+    pub scripts: HashMap<String, VecDeque<Scripted>>,
+    /// Every status request: when, and which path.
+    pub requests: Vec<(Instant, String)>,
+}
+
+#[derive(Clone)]
+pub struct FakeUpstream {
+    pub url: String,
+    pub state: Arc<Mutex<UpstreamState>>,
+}
+
+async fn upstream_get(
+    State(st): State<Arc<Mutex<UpstreamState>>>,
+    Path(path): Path<String>,
+) -> Response {
+    let mut s = st.lock().unwrap();
+    s.requests.push((Instant::now(), path.clone()));
+    if let Some(sc) = s.scripts.get_mut(&path).and_then(|q| q.pop_front()) {
+        let mut headers = HeaderMap::new();
+        for (k, v) in sc.headers {
+            headers.insert(
+                HeaderName::from_static(k),
+                HeaderValue::from_str(&v).unwrap(),
+            );
+        }
+        return (StatusCode::from_u16(sc.status).unwrap(), headers, sc.body).into_response();
+    }
+    match s.bodies.get(&path) {
+        Some(v) => (StatusCode::OK, axum::Json(v.clone())).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "not found"})),
+        )
+            .into_response(),
+    }
+}
+
+impl FakeUpstream {
+    pub async fn start() -> FakeUpstream {
+        let state = Arc::new(Mutex::new(UpstreamState::default()));
+        let router = Router::new()
+            .route("/{*path}", get(upstream_get))
+            .with_state(state.clone());
+        let addr = serve(router).await;
+        FakeUpstream {
+            url: format!("http://{addr}"),
+            state,
+        }
+    }
+    /// Set what GET /{path} answers.
+    pub fn set(&self, path: &str, body: Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .bodies
+            .insert(path.to_string(), body);
+    }
+    /// Answers given before the body set with [`set`], one per request.
+    pub fn script(&self, path: &str, answers: Vec<Scripted>) {
+        self.state
+            .lock()
+            .unwrap()
+            .scripts
+            .entry(path.to_string())
+            .or_default()
+            .extend(answers);
+    }
+    pub fn requests_for(&self, path: &str) -> Vec<Instant> {
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|(_, p)| p == path)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+    pub fn all_requests(&self) -> Vec<Instant> {
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .map(|(t, _)| *t)
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receiver: records every callback and verifies it with the `standardwebhooks` crate.
+
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    Status(u16),
+    StatusWith(u16, Vec<(&'static str, String)>),
+    /// Sleep this long, then answer 200 (for timeouts).
+    Slow(Duration),
+}
+
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub at: Instant,
+    pub webhook_id: String,
+    pub timestamp: String,
+    pub body: Value,
+    pub raw: Vec<u8>,
+    /// Whether `standardwebhooks::Webhook::verify` accepted it.
+    pub verified: bool,
+    pub answered: u16,
+}
+
+pub struct ReceiverState {
+    pub calls: Vec<Call>,
+    pub script: VecDeque<Behaviour>,
+    pub default: Behaviour,
+    pub verifier: standardwebhooks::Webhook,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    pub state: Arc<Mutex<ReceiverState>>,
+}
+
+async fn receive(
+    State(st): State<Arc<Mutex<ReceiverState>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let behaviour = {
+        let mut s = st.lock().unwrap();
+        let verified = s.verifier.verify(&body, &headers).is_ok();
+        let b = s.script.pop_front().unwrap_or_else(|| s.default.clone());
+        let answered = match &b {
+            Behaviour::Status(c) | Behaviour::StatusWith(c, _) => *c,
+            Behaviour::Slow(_) => 200,
+        };
+        let h = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        s.calls.push(Call {
+            at: Instant::now(),
+            webhook_id: h("webhook-id"),
+            timestamp: h("webhook-timestamp"),
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            raw: body.to_vec(),
+            verified,
+            answered,
+        });
+        b
+    };
+    match behaviour {
+        Behaviour::Status(c) => StatusCode::from_u16(c).unwrap().into_response(),
+        Behaviour::StatusWith(c, hs) => {
+            let mut headers = HeaderMap::new();
+            for (k, v) in hs {
+                headers.insert(
+                    HeaderName::from_static(k),
+                    HeaderValue::from_str(&v).unwrap(),
+                );
+            }
+            (StatusCode::from_u16(c).unwrap(), headers).into_response()
+        }
+        Behaviour::Slow(d) => {
+            tokio::time::sleep(d).await;
+            StatusCode::OK.into_response()
+        }
+    }
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let state = Arc::new(Mutex::new(ReceiverState {
+            calls: Vec::new(),
+            script: VecDeque::new(),
+            default: Behaviour::Status(200),
+            verifier: standardwebhooks::Webhook::new(CALLBACK_SECRET).unwrap(),
+        }));
+        let router = Router::new()
+            .route("/{*path}", post(receive))
+            .route("/elsewhere", post(|| async { StatusCode::OK }))
+            .with_state(state.clone());
+        let addr = serve(router).await;
+        Receiver {
+            url: format!("http://{addr}"),
+            state,
+        }
+    }
+    pub fn script(&self, answers: Vec<Behaviour>) {
+        self.state.lock().unwrap().script.extend(answers);
+    }
+    pub fn set_default(&self, b: Behaviour) {
+        self.state.lock().unwrap().default = b;
+    }
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().unwrap().calls.clone()
+    }
+    /// Calls whose body is about hookshim operation `id`.
+    pub fn calls_for(&self, id: &str) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.body["data"]["id"] == id)
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// hookshim itself.
+
+/// The standard test config: `jobs` polls only, `pushy` has Standard Webhooks on. Timings are
+/// short so tests run in milliseconds. `{UP}`, `{RECV}` and `{DATA}` are filled in.
+pub const CONFIG: &str = r#"
+[store]
+path = "{DATA}"
+cache = "8MiB"
+
+[callbacks]
+default_url = "{RECV}/callback"
+timeout = "1s"
+retry_schedule = ["100ms", "200ms", "300ms"]
+
+[upstreams.jobs]
+base_url = "{UP}/"
+status_path = "jobs/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+cancelled = ["cancelled"]
+expired = ["expired"]
+result_field = "/output"
+error_field = "/error"
+progress_field = "/progress"
+not_found_after = 3
+rate = { per_second = 200, burst = 20 }
+poll = { initial = "50ms", multiplier = 1.5, max = "200ms", jitter = 0.1, deadline = "1h" }
+
+[upstreams.pushy]
+base_url = "{UP}/"
+status_path = "pushy/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+result_field = "/output"
+rate = { per_second = 200, burst = 20 }
+poll = { initial = "50ms", multiplier = 1.5, max = "200ms", jitter = 0.1, deadline = "1h" }
+
+[upstreams.pushy.webhook]
+scheme = "standard-webhooks"
+secret_env = "PUSHY_SECRET"
+operation_field = "/data/id"
+safety_poll = "1h"
+"#;
+
+pub fn env_lookup(extra: Vec<(String, String)>) -> impl Fn(&str) -> Option<String> {
+    move |name: &str| {
+        if let Some((_, v)) = extra.iter().find(|(k, _)| k == name) {
+            return Some(v.clone());
+        }
+        match name {
+            "HOOKSHIM_CALLBACK_SECRET" => Some(CALLBACK_SECRET.into()),
+            "PUSHY_SECRET" => Some(PUSHY_SECRET.into()),
+            _ => None,
+        }
+    }
+}
+
+pub struct TestShim {
+    pub url: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    pub config_text: String,
+    pub env: Vec<(String, String)>,
+    pub running: Option<Running>,
+}
+
+impl TestShim {
+    /// Start hookshim with `config` (placeholders filled) on a fresh temp data dir.
+    pub async fn start(config: &str, up: &FakeUpstream, recv: &Receiver) -> TestShim {
+        TestShim::start_with_env(config, up, recv, Vec::new()).await
+    }
+
+    pub async fn start_with_env(
+        config: &str,
+        up: &FakeUpstream,
+        recv: &Receiver,
+        env: Vec<(String, String)>,
+    ) -> TestShim {
+        let dir = tempfile::tempdir().unwrap();
+        let text = config
+            .replace("{UP}", &up.url)
+            .replace("{RECV}", &recv.url)
+            .replace("{DATA}", &dir.path().join("data").display().to_string());
+        let mut s = TestShim {
+            url: String::new(),
+            http: reqwest::Client::new(),
+            dir,
+            config_text: text,
+            env,
+            running: None,
+        };
+        s.boot().await;
+        s
+    }
+
+    async fn boot(&mut self) {
+        let lookup = env_lookup(self.env.clone());
+        let config =
+            Config::parse(&self.config_text, "test.toml", &lookup).expect("test config is valid");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let running = start(
+            config,
+            StartOptions {
+                listener: Some(listener),
+                ..StartOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        self.url = format!("http://{}", running.addr);
+        self.running = Some(running);
+    }
+
+    /// Graceful stop and start again on the same data directory.
+    pub async fn restart(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+        self.boot().await;
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+
+    pub async fn register(&self, body: Value) -> (u16, Value) {
+        self.post("/v1/operations", &body).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn op(&self, id: &str) -> Value {
+        self.get(&format!("/v1/operations/{id}")).await.1
+    }
+
+    /// Send a Standard Webhooks-signed webhook, signed by the `standardwebhooks` crate.
+    pub async fn send_webhook(
+        &self,
+        upstream: &str,
+        secret: &str,
+        msg_id: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        let raw = serde_json::to_vec(body).unwrap();
+        let ts = time_now_secs();
+        let sig = standardwebhooks::Webhook::new(secret)
+            .unwrap()
+            .sign(msg_id, ts as i64, &raw)
+            .unwrap();
+        let r = self
+            .http
+            .post(format!("{}/webhooks/{upstream}", self.url))
+            .header("content-type", "application/json")
+            .header("webhook-id", msg_id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", sig)
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+pub fn time_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Poll `f` every 20 ms until it returns `Some`, or panic after `limit` with `what`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until operation `id` has `status` (and return its record).
+pub async fn wait_status(shim: &TestShim, id: &str, status: &str) -> Value {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{id} to be {status}"),
+        || async {
+            let op = shim.op(id).await;
+            (op["status"] == status).then_some(op)
+        },
+    )
+    .await
+}
+
+/// Wait until the receiver has at least `n` calls for `id`.
+pub async fn wait_calls(recv: &Receiver, id: &str, n: usize) -> Vec<Call> {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{n} callback(s) for {id}"),
+        || async {
+            let c = recv.calls_for(id);
+            (c.len() >= n).then_some(c)
+        },
+    )
+    .await
+}
