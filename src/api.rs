@@ -389,14 +389,14 @@ async fn healthz() -> Response {
 
 async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
     let workers = shim.workers_running.load(Ordering::SeqCst) && !shim.shutdown.is_cancelled();
-    let store = shim.store.get("op_readiness_probe").is_ok();
-    let body = json!({"ready": workers && store, "store": store, "workers": workers,
-        "polls_scheduled": shim.polls.len(), "outbox": shim.deliveries.len()});
-    let status = if workers && store {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let store_error = match shim.store.get("op_readiness_probe") {
+        Err(e) => Some(e.to_string()),
+        Ok(_) => shim.commit.last_error().map(|e| e.to_string()),
     };
+    let ready = workers && store_error.is_none();
+    let body = json!({"ready": ready, "store": store_error.is_none(), "store_error": store_error, "workers": workers,
+        "polls_scheduled": shim.polls.len(), "outbox": shim.deliveries.len()});
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
 

@@ -28,6 +28,13 @@ pub struct GroupCommit {
     pub flushes: AtomicU64,
 }
 
+impl GroupCommit {
+    /// The error of the last flush, if it failed (for `/readyz`).
+    pub fn last_error(&self) -> Option<StoreError> {
+        self.done.borrow().result.clone().err()
+    }
+}
+
 /// How often the flusher flushes on its own, so that writes nobody waits for (poll bookkeeping,
 /// delivery results) reach the disk too.
 const IDLE_FLUSH: Duration = Duration::from_secs(1);

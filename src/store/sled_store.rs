@@ -38,7 +38,20 @@ pub struct SledStore {
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 fn io(e: sled::Error) -> StoreError {
-    StoreError::Io(e.to_string())
+    match e {
+        sled::Error::Io(io) => {
+            // sled wraps the OS error in a custom one; keep the kind, say it plainly.
+            let full = io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28);
+            StoreError::Io(if full {
+                "no space left on device: the disk holding the data directory is full; free space, then restart \
+                 hookshim (the store refuses writes after an I/O error; everything acknowledged is on disk)"
+                    .to_string()
+            } else {
+                io.to_string()
+            })
+        }
+        other => StoreError::Io(other.to_string()),
+    }
 }
 
 fn tx_err(e: TransactionError<StoreError>) -> StoreError {

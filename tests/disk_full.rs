@@ -1,0 +1,156 @@
+//! A full disk: registrations are refused with a precise message, nothing acknowledged is lost,
+//! the process keeps answering, `/readyz` says why it is not ready, and after space is freed a
+//! restart serves everything that was acknowledged. Drives the real binary on a small tmpfs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Mount(PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn(config: &Path, log: &Path) -> Proc {
+    let log = std::fs::File::create(log).unwrap();
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_hookshim"))
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .env("HOOKSHIM_CALLBACK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .env_remove("HOOKSHIM_API_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn wait_healthy(http: &reqwest::Client, base: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("hookshim did not come up at {base}");
+}
+
+async fn register(http: &reqwest::Client, base: &str, i: usize) -> (u16, Value) {
+    let body = json!({"upstream": "jobs", "operation": format!("f{i}"), "metadata": {"pad": "x".repeat(15_000), "i": i}});
+    let r = http.post(format!("{base}/v1/operations")).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn full_disk_refuses_with_a_precise_error_and_loses_nothing_acknowledged() {
+    if !is_root() {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("disk");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&mnt).status().unwrap();
+    assert!(ok.success(), "mount tmpfs as root");
+    let _mount = Mount(mnt.clone());
+    // Ballast we can delete later to free space.
+    std::fs::write(mnt.join("ballast"), vec![0u8; 1_500_000]).unwrap();
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("shim.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+[store]
+path = "{}"
+cache = "8MiB"
+[upstreams.jobs]
+base_url = "http://127.0.0.1:9/"
+status_path = "jobs/{{operation}}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+poll = {{ initial = "1h", max = "1h" }}
+"#,
+            mnt.join("store").display()
+        ),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let mut proc = spawn(&config, &dir.path().join("log1"));
+    wait_healthy(&http, &base).await;
+
+    let mut acknowledged = Vec::new();
+    let mut refusal = None;
+    for i in 0..1000 {
+        let (code, body) = register(&http, &base, i).await;
+        match code {
+            201 => acknowledged.push(body["id"].as_str().unwrap().to_string()),
+            503 => {
+                refusal = Some(body);
+                break;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let refusal = refusal.expect("the 4 MiB disk fills up");
+    assert!(acknowledged.len() > 10, "some registrations fit before the disk filled: {}", acknowledged.len());
+    assert_eq!(refusal["error"]["code"], "store_unavailable");
+    let msg = refusal["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("no space left on device"), "{msg}");
+
+    // Still answering, and honest about it.
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert!(ready["store_error"].as_str().unwrap().contains("no space left"), "{ready}");
+    for id in &acknowledged {
+        let r = http.get(format!("{base}/v1/operations/{id}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "acknowledged {id} readable while the disk is full");
+    }
+
+    // Free space, restart: everything acknowledged is there, and writes work again.
+    let _ = proc.0.kill();
+    let _ = proc.0.wait();
+    std::fs::remove_file(mnt.join("ballast")).unwrap();
+    proc = spawn(&config, &dir.path().join("log2"));
+    wait_healthy(&http, &base).await;
+    for (i, id) in acknowledged.iter().enumerate() {
+        let r = http.get(format!("{base}/v1/operations/{id}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "acknowledged {id} survived kill -9 after the disk filled");
+        let op: Value = r.json().await.unwrap();
+        assert_eq!(op["metadata"]["i"], i);
+    }
+    let (code, body) = register(&http, &base, 5000).await;
+    assert_eq!(code, 201, "writes work again after space was freed: {body}");
+    drop(proc);
+}
