@@ -396,7 +396,11 @@ async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
     let ready = workers && store_error.is_none();
     let body = json!({"ready": ready, "store": store_error.is_none(), "store_error": store_error, "workers": workers,
         "polls_scheduled": shim.polls.len(), "outbox": shim.deliveries.len()});
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 

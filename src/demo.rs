@@ -31,10 +31,16 @@ struct SimJob {
 
 type Jobs = Arc<Mutex<HashMap<String, SimJob>>>;
 
-async fn job_status(State(jobs): State<Jobs>, Path((_kind, id)): Path<(String, String)>) -> impl IntoResponse {
+async fn job_status(
+    State(jobs): State<Jobs>,
+    Path((_kind, id)): Path<(String, String)>,
+) -> impl IntoResponse {
     let jobs = jobs.lock().unwrap_or_else(|p| p.into_inner());
     let Some(job) = jobs.get(&id) else {
-        return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "no such job"})));
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "no such job"})),
+        );
     };
     let elapsed = job.started.elapsed();
     let body = if elapsed < job.duration {
@@ -48,7 +54,9 @@ async fn job_status(State(jobs): State<Jobs>, Path((_kind, id)): Path<(String, S
 }
 
 async fn serve(router: Router) -> Result<String, String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("cannot bind loopback: {e}"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot bind loopback: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
@@ -107,7 +115,12 @@ pub async fn run(n: usize) -> Result<(), String> {
 
     // The simulated upstream.
     let jobs: Jobs = Arc::new(Mutex::new(HashMap::new()));
-    let upstream_url = serve(Router::new().route("/{kind}/{id}", get(job_status)).with_state(jobs.clone())).await?;
+    let upstream_url = serve(
+        Router::new()
+            .route("/{kind}/{id}", get(job_status))
+            .with_state(jobs.clone()),
+    )
+    .await?;
 
     // The receiver: verify, then print.
     let (tx, mut rx) = mpsc::unbounded_channel::<(bool, Value, String)>();
@@ -118,11 +131,20 @@ pub async fn run(n: usize) -> Result<(), String> {
             let tx = tx.clone();
             let key = key.clone();
             async move {
-                let verified = verify_standard(&[&key], &headers, &body, SystemClock.now().unix_seconds());
+                let verified =
+                    verify_standard(&[&key], &headers, &body, SystemClock.now().unix_seconds());
                 let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
                 let _ = tx.send((verified.is_ok(), value, id));
-                if verified.is_ok() { StatusCode::NO_CONTENT } else { StatusCode::UNAUTHORIZED }
+                if verified.is_ok() {
+                    StatusCode::NO_CONTENT
+                } else {
+                    StatusCode::UNAUTHORIZED
+                }
             }
         }),
     ))
@@ -139,16 +161,27 @@ pub async fn run(n: usize) -> Result<(), String> {
         _ => None,
     };
     let config = Config::parse(&text, "demo.toml", &lookup).map_err(|e| e.to_string())?;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot bind loopback: {e}"))?;
-    let running = start(config, StartOptions { listener: Some(listener), ..StartOptions::default() })
-        .await
-        .map_err(|e| e.to_string())?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| format!("cannot bind loopback: {e}"))?;
+    let running = start(
+        config,
+        StartOptions {
+            listener: Some(listener),
+            ..StartOptions::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let shim_url = format!("http://{}", running.addr);
 
     println!("hookshim demo");
-    println!("  simulated upstream  {upstream_url}   (render/* jobs: polling only; push/* jobs: also send signed webhooks)");
+    println!(
+        "  simulated upstream  {upstream_url}   (render/* jobs: polling only; push/* jobs: also send signed webhooks)"
+    );
     println!("  hookshim            {shim_url}");
-    println!("  receiver            {receiver_url}/callback   (verifies every Standard Webhooks signature)");
+    println!(
+        "  receiver            {receiver_url}/callback   (verifies every Standard Webhooks signature)"
+    );
     println!();
 
     // Start jobs upstream and register each with hookshim right after, as an app would.
@@ -161,7 +194,11 @@ pub async fn run(n: usize) -> Result<(), String> {
         let fails = i % 5 == 4;
         jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id.clone(),
-            SimJob { started: Instant::now(), duration, fails },
+            SimJob {
+                started: Instant::now(),
+                duration,
+                fails,
+            },
         );
         let r = http
             .post(format!("{shim_url}/v1/operations"))
@@ -181,7 +218,11 @@ pub async fn run(n: usize) -> Result<(), String> {
             op["id"].as_str().unwrap_or("?"),
             duration.as_secs_f64(),
             if fails { ", will fail" } else { "" },
-            if kind == "push" { ", upstream will push a webhook" } else { "" }
+            if kind == "push" {
+                ", upstream will push a webhook"
+            } else {
+                ""
+            }
         );
         names.insert(op["id"].as_str().unwrap_or("").to_string(), id.clone());
         if kind == "push" {
@@ -191,7 +232,8 @@ pub async fn run(n: usize) -> Result<(), String> {
             let http = http.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(duration).await;
-                let body = serde_json::to_vec(&json!({"type": "job.finished", "data": {"id": id}})).unwrap_or_default();
+                let body = serde_json::to_vec(&json!({"type": "job.finished", "data": {"id": id}}))
+                    .unwrap_or_default();
                 let msg = format!("msg_{}", ulid::Ulid::generate());
                 let ts = SystemClock.now().unix_seconds();
                 let sig = format!("v1,{}", sign_v1(&key, &msg, ts, &body));
@@ -214,14 +256,19 @@ pub async fn run(n: usize) -> Result<(), String> {
     let mut all_verified = true;
     let mut seen = std::collections::HashSet::new();
     while received < n {
-        let Ok(Some((verified, body, webhook_id))) = tokio::time::timeout_at(deadline.into(), rx.recv()).await else {
+        let Ok(Some((verified, body, webhook_id))) =
+            tokio::time::timeout_at(deadline.into(), rx.recv()).await
+        else {
             break;
         };
         all_verified &= verified;
         let d = &body["data"];
         let op_id = d["id"].as_str().unwrap_or("?");
         if !seen.insert(op_id.to_string()) {
-            println!("[{:>5.1}s] duplicate callback for {op_id} (same webhook-id {webhook_id}; receivers de-duplicate on it)", t0.elapsed().as_secs_f64());
+            println!(
+                "[{:>5.1}s] duplicate callback for {op_id} (same webhook-id {webhook_id}; receivers de-duplicate on it)",
+                t0.elapsed().as_secs_f64()
+            );
             continue;
         }
         received += 1;
@@ -245,9 +292,14 @@ pub async fn run(n: usize) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&data);
     println!();
     if received == n && all_verified {
-        println!("all {n} jobs delivered exactly one verified callback in {:.1}s", t0.elapsed().as_secs_f64());
+        println!(
+            "all {n} jobs delivered exactly one verified callback in {:.1}s",
+            t0.elapsed().as_secs_f64()
+        );
         Ok(())
     } else {
-        Err(format!("only {received} of {n} callbacks arrived (all verified: {all_verified})"))
+        Err(format!(
+            "only {received} of {n} callbacks arrived (all verified: {all_verified})"
+        ))
     }
 }

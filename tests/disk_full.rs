@@ -24,11 +24,19 @@ impl Drop for Proc {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn(config: &Path, log: &Path) -> Proc {
@@ -38,7 +46,10 @@ fn spawn(config: &Path, log: &Path) -> Proc {
             .arg("--config")
             .arg(config)
             .arg("serve")
-            .env("HOOKSHIM_CALLBACK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .env(
+                "HOOKSHIM_CALLBACK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            )
             .env_remove("HOOKSHIM_API_TOKEN")
             .stdout(Stdio::null())
             .stderr(log)
@@ -60,7 +71,12 @@ async fn wait_healthy(http: &reqwest::Client, base: &str) {
 
 async fn register(http: &reqwest::Client, base: &str, i: usize) -> (u16, Value) {
     let body = json!({"upstream": "jobs", "operation": format!("f{i}"), "metadata": {"pad": "x".repeat(15_000), "i": i}});
-    let r = http.post(format!("{base}/v1/operations")).json(&body).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/v1/operations"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
@@ -73,7 +89,11 @@ async fn full_disk_refuses_with_a_precise_error_and_loses_nothing_acknowledged()
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("disk");
     std::fs::create_dir_all(&mnt).unwrap();
-    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&mnt).status().unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
     assert!(ok.success(), "mount tmpfs as root");
     let _mount = Mount(mnt.clone());
     // Ballast we can delete later to free space.
@@ -121,7 +141,11 @@ poll = {{ initial = "1h", max = "1h" }}
         }
     }
     let refusal = refusal.expect("the 4 MiB disk fills up");
-    assert!(acknowledged.len() > 10, "some registrations fit before the disk filled: {}", acknowledged.len());
+    assert!(
+        acknowledged.len() > 10,
+        "some registrations fit before the disk filled: {}",
+        acknowledged.len()
+    );
     assert_eq!(refusal["error"]["code"], "store_unavailable");
     let msg = refusal["error"]["message"].as_str().unwrap();
     assert!(msg.contains("no space left on device"), "{msg}");
@@ -132,10 +156,24 @@ poll = {{ initial = "1h", max = "1h" }}
     let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     let ready: Value = ready.json().await.unwrap();
-    assert!(ready["store_error"].as_str().unwrap().contains("no space left"), "{ready}");
+    assert!(
+        ready["store_error"]
+            .as_str()
+            .unwrap()
+            .contains("no space left"),
+        "{ready}"
+    );
     for id in &acknowledged {
-        let r = http.get(format!("{base}/v1/operations/{id}")).send().await.unwrap();
-        assert_eq!(r.status(), 200, "acknowledged {id} readable while the disk is full");
+        let r = http
+            .get(format!("{base}/v1/operations/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "acknowledged {id} readable while the disk is full"
+        );
     }
 
     // Free space, restart: everything acknowledged is there, and writes work again.
@@ -145,8 +183,16 @@ poll = {{ initial = "1h", max = "1h" }}
     proc = spawn(&config, &dir.path().join("log2"));
     wait_healthy(&http, &base).await;
     for (i, id) in acknowledged.iter().enumerate() {
-        let r = http.get(format!("{base}/v1/operations/{id}")).send().await.unwrap();
-        assert_eq!(r.status(), 200, "acknowledged {id} survived kill -9 after the disk filled");
+        let r = http
+            .get(format!("{base}/v1/operations/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "acknowledged {id} survived kill -9 after the disk filled"
+        );
         let op: Value = r.json().await.unwrap();
         assert_eq!(op["metadata"]["i"], i);
     }

@@ -41,7 +41,8 @@ fn io(e: sled::Error) -> StoreError {
     match e {
         sled::Error::Io(io) => {
             // sled wraps the OS error in a custom one; keep the kind, say it plainly.
-            let full = io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28);
+            let full =
+                io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28);
             StoreError::Io(if full {
                 "no space left on device: the disk holding the data directory is full; free space, then restart \
                  hookshim (the store refuses writes after an I/O error; everything acknowledged is on disk)"
