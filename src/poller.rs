@@ -172,12 +172,28 @@ pub async fn poll_once(shim: &Shim, id: &str) {
             .schedule(id, shim.clock.now().plus(Duration::from_secs(3600)));
         return;
     };
+    // Waiting for the budget is abandoned at once on shutdown, a request in flight gets a grace
+    // period; either way the operation stays scheduled in the store and resumes at restart.
     if let Some(limiter) = shim.limiters.get(&op.upstream) {
-        limiter.acquire(shim.clock.as_ref()).await;
+        if shim
+            .unless_stopping(Duration::ZERO, limiter.acquire(shim.clock.as_ref()))
+            .await
+            .is_none()
+        {
+            return;
+        }
     }
-    let (outcome, hint) = match status_url(up, &op.operation) {
-        Err(e) => (PollOutcome::Transient(e), None),
-        Ok(url) => request(shim, up, url).await,
+    let read = async {
+        match status_url(up, &op.operation) {
+            Err(e) => (PollOutcome::Transient(e), None),
+            Ok(url) => request(shim, up, url).await,
+        }
+    };
+    let Some((outcome, hint)) = shim
+        .unless_stopping(crate::service::SHUTDOWN_GRACE, read)
+        .await
+    else {
+        return;
     };
     let now = shim.clock.now();
     let sample = jitter_sample();

@@ -50,7 +50,26 @@ pub struct Shim {
     pub workers_running: AtomicBool,
 }
 
+/// How long in-flight requests may take to finish once shutdown starts; after that they are
+/// abandoned (their work stays in the store and resumes at the next start).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 impl Shim {
+    /// Run `f` unless shutdown starts and `grace` passes first (`None` then).
+    pub async fn unless_stopping<F: std::future::Future>(
+        &self,
+        grace: Duration,
+        f: F,
+    ) -> Option<F::Output> {
+        tokio::select! {
+            out = f => Some(out),
+            _ = async {
+                self.shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => None,
+        }
+    }
+
     /// After a write made `op` terminal: count it, flush (the outbox entry must be durable
     /// before the callback goes out), then hand it to delivery.
     pub async fn on_terminal(&self, op: &Operation) {

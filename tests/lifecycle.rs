@@ -393,3 +393,31 @@ async fn operation_without_callback_url_is_polled_locally() {
         .await;
     assert_eq!(code, 409);
 }
+
+#[tokio::test]
+async fn callback_to_a_host_no_longer_allowed_is_not_sent() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let config = CONFIG.replace("default_url = \"{RECV}/callback\"\n", "");
+    let mut shim = TestShim::start(&config, &up, &recv).await;
+    up.set("jobs/moved", json!({"state": "running"}));
+    let (code, op) = shim
+        .register(json!({"upstream": "jobs", "operation": "moved", "callback_url": format!("{}/cb", recv.url)}))
+        .await;
+    assert_eq!(code, 201, "{op}");
+    let id = op["id"].as_str().unwrap().to_string();
+    // The operator narrows the allow-list and restarts; then the job finishes.
+    shim.config_text = shim
+        .config_text
+        .replace("[callbacks]\n", "[callbacks]\nallowed_hosts = [\"localhost\"]\n");
+    shim.restart().await;
+    up.set("jobs/moved", json!({"state": "done"}));
+    wait_status(&shim, &id, "succeeded").await;
+    let op = eventually(Duration::from_secs(5), "delivery to fail", || async {
+        let o = shim.op(&id).await;
+        (o["delivery"]["state"] == "failed").then_some(o)
+    })
+    .await;
+    assert!(op["delivery"]["last_error"].as_str().unwrap().contains("not in callbacks.allowed_hosts"), "{op}");
+    assert!(recv.calls().is_empty(), "nothing was sent to the no-longer-allowed host");
+}

@@ -76,6 +76,8 @@ pub enum AttemptResult {
     Delivered(u16),
     /// 410 Gone: the receiver does not want it; stop.
     Gone,
+    /// Not sent: the callback URL's host is no longer in `callbacks.allowed_hosts`.
+    Refused(String),
     /// Anything else: retry. `label` is the metrics label.
     Retry {
         status: Option<u16>,
@@ -141,6 +143,12 @@ pub fn record_attempt(
             d.last_error = Some("receiver answered 410 Gone; not retrying".into());
             d.next_attempt_at = None;
         }
+        AttemptResult::Refused(why) => {
+            d.state = DeliveryState::Failed;
+            d.last_status = None;
+            d.last_error = Some(why.clone());
+            d.next_attempt_at = None;
+        }
         AttemptResult::Retry {
             status,
             error,
@@ -188,36 +196,13 @@ pub async fn deliver_once(shim: &Shim, id: &str) {
         sign_v1(&shim.callback_key.0, &webhook_id, ts, &body)
     );
 
-    // Call.
-    let sent = shim
-        .callback_http
-        .post(&url)
-        .header(CONTENT_TYPE, "application/json")
-        .header("webhook-id", &webhook_id)
-        .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", signature)
-        .body(body)
-        .send()
-        .await;
-    let result = match sent {
-        Ok(resp) => classify(
-            resp.status(),
-            parse_hint(resp.headers(), std::time::SystemTime::now()),
-        ),
-        Err(e) if e.is_timeout() => AttemptResult::Retry {
-            status: None,
-            error: format!(
-                "receiver did not answer within {:?}",
-                shim.config.callbacks.timeout
-            ),
-            hint: None,
-            label: "timeout",
-        },
-        Err(e) => AttemptResult::Retry {
-            status: None,
-            error: format!("callback request failed: {}", error_chain(&e)),
-            hint: None,
-            label: "network_error",
+    // A host removed from the allow-list since registration is not called.
+    let result = match crate::config::check_callback_url(&url, &shim.config.callbacks.allowed_hosts)
+    {
+        Err(e) => AttemptResult::Refused(format!("not sent: callback_url {e}")),
+        Ok(_) => match call(shim, &url, &webhook_id, signature, ts, body).await {
+            Some(r) => r,
+            None => return,
         },
     };
 
@@ -234,6 +219,7 @@ pub async fn deliver_once(shim: &Shim, id: &str) {
     shim.metrics.callback(match &result {
         AttemptResult::Delivered(_) => "delivered",
         AttemptResult::Gone => "gone",
+        AttemptResult::Refused(_) => "refused",
         AttemptResult::Retry { label, .. } => label,
     });
     match updated {
@@ -266,6 +252,52 @@ pub async fn deliver_once(shim: &Shim, id: &str) {
                 .schedule(id, now.plus(Duration::from_secs(30)));
         }
     }
+}
+
+/// POST one signed attempt and classify the answer; `None` if abandoned for shutdown.
+async fn call(
+    shim: &Shim,
+    url: &str,
+    webhook_id: &str,
+    signature: String,
+    ts: u64,
+    body: Vec<u8>,
+) -> Option<AttemptResult> {
+    let send = shim
+        .callback_http
+        .post(url)
+        .header(CONTENT_TYPE, "application/json")
+        .header("webhook-id", webhook_id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send();
+    // On shutdown an attempt in flight gets a grace period; if abandoned, the outbox entry is
+    // untouched and the same callback (same webhook-id) is sent after restart.
+    let sent = shim
+        .unless_stopping(crate::service::SHUTDOWN_GRACE, send)
+        .await?;
+    Some(match sent {
+        Ok(resp) => classify(
+            resp.status(),
+            parse_hint(resp.headers(), std::time::SystemTime::now()),
+        ),
+        Err(e) if e.is_timeout() => AttemptResult::Retry {
+            status: None,
+            error: format!(
+                "receiver did not answer within {:?}",
+                shim.config.callbacks.timeout
+            ),
+            hint: None,
+            label: "timeout",
+        },
+        Err(e) => AttemptResult::Retry {
+            status: None,
+            error: format!("callback request failed: {}", error_chain(&e)),
+            hint: None,
+            label: "network_error",
+        },
+    })
 }
 
 #[cfg(test)]
