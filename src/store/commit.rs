@@ -104,3 +104,44 @@ impl GroupCommit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Timestamp;
+    use crate::operation::sample;
+    use crate::store::SledStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_writers_share_few_flushes_and_all_are_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 8 << 20).unwrap());
+        let commit = GroupCommit::new(store.clone());
+        let stop = CancellationToken::new();
+        let flusher = tokio::spawn(commit.clone().run(stop.clone()));
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let (store, commit) = (store.clone(), commit.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut op = sample(Timestamp(1_000));
+                op.id = format!("op_{i:026}");
+                op.operation = format!("w{i}");
+                store.register(op, Duration::ZERO).unwrap();
+                commit.flushed().await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let flushes = commit.flushes.load(Ordering::Relaxed);
+        assert!(flushes >= 1);
+        assert!(flushes < 200, "group commit must share flushes between writers, got {flushes} for 200 writers");
+        stop.cancel();
+        flusher.await.unwrap();
+        // Everything acknowledged is readable after reopening.
+        drop(commit);
+        drop(store);
+        let reopened = SledStore::open(dir.path(), 8 << 20).unwrap();
+        assert_eq!(reopened.scheduled().unwrap().len(), 200);
+    }
+}
