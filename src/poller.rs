@@ -294,3 +294,149 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::config::Config;
+    use crate::operation::sample;
+    use crate::upstream::ObservedState;
+    use serde_json::json;
+
+    fn upstream(webhook: bool) -> UpstreamConfig {
+        let mut text = String::from(
+            r#"
+[upstreams.jobs]
+base_url = "http://127.0.0.1:1/"
+status_path = "jobs/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+not_found_after = 3
+poll = { initial = "1s", multiplier = 2.0, max = "30s", jitter = 0.0, deadline = "24h" }
+"#,
+        );
+        if webhook {
+            text.push_str("[upstreams.jobs.webhook]\nscheme = \"none\"\nsafety_poll = \"10m\"\n");
+        }
+        Config::parse(&text, "t.toml", &|_| None).unwrap().upstreams["jobs"].clone()
+    }
+
+    fn running() -> PollOutcome {
+        PollOutcome::Observed(Observation {
+            state: ObservedState::Running,
+            raw_status: json!("running"),
+            progress: None,
+            result: None,
+            error: None,
+        })
+    }
+
+    /// Drive one operation through a whole day of polls on a manual clock.
+    fn simulate_day(up: &UpstreamConfig, outcome: &PollOutcome) -> (Operation, u32) {
+        let clock = ManualClock::new(Timestamp(1_000_000));
+        let mut op = sample(clock.now());
+        op.deadline_at = clock.now().plus(Duration::from_secs(24 * 3600));
+        op.next_poll_at = Some(first_poll_at(up, clock.now(), op.deadline_at, 0.0));
+        let mut polls = 0;
+        while let Some(at) = op.next_poll_at.filter(|_| !op.status.is_terminal()) {
+            clock.set(at);
+            apply_outcome(&mut op, up, outcome, None, clock.now(), 0.0);
+            polls += 1;
+            assert!(polls < 100_000, "runaway schedule");
+        }
+        (op, polls)
+    }
+
+    #[test]
+    fn a_day_of_running_ends_timed_out_exactly_at_the_deadline() {
+        let up = upstream(false);
+        let (op, polls) = simulate_day(&up, &running());
+        assert_eq!(op.status, Status::TimedOut);
+        assert_eq!(op.detected_via, Some(DetectedVia::Deadline));
+        assert_eq!(op.completed_at, Some(op.deadline_at));
+        // 1+2+4+8+16 s, then every 30 s for the rest of the day, plus the deadline poll.
+        let expected = 5 + (86_400 - 31) / 30 + 1;
+        assert!(
+            (polls as i64 - expected as i64).abs() <= 1,
+            "polls {polls}, expected about {expected}"
+        );
+    }
+
+    #[test]
+    fn transient_errors_never_end_an_operation_before_its_deadline() {
+        let up = upstream(false);
+        let (op, _) = simulate_day(&up, &PollOutcome::Transient("upstream answered 503".into()));
+        assert_eq!(op.status, Status::TimedOut);
+        assert_eq!(op.last_poll_error.as_deref(), Some("upstream answered 503"));
+    }
+
+    #[test]
+    fn with_webhooks_on_only_the_safety_poll_runs() {
+        let up = upstream(true);
+        let (op, polls) = simulate_day(&up, &running());
+        assert_eq!(op.status, Status::TimedOut);
+        assert_eq!(
+            polls,
+            24 * 6,
+            "one poll every 10 minutes, the last one at the deadline"
+        );
+    }
+
+    #[test]
+    fn not_found_streak_ends_the_operation_and_a_success_resets_it() {
+        let up = upstream(false);
+        let now = Timestamp(10_000);
+        let mut op = sample(now);
+        apply_outcome(&mut op, &up, &PollOutcome::NotFound, None, now, 0.0);
+        apply_outcome(&mut op, &up, &PollOutcome::NotFound, None, now, 0.0);
+        apply_outcome(&mut op, &up, &running(), None, now, 0.0);
+        assert_eq!(op.not_found_streak, 0);
+        for _ in 0..3 {
+            apply_outcome(&mut op, &up, &PollOutcome::NotFound, None, now, 0.0);
+        }
+        assert_eq!(op.status, Status::Failed);
+        assert_eq!(op.error.as_ref().unwrap()["code"], "upstream_not_found");
+    }
+
+    #[test]
+    fn a_hint_pushes_the_next_poll_later() {
+        let up = upstream(false);
+        let now = Timestamp(10_000);
+        let mut op = sample(now);
+        apply_outcome(
+            &mut op,
+            &up,
+            &running(),
+            Some(Duration::from_secs(90)),
+            now,
+            0.0,
+        );
+        assert_eq!(op.next_poll_at, Some(now.plus(Duration::from_secs(90))));
+        apply_outcome(&mut op, &up, &running(), None, now, 0.0);
+        assert_eq!(op.next_poll_at, Some(now.plus(Duration::from_secs(2))));
+    }
+
+    #[test]
+    fn classify_never_makes_errors_terminal() {
+        let up = upstream(false);
+        for (code, body) in [
+            (500u16, "{}"),
+            (429, ""),
+            (401, "{}"),
+            (200, "not json"),
+            (200, "{\"x\":1}"),
+        ] {
+            let (o, _) = classify(&up, StatusCode::from_u16(code).unwrap(), body.as_bytes());
+            assert!(
+                matches!(o, PollOutcome::Transient(_)),
+                "{code} {body} → {o:?}"
+            );
+        }
+        assert!(matches!(
+            classify(&up, StatusCode::NOT_FOUND, b"").0,
+            PollOutcome::NotFound
+        ));
+    }
+}
