@@ -409,8 +409,23 @@ impl Config {
             file: source.to_string(),
             message,
         };
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's message has the line, the column and the offending text; the dotted key
+            // (`upstreams.jobs.poll.initial`) comes from re-reading the parsed table with
+            // serde_path_to_error (toml's own spanned deserializer does not report paths).
+            let path = toml::from_str::<toml::Table>(text)
+                .ok()
+                .and_then(|t| {
+                    serde_path_to_error::deserialize::<_, RawConfig>(toml::Value::Table(t)).err()
+                })
+                .map(|pe| pe.path().to_string())
+                .filter(|p| p != ".");
+            let msg = e.to_string().trim_end().to_string();
+            err(match path {
+                Some(p) => format!("`{p}`: {msg}"),
+                None => msg,
+            })
+        })?;
         resolve(raw, source, env).map_err(err)
     }
 
@@ -908,6 +923,7 @@ safety_poll = "10m"
         let e = err_of("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
         assert!(e.starts_with("shim.toml: "), "{e}");
         assert!(e.contains("unknown field `lisen`"), "{e}");
+        assert!(e.contains("`server.lisen`"), "{e}");
         assert!(e.contains("line 3"), "{e}");
     }
 
@@ -915,6 +931,7 @@ safety_poll = "10m"
     fn bad_duration_is_explained() {
         let e = err_of(&GOOD.replace("max = \"30s\"", "max = \"30 parsecs\""));
         assert!(e.contains("invalid duration \"30 parsecs\""), "{e}");
+        assert!(e.contains("`upstreams.jobs.poll.max`"), "{e}");
     }
 
     #[test]
