@@ -1,0 +1,404 @@
+//! The poller against an upstream that misbehaves: rate-limit hints, a tight request budget,
+//! errors that must never end an operation, deadlines, 404 streaks, and the google-operation
+//! preset.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn id_of(op: &Value) -> String {
+    op["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {op}"))
+        .to_string()
+}
+
+/// Wait until `path` has been requested at least `n` times; return the request instants.
+async fn wait_requests(up: &FakeUpstream, path: &str, n: usize) -> Vec<Instant> {
+    eventually(
+        Duration::from_secs(5),
+        &format!("{n} request(s) for {path}"),
+        || async {
+            let r = up.requests_for(path);
+            (r.len() >= n).then_some(r)
+        },
+    )
+    .await
+}
+
+/// The status endpoint answers 429 with `header: value`: the operation's next read, and the
+/// first read of another operation on the same upstream, wait at least `min_gap`.
+async fn rate_limit_hint_pauses_the_upstream(header: &'static str, value: &str, min_gap: Duration) {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(CONFIG, &up, &recv).await;
+    up.set("jobs/hinted", json!({"state": "running"}));
+    up.script(
+        "jobs/hinted",
+        vec![Scripted::new(429, r#"{"error": "slow down"}"#).header(header, value)],
+    );
+    let (_, op) = shim
+        .register(json!({"upstream": "jobs", "operation": "hinted"}))
+        .await;
+    let a = id_of(&op);
+    let t0 = wait_requests(&up, "jobs/hinted", 1).await[0];
+    // Once the 429 is recorded, hookshim has read the hint and paused the upstream.
+    eventually(Duration::from_secs(5), "the 429 to be recorded", || async {
+        let o = shim.op(&a).await;
+        o["last_poll_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("429"))
+            .then_some(())
+    })
+    .await;
+    // A second operation whose first poll (~50 ms after registration) falls inside the pause.
+    up.set("jobs/bystander", json!({"state": "running"}));
+    shim.register(json!({"upstream": "jobs", "operation": "bystander"}))
+        .await;
+    let registered = t0.elapsed();
+    assert!(
+        registered + Duration::from_millis(100) < min_gap,
+        "the bystander was registered too late ({registered:?}) to test the pause"
+    );
+
+    let a_next = wait_requests(&up, "jobs/hinted", 2).await[1];
+    let b_first = wait_requests(&up, "jobs/bystander", 1).await[0];
+    let a_gap = a_next.duration_since(t0);
+    let b_gap = b_first.duration_since(t0);
+    assert!(
+        a_gap >= min_gap,
+        "{header}: {value} but the operation was read again after {a_gap:?}"
+    );
+    assert!(
+        b_gap >= min_gap,
+        "{header}: {value} but another operation on the upstream was read after {b_gap:?}"
+    );
+    assert!(shim.metrics().await.contains(
+        "hookshim_upstream_requests_total{upstream=\"jobs\",outcome=\"rate_limited\"} 1"
+    ));
+    // And the operation carries on.
+    up.set("jobs/hinted", json!({"state": "done"}));
+    wait_status(&shim, &a, "succeeded").await;
+}
+
+#[tokio::test]
+async fn retry_after_pauses_the_whole_upstream() {
+    rate_limit_hint_pauses_the_upstream("retry-after", "1", Duration::from_millis(900)).await;
+}
+
+#[tokio::test]
+async fn retry_after_ms_pauses_the_whole_upstream() {
+    rate_limit_hint_pauses_the_upstream("retry-after-ms", "700", Duration::from_millis(600)).await;
+}
+
+#[tokio::test]
+async fn hint_on_a_normal_answer_delays_that_operation() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(CONFIG, &up, &recv).await;
+    // A readable "running" answer that also asks for 700 ms; the base schedule is ~50-75 ms.
+    up.script(
+        "jobs/patient",
+        vec![Scripted::new(200, r#"{"state": "running"}"#).header("retry-after-ms", "700")],
+    );
+    up.set("jobs/patient", json!({"state": "running"}));
+    let (_, op) = shim
+        .register(json!({"upstream": "jobs", "operation": "patient"}))
+        .await;
+    let id = id_of(&op);
+    let reqs = wait_requests(&up, "jobs/patient", 2).await;
+    let gap = reqs[1].duration_since(reqs[0]);
+    assert!(
+        gap >= Duration::from_millis(600),
+        "retry-after-ms: 700 on a 200, but read again after {gap:?}"
+    );
+    assert_eq!(shim.op(&id).await["status"], "running");
+}
+
+const TIGHT: &str = r#"
+[upstreams.tight]
+base_url = "{UP}/"
+status_path = "tight/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+rate = { per_second = 5, burst = 5 }
+poll = { initial = "10ms", max = "20ms" }
+"#;
+
+#[tokio::test]
+async fn request_budget_is_never_exceeded() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(&format!("{CONFIG}{TIGHT}"), &up, &recv).await;
+    let started = Instant::now();
+    for i in 0..20 {
+        up.set(&format!("tight/b{i}"), json!({"state": "running"}));
+        let (code, op) = shim
+            .register(json!({"upstream": "tight", "operation": format!("b{i}")}))
+            .await;
+        assert_eq!(code, 201, "{op}");
+    }
+    // Unlimited, 20 operations polled every ~20 ms would make ~1000 requests a second.
+    tokio::time::sleep(Duration::from_millis(2200).saturating_sub(started.elapsed())).await;
+    let mut reqs = up.all_requests();
+    reqs.sort();
+    // GCRA (burst 5, one cell per 200 ms): n requests span at least (n - 5) × 200 ms, so a
+    // closed window of 1 s holds at most 5 + 5 = 10 (an 11th would need 1.2 s).
+    let window = Duration::from_secs(1);
+    let mut worst = 0;
+    for (i, t) in reqs.iter().enumerate() {
+        let n = reqs[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) <= window)
+            .count();
+        worst = worst.max(n);
+    }
+    assert!(
+        worst <= 10,
+        "{worst} requests within 1 s (budget: burst 5 + 5/s); {} in all",
+        reqs.len()
+    );
+    // The budget was used, not merely unreached.
+    assert!(
+        reqs.len() >= 12,
+        "only {} requests in ~2 s: the budget was never exercised",
+        reqs.len()
+    );
+    // The same bound over every span, not only 1 s windows: requests i..=j need
+    // (j - i + 1 - 5) × 200 ms between the first and the last. Allow 150 ms for the delay
+    // between a request leaving hookshim and the fake upstream recording it.
+    for i in 0..reqs.len() {
+        for j in i + 1..reqs.len() {
+            let span = reqs[j].duration_since(reqs[i]) + Duration::from_millis(150);
+            let allowed = 5 + (span.as_millis() / 200) as usize;
+            let count = j - i + 1;
+            assert!(
+                count <= allowed,
+                "{count} requests within {:?}; at most {allowed} allowed",
+                reqs[j].duration_since(reqs[i])
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn errors_and_unreadable_answers_never_end_an_operation() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(CONFIG, &up, &recv).await;
+    let failures = vec![
+        Scripted::new(500, "oops"),
+        Scripted::new(502, r#"{"state": "error"}"#),
+        Scripted::new(200, "<html>not json</html>"),
+        Scripted::new(200, "{\"state\": \"done\""),
+        // JSON, but without the configured status field (`/state`).
+        Scripted::new(200, r#"{"status": "done", "output": 1}"#),
+        Scripted::new(200, r#"["done"]"#),
+        Scripted::new(401, r#"{"state": "error"}"#),
+        Scripted::new(401, r#"{"error": "unauthorized"}"#),
+    ];
+    let n = failures.len();
+    up.script("jobs/flaky", failures);
+    up.set("jobs/flaky", json!({"state": "running"}));
+    let (_, op) = shim
+        .register(json!({"upstream": "jobs", "operation": "flaky"}))
+        .await;
+    let id = id_of(&op);
+
+    let failing = eventually(Duration::from_secs(5), "a recorded poll error", || async {
+        let o = shim.op(&id).await;
+        o["last_poll_error"].is_string().then_some(o)
+    })
+    .await;
+    assert_eq!(failing["status"], "pending", "{failing}");
+    assert!(failing["error_streak"].as_u64().unwrap() >= 1, "{failing}");
+    // Every scripted failure is read, then the real answer.
+    wait_requests(&up, "jobs/flaky", n + 1).await;
+    let running = wait_status(&shim, &id, "running").await;
+    assert!(running["last_poll_error"].is_null(), "{running}");
+    assert_eq!(running["error_streak"], 0);
+    assert!(running["polls"].as_u64().unwrap() > n as u64, "{running}");
+    let metrics = shim.metrics().await;
+    for (outcome, count) in [
+        ("server_error", 2),
+        ("invalid_body", 4),
+        ("client_error", 2),
+    ] {
+        let line = format!(
+            "hookshim_upstream_requests_total{{upstream=\"jobs\",outcome=\"{outcome}\"}} {count}"
+        );
+        assert!(metrics.contains(&line), "missing {line:?} in\n{metrics}");
+    }
+
+    up.set("jobs/flaky", json!({"state": "done", "output": "fine"}));
+    let done = wait_status(&shim, &id, "succeeded").await;
+    assert_eq!(done["result"], "fine");
+    assert!(done["error"].is_null());
+    wait_calls(&recv, &id, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = recv.calls_for(&id);
+    assert_eq!(calls.len(), 1, "exactly one callback");
+    assert_eq!(calls[0].body["type"], "operation.succeeded");
+}
+
+#[tokio::test]
+async fn deadline_times_the_operation_out() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(CONFIG, &up, &recv).await;
+    up.set("jobs/forever", json!({"state": "running"}));
+    let before = Instant::now();
+    let (code, op) = shim
+        .register(json!({"upstream": "jobs", "operation": "forever", "deadline": "300ms"}))
+        .await;
+    assert_eq!(code, 201, "{op}");
+    let id = id_of(&op);
+
+    let done = wait_status(&shim, &id, "timed_out").await;
+    assert!(
+        before.elapsed() >= Duration::from_millis(250),
+        "timed out before its deadline"
+    );
+    assert_eq!(done["detected_via"], "deadline");
+    assert_eq!(done["error"]["code"], "deadline_exceeded");
+    assert_eq!(done["upstream_status"], "running");
+    let calls = wait_calls(&recv, &id, 1).await;
+    assert!(calls[0].verified);
+    assert_eq!(calls[0].body["type"], "operation.timed_out");
+    assert_eq!(calls[0].body["data"]["error"]["code"], "deadline_exceeded");
+    assert_eq!(calls[0].body["data"]["detected_via"], "deadline");
+    // Polling stopped.
+    let polls = up.requests_for("jobs/forever").len();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(up.requests_for("jobs/forever").len(), polls);
+    assert_eq!(recv.calls_for(&id).len(), 1);
+}
+
+#[tokio::test]
+async fn repeated_not_found_fails_the_operation() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(CONFIG, &up, &recv).await;
+    // Nothing set for jobs/ghost: the fake upstream answers 404.
+    let (_, op) = shim
+        .register(json!({"upstream": "jobs", "operation": "ghost"}))
+        .await;
+    let id = id_of(&op);
+
+    let done = wait_status(&shim, &id, "failed").await;
+    assert_eq!(done["error"]["code"], "upstream_not_found", "{done}");
+    assert_eq!(done["polls"], 3, "not_found_after = 3: {done}");
+    assert_eq!(done["detected_via"], "poll");
+    let calls = wait_calls(&recv, &id, 1).await;
+    assert_eq!(calls[0].body["type"], "operation.failed");
+    assert_eq!(calls[0].body["data"]["error"]["code"], "upstream_not_found");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        up.requests_for("jobs/ghost").len(),
+        3,
+        "no poll after failing"
+    );
+}
+
+#[tokio::test]
+async fn a_real_answer_resets_the_not_found_streak() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(CONFIG, &up, &recv).await;
+    let not_found = || Scripted::new(404, r#"{"error": "not found"}"#);
+    // Four 404s in all, but never three in a row.
+    up.script(
+        "jobs/shy",
+        vec![
+            not_found(),
+            not_found(),
+            Scripted::new(200, r#"{"state": "running"}"#),
+            not_found(),
+            not_found(),
+        ],
+    );
+    up.set("jobs/shy", json!({"state": "done", "output": "here"}));
+    let (_, op) = shim
+        .register(json!({"upstream": "jobs", "operation": "shy"}))
+        .await;
+    let id = id_of(&op);
+
+    let done = wait_status(&shim, &id, "succeeded").await;
+    assert_eq!(done["polls"], 6, "{done}");
+    assert_eq!(done["result"], "here");
+    assert_eq!(done["not_found_streak"], 0);
+    let calls = wait_calls(&recv, &id, 1).await;
+    assert_eq!(calls[0].body["type"], "operation.succeeded");
+}
+
+const VEO: &str = r#"
+[upstreams.veo]
+preset = "google-operation"
+base_url = "{UP}/v1beta/"
+poll = { initial = "50ms", max = "200ms" }
+"#;
+
+#[tokio::test]
+async fn google_operation_preset_reads_veo_jobs() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(&format!("{CONFIG}{VEO}"), &up, &recv).await;
+    let name = "models/veo-3.1-generate-preview/operations/abc";
+    let path = format!("v1beta/{name}");
+    up.set(&path, json!({"name": name, "done": false}));
+    let (code, op) = shim
+        .register(json!({"upstream": "veo", "operation": name}))
+        .await;
+    assert_eq!(code, 201, "{op}");
+    let id = id_of(&op);
+    wait_status(&shim, &id, "running").await;
+
+    up.set(
+        &path,
+        json!({"name": name, "done": true, "response": {"generateVideoResponse": {
+            "generatedSamples": [{"video": {"uri": "https://x/v.mp4"}}]}}}),
+    );
+    let done = wait_status(&shim, &id, "succeeded").await;
+    assert_eq!(done["operation"], name);
+    let calls = wait_calls(&recv, &id, 1).await;
+    assert!(calls[0].verified);
+    assert_eq!(calls[0].body["type"], "operation.succeeded");
+    assert_eq!(
+        calls[0].body["data"]["result"]
+            .pointer("/generateVideoResponse/generatedSamples/0/video/uri"),
+        Some(&json!("https://x/v.mp4")),
+        "{}",
+        calls[0].body
+    );
+    // Only the operation's own path was read.
+    let all = up.all_requests().len();
+    assert_eq!(up.requests_for(&path).len(), all);
+}
+
+#[tokio::test]
+async fn google_operation_error_code_1_is_cancelled_others_failed() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(&format!("{CONFIG}{VEO}"), &up, &recv).await;
+    for (op_name, code, status) in [("cxl", 1, "cancelled"), ("boom", 13, "failed")] {
+        let name = format!("models/veo-3.1-generate-preview/operations/{op_name}");
+        up.set(
+            &format!("v1beta/{name}"),
+            json!({"name": name, "done": true, "error": {"code": code, "message": "why"}}),
+        );
+        let (_, op) = shim
+            .register(json!({"upstream": "veo", "operation": name}))
+            .await;
+        let id = id_of(&op);
+        let done = wait_status(&shim, &id, status).await;
+        assert_eq!(done["error"]["code"], code);
+        assert!(done["result"].is_null());
+        let calls = wait_calls(&recv, &id, 1).await;
+        assert_eq!(calls[0].body["type"], format!("operation.{status}"));
+        assert_eq!(calls[0].body["data"]["error"]["message"], "why");
+    }
+}
