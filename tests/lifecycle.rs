@@ -407,9 +407,10 @@ async fn callback_to_a_host_no_longer_allowed_is_not_sent() {
     assert_eq!(code, 201, "{op}");
     let id = op["id"].as_str().unwrap().to_string();
     // The operator narrows the allow-list and restarts; then the job finishes.
-    shim.config_text = shim
-        .config_text
-        .replace("[callbacks]\n", "[callbacks]\nallowed_hosts = [\"localhost\"]\n");
+    shim.config_text = shim.config_text.replace(
+        "[callbacks]\n",
+        "[callbacks]\nallowed_hosts = [\"localhost\"]\n",
+    );
     shim.restart().await;
     up.set("jobs/moved", json!({"state": "done"}));
     wait_status(&shim, &id, "succeeded").await;
@@ -418,6 +419,15 @@ async fn callback_to_a_host_no_longer_allowed_is_not_sent() {
         (o["delivery"]["state"] == "failed").then_some(o)
     })
     .await;
-    assert!(op["delivery"]["last_error"].as_str().unwrap().contains("not in callbacks.allowed_hosts"), "{op}");
-    assert!(recv.calls().is_empty(), "nothing was sent to the no-longer-allowed host");
+    assert!(
+        op["delivery"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not in callbacks.allowed_hosts"),
+        "{op}"
+    );
+    assert!(
+        recv.calls().is_empty(),
+        "nothing was sent to the no-longer-allowed host"
+    );
 }

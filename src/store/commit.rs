@@ -135,7 +135,10 @@ mod tests {
         }
         let flushes = commit.flushes.load(Ordering::Relaxed);
         assert!(flushes >= 1);
-        assert!(flushes < 200, "group commit must share flushes between writers, got {flushes} for 200 writers");
+        assert!(
+            flushes < 200,
+            "group commit must share flushes between writers, got {flushes} for 200 writers"
+        );
         stop.cancel();
         flusher.await.unwrap();
         // Everything acknowledged is readable after reopening.
