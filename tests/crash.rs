@@ -6,9 +6,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -41,12 +40,6 @@ result_field = "/output"
 rate = { per_second = 1000, burst = 100 }
 poll = { initial = "20ms", multiplier = 1.5, max = "50ms", jitter = 0.1, deadline = "1h" }
 "#;
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// The temp dir, the config, and every log file; prints the logs if the test panics.
 struct Setup {
@@ -84,20 +77,7 @@ impl Setup {
         let err = self.dir.path().join(format!("run{}.stderr", self.runs));
         self.logs.push(out.clone());
         self.logs.push(err.clone());
-        let child = Command::new(env!("CARGO_BIN_EXE_hookshim"))
-            .arg("--config")
-            .arg(&self.config)
-            .arg("serve")
-            .env_remove("HOOKSHIM_API_TOKEN")
-            .env_remove("HOOKSHIM_CONFIG")
-            .env("HOOKSHIM_CALLBACK_SECRET", CALLBACK_SECRET)
-            .env("HOOKSHIM_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(File::create(&out).unwrap())
-            .stderr(File::create(&err).unwrap())
-            .spawn()
-            .expect("start the hookshim binary");
-        Proc { child }
+        Proc::spawn(&self.config, &out, &err)
     }
 
     fn dump_logs(&self) {
@@ -112,65 +92,6 @@ impl Drop for Setup {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.dump_logs();
-        }
-    }
-}
-
-/// A running child; killed (SIGKILL) and reaped when dropped, so a panicking test leaves no
-/// process behind.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn kill9(&mut self) -> ExitStatus {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap()
-    }
-
-    /// Wait (without blocking the runtime) for the child to exit.
-    async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            if start.elapsed() > limit {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Wait until GET /healthz answers 200; panic if the child exits first.
-    async fn wait_healthy(&mut self, http: &reqwest::Client, url: &str) {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                panic!("hookshim exited before becoming healthy: {s}");
-            }
-            if let Ok(r) = http.get(format!("{url}/healthz")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                panic!("hookshim did not become healthy within 20s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }

@@ -2,9 +2,12 @@
 //! the process keeps answering, `/readyz` says why it is not ready, and after space is freed a
 //! restart serves everything that was acknowledged. Drives the real binary on a small tmpfs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{Proc, free_port};
 
 use serde_json::{Value, json};
 
@@ -15,58 +18,12 @@ impl Drop for Mount {
     }
 }
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(config: &Path, log: &Path) -> Proc {
-    let log = std::fs::File::create(log).unwrap();
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_hookshim"))
-            .arg("--config")
-            .arg(config)
-            .arg("serve")
-            .env(
-                "HOOKSHIM_CALLBACK_SECRET",
-                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-            )
-            .env_remove("HOOKSHIM_API_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
-
-async fn wait_healthy(http: &reqwest::Client, base: &str) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("hookshim did not come up at {base}");
 }
 
 async fn register(http: &reqwest::Client, base: &str, i: usize) -> (u16, Value) {
@@ -124,8 +81,9 @@ poll = {{ initial = "1h", max = "1h" }}
     )
     .unwrap();
     let http = reqwest::Client::new();
-    let mut proc = spawn(&config, &dir.path().join("log1"));
-    wait_healthy(&http, &base).await;
+    let log = |n: &str| dir.path().join(n);
+    let mut proc = Proc::spawn(&config, &log("out1"), &log("err1"));
+    proc.wait_healthy(&http, &base).await;
 
     let mut acknowledged = Vec::new();
     let mut refusal = None;
@@ -177,11 +135,10 @@ poll = {{ initial = "1h", max = "1h" }}
     }
 
     // Free space, restart: everything acknowledged is there, and writes work again.
-    let _ = proc.0.kill();
-    let _ = proc.0.wait();
+    proc.kill9();
     std::fs::remove_file(mnt.join("ballast")).unwrap();
-    proc = spawn(&config, &dir.path().join("log2"));
-    wait_healthy(&http, &base).await;
+    proc = Proc::spawn(&config, &log("out2"), &log("err2"));
+    proc.wait_healthy(&http, &base).await;
     for (i, id) in acknowledged.iter().enumerate() {
         let r = http
             .get(format!("{base}/v1/operations/{id}"))
