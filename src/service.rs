@@ -94,11 +94,11 @@ impl Shim {
                 }
             }
             Err(e) => {
-                // The record may not be on disk: do not send. Retry the flush shortly; the
-                // outbox entry is in the store and is picked up then (or at restart).
-                tracing::error!(op = %op.id, error = %e, "flush failed after terminal transition; callback held back");
-                self.deliveries
-                    .schedule(&op.id, self.clock.now().plus(Duration::from_secs(5)));
+                // The record may not be on disk, so the callback must not go out (a callback for a
+                // transition that a crash could undo). sled refuses every write after an I/O
+                // error, so nothing here can fix it: the outbox entry is sent after a restart if
+                // it reached the disk, and the operation is polled again if it did not.
+                tracing::error!(op = %op.id, error = %e, "flush failed after terminal transition; callback held back until restart");
             }
         }
     }
