@@ -1,6 +1,8 @@
 //! Durable state. [`Store`] is the small interface the rest of hookshim uses; [`SledStore`] is
-//! the embedded default. Every method that changes state does it in one atomic write across the
-//! trees it touches; nothing is durable until [`GroupCommit::flushed`] returns (invariant 1).
+//! the embedded default. Every change to an operation is one atomic write of its record, with
+//! the indexes derived from it kept a superset of what it needs (a crash can leave an extra
+//! index entry, never a missing one; see docs/store.md); nothing is durable until
+//! [`GroupCommit::flushed`] returns (invariant 1).
 
 mod commit;
 mod sled_store;
@@ -78,7 +80,8 @@ pub trait Store: Send + Sync + 'static {
     fn list(&self, filter: &ListFilter) -> Result<(Vec<Operation>, Option<String>), StoreError>;
     /// Read-modify-write one operation atomically. `f` returns whether to write; it may run more
     /// than once (on conflict), so it must only change the record it is given. The outbox and the
-    /// schedule index follow the record (a terminal transition and its outbox entry are one write).
+    /// schedule index follow the record (a terminal record is never durable without its outbox
+    /// entry).
     fn update(
         &self,
         id: &str,

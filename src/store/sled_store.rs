@@ -11,15 +11,26 @@
 //! - `early`:    `upstream\0operation` → received (u64 BE ms): webhooks for operations not yet
 //!   registered.
 //!
-//! `active` and `outbox` are derived from the record inside the same transaction that writes it,
-//! so they can never disagree with it.
+//! Every change to an operation is **one single-key write of its record** (atomic in sled). The
+//! `active` and `outbox` indexes are derived from the record and kept a *superset* of what it
+//! needs: an entry the new record needs is written before the record, an entry it no longer needs
+//! is removed after it. sled recovers a prefix of its log after a crash, so a crash can leave an
+//! extra index entry (harmless: the poller and the deliverer read the record and skip it) but
+//! never a terminal record without its outbox entry.
+//!
+//! Why not multi-tree transactions: in sled 0.34 every transaction (and every batch) seals the
+//! current IO buffer and writes it with `sync_file_range` before it returns (`pin_log`), so each
+//! one costs a synchronous disk write on the calling (async) thread and group commit cannot
+//! share it. Single-key writes land in the shared IO buffer and are made durable by the one
+//! group-commit flush. Writers of one operation (and of one `(upstream, operation)` pair) are
+//! serialised by striped locks held only across in-memory sled calls, which gives the
+//! read-modify-write the isolation the transactions gave.
 
+use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
-
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::{Due, ListFilter, Registered, Store, StoreError, WebhookRecord};
 use crate::clock::Timestamp;
@@ -33,9 +44,32 @@ pub struct SledStore {
     outbox: sled::Tree,
     inbox: sled::Tree,
     early: sled::Tree,
+    /// Serialise writers of one operation id (read-modify-write of its record and indexes).
+    id_locks: Stripes,
+    /// Serialise registration and webhooks for one `(upstream, operation)` pair. Always taken
+    /// before an id lock, never after.
+    pair_locks: Stripes,
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+/// A fixed set of mutexes, one chosen by the key's hash: serialises writers of the same key
+/// without a map of locks. Held only across in-memory sled calls, never across an `.await`.
+struct Stripes(Vec<Mutex<()>>);
+
+const STRIPES: usize = 256;
+
+impl Stripes {
+    fn new() -> Stripes {
+        Stripes((0..STRIPES).map(|_| Mutex::new(())).collect())
+    }
+
+    fn lock(&self, key: &[u8]) -> MutexGuard<'_, ()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let m = &self.0[(h.finish() as usize) % STRIPES];
+        // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 fn io(e: sled::Error) -> StoreError {
     match e {
@@ -52,13 +86,6 @@ fn io(e: sled::Error) -> StoreError {
             })
         }
         other => StoreError::Io(other.to_string()),
-    }
-}
-
-fn tx_err(e: TransactionError<StoreError>) -> StoreError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => io(e),
     }
 }
 
@@ -99,37 +126,6 @@ fn active_value(op: &Operation) -> Vec<u8> {
     v
 }
 
-/// Write a record and keep `active` and `outbox` in step with it.
-fn put(
-    ops: &TransactionalTree,
-    active: &TransactionalTree,
-    outbox: &TransactionalTree,
-    op: &Operation,
-) -> TxResult<()> {
-    ops.insert(op.id.as_bytes(), encode(op))?;
-    if op.status.is_terminal() {
-        active.remove(op.id.as_bytes())?;
-    } else {
-        active.insert(op.id.as_bytes(), active_value(op))?;
-    }
-    if op.in_outbox() {
-        let at = op.delivery.next_attempt_at.unwrap_or(op.updated_at);
-        outbox.insert(op.id.as_bytes(), ts_bytes(at).to_vec())?;
-    } else {
-        outbox.remove(op.id.as_bytes())?;
-    }
-    Ok(())
-}
-
-fn get_tx(ops: &TransactionalTree, id: &str) -> TxResult<Option<Operation>> {
-    match ops.get(id.as_bytes())? {
-        None => Ok(None),
-        Some(b) => decode(id.as_bytes(), &b)
-            .map(Some)
-            .map_err(ConflictableTransactionError::Abort),
-    }
-}
-
 impl SledStore {
     pub fn open(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
         let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
@@ -163,43 +159,88 @@ impl SledStore {
             inbox: tree("inbox")?,
             early: tree("early")?,
             db,
+            id_locks: Stripes::new(),
+            pair_locks: Stripes::new(),
         })
+    }
+
+    /// Write `new` over `old` (the record as read under the id lock; `None` for a new record),
+    /// keeping the indexes a superset: entries `new` needs first, then the record, then removal
+    /// of the entries only `old` needed. The caller holds the id lock.
+    fn write(&self, old: Option<&Operation>, new: &Operation) -> Result<(), StoreError> {
+        let id = new.id.as_bytes();
+        if !new.status.is_terminal() {
+            self.active.insert(id, active_value(new)).map_err(io)?;
+        }
+        if new.in_outbox() {
+            let at = new.delivery.next_attempt_at.unwrap_or(new.updated_at);
+            self.outbox.insert(id, ts_bytes(at).to_vec()).map_err(io)?;
+        }
+        self.ops.insert(id, encode(new)).map_err(io)?;
+        if new.status.is_terminal() && old.is_none_or(|o| !o.status.is_terminal()) {
+            self.active.remove(id).map_err(io)?;
+        }
+        if !new.in_outbox() && old.is_some_and(Operation::in_outbox) {
+            self.outbox.remove(id).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Read-modify-write under the id lock (the caller must not hold it).
+    fn update_locked(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(&mut Operation) -> bool,
+    ) -> Result<Option<(Operation, bool)>, StoreError> {
+        let _g = self.id_locks.lock(id.as_bytes());
+        let Some(old) = self.get(id)? else {
+            return Ok(None);
+        };
+        let mut op = old.clone();
+        if !f(&mut op) {
+            return Ok(Some((op, false)));
+        }
+        self.write(Some(&old), &op)?;
+        Ok(Some((op, true)))
     }
 }
 
 impl Store for SledStore {
     fn register(&self, op: Operation, early_window: Duration) -> Result<Registered, StoreError> {
         let key = pair_key(&op.upstream, &op.operation);
-        (
-            &self.ops,
-            &self.keys,
-            &self.active,
-            &self.outbox,
-            &self.early,
-        )
-            .transaction(|(ops, keys, active, outbox, early)| {
-                if let Some(existing) = keys.get(&key)? {
-                    let id = String::from_utf8_lossy(&existing).into_owned();
-                    if let Some(found) = get_tx(ops, &id)? {
-                        return Ok(Registered::Existing(found));
-                    }
-                }
-                let mut op = op.clone();
-                let mut early_webhook = None;
-                if let Some(at) = early.remove(key.as_slice())? {
-                    let at = ts_from(&at);
-                    if at.plus(early_window) >= op.created_at {
-                        early_webhook = Some(at);
-                        op.webhook_at = Some(at);
-                        op.webhook_reads = WEBHOOK_READS;
-                        op.next_poll_at = Some(op.created_at);
-                    }
-                }
-                keys.insert(key.as_slice(), op.id.as_bytes())?;
-                put(ops, active, outbox, &op)?;
-                Ok(Registered::Created { op, early_webhook })
-            })
-            .map_err(tx_err)
+        let _pair = self.pair_locks.lock(&key);
+        if let Some(existing) = self.keys.get(&key).map_err(io)? {
+            let id = String::from_utf8_lossy(&existing).into_owned();
+            if let Some(found) = self.get(&id)? {
+                return Ok(Registered::Existing(found));
+            }
+            // The key outlived its record (a crash between the two writes before the
+            // registration was acknowledged): register afresh under the new id.
+        }
+        let mut op = op;
+        let mut early_webhook = None;
+        let early = self.early.get(&key).map_err(io)?;
+        if let Some(at) = &early {
+            let at = ts_from(at);
+            if at.plus(early_window) >= op.created_at {
+                early_webhook = Some(at);
+                op.webhook_at = Some(at);
+                op.webhook_reads = WEBHOOK_READS;
+                op.next_poll_at = Some(op.created_at);
+            }
+        }
+        let _id = self.id_locks.lock(op.id.as_bytes());
+        // Key first: a key without its record is repaired above; a record without its key would
+        // be a second registration of the same operation.
+        self.keys
+            .insert(key.as_slice(), op.id.as_bytes())
+            .map_err(io)?;
+        self.write(None, &op)?;
+        if early.is_some() {
+            // After the record that carries its effect.
+            self.early.remove(&key).map_err(io)?;
+        }
+        Ok(Registered::Created { op, early_webhook })
     }
 
     fn get(&self, id: &str) -> Result<Option<Operation>, StoreError> {
@@ -240,33 +281,28 @@ impl Store for SledStore {
         id: &str,
         f: &dyn Fn(&mut Operation) -> bool,
     ) -> Result<Option<(Operation, bool)>, StoreError> {
-        (&self.ops, &self.active, &self.outbox)
-            .transaction(|(ops, active, outbox)| {
-                let Some(mut op) = get_tx(ops, id)? else {
-                    return Ok(None);
-                };
-                let write = f(&mut op);
-                if write {
-                    put(ops, active, outbox, &op)?;
-                }
-                Ok(Some((op, write)))
-            })
-            .map_err(tx_err)
+        self.update_locked(id, &mut |o| f(o))
     }
 
     fn delete(&self, id: &str) -> Result<Option<Operation>, StoreError> {
-        (&self.ops, &self.keys, &self.active, &self.outbox)
-            .transaction(|(ops, keys, active, outbox)| {
-                let Some(op) = get_tx(ops, id)? else {
-                    return Ok(None);
-                };
-                ops.remove(id.as_bytes())?;
-                keys.remove(pair_key(&op.upstream, &op.operation))?;
-                active.remove(id.as_bytes())?;
-                outbox.remove(id.as_bytes())?;
-                Ok(Some(op))
-            })
-            .map_err(tx_err)
+        let _g = self.id_locks.lock(id.as_bytes());
+        let Some(op) = self.get(id)? else {
+            return Ok(None);
+        };
+        // Record first: whatever a crash leaves behind is an index entry without a record.
+        self.ops.remove(id.as_bytes()).map_err(io)?;
+        // Only if the key still names this record (a registration may have replaced it).
+        let _ = self
+            .keys
+            .compare_and_swap(
+                pair_key(&op.upstream, &op.operation),
+                Some(id.as_bytes()),
+                None as Option<&[u8]>,
+            )
+            .map_err(io)?;
+        self.active.remove(id.as_bytes()).map_err(io)?;
+        self.outbox.remove(id.as_bytes()).map_err(io)?;
+        Ok(Some(op))
     }
 
     fn record_webhook(
@@ -278,50 +314,49 @@ impl Store for SledStore {
     ) -> Result<WebhookRecord, StoreError> {
         let inbox_key = pair_key(upstream, webhook_id);
         let op_key = pair_key(upstream, operation);
-        (
-            &self.inbox,
-            &self.keys,
-            &self.ops,
-            &self.active,
-            &self.outbox,
-            &self.early,
-        )
-            .transaction(|(inbox, keys, ops, active, outbox, early)| {
-                if inbox.get(&inbox_key)?.is_some() {
-                    return Ok(WebhookRecord::Duplicate);
+        // One webhook id is always about one operation, so the pair lock also serialises
+        // duplicates of the same webhook.
+        let _pair = self.pair_locks.lock(&op_key);
+        if self.inbox.get(&inbox_key).map_err(io)?.is_some() {
+            return Ok(WebhookRecord::Duplicate);
+        }
+        let id = self
+            .keys
+            .get(&op_key)
+            .map_err(io)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let applied = match &id {
+            None => None,
+            Some(id) => self.update_locked(id, &mut |op| {
+                op.webhook_at = Some(now);
+                if op.status.is_terminal() {
+                    op.late_observations += 1;
+                } else {
+                    op.webhook_reads = WEBHOOK_READS;
+                    op.next_poll_at = Some(now);
+                    op.updated_at = now;
                 }
-                inbox.insert(inbox_key.as_slice(), &ts_bytes(now))?;
-                let id = keys
-                    .get(&op_key)?
-                    .map(|b| String::from_utf8_lossy(&b).into_owned());
-                let found = match &id {
-                    Some(id) => get_tx(ops, id)?,
-                    None => None,
-                };
-                match found {
-                    None => {
-                        early.insert(op_key.as_slice(), &ts_bytes(now))?;
-                        Ok(WebhookRecord::Kept)
-                    }
-                    Some(mut op) => {
-                        let terminal = op.status.is_terminal();
-                        op.webhook_at = Some(now);
-                        if terminal {
-                            op.late_observations += 1;
-                        } else {
-                            op.webhook_reads = WEBHOOK_READS;
-                            op.next_poll_at = Some(now);
-                            op.updated_at = now;
-                        }
-                        put(ops, active, outbox, &op)?;
-                        Ok(WebhookRecord::Applied {
-                            id: op.id,
-                            terminal,
-                        })
-                    }
-                }
-            })
-            .map_err(tx_err)
+                true
+            })?,
+        };
+        let record = match applied {
+            None => {
+                self.early
+                    .insert(op_key.as_slice(), &ts_bytes(now))
+                    .map_err(io)?;
+                WebhookRecord::Kept
+            }
+            Some((op, _)) => WebhookRecord::Applied {
+                terminal: op.status.is_terminal(),
+                id: op.id,
+            },
+        };
+        // The webhook id last: a crash before it lets the upstream's retry apply it again
+        // (harmless), never marks as seen a webhook whose effect was lost.
+        self.inbox
+            .insert(inbox_key.as_slice(), &ts_bytes(now))
+            .map_err(io)?;
+        Ok(record)
     }
 
     fn scheduled(&self) -> Result<Vec<Due>, StoreError> {
@@ -434,6 +469,55 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!wrote);
+    }
+
+    #[test]
+    fn concurrent_updates_of_one_operation_lose_nothing() {
+        let (_d, s) = store();
+        let op = sample(Timestamp(1_000));
+        s.register(op.clone(), Duration::ZERO).unwrap();
+        let s = std::sync::Arc::new(s);
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (s, id) = (s.clone(), op.id.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        s.update(&id, &|o| {
+                            o.polls += 1;
+                            true
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(s.get(&op.id).unwrap().unwrap().polls, 1_600);
+    }
+
+    #[test]
+    fn delete_keeps_a_key_that_names_another_record() {
+        let (_d, s) = store();
+        let op = sample(Timestamp(1_000));
+        s.register(op.clone(), Duration::ZERO).unwrap();
+        // Simulate a re-registration that took over the key.
+        s.keys
+            .insert(
+                pair_key(&op.upstream, &op.operation),
+                b"op_other".as_slice(),
+            )
+            .unwrap();
+        s.delete(&op.id).unwrap().unwrap();
+        assert_eq!(
+            s.keys
+                .get(pair_key(&op.upstream, &op.operation))
+                .unwrap()
+                .as_deref(),
+            Some(b"op_other".as_slice())
+        );
+        assert!(s.scheduled().unwrap().is_empty());
     }
 
     #[test]
