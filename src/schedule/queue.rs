@@ -4,6 +4,10 @@
 //! operations are tracked; the `HashMap` from id to its time lets a reschedule replace the old
 //! entry. A std `Mutex` (not a tokio one) because no lock is held across an `.await`; waiting is
 //! done on a `Notify`, not by polling.
+//!
+//! Both maps hold every id, so ids are kept as a [`Key`]: an `op_<ULID>` id (every operation id
+//! hookshim makes) as its 16 bytes, inline, instead of a heap string in each map. At a million
+//! tracked operations that is ~80 MB less memory (measured with `hookshim-bench scale`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -11,13 +15,43 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use ulid::Ulid;
 
 use crate::clock::{Clock, Timestamp};
 
+/// An id as the queue keeps it. 24 bytes, no allocation for operation ids.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Key {
+    /// `op_<ULID>` in canonical form: the ULID's bytes (they sort like the text).
+    Op([u8; 16]),
+    /// Anything else, as given.
+    Other(Box<str>),
+}
+
+impl Key {
+    fn new(id: &str) -> Key {
+        if let Some(Ok(u)) = id.strip_prefix("op_").map(Ulid::from_string) {
+            let mut buf = [0u8; ulid::ULID_LEN];
+            // Only when the text comes back identical (ULIDs also parse in lower case).
+            if u.array_to_str(&mut buf) == &id[3..] {
+                return Key::Op(u.to_bytes());
+            }
+        }
+        Key::Other(id.into())
+    }
+
+    fn to_id(&self) -> String {
+        match self {
+            Key::Op(b) => format!("op_{}", Ulid::from_bytes(*b)),
+            Key::Other(s) => s.to_string(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    by_time: BTreeSet<(Timestamp, String)>,
-    by_id: HashMap<String, Timestamp>,
+    by_time: BTreeSet<(Timestamp, Key)>,
+    by_id: HashMap<Key, Timestamp>,
 }
 
 #[derive(Default)]
@@ -43,12 +77,16 @@ impl DueQueue {
 
     /// Put `id` on the queue at `at`, replacing any earlier entry for it.
     pub fn schedule(&self, id: &str, at: Timestamp) {
+        let key = Key::new(id);
         let mut g = self.lock();
-        if let Some(old) = g.by_id.insert(id.to_string(), at) {
-            g.by_time.remove(&(old, id.to_string()));
+        if let Some(old) = g.by_id.insert(key.clone(), at) {
+            g.by_time.remove(&(old, key.clone()));
         }
-        g.by_time.insert((at, id.to_string()));
-        let is_first = g.by_time.first().is_some_and(|(t, i)| *t == at && i == id);
+        let is_first = g
+            .by_time
+            .first()
+            .is_none_or(|first| (at, &key) < (first.0, &first.1));
+        g.by_time.insert((at, key));
         drop(g);
         if is_first {
             self.changed.notify_one();
@@ -57,16 +95,17 @@ impl DueQueue {
 
     /// Move `id` earlier to `at` if it is not already due sooner (or add it).
     pub fn schedule_no_later_than(&self, id: &str, at: Timestamp) {
-        let current = self.lock().by_id.get(id).copied();
+        let current = self.lock().by_id.get(&Key::new(id)).copied();
         if current.is_none_or(|c| c > at) {
             self.schedule(id, at);
         }
     }
 
     pub fn remove(&self, id: &str) {
+        let key = Key::new(id);
         let mut g = self.lock();
-        if let Some(old) = g.by_id.remove(id) {
-            g.by_time.remove(&(old, id.to_string()));
+        if let Some(old) = g.by_id.remove(&key) {
+            g.by_time.remove(&(old, key));
         }
     }
 
@@ -79,7 +118,7 @@ impl DueQueue {
     }
 
     pub fn due_at(&self, id: &str) -> Option<Timestamp> {
-        self.lock().by_id.get(id).copied()
+        self.lock().by_id.get(&Key::new(id)).copied()
     }
 
     /// Take up to `max` entries that are due at `now`.
@@ -93,9 +132,9 @@ impl DueQueue {
             if *at > now {
                 break;
             }
-            if let Some((_, id)) = g.by_time.pop_first() {
-                g.by_id.remove(&id);
-                out.push(id);
+            if let Some((_, key)) = g.by_time.pop_first() {
+                g.by_id.remove(&key);
+                out.push(key.to_id());
             }
         }
         out
@@ -153,6 +192,24 @@ mod tests {
         assert_eq!(q.due_at("a"), Some(Timestamp(100)));
         q.schedule_no_later_than("a", Timestamp(50));
         assert_eq!(q.pop_due(Timestamp(50), 10), vec!["a"]);
+    }
+
+    #[test]
+    fn operation_ids_are_kept_compact_and_come_back_unchanged() {
+        let q = DueQueue::new();
+        let op = format!("op_{}", Ulid::new());
+        let lower = op.to_lowercase();
+        q.schedule(&op, Timestamp(2));
+        q.schedule(&lower, Timestamp(1));
+        q.schedule("op_not-a-ulid", Timestamp(3));
+        assert!(matches!(Key::new(&op), Key::Op(_)));
+        assert!(matches!(Key::new(&lower), Key::Other(_)));
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.due_at(&op), Some(Timestamp(2)));
+        assert_eq!(
+            q.pop_due(Timestamp(10), 10),
+            vec![lower, op, "op_not-a-ulid".to_string()]
+        );
     }
 
     #[test]
