@@ -246,6 +246,11 @@ struct RawPoll {
     max: Option<Dur>,
     jitter: Option<f64>,
     deadline: Option<Dur>,
+    finalizing: Option<Dur>,
+    eta: Option<bool>,
+    eta_max: Option<Dur>,
+    stall_polls: Option<u32>,
+    hint_max: Option<Dur>,
 }
 
 #[derive(Deserialize)]
@@ -358,13 +363,77 @@ pub struct RateConfig {
     pub burst: u32,
 }
 
+/// One upstream's polling schedule. The policy that uses it is `schedule::policy`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PollConfig {
+    /// The blind schedule: `initial × multiplier^n` up to `max`, ±`jitter`.
     pub initial: Duration,
     pub multiplier: f64,
     pub max: Duration,
+    /// Fraction (0–0.5). Small on purpose: it spreads load, it does not help detection.
     pub jitter: f64,
+    /// Default deadline for operations registered without one.
     pub deadline: Duration,
+    /// Cadence while progress reads complete but the status is not terminal yet (finalizing).
+    pub finalizing: Duration,
+    /// Poll close to the completion time estimated from the rate of progress.
+    pub eta: bool,
+    /// The longest single wait an estimate may justify (the blind schedule stops at `max`).
+    pub eta_max: Duration,
+    /// Polls without progress after which the estimate is dropped for the blind schedule.
+    pub stall_polls: u32,
+    /// Server hints longer than this are clamped to it.
+    pub hint_max: Duration,
+}
+
+impl PollConfig {
+    /// Seconds-to-minutes jobs (video, image, a background response): react within seconds.
+    pub const fn media() -> PollConfig {
+        PollConfig {
+            initial: Duration::from_secs(2),
+            multiplier: 1.5,
+            max: Duration::from_secs(15),
+            jitter: 0.05,
+            deadline: Duration::from_secs(6 * 3600),
+            finalizing: Duration::from_secs(2),
+            eta: true,
+            eta_max: Duration::from_secs(60),
+            stall_polls: 3,
+            hint_max: Duration::from_secs(3600),
+        }
+    }
+
+    /// Minutes-to-hours jobs (batch APIs): progress counts drive the schedule.
+    pub const fn batch() -> PollConfig {
+        PollConfig {
+            initial: Duration::from_secs(10),
+            multiplier: 1.5,
+            max: Duration::from_secs(60),
+            jitter: 0.05,
+            deadline: Duration::from_secs(48 * 3600),
+            finalizing: Duration::from_secs(10),
+            eta: true,
+            eta_max: Duration::from_secs(30 * 60),
+            stall_polls: 3,
+            hint_max: Duration::from_secs(6 * 3600),
+        }
+    }
+
+    /// Anything else: a generic JSON status endpoint with unknown job lengths.
+    pub const fn general() -> PollConfig {
+        PollConfig {
+            initial: Duration::from_secs(1),
+            multiplier: 1.5,
+            max: Duration::from_secs(30),
+            jitter: 0.05,
+            deadline: Duration::from_secs(24 * 3600),
+            finalizing: Duration::from_secs(2),
+            eta: true,
+            eta_max: Duration::from_secs(10 * 60),
+            stall_polls: 3,
+            hint_max: Duration::from_secs(6 * 3600),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -746,6 +815,11 @@ fn resolve_upstream(
         max: u.poll.max.map(|d| d.0).unwrap_or(dp.max),
         jitter: u.poll.jitter.unwrap_or(dp.jitter),
         deadline: u.poll.deadline.map(|d| d.0).unwrap_or(dp.deadline),
+        finalizing: u.poll.finalizing.map(|d| d.0).unwrap_or(dp.finalizing),
+        eta: u.poll.eta.unwrap_or(dp.eta),
+        eta_max: u.poll.eta_max.map(|d| d.0).unwrap_or(dp.eta_max),
+        stall_polls: u.poll.stall_polls.unwrap_or(dp.stall_polls),
+        hint_max: u.poll.hint_max.map(|d| d.0).unwrap_or(dp.hint_max),
     };
     if poll.initial.is_zero() {
         return Err(format!("`{}`: must be more than 0s", key("poll.initial")));
@@ -772,6 +846,24 @@ fn resolve_upstream(
     }
     if poll.deadline.is_zero() {
         return Err(format!("`{}`: must be more than 0s", key("poll.deadline")));
+    }
+    if poll.finalizing.is_zero() {
+        return Err(format!(
+            "`{}`: must be more than 0s",
+            key("poll.finalizing")
+        ));
+    }
+    if poll.eta_max < poll.initial {
+        return Err(format!(
+            "`{}`: must not be less than poll.initial",
+            key("poll.eta_max")
+        ));
+    }
+    if poll.stall_polls == 0 {
+        return Err(format!("`{}`: must be at least 1", key("poll.stall_polls")));
+    }
+    if poll.hint_max < Duration::from_secs(1) {
+        return Err(format!("`{}`: must be at least 1s", key("poll.hint_max")));
     }
 
     let webhook = match u.webhook {

@@ -298,6 +298,7 @@ mod tests {
             progress: None,
             result: Some(json!(1)),
             error: None,
+            expires_at: None,
         }
     }
 

@@ -330,6 +330,7 @@ poll = { initial = "1s", multiplier = 2.0, max = "30s", jitter = 0.0, deadline =
             progress: None,
             result: None,
             error: None,
+            expires_at: None,
         })
     }
 

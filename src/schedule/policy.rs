@@ -85,6 +85,7 @@ mod tests {
             max: Duration::from_secs(30),
             jitter: 0.1,
             deadline: Duration::from_secs(3600),
+            ..PollConfig::general()
         }
     }
 

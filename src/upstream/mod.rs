@@ -2,12 +2,11 @@
 //! status response into an [`Observation`]. Everything here is pure (no I/O): the poller does the
 //! HTTP, this module only knows the shapes of the upstreams' JSON.
 
-use std::time::Duration;
-
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use reqwest::Url;
 use serde_json::Value;
 
+use crate::clock::Timestamp;
 use crate::config::{PollConfig, UpstreamConfig};
 
 /// The kinds of upstream hookshim knows how to read.
@@ -49,25 +48,13 @@ impl Preset {
             Preset::Generic => PresetDefaults {
                 base_url: None,
                 status_path: None,
-                poll: PollConfig {
-                    initial: Duration::from_secs(1),
-                    multiplier: 1.5,
-                    max: Duration::from_secs(30),
-                    jitter: 0.1,
-                    deadline: Duration::from_secs(24 * 3600),
-                },
+                poll: PollConfig::general(),
             },
             // Veo and similar media jobs take seconds to minutes.
             Preset::GoogleOperation => PresetDefaults {
                 base_url: Some("https://generativelanguage.googleapis.com/v1beta/"),
                 status_path: Some("{operation}"),
-                poll: PollConfig {
-                    initial: Duration::from_secs(5),
-                    multiplier: 1.5,
-                    max: Duration::from_secs(30),
-                    jitter: 0.1,
-                    deadline: Duration::from_secs(6 * 3600),
-                },
+                poll: PollConfig::media(),
             },
         }
     }
@@ -100,6 +87,9 @@ pub struct Observation {
     pub progress: Option<f64>,
     pub result: Option<Value>,
     pub error: Option<Value>,
+    /// When the upstream will expire the job by itself, if it says (OpenAI, Anthropic batches):
+    /// the policy makes sure to look at the operation then.
+    pub expires_at: Option<Timestamp>,
 }
 
 /// The config fields that describe a generic mapping (pointers already checked).
@@ -271,6 +261,7 @@ impl Mapping {
                         .and_then(|p| read_progress(body, p)),
                     result: result_field.as_deref().and_then(|p| non_null(body, p)),
                     error: error_field.as_deref().and_then(|p| non_null(body, p)),
+                    expires_at: None,
                 })
             }
             Mapping::GoogleOperation {
@@ -294,6 +285,7 @@ impl Mapping {
                         progress,
                         result: None,
                         error: None,
+                        expires_at: None,
                     });
                 }
                 let error = non_null(body, error_field);
@@ -310,6 +302,7 @@ impl Mapping {
                     progress: progress.or(Some(1.0)),
                     result,
                     error,
+                    expires_at: None,
                 })
             }
         }
