@@ -222,7 +222,13 @@ async fn register(State(shim): State<Arc<Shim>>, body: Result<Bytes, BytesReject
         completed_at: None,
         detected_via: None,
         polls: 0,
-        next_poll_at: Some(crate::poller::first_poll_at(up, now, deadline_at, sample)),
+        next_poll_at: Some({
+            let at = crate::poller::first_poll_at(up, now, deadline_at, sample);
+            match shim.limiters.get(&req.upstream) {
+                Some(l) => l.spread_first_poll(at, now).min(deadline_at),
+                None => at,
+            }
+        }),
         deadline_at,
         delivery: Delivery::default(),
         not_found_streak: 0,
@@ -231,6 +237,9 @@ async fn register(State(shim): State<Arc<Shim>>, body: Result<Bytes, BytesReject
         webhook_at: None,
         webhook_reads: 0,
         late_observations: 0,
+        pace: Default::default(),
+        etag: None,
+        upstream_expires_at: None,
     };
     let registered = shim
         .store

@@ -236,6 +236,8 @@ fn d_req_timeout() -> Dur {
 struct RawRate {
     per_second: u32,
     burst: Option<u32>,
+    min_per_second: Option<f64>,
+    increase_every: Option<Dur>,
 }
 
 #[derive(Deserialize, Default)]
@@ -359,8 +361,24 @@ pub struct UpstreamConfig {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RateConfig {
+    /// The ceiling: never more requests than this (with `burst` allowed at once).
     pub per_second: u32,
     pub burst: u32,
+    /// The adaptive rate never drops below this after 429/503 answers.
+    pub min_per_second: f64,
+    /// The adaptive rate regains a tenth of `per_second` per this much time without a 429/503.
+    pub increase_every: Duration,
+}
+
+impl RateConfig {
+    pub fn new(per_second: u32, burst: u32) -> RateConfig {
+        RateConfig {
+            per_second,
+            burst,
+            min_per_second: (f64::from(per_second) / 10.0).max(0.1),
+            increase_every: Duration::from_secs(10),
+        }
+    }
 }
 
 /// One upstream's polling schedule. The policy that uses it is `schedule::policy`.
@@ -789,10 +807,7 @@ fn resolve_upstream(
     .map_err(|e| format!("`upstreams.{name}`: {e}"))?;
 
     let rate = match u.rate {
-        None => RateConfig {
-            per_second: 10,
-            burst: 10,
-        },
+        None => RateConfig::new(10, 10),
         Some(r) => {
             if r.per_second == 0 {
                 return Err(format!("`{}`: must be at least 1", key("rate.per_second")));
@@ -801,10 +816,27 @@ fn resolve_upstream(
             if burst == 0 {
                 return Err(format!("`{}`: must be at least 1", key("rate.burst")));
             }
-            RateConfig {
-                per_second: r.per_second,
-                burst,
+            let mut rate = RateConfig::new(r.per_second, burst);
+            if let Some(min) = r.min_per_second {
+                if !(min > 0.0 && min <= f64::from(r.per_second)) {
+                    return Err(format!(
+                        "`{}`: must be more than 0 and at most rate.per_second ({}), got {min}",
+                        key("rate.min_per_second"),
+                        r.per_second
+                    ));
+                }
+                rate.min_per_second = min;
             }
+            if let Some(every) = r.increase_every {
+                if every.0.is_zero() {
+                    return Err(format!(
+                        "`{}`: must be more than 0s",
+                        key("rate.increase_every")
+                    ));
+                }
+                rate.increase_every = every.0;
+            }
+            rate
         }
     };
 
@@ -817,7 +849,16 @@ fn resolve_upstream(
         deadline: u.poll.deadline.map(|d| d.0).unwrap_or(dp.deadline),
         finalizing: u.poll.finalizing.map(|d| d.0).unwrap_or(dp.finalizing),
         eta: u.poll.eta.unwrap_or(dp.eta),
-        eta_max: u.poll.eta_max.map(|d| d.0).unwrap_or(dp.eta_max),
+        // Unset, it is never shorter than the blind schedule's own ceiling.
+        eta_max: u.poll.eta_max.map(|d| d.0).unwrap_or(
+            dp.eta_max.max(
+                u.poll
+                    .max
+                    .map(|d| d.0)
+                    .unwrap_or(dp.max)
+                    .max(u.poll.initial.map(|d| d.0).unwrap_or(dp.initial)),
+            ),
+        ),
         stall_polls: u.poll.stall_polls.unwrap_or(dp.stall_polls),
         hint_max: u.poll.hint_max.map(|d| d.0).unwrap_or(dp.hint_max),
     };

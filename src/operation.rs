@@ -156,6 +156,15 @@ pub struct Operation {
     pub webhook_reads: u32,
     /// Terminal observations after the first one: counted, never re-emitted (invariant 2).
     pub late_observations: u32,
+    /// Progress history the polling policy estimates completion from.
+    #[serde(default)]
+    pub pace: crate::schedule::Pace,
+    /// The `ETag` of the last status response, sent back as `If-None-Match`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// When the upstream said it will expire the job by itself: a poll is due then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_expires_at: Option<Timestamp>,
 }
 
 /// Status reads granted to one webhook before the operation falls back to its safety poll.
@@ -283,6 +292,9 @@ pub(crate) fn sample(now: Timestamp) -> Operation {
         webhook_at: None,
         webhook_reads: 0,
         late_observations: 0,
+        pace: Default::default(),
+        etag: None,
+        upstream_expires_at: None,
     }
 }
 

@@ -183,7 +183,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
     let limiters = config
         .upstreams
         .iter()
-        .map(|(n, u)| (n.clone(), UpstreamLimiter::new(u.rate)))
+        .map(|(n, u)| (n.clone(), UpstreamLimiter::new(u.rate, opts.clock.now())))
         .collect();
     let commit = GroupCommit::new(store.clone());
     let shim = Arc::new(Shim {

@@ -280,7 +280,11 @@ async fn call(
     Some(match sent {
         Ok(resp) => classify(
             resp.status(),
-            parse_hint(resp.headers(), std::time::SystemTime::now()),
+            parse_hint(
+                resp.headers(),
+                std::time::SystemTime::now(),
+                crate::schedule::HINT_MAX,
+            ),
         ),
         Err(e) if e.is_timeout() => AttemptResult::Retry {
             status: None,
