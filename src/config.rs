@@ -1068,6 +1068,51 @@ safety_poll = "10m"
     }
 
     #[test]
+    fn policy_knobs_are_validated_with_the_key() {
+        let poll = "poll = { initial = \"1s\", multiplier = 1.5, max = \"30s\", jitter = 0.1, deadline = \"24h\" }";
+        let cases = [
+            (
+                poll.replace("deadline", "eta_max = \"500ms\", deadline"),
+                "`upstreams.jobs.poll.eta_max`: must not be less than poll.initial",
+            ),
+            (
+                poll.replace("deadline", "stall_polls = 0, deadline"),
+                "`upstreams.jobs.poll.stall_polls`: must be at least 1",
+            ),
+            (
+                poll.replace("deadline", "finalizing = \"0s\", deadline"),
+                "`upstreams.jobs.poll.finalizing`: must be more than 0s",
+            ),
+            (
+                poll.replace("deadline", "hint_max = \"10ms\", deadline"),
+                "`upstreams.jobs.poll.hint_max`: must be at least 1s",
+            ),
+        ];
+        for (line, want) in cases {
+            let e = err_of(&GOOD.replace(poll, &line));
+            assert!(e.contains(want), "{line}: {e}");
+        }
+        let rate = "rate = { per_second = 10, burst = 10 }";
+        let e = err_of(&GOOD.replace(rate, "rate = { per_second = 10, min_per_second = 20 }"));
+        assert!(
+            e.contains("`upstreams.jobs.rate.min_per_second`: must be more than 0 and at most rate.per_second (10), got 20"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace(rate, "rate = { per_second = 10, increase_every = \"0s\" }"));
+        assert!(
+            e.contains("`upstreams.jobs.rate.increase_every`: must be more than 0s"),
+            "{e}"
+        );
+        // Defaults: unset knobs come from the preset's kind of job; AIMD floor is a tenth.
+        let c = Config::parse(GOOD, "shim.toml", &env).unwrap();
+        let u = &c.upstreams["jobs"];
+        assert!(u.poll.eta);
+        assert_eq!(u.poll.stall_polls, 3);
+        assert_eq!(u.rate.min_per_second, 1.0);
+        assert_eq!(u.rate.increase_every, Duration::from_secs(10));
+    }
+
+    #[test]
     fn bad_pointer_names_the_key() {
         let e = err_of(&GOOD.replace("status_field = \"/state\"", "status_field = \"state\""));
         assert!(e.contains("`upstreams.jobs.status_field`"), "{e}");
