@@ -426,7 +426,7 @@ impl PollConfig {
         PollConfig {
             initial: Duration::from_secs(10),
             multiplier: 1.5,
-            max: Duration::from_secs(60),
+            max: Duration::from_secs(15),
             jitter: 0.05,
             deadline: Duration::from_secs(48 * 3600),
             finalizing: Duration::from_secs(10),

@@ -150,6 +150,10 @@ pub struct Pace {
     pub rate: Option<f64>,
     /// Polls in a row that showed no progress.
     pub stalled: u32,
+    /// When progress was first seen: an estimate is never trusted further ahead than the time
+    /// it has been watched (so an early, noisy estimate cannot skip the end of a job).
+    #[serde(default)]
+    pub since: Option<Timestamp>,
 }
 
 /// Weight of the newest rate sample in the smoothed rate (exponential moving average).
@@ -189,8 +193,15 @@ impl Pace {
                 self.progress = Some(p);
                 self.at = Some(now);
                 self.stalled = 0;
+                self.since = Some(now);
             }
         }
+    }
+
+    /// Seconds progress has been watched for.
+    pub fn watched_secs(&self, now: Timestamp) -> f64 {
+        self.since
+            .map_or(0.0, |s| now.0.saturating_sub(s.0) as f64 / 1000.0)
     }
 
     /// Seconds until progress is expected to reach 1, from `now` (negative when overdue).
@@ -234,10 +245,10 @@ pub fn interval(
         return (base, Rule::Base);
     };
     if progress >= COMPLETE {
-        return (
-            jittered(p.finalizing.as_secs_f64(), p.jitter, sample),
-            Rule::Finalizing,
-        );
+        // Short at first, backing off (to `max`) if finalizing takes long.
+        let wait = (p.finalizing.as_secs_f64() * p.multiplier.powi(pace.stalled.min(64) as i32))
+            .min(p.max.as_secs_f64().max(p.finalizing.as_secs_f64()));
+        return (jittered(wait, p.jitter, sample), Rule::Finalizing);
     }
     if pace.stalled >= p.stall_polls {
         return (base, Rule::Base);
@@ -245,7 +256,9 @@ pub fn interval(
     match pace.eta_secs(now) {
         None => (base, Rule::Base),
         Some(eta) => {
-            let wait = (eta * ETA_FRACTION).clamp(p.initial.as_secs_f64(), p.eta_max.as_secs_f64());
+            let wait = (eta * ETA_FRACTION)
+                .min(pace.watched_secs(now))
+                .clamp(p.initial.as_secs_f64(), p.eta_max.as_secs_f64());
             (jittered(wait, p.jitter, sample), Rule::Eta)
         }
     }
@@ -565,21 +578,35 @@ mod tests {
         let p = media();
         let mut pace = Pace::default();
         pace.observe(Some(0.0), Timestamp(0));
-        pace.observe(Some(0.1), Timestamp(10_000)); // 0.01/s: 90 s left
-        let now = Timestamp(10_000);
+        pace.observe(Some(0.5), Timestamp(100_000)); // 0.005/s: 100 s left
+        let now = Timestamp(100_000);
         let (wait, rule) = interval(&p, &pace, 20, now, 0.0);
         assert_eq!(rule, Rule::Eta);
-        assert_eq!(wait, Duration::from_secs(45), "half of the estimated 90 s");
+        assert_eq!(wait, Duration::from_secs(50), "half of the estimated 100 s");
         // Far away: capped at eta_max (60 s for media), not at max (15 s).
         let mut slow = Pace::default();
         slow.observe(Some(0.0), Timestamp(0));
-        slow.observe(Some(0.01), Timestamp(10_000)); // 990 s left
-        assert_eq!(interval(&p, &slow, 20, now, 0.0).0, p.eta_max);
+        slow.observe(Some(0.1), Timestamp(1_000_000)); // 9000 s left, watched 1000 s
+        assert_eq!(
+            interval(&p, &slow, 20, Timestamp(1_000_000), 0.0).0,
+            p.eta_max
+        );
+        // Watched only briefly: never trusted further ahead than it was watched.
+        let mut young = Pace::default();
+        young.observe(Some(0.0), Timestamp(0));
+        young.observe(Some(0.01), Timestamp(5_000)); // 495 s left, watched 5 s
+        assert_eq!(
+            interval(&p, &young, 20, Timestamp(5_000), 0.0).0,
+            Duration::from_secs(5)
+        );
         // Close: never below initial.
         let mut near = Pace::default();
         near.observe(Some(0.0), Timestamp(0));
-        near.observe(Some(0.99), Timestamp(10_000));
-        assert_eq!(interval(&p, &near, 20, now, 0.0).0, p.initial);
+        near.observe(Some(0.99), Timestamp(100_000));
+        assert_eq!(
+            interval(&p, &near, 20, Timestamp(100_000), 0.0).0,
+            p.initial
+        );
         // Overdue (the estimate passed): initial as well.
         assert_eq!(
             interval(&p, &pace, 20, Timestamp(500_000), 0.0).0,
@@ -599,6 +626,17 @@ mod tests {
             interval(&p, &pace, 30, Timestamp(1), 0.0),
             (Duration::from_secs(3), Rule::Finalizing)
         );
+        // A long finalizing phase backs off, up to `max`.
+        pace.observe(Some(1.0), Timestamp(2));
+        pace.observe(Some(1.0), Timestamp(3));
+        assert_eq!(
+            interval(&p, &pace, 30, Timestamp(3), 0.0),
+            (Duration::from_secs_f64(6.75), Rule::Finalizing)
+        );
+        for t in 4..20 {
+            pace.observe(Some(1.0), Timestamp(t));
+        }
+        assert_eq!(interval(&p, &pace, 30, Timestamp(20), 0.0).0, p.max);
     }
 
     #[test]
