@@ -13,6 +13,7 @@ use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Deserializer};
 
+use crate::operation::Status;
 use crate::upstream::{Mapping, Preset};
 
 /// An error in the configuration: which file, which key, what is wrong.
@@ -220,6 +221,8 @@ struct RawUpstream {
     #[serde(default)]
     poll: RawPoll,
     webhook: Option<RawWebhook>,
+    #[serde(default)]
+    callback_events: Vec<String>,
 }
 fn d_preset() -> String {
     "generic".into()
@@ -262,6 +265,8 @@ struct RawWebhook {
     secret_env: Option<String>,
     operation_field: Option<String>,
     safety_poll: Option<Dur>,
+    #[serde(default)]
+    events: BTreeMap<String, String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,7 +362,12 @@ pub struct UpstreamConfig {
     pub rate: RateConfig,
     pub poll: PollConfig,
     pub webhook: Option<WebhookConfig>,
+    /// Callbacks sent besides the terminal one (see [`CALLBACK_EVENTS`]).
+    pub callback_events: Vec<String>,
 }
+
+/// The non-terminal callback events an upstream may ask for in `callback_events`.
+pub const CALLBACK_EVENTS: &[&str] = &["requires_action"];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RateConfig {
@@ -478,6 +488,8 @@ pub struct WebhookConfig {
     pub secret: Option<Secret>,
     pub operation_field: String,
     pub safety_poll: Duration,
+    /// Event types that decide an outcome by themselves (`events` in the config).
+    pub events: BTreeMap<String, Status>,
 }
 
 impl Config {
@@ -553,7 +565,9 @@ impl Config {
                             "secret": w.secret.as_ref().map(|_| "<redacted>"),
                             "operation_field": w.operation_field,
                             "safety_poll": ms(w.safety_poll),
+                            "events": w.events.iter().map(|(k, v)| (k.clone(), json!(v.as_str()))).collect::<serde_json::Map<_, _>>(),
                         })),
+                        "callback_events": u.callback_events,
                     }),
                 )
             })
@@ -758,9 +772,16 @@ fn resolve_upstream(
         let p = format!("{}/", base_url.path());
         base_url.set_path(&p);
     }
+    if preset == Preset::AzureAsync && u.status_path.is_some() {
+        return Err(format!(
+            "`{}`: does not apply to preset \"azure-async\" (the registered operation is the full status URL)",
+            key("status_path")
+        ));
+    }
     let status_path = u
         .status_path
         .or(defaults.status_path.map(str::to_string))
+        .or((preset == Preset::AzureAsync).then(|| "{operation}".to_string()))
         .ok_or_else(|| {
             format!(
                 "`{}`: required for preset {:?}",
@@ -775,8 +796,22 @@ fn resolve_upstream(
         ));
     }
 
+    // The preset's headers first; a header the config names (in any case) replaces the
+    // preset's, and an empty value removes it.
+    let mut templates: BTreeMap<String, String> = defaults
+        .headers
+        .iter()
+        .filter(|(name, _)| !u.headers.keys().any(|k| k.eq_ignore_ascii_case(name)))
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+    templates.extend(
+        u.headers
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     let mut headers = HeaderMap::new();
-    for (hk, hv) in &u.headers {
+    for (hk, hv) in &templates {
         let k = key(&format!("headers.{hk}"));
         let value = expand_env(&k, hv, env)?;
         let name = HeaderName::from_bytes(hk.as_bytes())
@@ -910,6 +945,13 @@ fn resolve_upstream(
     let webhook = match u.webhook {
         None => None,
         Some(w) => {
+            let Some(wd) = defaults.webhook else {
+                return Err(format!(
+                    "`{}`: preset {:?} has no webhooks for this kind of job; it is polled",
+                    key("webhook"),
+                    u.preset
+                ));
+            };
             let scheme = match w.scheme.as_str() {
                 "standard-webhooks" => WebhookScheme::StandardWebhooks,
                 "github" => WebhookScheme::Github,
@@ -951,8 +993,9 @@ fn resolve_upstream(
             };
             let operation_field = check_pointer(
                 &key("webhook.operation_field"),
-                w.operation_field.as_deref().unwrap_or("/data/id"),
+                w.operation_field.as_deref().unwrap_or(wd.operation_field),
             )?;
+            let events = resolve_events(&key("webhook.events"), preset, &wd, w.events)?;
             let safety_poll = w
                 .safety_poll
                 .map(|d| d.0)
@@ -969,9 +1012,27 @@ fn resolve_upstream(
                 secret,
                 operation_field,
                 safety_poll,
+                events,
             })
         }
     };
+
+    for ev in &u.callback_events {
+        if !CALLBACK_EVENTS.contains(&ev.as_str()) {
+            return Err(format!(
+                "`{}`: unknown callback event {ev:?}; expected one of: {}",
+                key("callback_events"),
+                CALLBACK_EVENTS.join(", ")
+            ));
+        }
+        if !defaults.can_pause {
+            return Err(format!(
+                "`{}`: preset {:?} never reports {ev}; only \"gemini-interaction\" does",
+                key("callback_events"),
+                u.preset
+            ));
+        }
+    }
 
     Ok(UpstreamConfig {
         name: name.to_string(),
@@ -979,14 +1040,66 @@ fn resolve_upstream(
         base_url,
         status_path,
         headers,
-        header_templates: u.headers,
+        header_templates: templates,
         mapping,
         not_found_after: u.not_found_after.max(1),
         timeout: u.timeout.0,
         rate,
         poll,
         webhook,
+        callback_events: u.callback_events,
     })
+}
+
+/// Check `webhook.events`: each event type decides an outcome by itself. Event types of a
+/// preset's own family must be ones it documents, and a pause cannot be an outcome.
+fn resolve_events(
+    key: &str,
+    preset: Preset,
+    wd: &crate::upstream::WebhookDefaults,
+    events: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Status>, String> {
+    const OUTCOMES: [Status; 4] = [
+        Status::Succeeded,
+        Status::Failed,
+        Status::Cancelled,
+        Status::Expired,
+    ];
+    let mut out = BTreeMap::new();
+    for (event, outcome) in events {
+        let k = format!("{key}.{event:?}");
+        if event.is_empty() {
+            return Err(format!("`{key}`: an event type must not be empty"));
+        }
+        if preset == Preset::Replicate {
+            return Err(format!(
+                "`{key}`: Replicate webhooks carry the whole prediction, not an event type; the \
+                 status in it is read like a poll, so there is nothing to map"
+            ));
+        }
+        if !wd.families.is_empty() && !wd.events.contains(&event.as_str()) {
+            return Err(format!(
+                "`{k}`: preset {:?} does not send {event:?}; its events are: {}",
+                preset.name(),
+                wd.events.join(", ")
+            ));
+        }
+        if wd.pauses.contains(&event.as_str()) {
+            return Err(format!(
+                "`{k}`: {event} announces a pause, not an end, so it cannot decide an outcome \
+                 (use `callback_events = [\"requires_action\"]` to hear about pauses)"
+            ));
+        }
+        let status = Status::parse(&outcome)
+            .filter(|s| OUTCOMES.contains(s))
+            .ok_or_else(|| {
+                format!(
+                    "`{k}`: unknown outcome {outcome:?}; expected one of: succeeded, failed, cancelled, expired"
+                )
+            })?;
+        out.insert(event, status);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1162,6 +1275,139 @@ safety_poll = "10m"
         assert!(
             text.contains("<redacted, from Bearer ${JOBS_TOKEN}>"),
             "{text}"
+        );
+    }
+
+    fn preset_env(name: &str) -> Option<String> {
+        match name {
+            "OPENAI_API_KEY" => Some("sk-test".into()),
+            "ANTHROPIC_API_KEY" => Some("ak-test".into()),
+            "GEMINI_API_KEY" => Some("gk-test".into()),
+            "HOOK_SECRET" => Some("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into()),
+            _ => None,
+        }
+    }
+
+    fn upstream(text: &str) -> Result<UpstreamConfig, String> {
+        Config::parse(text, "shim.toml", &preset_env)
+            .map(|c| c.upstreams.into_values().next().unwrap())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn presets_fill_base_url_path_headers_and_schedule() {
+        let u = upstream("[upstreams.ant]\npreset = \"anthropic-batch\"\n").unwrap();
+        assert_eq!(u.base_url.as_str(), "https://api.anthropic.com/v1/");
+        assert_eq!(u.status_path, "messages/batches/{operation}");
+        assert_eq!(u.headers["x-api-key"], "ak-test");
+        assert_eq!(u.headers["anthropic-version"], "2023-06-01");
+        assert_eq!(u.poll, PollConfig::batch());
+        let u = upstream("[upstreams.oai]\npreset = \"openai-response\"\n").unwrap();
+        assert_eq!(u.headers["authorization"], "Bearer sk-test");
+        assert_eq!(u.poll, PollConfig::media());
+    }
+
+    #[test]
+    fn a_preset_header_needs_its_env_var_unless_replaced_or_removed() {
+        let e = upstream("[upstreams.r]\npreset = \"replicate\"\n").unwrap_err();
+        assert!(
+            e.contains("`upstreams.r.headers.Authorization`: environment variable REPLICATE_API_TOKEN is not set"),
+            "{e}"
+        );
+        // Same header in another case replaces the preset's; an empty value removes it.
+        let u = upstream(
+            "[upstreams.r]\npreset = \"replicate\"\nheaders = { authorization = \"Token ${OPENAI_API_KEY}\" }\n",
+        )
+        .unwrap();
+        assert_eq!(u.headers["authorization"], "Token sk-test");
+        assert_eq!(u.headers.len(), 1);
+        let u = upstream(
+            "[upstreams.g]\npreset = \"gemini-batch\"\nheaders = { x-goog-api-key = \"\", Authorization = \"Bearer ${OPENAI_API_KEY}\" }\n",
+        )
+        .unwrap();
+        assert!(u.headers.get("x-goog-api-key").is_none());
+        assert_eq!(u.headers.len(), 1);
+    }
+
+    #[test]
+    fn preset_specific_mistakes_are_named() {
+        let e = upstream("[upstreams.a]\npreset = \"anthropic-batch\"\n[upstreams.a.webhook]\nscheme = \"none\"\n").unwrap_err();
+        assert!(
+            e.contains("`upstreams.a.webhook`: preset \"anthropic-batch\" has no webhooks"),
+            "{e}"
+        );
+        let e =
+            upstream("[upstreams.z]\npreset = \"azure-async\"\nstatus_path = \"x/{operation}\"\n")
+                .unwrap_err();
+        assert!(
+            e.contains("`upstreams.z.status_path`: does not apply to preset \"azure-async\""),
+            "{e}"
+        );
+        let e = upstream(
+            "[upstreams.o]\npreset = \"openai-batch\"\ncallback_events = [\"requires_action\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("`upstreams.o.callback_events`: preset \"openai-batch\" never reports requires_action"), "{e}");
+        let e = upstream(
+            "[upstreams.i]\npreset = \"gemini-interaction\"\ncallback_events = [\"paused\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("unknown callback event \"paused\"; expected one of: requires_action"),
+            "{e}"
+        );
+        let u = upstream("[upstreams.i]\npreset = \"gemini-interaction\"\ncallback_events = [\"requires_action\"]\n").unwrap();
+        assert_eq!(u.callback_events, vec!["requires_action".to_string()]);
+    }
+
+    fn with_events(preset: &str, events: &str) -> Result<UpstreamConfig, String> {
+        upstream(&format!(
+            "[upstreams.u]\npreset = \"{preset}\"\nheaders = {{ Authorization = \"\" }}\n[upstreams.u.webhook]\nscheme = \"standard-webhooks\"\nsecret_env = \"HOOK_SECRET\"\nevents = {{ {events} }}\n"
+        ))
+    }
+
+    #[test]
+    fn webhook_event_maps_are_checked() {
+        let u = with_events(
+            "openai-batch",
+            "\"batch.completed\" = \"succeeded\", \"batch.expired\" = \"expired\"",
+        )
+        .unwrap();
+        let w = u.webhook.unwrap();
+        assert_eq!(w.events["batch.completed"], Status::Succeeded);
+        assert_eq!(w.operation_field, "/data/id");
+        let e = with_events("openai-batch", "\"batch.succeeded\" = \"succeeded\"").unwrap_err();
+        assert!(e.contains("preset \"openai-batch\" does not send \"batch.succeeded\"; its events are: batch.completed"), "{e}");
+        let e = with_events(
+            "gemini-interaction",
+            "\"interaction.requires_action\" = \"succeeded\"",
+        )
+        .unwrap_err();
+        assert!(e.contains("announces a pause, not an end"), "{e}");
+        let e = with_events("gemini-batch", "\"batch.failed\" = \"running\"").unwrap_err();
+        assert!(e.contains("unknown outcome \"running\"; expected one of: succeeded, failed, cancelled, expired"), "{e}");
+        let e = with_events("replicate", "\"succeeded\" = \"succeeded\"").unwrap_err();
+        assert!(
+            e.contains("Replicate webhooks carry the whole prediction"),
+            "{e}"
+        );
+        assert_eq!(
+            upstream("[upstreams.u]\npreset = \"replicate\"\nheaders = { Authorization = \"\" }\n[upstreams.u.webhook]\nscheme = \"none\"\n")
+                .unwrap()
+                .webhook
+                .unwrap()
+                .operation_field,
+            "/id"
+        );
+        // Generic upstreams map any event type.
+        let g = GOOD.replace(
+            "safety_poll = \"10m\"",
+            "safety_poll = \"10m\"\nevents = { \"job.done\" = \"succeeded\" }",
+        );
+        let c = Config::parse(&g, "shim.toml", &env).unwrap();
+        assert_eq!(
+            c.upstreams["jobs"].webhook.as_ref().unwrap().events["job.done"],
+            Status::Succeeded
         );
     }
 

@@ -1,7 +1,11 @@
 //! Inbound upstream webhooks: verify the signature per the upstream's scheme, find which
 //! operation it is about, record it durably (de-duplicated by webhook id), and only then answer.
-//! Webhook bodies are thin, so a webhook never decides an outcome by itself: it makes the
-//! operation due for an immediate status read, and that read decides.
+//!
+//! After verification: an event of another kind of job (an OpenAI `response.*` event at the
+//! batch upstream) is acknowledged and ignored. An event type mapped in `webhook.events` ends the
+//! operation by itself, in the same write, with the event's `data` as its result (or error).
+//! Any other webhook is thin: it makes the operation due for an immediate status read, and
+//! that read decides.
 
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
@@ -9,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::ApiError;
 use crate::config::WebhookScheme;
+use crate::operation::EventOutcome;
 use crate::service::Shim;
 use crate::signing::{VerifyError, verify_github, verify_standard};
 use crate::store::WebhookRecord;
@@ -66,6 +71,20 @@ pub async fn receive(
     };
     let parsed: Value = serde_json::from_slice(body)
         .map_err(|e| malformed(format!("webhook body is not valid JSON: {e}")))?;
+    let event_type = parsed.get("type").and_then(Value::as_str);
+    if let Some(t) = event_type.filter(|t| up.preset.foreign_event(t)) {
+        shim.metrics.webhook(upstream, "ignored");
+        tracing::debug!(
+            upstream,
+            event = t,
+            "webhook event of another kind of job; ignored"
+        );
+        return Ok((
+            StatusCode::OK,
+            json!({"result": "ignored", "webhook_id": webhook_id,
+                   "reason": format!("upstream {upstream:?} (preset {}) does not track {t:?} events", up.preset.name())}),
+        ));
+    }
     let operation = match parsed.pointer(&wh.operation_field) {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
@@ -76,10 +95,18 @@ pub async fn receive(
             )));
         }
     };
+    let operation = up.preset.canonical_operation(&operation);
+    let outcome = event_type.and_then(|t| {
+        wh.events.get(t).map(|status| EventOutcome {
+            status: *status,
+            event: t.to_string(),
+            data: parsed.get("data").filter(|d| !d.is_null()).cloned(),
+        })
+    });
 
     let record = shim
         .store
-        .record_webhook(upstream, &webhook_id, &operation, now)
+        .record_webhook(upstream, &webhook_id, &operation, outcome.as_ref(), now)
         .map_err(ApiError::store)?;
     shim.commit.flushed().await.map_err(ApiError::store)?;
     let (status, body) = match &record {
@@ -96,6 +123,14 @@ pub async fn receive(
             (
                 StatusCode::ACCEPTED,
                 json!({"result": "kept", "webhook_id": webhook_id}),
+            )
+        }
+        WebhookRecord::Finished(op) => {
+            shim.metrics.webhook(upstream, "accepted");
+            shim.on_terminal(op).await;
+            (
+                StatusCode::OK,
+                json!({"result": "accepted", "webhook_id": webhook_id, "id": op.id, "status": op.status}),
             )
         }
         WebhookRecord::Applied { id, terminal } => {

@@ -6,24 +6,28 @@
 //! - `keys`:     `upstream\0operation` → `op_<ULID>`: makes registration idempotent.
 //! - `active`:   `op_<ULID>` → next poll (u64 BE ms) + upstream name: the schedule, rebuilt at start
 //!   without reading every record.
-//! - `outbox`:   `op_<ULID>` → next attempt (u64 BE ms): callbacks still to send.
+//! - `outbox`:   `op_<ULID>` → next attempt (u64 BE ms): terminal callbacks still to send;
+//!   `op_<ULID>\0<event>` → next attempt: event callbacks (`requires_action_<n>`) still to send.
 //! - `inbox`:    `upstream\0webhook-id` → received (u64 BE ms): webhook de-duplication.
-//! - `early`:    `upstream\0operation` → received (u64 BE ms): webhooks for operations not yet
-//!   registered.
+//! - `early`:    `upstream\0operation` → received (u64 BE ms), then the JSON of an
+//!   [`EventOutcome`] if the webhook decided one: webhooks for operations not yet registered.
 //!
 //! `active` and `outbox` are derived from the record inside the same transaction that writes it,
 //! so they can never disagree with it.
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use super::{Due, ListFilter, Registered, Store, StoreError, WebhookRecord};
+use super::{
+    Due, ListFilter, OutboxListener, Registered, Store, StoreError, WebhookRecord, delivery_key,
+};
 use crate::clock::Timestamp;
-use crate::operation::{Operation, WEBHOOK_READS};
+use crate::operation::{DeliveryState, EventOutcome, Operation, WEBHOOK_READS};
 
 pub struct SledStore {
     db: sled::Db,
@@ -33,6 +37,8 @@ pub struct SledStore {
     outbox: sled::Tree,
     inbox: sled::Tree,
     early: sled::Tree,
+    /// Told of event callbacks that `update` adds (see [`Store::set_outbox_listener`]).
+    listener: OnceLock<OutboxListener>,
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -118,7 +124,29 @@ fn put(
     } else {
         outbox.remove(op.id.as_bytes())?;
     }
+    for e in &op.events {
+        let key = pair_key(&op.id, &e.name);
+        if e.delivery.state == DeliveryState::Pending {
+            let at = e.delivery.next_attempt_at.unwrap_or(op.updated_at);
+            outbox.insert(key, ts_bytes(at).to_vec())?;
+        } else {
+            outbox.remove(key)?;
+        }
+    }
     Ok(())
+}
+
+/// The outcome kept with an early webhook, if any. A value that cannot be read is treated as
+/// a thin webhook (the status read decides), never as an outcome.
+fn early_outcome(value: &[u8]) -> Option<EventOutcome> {
+    let json = value.get(8..).filter(|j| !j.is_empty())?;
+    match serde_json::from_slice(json) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable outcome kept with an early webhook; a status read will decide");
+            None
+        }
+    }
 }
 
 fn get_tx(ops: &TransactionalTree, id: &str) -> TxResult<Option<Operation>> {
@@ -162,6 +190,7 @@ impl SledStore {
             outbox: tree("outbox")?,
             inbox: tree("inbox")?,
             early: tree("early")?,
+            listener: OnceLock::new(),
             db,
         })
     }
@@ -187,12 +216,20 @@ impl Store for SledStore {
                 let mut op = op.clone();
                 let mut early_webhook = None;
                 if let Some(at) = early.remove(key.as_slice())? {
-                    let at = ts_from(&at);
+                    let at_bytes = at;
+                    let at = ts_from(&at_bytes);
                     if at.plus(early_window) >= op.created_at {
                         early_webhook = Some(at);
                         op.webhook_at = Some(at);
-                        op.webhook_reads = WEBHOOK_READS;
-                        op.next_poll_at = Some(op.created_at);
+                        match early_outcome(&at_bytes) {
+                            Some(outcome) => {
+                                op.finish_from_event(&outcome, op.created_at);
+                            }
+                            None => {
+                                op.webhook_reads = WEBHOOK_READS;
+                                op.next_poll_at = Some(op.created_at);
+                            }
+                        }
                     }
                 }
                 keys.insert(key.as_slice(), op.id.as_bytes())?;
@@ -240,18 +277,40 @@ impl Store for SledStore {
         id: &str,
         f: &dyn Fn(&mut Operation) -> bool,
     ) -> Result<Option<(Operation, bool)>, StoreError> {
-        (&self.ops, &self.active, &self.outbox)
+        let done = (&self.ops, &self.active, &self.outbox)
             .transaction(|(ops, active, outbox)| {
                 let Some(mut op) = get_tx(ops, id)? else {
                     return Ok(None);
                 };
+                let known = op.events.len();
                 let write = f(&mut op);
                 if write {
                     put(ops, active, outbox, &op)?;
                 }
-                Ok(Some((op, write)))
+                let added: Vec<(String, Timestamp)> = if write {
+                    op.events
+                        .iter()
+                        .skip(known)
+                        .filter(|e| e.delivery.state == DeliveryState::Pending)
+                        .map(|e| {
+                            let at = e.delivery.next_attempt_at.unwrap_or(op.updated_at);
+                            (delivery_key(&op.id, Some(&e.name)), at)
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Ok(Some((op, write, added)))
             })
-            .map_err(tx_err)
+            .map_err(tx_err)?;
+        Ok(done.map(|(op, write, added)| {
+            if let Some(listener) = self.listener.get() {
+                for (key, at) in &added {
+                    listener(key, *at);
+                }
+            }
+            (op, write)
+        }))
     }
 
     fn delete(&self, id: &str) -> Result<Option<Operation>, StoreError> {
@@ -264,6 +323,9 @@ impl Store for SledStore {
                 keys.remove(pair_key(&op.upstream, &op.operation))?;
                 active.remove(id.as_bytes())?;
                 outbox.remove(id.as_bytes())?;
+                for e in &op.events {
+                    outbox.remove(pair_key(id, &e.name))?;
+                }
                 Ok(Some(op))
             })
             .map_err(tx_err)
@@ -274,9 +336,15 @@ impl Store for SledStore {
         upstream: &str,
         webhook_id: &str,
         operation: &str,
+        outcome: Option<&EventOutcome>,
         now: Timestamp,
     ) -> Result<WebhookRecord, StoreError> {
         let inbox_key = pair_key(upstream, webhook_id);
+        let mut early_value = ts_bytes(now).to_vec();
+        if let Some(o) = outcome {
+            // Serialising plain data cannot fail.
+            early_value.extend(serde_json::to_vec(o).unwrap_or_default());
+        }
         let op_key = pair_key(upstream, operation);
         (
             &self.inbox,
@@ -300,12 +368,21 @@ impl Store for SledStore {
                 };
                 match found {
                     None => {
-                        early.insert(op_key.as_slice(), &ts_bytes(now))?;
+                        // The first outcome kept wins; a thin webhook never replaces one.
+                        let kept = early.get(&op_key)?;
+                        if kept.is_none_or(|v| early_outcome(&v).is_none()) {
+                            early.insert(op_key.as_slice(), early_value.as_slice())?;
+                        }
                         Ok(WebhookRecord::Kept)
                     }
                     Some(mut op) => {
                         let terminal = op.status.is_terminal();
                         op.webhook_at = Some(now);
+                        if let (false, Some(outcome)) = (terminal, outcome) {
+                            op.finish_from_event(outcome, now);
+                            put(ops, active, outbox, &op)?;
+                            return Ok(WebhookRecord::Finished(Box::new(op)));
+                        }
                         if terminal {
                             op.late_observations += 1;
                         } else {
@@ -341,8 +418,13 @@ impl Store for SledStore {
         let mut out = Vec::new();
         for item in self.outbox.iter() {
             let (k, v) = item.map_err(io)?;
+            let key = String::from_utf8_lossy(&k);
+            let id = match key.split_once('\0') {
+                Some((op, event)) => delivery_key(op, Some(event)),
+                None => key.into_owned(),
+            };
             out.push(Due {
-                id: String::from_utf8_lossy(&k).into_owned(),
+                id,
                 upstream: String::new(),
                 at: ts_from(&v),
             });
@@ -374,6 +456,12 @@ impl Store for SledStore {
         Ok(removed)
     }
 
+    fn set_outbox_listener(&self, listener: OutboxListener) {
+        if self.listener.set(listener).is_err() {
+            tracing::warn!("outbox listener already set; keeping the first");
+        }
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(io)
     }
@@ -387,6 +475,7 @@ impl Store for SledStore {
 mod tests {
     use super::*;
     use crate::operation::{DetectedVia, Status, sample};
+    use crate::store::WebhookRecord;
 
     fn store() -> (tempfile::TempDir, SledStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -440,12 +529,12 @@ mod tests {
     fn webhook_before_registration_is_kept_then_applied() {
         let (_d, s) = store();
         assert_eq!(
-            s.record_webhook("jobs", "msg_1", "abc", Timestamp(500))
+            s.record_webhook("jobs", "msg_1", "abc", None, Timestamp(500))
                 .unwrap(),
             WebhookRecord::Kept
         );
         assert_eq!(
-            s.record_webhook("jobs", "msg_1", "abc", Timestamp(600))
+            s.record_webhook("jobs", "msg_1", "abc", None, Timestamp(600))
                 .unwrap(),
             WebhookRecord::Duplicate
         );
@@ -465,7 +554,7 @@ mod tests {
     #[test]
     fn stale_early_webhooks_are_not_applied() {
         let (_d, s) = store();
-        s.record_webhook("jobs", "msg_1", "abc", Timestamp(0))
+        s.record_webhook("jobs", "msg_1", "abc", None, Timestamp(0))
             .unwrap();
         match s
             .register(sample(Timestamp(100_000)), Duration::from_secs(10))
@@ -476,11 +565,152 @@ mod tests {
         }
     }
 
+    fn pausing_op() -> Operation {
+        let mut op = sample(Timestamp(1_000));
+        op.callback_events = vec![crate::operation::REQUIRES_ACTION.into()];
+        op
+    }
+
+    fn pause() -> crate::upstream::Observation {
+        crate::upstream::Observation {
+            state: crate::upstream::ObservedState::RequiresAction,
+            raw_status: serde_json::json!("requires_action"),
+            progress: None,
+            result: None,
+            error: None,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn event_callbacks_have_their_own_outbox_entries_and_the_listener_hears_new_ones_once() {
+        let (_d, s) = store();
+        let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = heard.clone();
+        s.set_outbox_listener(std::sync::Arc::new(move |k: &str, at| {
+            h.lock().unwrap().push((k.to_string(), at))
+        }));
+        let op = pausing_op();
+        s.register(op.clone(), Duration::ZERO).unwrap();
+        s.update(&op.id, &|o| {
+            o.apply_observation(&pause(), Timestamp(2_000));
+            true
+        })
+        .unwrap();
+        // Another poll during the same pause: no new event, nothing heard.
+        s.update(&op.id, &|o| {
+            o.apply_observation(&pause(), Timestamp(3_000));
+            true
+        })
+        .unwrap();
+        let key = format!("{}/requires_action_1", op.id);
+        assert_eq!(
+            *heard.lock().unwrap(),
+            vec![(key.clone(), Timestamp(2_000))]
+        );
+        let outbox: Vec<String> = s.outbox().unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(outbox, vec![key.clone()]);
+
+        // The end puts the terminal callback in and takes the superseded event out, in one write.
+        s.update(&op.id, &|o| {
+            o.finish(Status::Succeeded, DetectedVia::Poll, Timestamp(4_000))
+        })
+        .unwrap();
+        let outbox: Vec<String> = s.outbox().unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(outbox, vec![op.id.clone()]);
+        s.delete(&op.id).unwrap();
+        assert!(s.outbox().unwrap().is_empty());
+    }
+
+    #[test]
+    fn delete_removes_pending_event_callbacks() {
+        let (_d, s) = store();
+        let op = pausing_op();
+        s.register(op.clone(), Duration::ZERO).unwrap();
+        s.update(&op.id, &|o| {
+            o.apply_observation(&pause(), Timestamp(2_000));
+            true
+        })
+        .unwrap();
+        assert_eq!(s.outbox().unwrap().len(), 1);
+        s.delete(&op.id).unwrap();
+        assert!(s.outbox().unwrap().is_empty());
+    }
+
+    fn outcome(status: Status, event: &str) -> EventOutcome {
+        EventOutcome {
+            status,
+            event: event.into(),
+            data: Some(serde_json::json!({"id": "abc"})),
+        }
+    }
+
+    #[test]
+    fn an_event_outcome_ends_a_registered_operation_in_the_same_write() {
+        let (_d, s) = store();
+        let op = sample(Timestamp(1_000));
+        s.register(op.clone(), Duration::ZERO).unwrap();
+        let ok = outcome(Status::Succeeded, "batch.succeeded");
+        match s
+            .record_webhook("jobs", "msg_1", "abc", Some(&ok), Timestamp(2_000))
+            .unwrap()
+        {
+            WebhookRecord::Finished(done) => {
+                assert_eq!(done.status, Status::Succeeded);
+                assert_eq!(done.detected_via, Some(DetectedVia::Webhook));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.scheduled().unwrap().is_empty());
+        assert_eq!(s.outbox().unwrap().len(), 1);
+        // A later contradicting event is only counted.
+        let failed = outcome(Status::Failed, "batch.failed");
+        assert!(matches!(
+            s.record_webhook("jobs", "msg_2", "abc", Some(&failed), Timestamp(3_000))
+                .unwrap(),
+            WebhookRecord::Applied { terminal: true, .. }
+        ));
+        let after = s.get(&op.id).unwrap().unwrap();
+        assert_eq!(after.status, Status::Succeeded);
+        assert_eq!(after.late_observations, 1);
+    }
+
+    #[test]
+    fn an_early_outcome_is_kept_and_applied_at_registration() {
+        let (_d, s) = store();
+        let failed = outcome(Status::Failed, "batch.failed");
+        s.record_webhook("jobs", "msg_1", "abc", Some(&failed), Timestamp(500))
+            .unwrap();
+        // A thin webhook after it does not erase the outcome; a second outcome does not win.
+        s.record_webhook("jobs", "msg_2", "abc", None, Timestamp(600))
+            .unwrap();
+        let ok = outcome(Status::Succeeded, "batch.succeeded");
+        s.record_webhook("jobs", "msg_3", "abc", Some(&ok), Timestamp(700))
+            .unwrap();
+        match s
+            .register(sample(Timestamp(1_000)), Duration::from_secs(60))
+            .unwrap()
+        {
+            Registered::Created { op, early_webhook } => {
+                assert_eq!(early_webhook, Some(Timestamp(500)));
+                assert_eq!(op.status, Status::Failed);
+                assert_eq!(op.upstream_status, Some(serde_json::json!("batch.failed")));
+                assert_eq!(op.detected_via, Some(DetectedVia::Webhook));
+                assert_eq!(op.completed_at, Some(Timestamp(1_000)));
+                assert!(op.in_outbox());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.scheduled().unwrap().is_empty());
+        assert_eq!(s.outbox().unwrap().len(), 1);
+    }
+
     #[test]
     fn purge_forgets_old_webhook_ids_only() {
         let (_d, s) = store();
-        s.record_webhook("jobs", "old", "x", Timestamp(1)).unwrap();
-        s.record_webhook("jobs", "new", "y", Timestamp(10_000))
+        s.record_webhook("jobs", "old", "x", None, Timestamp(1))
+            .unwrap();
+        s.record_webhook("jobs", "new", "y", None, Timestamp(10_000))
             .unwrap();
         assert_eq!(
             s.purge_webhooks(Timestamp(5_000), Timestamp(5_000))
@@ -488,12 +718,12 @@ mod tests {
             2
         );
         assert_eq!(
-            s.record_webhook("jobs", "new", "y", Timestamp(10_001))
+            s.record_webhook("jobs", "new", "y", None, Timestamp(10_001))
                 .unwrap(),
             WebhookRecord::Duplicate
         );
         assert_eq!(
-            s.record_webhook("jobs", "old", "x", Timestamp(10_001))
+            s.record_webhook("jobs", "old", "x", None, Timestamp(10_001))
                 .unwrap(),
             WebhookRecord::Kept
         );
