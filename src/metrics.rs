@@ -89,7 +89,7 @@ impl Metrics {
         );
         registry.register(
             "hookshim_webhooks_received",
-            "Inbound upstream webhooks by result (accepted, kept, duplicate, bad_signature, stale_timestamp, malformed, too_large)",
+            "Inbound upstream webhooks by result (accepted, kept, duplicate, bad_signature, stale_timestamp, jwks_unavailable, malformed, too_large)",
             webhooks.clone(),
         );
         registry.register(

@@ -46,6 +46,8 @@ pub struct Shim {
     /// For callbacks: never follows redirects, times out per config.
     pub callback_http: reqwest::Client,
     pub metrics: Metrics,
+    /// Key sets for JWT-signed webhooks (`gemini-jwt`), cached per URL.
+    pub jwks: crate::ingest::jwks::JwksCache,
     pub clock: Arc<dyn Clock>,
     pub callback_key: Secret,
     pub shutdown: CancellationToken,
@@ -194,6 +196,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         polls: DueQueue::new(),
         deliveries: DueQueue::new(),
         limiters,
+        jwks: crate::ingest::jwks::JwksCache::new(upstream_http.clone()),
         upstream_http,
         callback_http,
         metrics: Metrics::new(),

@@ -1,4 +1,4 @@
-//! Inbound upstream webhooks: verify the signature per the upstream's scheme, find which
+//! Inbound upstream webhooks: verify the signature per the upstream's scheme ([`verify`]), find which
 //! operation it is about, record it durably (de-duplicated by webhook id), and only then answer.
 //!
 //! After verification: an event of another kind of job (an OpenAI `response.*` event at the
@@ -7,15 +7,15 @@
 //! Any other webhook is thin: it makes the operation due for an immediate status read, and
 //! that read decides.
 
+pub mod jwks;
+pub mod verify;
+
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::api::ApiError;
-use crate::config::WebhookScheme;
 use crate::operation::EventOutcome;
 use crate::service::Shim;
-use crate::signing::{VerifyError, verify_github, verify_standard};
 use crate::store::WebhookRecord;
 
 /// Handle one inbound webhook body. The caller has already enforced `max_body`.
@@ -40,31 +40,9 @@ pub async fn receive(
         )
     })?;
     let now = shim.clock.now();
-    let keys: Vec<&[u8]> = wh.secret.iter().map(|s| s.0.as_slice()).collect();
-    let reject = |e: VerifyError| {
-        let (code, label) = match e {
-            VerifyError::StaleTimestamp => ("stale_timestamp", "stale_timestamp"),
-            VerifyError::MissingHeader(_) => ("missing_signature", "bad_signature"),
-            VerifyError::MalformedHeader(_) => ("malformed_signature", "bad_signature"),
-            VerifyError::BadSignature => ("bad_signature", "bad_signature"),
-        };
-        shim.metrics.webhook(upstream, label);
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            code,
-            format!("webhook rejected: {e}"),
-        )
-    };
-    let webhook_id = match wh.scheme {
-        WebhookScheme::StandardWebhooks => {
-            verify_standard(&keys, headers, body, now.unix_seconds()).map_err(reject)?
-        }
-        WebhookScheme::Github => {
-            verify_github(&keys, headers, body).map_err(reject)?;
-            header_or_hash(headers, "x-github-delivery", body)
-        }
-        WebhookScheme::None => header_or_hash(headers, "webhook-id", body),
-    };
+    let webhook_id = verify::verify(wh, &shim.jwks, headers, body, now)
+        .await
+        .map_err(|e| e.reject(&shim.metrics, upstream))?;
     let malformed = |msg: String| {
         shim.metrics.webhook(upstream, "malformed");
         ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", msg)
@@ -145,15 +123,4 @@ pub async fn receive(
         }
     };
     Ok((status, body))
-}
-
-fn header_or_hash(headers: &HeaderMap, name: &str, body: &[u8]) -> String {
-    match headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-    {
-        Some(v) => v.to_string(),
-        None => format!("sha256_{}", hex::encode(Sha256::digest(body))),
-    }
 }

@@ -15,6 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hookshim::clock::{Clock, SystemClock};
 use hookshim::config::Config;
 use hookshim::service::{Running, StartOptions, start};
 use serde_json::{Value, json};
@@ -374,6 +375,8 @@ pub struct TestShim {
     pub config_text: String,
     pub env: Vec<(String, String)>,
     pub running: Option<Running>,
+    /// The service's clock (the wall clock unless started with [`TestShim::start_with_clock`]).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl TestShim {
@@ -388,6 +391,17 @@ impl TestShim {
         recv: &Receiver,
         env: Vec<(String, String)>,
     ) -> TestShim {
+        TestShim::start_with_clock(config, up, recv, env, Arc::new(SystemClock)).await
+    }
+
+    /// Start with the given clock, e.g. a [`hookshim::clock::ManualClock`] that tests move.
+    pub async fn start_with_clock(
+        config: &str,
+        up: &FakeUpstream,
+        recv: &Receiver,
+        env: Vec<(String, String)>,
+        clock: Arc<dyn Clock>,
+    ) -> TestShim {
         let dir = tempfile::tempdir().unwrap();
         let text = config
             .replace("{UP}", &up.url)
@@ -400,6 +414,7 @@ impl TestShim {
             config_text: text,
             env,
             running: None,
+            clock,
         };
         s.boot().await;
         s
@@ -414,7 +429,7 @@ impl TestShim {
             config,
             StartOptions {
                 listener: Some(listener),
-                ..StartOptions::default()
+                clock: self.clock.clone(),
             },
         )
         .await
