@@ -178,7 +178,7 @@ impl Preset {
                 base_url: Some(GEMINI),
                 status_path: Some("interactions/{operation}"),
                 headers: GEMINI_KEY,
-                poll: PollConfig::general(),
+                poll: PollConfig::media(),
                 webhook: thin(
                     &["interaction."],
                     &[

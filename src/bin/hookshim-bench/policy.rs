@@ -15,7 +15,7 @@ use std::time::Duration;
 use governor::clock::FakeRelativeClock;
 use governor::{Quota, RateLimiter};
 use hookshim::clock::Timestamp;
-use hookshim::config::{Config, PollConfig, UpstreamConfig};
+use hookshim::config::{Config, UpstreamConfig};
 use hookshim::operation::{Operation, Status};
 use hookshim::poller::{PollOutcome, Reading, apply_outcome, first_poll_at};
 use hookshim::schedule::{UpstreamLimiter, parse_hint};
@@ -48,14 +48,16 @@ pub struct PolicyArgs {
 /// A kind of job, with the upstream it runs on and how that upstream answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Class {
-    /// Veo-like video: 15 s – 15 min, no progress, no hints.
+    /// Veo-like video: 15 s – 15 min, no progress, no hints (preset google-operation).
     Video,
-    /// Background research / responses: 10 s – 60 min, `Retry-After: 10` on every running answer.
+    /// Background research runs: 10 s – 60 min, `Retry-After: 10` on every running answer
+    /// (preset gemini-interaction).
     Research,
     /// Batch with request counts (OpenAI, Gemini, Anthropic batches): 2 min – 12 h, progress that
-    /// is not linear, then a finalizing phase at 100 %.
+    /// is not linear, then a finalizing phase at 100 % (preset openai-batch).
     Batch,
-    /// Batch without progress (a batch API that reports nothing until it ends): 2 min – 12 h.
+    /// Batch without progress (a batch that reports no counts until it ends): 2 min – 12 h
+    /// (preset gemini-batch).
     BlindBatch,
 }
 
@@ -95,11 +97,14 @@ impl Class {
         }
     }
 
-    /// hookshim's schedule for this kind of job: the preset kind a user would configure.
-    fn poll(self) -> PollConfig {
+    /// The preset a user would configure for this kind of job: hookshim polls it on that
+    /// preset's default schedule.
+    fn preset(self) -> &'static str {
         match self {
-            Class::Video | Class::Research => PollConfig::media(),
-            Class::Batch | Class::BlindBatch => PollConfig::batch(),
+            Class::Video => "google-operation",
+            Class::Research => "gemini-interaction",
+            Class::Batch => "openai-batch",
+            Class::BlindBatch => "gemini-batch",
         }
     }
 }
@@ -267,23 +272,16 @@ fn micros(ts: Timestamp) -> u64 {
 fn upstream_config(class: Class) -> UpstreamConfig {
     let (rate, burst) = budget(upstream_of(class));
     let text = format!(
-        r#"
-[upstreams.sim]
-base_url = "http://127.0.0.1:1/"
-status_path = "{{operation}}"
-status_field = "/status"
-succeeded = ["done"]
-failed = ["failed"]
-progress_field = "/progress"
-rate = {{ per_second = {rate}, burst = {burst} }}
-"#
+        "[upstreams.sim]\npreset = \"{}\"\nrate = {{ per_second = {rate}, burst = {burst} }}\n",
+        class.preset()
     );
-    let mut up = Config::parse(&text, "policy-sim", &|_| None)
-        .expect("the simulated upstream's config is valid")
-        .upstreams["sim"]
-        .clone();
-    up.poll = class.poll();
-    up
+    // The presets read their API keys from the environment; any value does here.
+    Config::parse(&text, "policy-sim", &|var| {
+        (var != "HOOKSHIM_CALLBACK_SECRET").then(|| "sim-key".to_string())
+    })
+    .expect("the simulated upstream's config is valid")
+    .upstreams["sim"]
+        .clone()
 }
 
 fn observation(job: &Job, t: f64) -> Observation {
@@ -319,12 +317,23 @@ fn new_operation(i: usize, job: &Job, now: Timestamp) -> Operation {
     serde_json::from_value(v).expect("an operation record")
 }
 
-fn replay_hookshim(jobs: &[Job], seed: u64) -> PolicyRun {
-    let mut run = PolicyRun::new("hookshim", jobs.len());
+/// hookshim's policy with the presets' defaults; `eta: false` switches progress estimates off
+/// (the ablation row: what the estimate alone is worth).
+fn replay_hookshim(jobs: &[Job], seed: u64, eta: bool) -> PolicyRun {
+    let name = if eta {
+        "hookshim"
+    } else {
+        "hookshim, eta = false"
+    };
+    let mut run = PolicyRun::new(name, jobs.len());
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let configs: BTreeMap<Class, UpstreamConfig> = Class::ALL
         .iter()
-        .map(|c| (*c, upstream_config(*c)))
+        .map(|c| {
+            let mut up = upstream_config(*c);
+            up.poll.eta = eta;
+            (*c, up)
+        })
         .collect();
     // One budget (governor, on a simulated clock) and one first-poll spreader per upstream.
     let clock = FakeRelativeClock::default();
@@ -472,7 +481,7 @@ type Sleeps = dyn Fn(&mut StdRng, u32) -> f64;
 
 pub async fn run(args: PolicyArgs) -> Result<(), String> {
     let jobs = workload(&args);
-    let mut runs = vec![replay_hookshim(&jobs, args.seed)];
+    let mut runs = vec![replay_hookshim(&jobs, args.seed, true)];
     let baselines: [(&'static str, Box<Sleeps>); 5] = [
         ("fixed 1 s", Box::new(|_, _| 1.0)),
         ("fixed 5 s", Box::new(|_, _| 5.0)),
@@ -503,6 +512,7 @@ pub async fn run(args: PolicyArgs) -> Result<(), String> {
         }
         runs.push(run);
     }
+    runs.push(replay_hookshim(&jobs, args.seed, false));
 
     let mix: BTreeMap<&str, usize> = Class::ALL
         .iter()
