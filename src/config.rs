@@ -247,6 +247,7 @@ struct RawRate {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawPoll {
+    enabled: Option<bool>,
     initial: Option<Dur>,
     multiplier: Option<f64>,
     max: Option<Dur>,
@@ -409,6 +410,9 @@ impl RateConfig {
 /// One upstream's polling schedule. The policy that uses it is `schedule::policy`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PollConfig {
+    /// False for an upstream with no status endpoint: no status request is ever sent; only a
+    /// webhook event mapped in `webhook.events` or the deadline ends an operation.
+    pub enabled: bool,
     /// The blind schedule: `initial × multiplier^n` up to `max`, ±`jitter`.
     pub initial: Duration,
     pub multiplier: f64,
@@ -433,6 +437,7 @@ impl PollConfig {
     /// Seconds-to-minutes jobs (video, image, a background response): react within seconds.
     pub const fn media() -> PollConfig {
         PollConfig {
+            enabled: true,
             initial: Duration::from_secs(2),
             multiplier: 1.5,
             max: Duration::from_secs(15),
@@ -449,6 +454,7 @@ impl PollConfig {
     /// Minutes-to-hours jobs (batch APIs): progress counts drive the schedule.
     pub const fn batch() -> PollConfig {
         PollConfig {
+            enabled: true,
             initial: Duration::from_secs(10),
             multiplier: 1.5,
             max: Duration::from_secs(15),
@@ -465,6 +471,7 @@ impl PollConfig {
     /// Anything else: a generic JSON status endpoint with unknown job lengths.
     pub const fn general() -> PollConfig {
         PollConfig {
+            enabled: true,
             initial: Duration::from_secs(1),
             multiplier: 1.5,
             max: Duration::from_secs(30),
@@ -885,9 +892,13 @@ fn resolve_upstream(
         )
     })?;
     let defaults = preset.defaults();
+    // Without polling, nothing reads the status endpoint: base_url, status_path and the status
+    // mapping may be left out (placeholders keep the rest of the code uniform).
+    let polling = u.poll.enabled.unwrap_or(true);
     let base = u
         .base_url
         .or(defaults.base_url.map(str::to_string))
+        .or((!polling).then(|| "http://127.0.0.1/".to_string()))
         .ok_or_else(|| format!("`{}`: required for preset {:?}", key("base_url"), u.preset))?;
     let mut base_url = Url::parse(&base)
         .map_err(|e| format!("`{}`: {base:?} is not a valid URL ({e})", key("base_url")))?;
@@ -911,7 +922,7 @@ fn resolve_upstream(
     let status_path = u
         .status_path
         .or(defaults.status_path.map(str::to_string))
-        .or((preset == Preset::AzureAsync).then(|| "{operation}".to_string()))
+        .or((preset == Preset::AzureAsync || !polling).then(|| "{operation}".to_string()))
         .ok_or_else(|| {
             format!(
                 "`{}`: required for preset {:?}",
@@ -955,13 +966,19 @@ fn resolve_upstream(
     let ptr = |field: &str, v: Option<String>| -> Result<Option<String>, String> {
         v.map(|p| check_pointer(&key(field), &p)).transpose()
     };
+    let unread = !polling && preset == Preset::Generic && u.status_field.is_none();
+    let placeholder = |v: Option<Vec<String>>, s: &str| match v {
+        None if unread => Some(vec![s.to_string()]),
+        v => v,
+    };
     let mapping = Mapping::build(
         preset,
         crate::upstream::MappingInput {
-            status_field: ptr("status_field", u.status_field)?,
+            status_field: ptr("status_field", u.status_field)?
+                .or(unread.then(|| "/status".to_string())),
             pending: u.pending,
-            succeeded: u.succeeded,
-            failed: u.failed,
+            succeeded: placeholder(u.succeeded, "succeeded"),
+            failed: placeholder(u.failed, "failed"),
             cancelled: u.cancelled,
             expired: u.expired,
             result_field: ptr("result_field", u.result_field)?,
@@ -1007,6 +1024,7 @@ fn resolve_upstream(
 
     let dp = defaults.poll;
     let poll = PollConfig {
+        enabled: polling,
         initial: u.poll.initial.map(|d| d.0).unwrap_or(dp.initial),
         multiplier: u.poll.multiplier.unwrap_or(dp.multiplier),
         max: u.poll.max.map(|d| d.0).unwrap_or(dp.max),
@@ -1085,6 +1103,13 @@ fn resolve_upstream(
             Some(resolve_webhook(name, preset, &wd, w, env)?)
         }
     };
+    if !polling && webhook.as_ref().is_none_or(|w| w.events.is_empty()) {
+        return Err(format!(
+            "`{}`: with polling off only a webhook event mapped in `webhook.events` (or the \
+             deadline) can end an operation; add a [upstreams.{name}.webhook] section with `events`",
+            key("poll.enabled")
+        ));
+    }
 
     for ev in &u.callback_events {
         if !CALLBACK_EVENTS.contains(&ev.as_str()) {
@@ -1515,6 +1540,18 @@ safety_poll = "10m"
             e.contains("`upstreams.jobs.rate.increase_every`: must be more than 0s"),
             "{e}"
         );
+        // Polling off needs an event map: nothing else could end an operation.
+        let e = err_of(&GOOD.replace(poll, "poll = { enabled = false }"));
+        assert!(
+            e.contains("`upstreams.jobs.poll.enabled`: with polling off only a webhook event mapped in `webhook.events`"),
+            "{e}"
+        );
+        let off = GOOD.replace(poll, "poll = { enabled = false }").replace(
+            "safety_poll = \"10m\"",
+            "safety_poll = \"10m\"\nevents = { \"job.done\" = \"succeeded\" }",
+        );
+        let c = Config::parse(&off, "shim.toml", &env).unwrap();
+        assert!(!c.upstreams["jobs"].poll.enabled);
         // Defaults: unset knobs come from the preset's kind of job; AIMD floor is a tenth.
         let c = Config::parse(GOOD, "shim.toml", &env).unwrap();
         let u = &c.upstreams["jobs"];

@@ -171,12 +171,7 @@ pub fn apply_outcome(
         // failed read is retried within the grace period first.
         let grace_end = o.deadline_at.plus(DEADLINE_GRACE);
         if !transient || now >= grace_end {
-            o.error = Some(shim_error(
-                "deadline_exceeded",
-                "the operation did not finish before its deadline",
-            ));
-            o.finish(Status::TimedOut, DetectedVia::Deadline, now);
-            return true;
+            return time_out(o, now);
         }
         let retry = backoff(&up.poll, o.error_streak.saturating_sub(1), sample);
         let at = now.plus(reading.hint.map_or(retry, |h| h.max(retry)));
@@ -216,6 +211,10 @@ pub fn first_poll_at(
     deadline: Timestamp,
     sample: f64,
 ) -> Timestamp {
+    if !up.poll.enabled {
+        // Nothing to read: the next look is the deadline.
+        return deadline.max(now);
+    }
     let interval = match &up.webhook {
         Some(w) => w.safety_poll,
         None => backoff(&up.poll, 0, sample),
@@ -245,6 +244,20 @@ pub async fn poll_once(shim: &Shim, id: &str) {
             .schedule(id, shim.clock.now().plus(Duration::from_secs(3600)));
         return;
     };
+    if !up.poll.enabled {
+        // No status endpoint: no request. Before the deadline (e.g. made due by an unmapped
+        // webhook) wait for it; at the deadline the operation times out.
+        let now = shim.clock.now();
+        if now < op.deadline_at {
+            shim.polls.schedule(id, op.deadline_at);
+            return;
+        }
+        record(shim, id, now, &|o| {
+            !o.status.is_terminal() && time_out(o, now)
+        })
+        .await;
+        return;
+    }
     // Waiting for the budget is abandoned at once on shutdown, a request in flight gets a grace
     // period; either way the operation stays scheduled in the store and resumes at restart.
     if let Some(limiter) = shim.limiters.get(&op.upstream) {
@@ -268,12 +281,35 @@ pub async fn poll_once(shim: &Shim, id: &str) {
     else {
         return;
     };
-    let now = shim.clock.now();
-    let sample = jitter_sample();
+    let (now, sample) = (shim.clock.now(), jitter_sample());
+    record(shim, id, now, &|o| {
+        apply_outcome(o, up, &reading, now, sample)
+    })
+    .await;
+}
+
+/// End an operation at its deadline (`timed_out`, `deadline_exceeded`). Returns true.
+pub fn time_out(o: &mut Operation, now: Timestamp) -> bool {
+    o.error = Some(shim_error(
+        "deadline_exceeded",
+        "the operation did not finish before its deadline",
+    ));
+    o.finish(Status::TimedOut, DetectedVia::Deadline, now);
+    true
+}
+
+/// Apply a change to the stored record in one atomic write, then hand a terminal operation to
+/// delivery or put the next poll on the queue.
+async fn record(
+    shim: &Shim,
+    id: &str,
+    now: Timestamp,
+    change: &(dyn Fn(&mut Operation) -> bool + Sync),
+) {
     let became_terminal = Cell::new(false);
     let result = shim.store.update(id, &|o| {
         let was_terminal = o.status.is_terminal();
-        let write = apply_outcome(o, up, &reading, now, sample);
+        let write = change(o);
         became_terminal.set(!was_terminal && o.status.is_terminal());
         write
     });

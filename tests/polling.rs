@@ -557,3 +557,60 @@ async fn operations_registered_together_are_polled_spread_out() {
         assert!(w[1] >= w[0] + 200, "first polls too close: {firsts:?}");
     }
 }
+
+const WEBHOOK_ONLY: &str = r#"
+[upstreams.hooks]
+poll = { enabled = false }
+[upstreams.hooks.webhook]
+scheme = "standard-webhooks"
+secret_env = "PUSHY_SECRET"
+events = { "job.done" = "succeeded", "job.failed" = "failed" }
+"#;
+
+#[tokio::test]
+async fn an_upstream_without_a_status_endpoint_is_never_polled() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(&format!("{CONFIG}{WEBHOOK_ONLY}"), &up, &recv).await;
+    let (code, a) = shim
+        .register(json!({"upstream": "hooks", "operation": "w1"}))
+        .await;
+    assert_eq!(code, 201, "{a}");
+    let a = id_of(&a);
+    let (_, b) = shim
+        .register(json!({"upstream": "hooks", "operation": "w2", "deadline": "300ms"}))
+        .await;
+    let b = id_of(&b);
+    // An event the map does not know: acknowledged, but nothing to read, so nothing changes.
+    let (code, _) = shim
+        .send_webhook(
+            "hooks",
+            PUSHY_SECRET,
+            "msg_1",
+            &json!({"type": "job.progress", "data": {"id": "w1"}}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    // A mapped event ends it, with the event's data as the result.
+    let (code, _) = shim
+        .send_webhook(
+            "hooks",
+            PUSHY_SECRET,
+            "msg_2",
+            &json!({"type": "job.done", "data": {"id": "w1", "url": "u"}}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let done = wait_status(&shim, &a, "succeeded").await;
+    assert_eq!(done["detected_via"], "webhook", "{done}");
+    // The other one reaches its deadline without a status read and times out.
+    let late = wait_status(&shim, &b, "timed_out").await;
+    assert_eq!(late["error"]["code"], "deadline_exceeded", "{late}");
+    assert_eq!(late["polls"], 0, "{late}");
+    wait_calls(&recv, &a, 1).await;
+    wait_calls(&recv, &b, 1).await;
+    assert!(
+        up.all_requests().is_empty(),
+        "no status request may be sent with polling off"
+    );
+}
