@@ -20,7 +20,7 @@ use crate::config::check_callback_url;
 use crate::operation::{Delivery, DeliveryState, Operation, Status};
 use crate::service::{EARLY_WEBHOOK_WINDOW, Shim};
 use crate::store::{ListFilter, Registered, StoreError};
-use crate::upstream::validate_operation_id;
+use crate::upstream::prepare_operation;
 
 /// The most metadata an operation may carry (serialised JSON).
 pub const MAX_METADATA: usize = 16 * 1024;
@@ -151,7 +151,7 @@ async fn register(State(shim): State<Arc<Shim>>, body: Result<Bytes, BytesReject
             format!("no upstream named {:?} in the config", req.upstream),
         )
     })?;
-    validate_operation_id(&req.operation)
+    let operation = prepare_operation(up, &req.operation)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_operation", e))?;
     let callback_url = match &req.callback_url {
         Some(u) => Some(
@@ -209,7 +209,7 @@ async fn register(State(shim): State<Arc<Shim>>, body: Result<Bytes, BytesReject
     let op = Operation {
         id: format!("op_{}", ulid::Ulid::generate()),
         upstream: req.upstream.clone(),
-        operation: req.operation.clone(),
+        operation,
         status: Status::Pending,
         upstream_status: None,
         progress: None,
@@ -222,7 +222,13 @@ async fn register(State(shim): State<Arc<Shim>>, body: Result<Bytes, BytesReject
         completed_at: None,
         detected_via: None,
         polls: 0,
-        next_poll_at: Some(crate::poller::first_poll_at(up, now, deadline_at, sample)),
+        next_poll_at: Some({
+            let at = crate::poller::first_poll_at(up, now, deadline_at, sample);
+            match shim.limiters.get(&req.upstream) {
+                Some(l) => l.spread_first_poll(at, now).min(deadline_at),
+                None => at,
+            }
+        }),
         deadline_at,
         delivery: Delivery::default(),
         not_found_streak: 0,
@@ -231,6 +237,13 @@ async fn register(State(shim): State<Arc<Shim>>, body: Result<Bytes, BytesReject
         webhook_at: None,
         webhook_reads: 0,
         late_observations: 0,
+        pace: Default::default(),
+        etag: None,
+        upstream_expires_at: None,
+        callback_events: up.callback_events.clone(),
+        paused: false,
+        pauses: 0,
+        events: Vec::new(),
     };
     let registered = shim
         .store
@@ -245,13 +258,19 @@ async fn register(State(shim): State<Arc<Shim>>, body: Result<Bytes, BytesReject
             })
             .inc();
         shim.metrics.active(&op.upstream).inc();
-        shim.polls.schedule(&op.id, op.next_poll_at.unwrap_or(now));
+        if !op.status.is_terminal() {
+            shim.polls.schedule(&op.id, op.next_poll_at.unwrap_or(now));
+        }
     }
     shim.commit.flushed().await.map_err(ApiError::store)?;
     Ok(match registered {
         Registered::Created { op, early_webhook } => {
             if early_webhook.is_some() {
                 tracing::info!(op = %op.id, "applied a webhook that arrived before registration");
+            }
+            if op.status.is_terminal() {
+                // The kept webhook's event decided the outcome: the callback goes out now.
+                shim.on_terminal(&op).await;
             }
             (StatusCode::CREATED, Json(op)).into_response()
         }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hookshim::clock::{Clock, SystemClock};
 use hookshim::config::Config;
 use hookshim::service::{StartOptions, start};
 
@@ -54,11 +55,25 @@ fn init_logging(default: &str) {
         .init();
 }
 
+/// What is valid but probably a mistake, e.g. a previous webhook secret past its `until`.
+fn warnings(config: &Config) -> Vec<String> {
+    let now = SystemClock.now();
+    config
+        .upstreams
+        .iter()
+        .filter_map(|(name, u)| u.webhook.as_ref().map(|w| w.warnings(name, now)))
+        .flatten()
+        .collect()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check => match Config::load(&cli.config) {
             Ok(c) => {
+                for w in warnings(&c) {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&c.redacted()).unwrap_or_default()
@@ -80,6 +95,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            for w in warnings(&config) {
+                tracing::warn!("{w}");
+            }
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabel {
@@ -45,6 +46,7 @@ pub struct Metrics {
     pub webhooks: Family<ResultLabels, Counter>,
     pub callback_attempts: Family<CallbackLabel, Counter>,
     pub delivery_latency: Histogram,
+    pub upstream_rate: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -62,6 +64,7 @@ impl Metrics {
         let upstream_requests = Family::<OutcomeLabels, Counter>::default();
         let webhooks = Family::<ResultLabels, Counter>::default();
         let callback_attempts = Family::<CallbackLabel, Counter>::default();
+        let upstream_rate = Family::<UpstreamLabel, Gauge<f64, AtomicU64>>::default();
         // 1 ms .. ~33 s, doubling.
         let delivery_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
@@ -86,7 +89,7 @@ impl Metrics {
         );
         registry.register(
             "hookshim_webhooks_received",
-            "Inbound upstream webhooks by result (accepted, kept, duplicate, bad_signature, stale_timestamp, malformed, too_large)",
+            "Inbound upstream webhooks by result (accepted, kept, duplicate, bad_signature, stale_timestamp, jwks_unavailable, malformed, too_large)",
             webhooks.clone(),
         );
         registry.register(
@@ -99,7 +102,13 @@ impl Metrics {
             "Time from the terminal transition to the callback's successful delivery",
             delivery_latency.clone(),
         );
+        registry.register(
+            "hookshim_upstream_rate_limit",
+            "Status requests per second currently allowed to each upstream (lowered after 429/503, recovers to rate.per_second)",
+            upstream_rate.clone(),
+        );
         Metrics {
+            upstream_rate,
             registry,
             registered,
             active,
@@ -118,6 +127,14 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc();
+    }
+
+    pub fn upstream_rate(&self, upstream: &str, rate: f64) {
+        self.upstream_rate
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.into(),
+            })
+            .set(rate);
     }
 
     pub fn webhook(&self, upstream: &str, result: &str) {

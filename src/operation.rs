@@ -54,7 +54,7 @@ impl Status {
     pub fn from_observed(s: ObservedState) -> Status {
         match s {
             ObservedState::Pending => Status::Pending,
-            ObservedState::Running => Status::Running,
+            ObservedState::Running | ObservedState::RequiresAction => Status::Running,
             ObservedState::Succeeded => Status::Succeeded,
             ObservedState::Failed => Status::Failed,
             ObservedState::Cancelled => Status::Cancelled,
@@ -92,6 +92,9 @@ pub enum DeliveryState {
     Delivered,
     /// Every attempt failed, or the receiver answered 410; redeliver to try again.
     Failed,
+    /// An event callback (not the terminal one) left unsent because the operation ended first:
+    /// the terminal callback supersedes it.
+    Superseded,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -156,7 +159,58 @@ pub struct Operation {
     pub webhook_reads: u32,
     /// Terminal observations after the first one: counted, never re-emitted (invariant 2).
     pub late_observations: u32,
+    /// Progress history the polling policy estimates completion from.
+    #[serde(default)]
+    pub pace: crate::schedule::Pace,
+    /// The `ETag` of the last status response, sent back as `If-None-Match`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// When the upstream said it will expire the job by itself: a poll is due then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_expires_at: Option<Timestamp>,
+    /// Callbacks besides the terminal one this operation sends (`requires_action`), copied from
+    /// its upstream's `callback_events` when it was registered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callback_events: Vec<String>,
+    /// Whether the upstream last reported a pause (`requires_action`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// Pauses seen so far; numbers the pause events.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pauses: u32,
+    /// Event callbacks (one per pause), each with its own `webhook-id` and delivery record.
+    /// They go through the same outbox as the terminal callback, independently of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventCallback>,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A callback sent before the end (`operation.requires_action`). Its body is fixed when the
+/// event happens, so every attempt sends the same bytes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventCallback {
+    /// `requires_action_<n>`: unique within the operation; with the operation id it makes the
+    /// `webhook-id` and the outbox key.
+    pub name: String,
+    pub body: Value,
+    pub delivery: Delivery,
+}
+
+/// An outcome decided by a webhook event itself (`webhook.events`), without a status read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventOutcome {
+    pub status: Status,
+    /// The event type, recorded as the operation's `upstream_status`.
+    pub event: String,
+    /// The event's `data`: the `result` of a success, the `error` of anything else.
+    pub data: Option<Value>,
+}
+
+/// The callback event announcing a pause.
+pub const REQUIRES_ACTION: &str = "requires_action";
 
 /// Status reads granted to one webhook before the operation falls back to its safety poll.
 pub const WEBHOOK_READS: u32 = 5;
@@ -174,6 +228,11 @@ impl Operation {
         format!("{}_terminal", self.id)
     }
 
+    /// The `webhook-id` of event callback `name` (`op_…_requires_action_2`).
+    pub fn event_webhook_id(&self, name: &str) -> String {
+        format!("{}_{name}", self.id)
+    }
+
     /// Move to a terminal status. Returns false (and counts the observation) if the operation
     /// is already terminal: the first terminal observation wins.
     pub fn finish(&mut self, status: Status, via: DetectedVia, now: Timestamp) -> bool {
@@ -187,12 +246,41 @@ impl Operation {
         self.completed_at = Some(now);
         self.updated_at = now;
         self.next_poll_at = None;
+        self.paused = false;
         self.delivery = Delivery::default();
         if self.callback_url.is_some() {
             self.delivery.state = DeliveryState::Pending;
             self.delivery.next_attempt_at = Some(now);
         }
+        for e in &mut self.events {
+            if e.delivery.state == DeliveryState::Pending {
+                e.delivery.state = DeliveryState::Superseded;
+                e.delivery.next_attempt_at = None;
+            }
+        }
         true
+    }
+
+    /// End the operation as a webhook event says (`webhook.events`). Returns false (and counts
+    /// the observation) if it had already ended.
+    pub fn finish_from_event(&mut self, outcome: &EventOutcome, now: Timestamp) -> bool {
+        if self.status.is_terminal() {
+            self.late_observations += 1;
+            return false;
+        }
+        self.upstream_status = Some(Value::from(outcome.event.clone()));
+        if outcome.status == Status::Succeeded {
+            self.result = outcome.data.clone();
+            self.progress = Some(1.0);
+        } else {
+            self.error = Some(outcome.data.clone().unwrap_or_else(|| {
+                shim_error(
+                    &outcome.event,
+                    &format!("the upstream sent {}", outcome.event),
+                )
+            }));
+        }
+        self.finish(outcome.status, DetectedVia::Webhook, now)
     }
 
     /// Apply one status reading. Returns true if it made the operation terminal.
@@ -211,6 +299,12 @@ impl Operation {
         self.error_streak = 0;
         self.last_poll_error = None;
         self.updated_at = now;
+        let pausing = obs.state == ObservedState::RequiresAction;
+        if pausing && !self.paused {
+            self.pauses += 1;
+            self.announce_pause(obs, now);
+        }
+        self.paused = pausing;
         if obs.state.is_terminal() {
             self.result = obs.result.clone();
             self.error = obs.error.clone();
@@ -227,6 +321,35 @@ impl Operation {
         }
     }
 
+    /// Queue the `operation.requires_action` callback for the pause just counted, if this
+    /// operation asked for it and has somewhere to send it.
+    fn announce_pause(&mut self, obs: &Observation, now: Timestamp) {
+        if self.callback_url.is_none() || !self.callback_events.iter().any(|e| e == REQUIRES_ACTION)
+        {
+            return;
+        }
+        let mut data = self.callback_data();
+        data["status"] = serde_json::json!(Status::Running);
+        data["upstream_status"] = obs.raw_status.clone();
+        data["result"] = obs.result.clone().unwrap_or(Value::Null);
+        data["error"] = Value::Null;
+        data["pause"] = serde_json::json!(self.pauses);
+        data["paused_at"] = serde_json::json!(now);
+        self.events.push(EventCallback {
+            name: format!("{REQUIRES_ACTION}_{}", self.pauses),
+            body: serde_json::json!({
+                "type": format!("operation.{REQUIRES_ACTION}"),
+                "timestamp": now,
+                "data": data,
+            }),
+            delivery: Delivery {
+                state: DeliveryState::Pending,
+                next_attempt_at: Some(now),
+                ..Delivery::default()
+            },
+        });
+    }
+
     /// Whether the operation is in the outbox.
     pub fn in_outbox(&self) -> bool {
         self.delivery.state == DeliveryState::Pending
@@ -238,7 +361,13 @@ impl Operation {
         serde_json::json!({
             "type": format!("operation.{}", self.status.as_str()),
             "timestamp": completed,
-            "data": {
+            "data": self.callback_data(),
+        })
+    }
+
+    /// The `data` of a callback: the operation as the app sees it.
+    fn callback_data(&self) -> Value {
+        serde_json::json!({
                 "id": self.id,
                 "upstream": self.upstream,
                 "operation": self.operation,
@@ -251,7 +380,6 @@ impl Operation {
                 "completed_at": self.completed_at,
                 "detected_via": self.detected_via,
                 "polls": self.polls,
-            }
         })
     }
 }
@@ -283,6 +411,13 @@ pub(crate) fn sample(now: Timestamp) -> Operation {
         webhook_at: None,
         webhook_reads: 0,
         late_observations: 0,
+        pace: Default::default(),
+        etag: None,
+        upstream_expires_at: None,
+        callback_events: Vec::new(),
+        paused: false,
+        pauses: 0,
+        events: Vec::new(),
     }
 }
 
@@ -298,6 +433,7 @@ mod tests {
             progress: None,
             result: Some(json!(1)),
             error: None,
+            expires_at: None,
         }
     }
 
@@ -332,6 +468,113 @@ mod tests {
         op.finish(Status::Failed, DetectedVia::Poll, Timestamp(1));
         assert!(!op.in_outbox());
         assert_eq!(op.delivery.state, DeliveryState::None);
+    }
+
+    fn pause() -> Observation {
+        Observation {
+            state: ObservedState::RequiresAction,
+            raw_status: json!("requires_action"),
+            progress: None,
+            result: Some(json!([{"type": "function_call", "name": "lookup"}])),
+            error: None,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn each_pause_queues_one_event_callback_with_its_own_id() {
+        let mut op = sample(Timestamp(0));
+        op.callback_events = vec![REQUIRES_ACTION.into()];
+        assert!(!op.apply_observation(&pause(), Timestamp(1)));
+        assert!(!op.apply_observation(&pause(), Timestamp(2)));
+        assert_eq!(op.status, Status::Running);
+        assert_eq!(op.events.len(), 1, "one event per pause, not per poll");
+        op.apply_observation(&obs(ObservedState::Running), Timestamp(3));
+        assert!(!op.paused);
+        op.apply_observation(&pause(), Timestamp(4));
+        assert_eq!(op.pauses, 2);
+        let names: Vec<_> = op.events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["requires_action_1", "requires_action_2"]);
+        let e = &op.events[1];
+        assert_eq!(e.delivery.state, DeliveryState::Pending);
+        assert_eq!(e.delivery.next_attempt_at, Some(Timestamp(4)));
+        assert_eq!(e.body["type"], "operation.requires_action");
+        assert_eq!(e.body["data"]["status"], "running");
+        assert_eq!(e.body["data"]["upstream_status"], "requires_action");
+        assert_eq!(e.body["data"]["pause"], 2);
+        assert_eq!(e.body["data"]["result"][0]["name"], "lookup");
+        assert_eq!(
+            op.event_webhook_id(&e.name),
+            format!("{}_requires_action_2", op.id)
+        );
+        assert!(!op.in_outbox(), "the terminal callback is not touched");
+    }
+
+    #[test]
+    fn pauses_are_counted_but_not_announced_unless_asked_for() {
+        let mut op = sample(Timestamp(0));
+        op.apply_observation(&pause(), Timestamp(1));
+        assert_eq!(op.pauses, 1);
+        assert!(op.events.is_empty());
+        let mut local = sample(Timestamp(0));
+        local.callback_events = vec![REQUIRES_ACTION.into()];
+        local.callback_url = None;
+        local.apply_observation(&pause(), Timestamp(1));
+        assert!(local.events.is_empty(), "nowhere to send it");
+    }
+
+    #[test]
+    fn the_end_supersedes_undelivered_event_callbacks() {
+        let mut op = sample(Timestamp(0));
+        op.callback_events = vec![REQUIRES_ACTION.into()];
+        op.apply_observation(&pause(), Timestamp(1));
+        op.apply_observation(&obs(ObservedState::Running), Timestamp(2));
+        op.apply_observation(&pause(), Timestamp(3));
+        op.events[0].delivery.state = DeliveryState::Delivered;
+        assert!(op.apply_observation(&obs(ObservedState::Succeeded), Timestamp(4)));
+        assert_eq!(op.events[0].delivery.state, DeliveryState::Delivered);
+        assert_eq!(op.events[1].delivery.state, DeliveryState::Superseded);
+        assert_eq!(op.events[1].delivery.next_attempt_at, None);
+        assert!(op.in_outbox());
+        assert!(!op.paused);
+    }
+
+    #[test]
+    fn an_event_outcome_ends_the_operation_via_webhook() {
+        let mut op = sample(Timestamp(0));
+        let ok = EventOutcome {
+            status: Status::Succeeded,
+            event: "video.generated".into(),
+            data: Some(json!({"id": "abc", "video_uri": "gs://v.mp4"})),
+        };
+        assert!(op.finish_from_event(&ok, Timestamp(5)));
+        assert_eq!(op.status, Status::Succeeded);
+        assert_eq!(op.detected_via, Some(DetectedVia::Webhook));
+        assert_eq!(op.upstream_status, Some(json!("video.generated")));
+        assert_eq!(op.result.as_ref().unwrap()["video_uri"], "gs://v.mp4");
+        assert!(!op.finish_from_event(&ok, Timestamp(6)));
+        assert_eq!(op.late_observations, 1);
+
+        let mut op = sample(Timestamp(0));
+        let failed = EventOutcome {
+            status: Status::Failed,
+            event: "batch.failed".into(),
+            data: None,
+        };
+        op.finish_from_event(&failed, Timestamp(5));
+        assert_eq!(op.error.as_ref().unwrap()["code"], "batch.failed");
+        assert_eq!(op.result, None);
+    }
+
+    #[test]
+    fn records_without_the_new_fields_still_load() {
+        let mut v = serde_json::to_value(sample(Timestamp(0))).unwrap();
+        for k in ["callback_events", "paused", "pauses", "events"] {
+            assert!(v.get(k).is_none(), "{k} is left out when empty");
+            v.as_object_mut().unwrap().remove(k);
+        }
+        let back: Operation = serde_json::from_value(v).unwrap();
+        assert_eq!(back, sample(Timestamp(0)));
     }
 
     #[test]

@@ -39,11 +39,15 @@ pub struct Shim {
     /// Outbox entries by next attempt time.
     pub deliveries: DueQueue,
     pub limiters: HashMap<String, UpstreamLimiter>,
-    /// For status requests: rustls, follows a few redirects (status endpoints may move).
+    /// For status requests: rustls, follows a few redirects (status endpoints may move) but only
+    /// on the same origin: the upstream's credentials (`x-api-key`, `api-key`, ... which
+    /// reqwest does not strip) must not follow a redirect to another host.
     pub upstream_http: reqwest::Client,
     /// For callbacks: never follows redirects, times out per config.
     pub callback_http: reqwest::Client,
     pub metrics: Metrics,
+    /// Key sets for JWT-signed webhooks (`gemini-jwt`), cached per URL.
+    pub jwks: crate::ingest::jwks::JwksCache,
     pub clock: Arc<dyn Clock>,
     pub callback_key: Secret,
     pub shutdown: CancellationToken,
@@ -169,7 +173,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
     }
 
     let upstream_http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::limited(3))
+        .redirect(same_origin_redirects(3))
         .user_agent(concat!("hookshim/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| StartError::Http(e.to_string()))?;
@@ -183,7 +187,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
     let limiters = config
         .upstreams
         .iter()
-        .map(|(n, u)| (n.clone(), UpstreamLimiter::new(u.rate)))
+        .map(|(n, u)| (n.clone(), UpstreamLimiter::new(u.rate, opts.clock.now())))
         .collect();
     let commit = GroupCommit::new(store.clone());
     let shim = Arc::new(Shim {
@@ -192,6 +196,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         polls: DueQueue::new(),
         deliveries: DueQueue::new(),
         limiters,
+        jwks: crate::ingest::jwks::JwksCache::new(upstream_http.clone()),
         upstream_http,
         callback_http,
         metrics: Metrics::new(),
@@ -202,6 +207,14 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         config,
     });
 
+    // Event callbacks are added by polls (the poller knows nothing of callbacks): the store
+    // tells delivery. Weak, because the store lives inside the Shim.
+    let weak = Arc::downgrade(&shim);
+    shim.store.set_outbox_listener(Arc::new(move |key, at| {
+        if let Some(s) = weak.upgrade() {
+            s.deliveries.schedule(key, at);
+        }
+    }));
     rebuild(&shim)?;
 
     let flusher_stop = CancellationToken::new();
@@ -249,6 +262,31 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         workers,
         flusher,
         flusher_stop,
+    })
+}
+
+/// Follow at most `max` redirects, each to the origin (scheme, host, port) it came from; a
+/// redirect elsewhere is not followed (the 3xx is a transient answer, never terminal).
+fn same_origin_redirects(max: usize) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let origin = |u: &reqwest::Url| {
+            (
+                u.scheme().to_string(),
+                u.host_str().map(str::to_string),
+                u.port_or_known_default(),
+            )
+        };
+        let same = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| origin(first) == origin(attempt.url()));
+        if attempt.previous().len() > max {
+            attempt.error(format!("more than {max} redirects"))
+        } else if !same {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
     })
 }
 

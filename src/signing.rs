@@ -1,9 +1,12 @@
 //! Webhook signatures, both directions: Standard Webhooks `v1` (what hookshim signs callbacks
-//! with and what most upstreams send) and GitHub's `X-Hub-Signature-256`. Comparisons are
-//! constant-time (`Mac::verify_slice`).
+//! with and what most upstreams send) and `v1a` (Ed25519), GitHub's `X-Hub-Signature-256` and
+//! Stripe's `Stripe-Signature`. HMAC comparisons are constant-time (`Mac::verify_slice`).
+//! Gemini's JWT-signed webhooks live in [`crate::ingest::jwks`]: they need a key set fetched
+//! over HTTP.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, VerifyingKey};
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::HeaderMap;
 use sha2::Sha256;
@@ -23,6 +26,20 @@ pub enum VerifyError {
     StaleTimestamp,
     #[error("no signature matched")]
     BadSignature,
+    #[error("{0}")]
+    MalformedToken(String),
+    #[error("JWT algorithm {0:?} is not accepted (only RS256)")]
+    UnsupportedAlgorithm(String),
+    #[error("no key with kid {0:?} in the JWKS")]
+    UnknownKey(String),
+    #[error("the JWT has expired (exp is in the past)")]
+    TokenExpired,
+    #[error("the JWT is not valid yet (nbf is in the future)")]
+    TokenNotYetValid,
+    #[error("the JWT's audience is not the configured one ({0})")]
+    WrongAudience(String),
+    #[error("the JWKS is not available: {0}")]
+    KeysUnavailable(String),
 }
 
 fn mac(key: &[u8]) -> HmacSha256 {
@@ -49,10 +66,32 @@ fn header<'a>(h: &'a HeaderMap, name: &'static str) -> Result<&'a str, VerifyErr
         .map_err(|_| VerifyError::MalformedHeader(name))
 }
 
-/// Verify a Standard Webhooks request against any of `keys`. Returns the `webhook-id`.
-/// Also accepts the `svix-*` header spelling.
+/// A key that verifies one kind of Standard Webhooks signature entry.
+#[derive(Clone, Copy, Debug)]
+pub enum StandardKey<'a> {
+    /// `v1,<base64>`: HMAC-SHA256 with this secret.
+    V1(&'a [u8]),
+    /// `v1a,<base64>`: Ed25519 with this public key.
+    V1a(&'a VerifyingKey),
+}
+
+/// Verify a Standard Webhooks request with `v1` (HMAC) keys only. Returns the `webhook-id`.
 pub fn verify_standard(
     keys: &[&[u8]],
+    headers: &HeaderMap,
+    body: &[u8],
+    now_secs: u64,
+) -> Result<String, VerifyError> {
+    let keys: Vec<StandardKey<'_>> = keys.iter().map(|k| StandardKey::V1(k)).collect();
+    verify_standard_keys(&keys, headers, body, now_secs)
+}
+
+/// Verify a Standard Webhooks request: it passes if any entry of the space-separated
+/// `webhook-signature` list verifies with any key of that entry's kind (`v1` entries with
+/// [`StandardKey::V1`] keys, `v1a` entries with [`StandardKey::V1a`] keys); other entries are
+/// ignored. Returns the `webhook-id`. Also accepts the `svix-*` header spelling.
+pub fn verify_standard_keys(
+    keys: &[StandardKey<'_>],
     headers: &HeaderMap,
     body: &[u8],
     now_secs: u64,
@@ -70,19 +109,36 @@ pub fn verify_standard(
     if ts.abs_diff(now_secs) > TIMESTAMP_TOLERANCE_SECS {
         return Err(VerifyError::StaleTimestamp);
     }
-    for key in keys {
-        for entry in sigs.split(' ').filter(|s| !s.is_empty()) {
-            let Some(sig) = entry.strip_prefix("v1,") else {
-                continue;
+    let ts_text = ts_text.trim();
+    for entry in sigs.split(' ').filter(|s| !s.is_empty()) {
+        let (version, sig) = entry.split_once(',').unwrap_or((entry, ""));
+        let Ok(sig) = B64.decode(sig) else { continue };
+        for key in keys {
+            let ok = match (version, key) {
+                ("v1", StandardKey::V1(secret)) => {
+                    let mut m = mac(secret);
+                    m.update(id.as_bytes());
+                    m.update(b".");
+                    m.update(ts_text.as_bytes());
+                    m.update(b".");
+                    m.update(body);
+                    m.verify_slice(&sig).is_ok()
+                }
+                ("v1a", StandardKey::V1a(public)) => {
+                    let Ok(sig) = Signature::from_slice(&sig) else {
+                        continue;
+                    };
+                    let mut signed = Vec::with_capacity(id.len() + ts_text.len() + body.len() + 2);
+                    signed.extend_from_slice(id.as_bytes());
+                    signed.push(b'.');
+                    signed.extend_from_slice(ts_text.as_bytes());
+                    signed.push(b'.');
+                    signed.extend_from_slice(body);
+                    public.verify_strict(&signed, &sig).is_ok()
+                }
+                _ => false,
             };
-            let Ok(sig) = B64.decode(sig) else { continue };
-            let mut m = mac(key);
-            m.update(id.as_bytes());
-            m.update(b".");
-            m.update(ts_text.trim().as_bytes());
-            m.update(b".");
-            m.update(body);
-            if m.verify_slice(&sig).is_ok() {
+            if ok {
                 return Ok(id.to_string());
             }
         }
@@ -103,6 +159,56 @@ pub fn verify_github(keys: &[&[u8]], headers: &HeaderMap, body: &[u8]) -> Result
         m.update(body);
         if m.verify_slice(&sig).is_ok() {
             return Ok(());
+        }
+    }
+    Err(VerifyError::BadSignature)
+}
+
+/// Verify Stripe's `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`: HMAC-SHA256 over
+/// `{t}.{body}` keyed with the secret string as it is (`whsec_...` is *not* base64-decoded).
+/// Passes if any `v1` entry matches any of `keys`; other schemes (`v0`) are ignored; `t` must
+/// be within ±5 minutes of now.
+pub fn verify_stripe(
+    keys: &[&[u8]],
+    headers: &HeaderMap,
+    body: &[u8],
+    now_secs: u64,
+) -> Result<(), VerifyError> {
+    const NAME: &str = "stripe-signature";
+    let value = header(headers, NAME)?;
+    let mut t = None;
+    let mut sigs = Vec::new();
+    for item in value.split(',') {
+        let (k, v) = item
+            .trim()
+            .split_once('=')
+            .ok_or(VerifyError::MalformedHeader(NAME))?;
+        match k {
+            "t" if t.is_none() => t = Some(v),
+            "v1" => {
+                if let Ok(sig) = hex::decode(v) {
+                    sigs.push(sig);
+                }
+            }
+            _ => {}
+        }
+    }
+    let t_text = t.ok_or(VerifyError::MalformedHeader(NAME))?;
+    let ts: u64 = t_text
+        .parse()
+        .map_err(|_| VerifyError::MalformedHeader(NAME))?;
+    if ts.abs_diff(now_secs) > TIMESTAMP_TOLERANCE_SECS {
+        return Err(VerifyError::StaleTimestamp);
+    }
+    for key in keys {
+        for sig in &sigs {
+            let mut m = mac(key);
+            m.update(t_text.as_bytes());
+            m.update(b".");
+            m.update(body);
+            if m.verify_slice(sig).is_ok() {
+                return Ok(());
+            }
         }
     }
     Err(VerifyError::BadSignature)
@@ -175,6 +281,100 @@ mod tests {
         assert_eq!(
             verify_standard(&[&key.0], &HeaderMap::new(), BODY, TS),
             Err(VerifyError::MissingHeader("webhook-id"))
+        );
+    }
+
+    /// RFC 8032, section 7.1, test 1.
+    fn rfc8032_key() -> ed25519_dalek::SigningKey {
+        let seed = hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+            .unwrap();
+        ed25519_dalek::SigningKey::from_bytes(&seed.try_into().unwrap())
+    }
+
+    fn v1a(key: &ed25519_dalek::SigningKey, id: &str, ts: u64, body: &[u8]) -> String {
+        use ed25519_dalek::Signer;
+        let msg = [id.as_bytes(), b".", ts.to_string().as_bytes(), b".", body].concat();
+        format!("v1a,{}", B64.encode(key.sign(&msg).to_bytes()))
+    }
+
+    #[test]
+    fn v1a_entries_verify_with_ed25519_keys_only() {
+        let signer = rfc8032_key();
+        let public = signer.verifying_key();
+        assert_eq!(
+            hex::encode(public.as_bytes()),
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+        );
+        let hmac = Secret::from_whsec(SECRET).unwrap();
+        let good = v1a(&signer, ID, TS, BODY);
+        // The Ed25519 entry verifies with the public key, after a v1 entry that does not.
+        let h = headers(&format!("v1,bm9wZQ== {good}"), TS);
+        let keys = [StandardKey::V1(&hmac.0), StandardKey::V1a(&public)];
+        assert_eq!(verify_standard_keys(&keys, &h, BODY, TS).unwrap(), ID);
+        // Another body, or only an HMAC key configured: no match.
+        assert_eq!(
+            verify_standard_keys(&keys, &h, b"{}", TS),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            verify_standard_keys(&[StandardKey::V1(&hmac.0)], &h, BODY, TS),
+            Err(VerifyError::BadSignature)
+        );
+        // A v1a entry is not checked as HMAC, nor a v1 entry as Ed25519.
+        let v1_good = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
+        let swapped = headers(&format!("v1a,{}", &v1_good[3..]), TS);
+        assert_eq!(
+            verify_standard_keys(&keys, &swapped, BODY, TS),
+            Err(VerifyError::BadSignature)
+        );
+        let h = headers(v1_good, TS);
+        assert_eq!(
+            verify_standard_keys(&[StandardKey::V1a(&public)], &h, BODY, TS),
+            Err(VerifyError::BadSignature)
+        );
+    }
+
+    fn stripe_headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("stripe-signature", HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn stripe_uses_the_whsec_string_as_the_key() {
+        let secret = "whsec_test_secret";
+        let body = br#"{"id":"evt_1","object":"event"}"#;
+        let t = 1_700_000_000u64;
+        // Computed independently: printf '1700000000.{"id":"evt_1","object":"event"}' |
+        //   openssl dgst -sha256 -hmac whsec_test_secret
+        let sig = "0c8670ed117751cc551a20e35839447075c42800ea3cf3e8a2fbda99cd1e6edd";
+        let keys: [&[u8]; 1] = [secret.as_bytes()];
+        let h = stripe_headers(&format!("t={t},v1=00ff,v0=abc,v1={sig}"));
+        assert_eq!(verify_stripe(&keys, &h, body, t + 299), Ok(()));
+        assert_eq!(
+            verify_stripe(&keys, &h, body, t + 301),
+            Err(VerifyError::StaleTimestamp)
+        );
+        assert_eq!(
+            verify_stripe(&keys, &h, b"{}", t),
+            Err(VerifyError::BadSignature)
+        );
+        // Only v0 (or no v1 at all) never verifies.
+        let h = stripe_headers(&format!("t={t},v0={sig}"));
+        assert_eq!(
+            verify_stripe(&keys, &h, body, t),
+            Err(VerifyError::BadSignature)
+        );
+        for bad in ["v1=abc", "t=soon,v1=abc", "garbage"] {
+            assert_eq!(
+                verify_stripe(&keys, &stripe_headers(bad), body, t),
+                Err(VerifyError::MalformedHeader("stripe-signature")),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            verify_stripe(&keys, &HeaderMap::new(), body, t),
+            Err(VerifyError::MissingHeader("stripe-signature"))
         );
     }
 

@@ -691,6 +691,27 @@ fn check_rejects_bad_configs_naming_file_key_and_problem() {
                 "environment variable HOOKSHIM_TEST_SURELY_UNSET is not set",
             ],
         ),
+        (
+            "jwt_no_audience.toml",
+            GOOD_FILE.replace(
+                "scheme = \"standard-webhooks\"\nsecret_env = \"HOOKSHIM_TEST_WEBHOOK_SECRET\"\n",
+                "scheme = \"gemini-jwt\"\n",
+            ),
+            vec![
+                "`upstreams.jobs.webhook.audience`",
+                "required for scheme \"gemini-jwt\"",
+            ],
+        ),
+        (
+            "previous_unset.toml",
+            format!(
+                "{GOOD_FILE}previous_secrets = [{{ env = \"HOOKSHIM_TEST_SURELY_UNSET\", until = \"2099-01-01T00:00:00Z\" }}]\n"
+            ),
+            vec![
+                "`upstreams.jobs.webhook.previous_secrets[0].env`",
+                "environment variable HOOKSHIM_TEST_SURELY_UNSET is not set",
+            ],
+        ),
     ];
     for (name, text, wants) in cases {
         assert_ne!(text, GOOD_FILE, "{name}: the replacement must apply");
@@ -726,6 +747,37 @@ fn check_rejects_bad_configs_naming_file_key_and_problem() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
     assert!(stderr.contains("cannot read the config file"), "{stderr}");
+}
+
+#[test]
+fn check_warns_about_a_previous_secret_past_its_until_but_accepts_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let previous = |until: &str| {
+        format!(
+            "{GOOD_FILE}previous_secrets = [{{ env = \"HOOKSHIM_TEST_TOKEN\", until = \"{until}\" }}]\n"
+        )
+    };
+    let file = write_config(dir.path(), "past.toml", &previous("2020-01-01T00:00:00Z"));
+    let out = run(&file, "check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("config OK"), "{stdout}");
+    assert!(
+        stderr.contains("warning: `upstreams.jobs.webhook.previous_secrets[0]`: until 2020-01-01T00:00:00.000Z has passed; the secret in HOOKSHIM_TEST_TOKEN is no longer accepted"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("\"until\": \"2020-01-01T00:00:00.000Z\""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(TEST_TOKEN) && !stderr.contains(TEST_TOKEN));
+    // A grace period still running: no warning.
+    let file = write_config(dir.path(), "future.toml", &previous("2099-01-01T00:00:00Z"));
+    let out = run(&file, "check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
 }
 
 #[test]

@@ -402,3 +402,215 @@ async fn google_operation_error_code_1_is_cancelled_others_failed() {
         assert_eq!(calls[0].body["data"]["error"]["message"], "why");
     }
 }
+
+/// An upstream with entity tags: each status has an `ETag`; a request whose `If-None-Match`
+/// matches gets `304 Not Modified` with no body. It records every `If-None-Match` it saw.
+#[derive(Default)]
+struct Tagged {
+    state: String,
+    version: u32,
+    seen: Vec<Option<String>>,
+    not_modified: u32,
+}
+
+async fn tagged_upstream() -> (String, std::sync::Arc<std::sync::Mutex<Tagged>>) {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    let st = std::sync::Arc::new(std::sync::Mutex::new(Tagged {
+        state: "running".into(),
+        version: 1,
+        ..Tagged::default()
+    }));
+    let shared = st.clone();
+    let app = axum::Router::new().route(
+        "/tagged/{id}",
+        axum::routing::get(move |headers: HeaderMap| {
+            let st = shared.clone();
+            async move {
+                let mut s = st.lock().unwrap();
+                let inm = headers
+                    .get(header::IF_NONE_MATCH)
+                    .map(|v| v.to_str().unwrap().to_string());
+                s.seen.push(inm.clone());
+                let tag = format!("\"v{}\"", s.version);
+                if inm.as_deref() == Some(tag.as_str()) {
+                    s.not_modified += 1;
+                    return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response();
+                }
+                let body = json!({"state": s.state}).to_string();
+                (StatusCode::OK, [(header::ETAG, tag)], body).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, st)
+}
+
+#[tokio::test]
+async fn conditional_requests_use_the_etag_and_304_means_no_change() {
+    let (url, tagged) = tagged_upstream().await;
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let config = format!(
+        r#"{CONFIG}
+[upstreams.tagged]
+base_url = "{url}/"
+status_path = "tagged/{{operation}}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+rate = {{ per_second = 200, burst = 20 }}
+poll = {{ initial = "20ms", max = "40ms" }}
+"#
+    );
+    let shim = TestShim::start(&config, &up, &recv).await;
+    let (_, op) = shim
+        .register(json!({"upstream": "tagged", "operation": "t1"}))
+        .await;
+    let id = id_of(&op);
+    eventually(Duration::from_secs(5), "three 304 answers", || async {
+        (tagged.lock().unwrap().not_modified >= 3).then_some(())
+    })
+    .await;
+    let o = shim.op(&id).await;
+    assert_eq!(o["status"], "running", "a 304 keeps the last status: {o}");
+    assert!(o["last_poll_error"].is_null(), "a 304 is not an error: {o}");
+    // The status changes: a new tag, a 200, and the change is seen.
+    {
+        let mut t = tagged.lock().unwrap();
+        t.state = "done".into();
+        t.version = 2;
+    }
+    wait_status(&shim, &id, "succeeded").await;
+    let seen = tagged.lock().unwrap().seen.clone();
+    assert_eq!(seen[0], None, "the first request has no tag to send");
+    assert!(
+        seen[1..].iter().all(|s| s.as_deref() == Some("\"v1\"")),
+        "every later request sends the last ETag: {seen:?}"
+    );
+    assert!(shim.metrics().await.contains(
+        "hookshim_upstream_requests_total{upstream=\"tagged\",outcome=\"not_modified\"}"
+    ),);
+}
+
+#[tokio::test]
+async fn a_429_halves_the_upstreams_rate_and_quiet_restores_it() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let config = format!(
+        "{CONFIG}{}",
+        TIGHT.replace("tight", "aimd").replace(
+            "rate = { per_second = 5, burst = 5 }",
+            "rate = { per_second = 40, burst = 4, min_per_second = 4, increase_every = \"300ms\" }"
+        )
+    );
+    let shim = TestShim::start(&config, &up, &recv).await;
+    let gauge = |m: &str| -> Option<f64> {
+        m.lines()
+            .find(|l| l.starts_with("hookshim_upstream_rate_limit{upstream=\"aimd\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    up.script(
+        "aimd/x",
+        vec![Scripted::new(429, "{}").header("retry-after", "0")],
+    );
+    up.set("aimd/x", json!({"state": "running"}));
+    shim.register(json!({"upstream": "aimd", "operation": "x"}))
+        .await;
+    // Right after the 429 the allowed rate is half the ceiling (one congestion event) ...
+    let lowered = eventually(Duration::from_secs(5), "the rate to drop", || async {
+        gauge(&shim.metrics().await).filter(|r| *r < 40.0)
+    })
+    .await;
+    assert!(
+        (20.0..40.0).contains(&lowered),
+        "40/s halved (and maybe partly recovered): {lowered}"
+    );
+    // ... and with no more 429s it climbs back to the ceiling and no further.
+    let restored = eventually(Duration::from_secs(10), "the rate to recover", || async {
+        gauge(&shim.metrics().await).filter(|r| *r >= 40.0)
+    })
+    .await;
+    assert_eq!(restored, 40.0);
+}
+
+#[tokio::test]
+async fn operations_registered_together_are_polled_spread_out() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(&format!("{CONFIG}{TIGHT}"), &up, &recv).await;
+    let mut firsts = Vec::new();
+    for i in 0..10 {
+        up.set(&format!("tight/h{i}"), json!({"state": "running"}));
+        let (_, op) = shim
+            .register(json!({"upstream": "tight", "operation": format!("h{i}")}))
+            .await;
+        let at: hookshim::clock::Timestamp =
+            serde_json::from_value(op["next_poll_at"].clone()).unwrap();
+        firsts.push(at.0);
+    }
+    // 5 requests/s: first polls at least 200 ms apart, though all were registered at once.
+    for w in firsts.windows(2) {
+        assert!(w[1] >= w[0] + 200, "first polls too close: {firsts:?}");
+    }
+}
+
+const WEBHOOK_ONLY: &str = r#"
+[upstreams.hooks]
+poll = { enabled = false }
+[upstreams.hooks.webhook]
+scheme = "standard-webhooks"
+secret_env = "PUSHY_SECRET"
+events = { "job.done" = "succeeded", "job.failed" = "failed" }
+"#;
+
+#[tokio::test]
+async fn an_upstream_without_a_status_endpoint_is_never_polled() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(&format!("{CONFIG}{WEBHOOK_ONLY}"), &up, &recv).await;
+    let (code, a) = shim
+        .register(json!({"upstream": "hooks", "operation": "w1"}))
+        .await;
+    assert_eq!(code, 201, "{a}");
+    let a = id_of(&a);
+    let (_, b) = shim
+        .register(json!({"upstream": "hooks", "operation": "w2", "deadline": "300ms"}))
+        .await;
+    let b = id_of(&b);
+    // An event the map does not know: acknowledged, but nothing to read, so nothing changes.
+    let (code, _) = shim
+        .send_webhook(
+            "hooks",
+            PUSHY_SECRET,
+            "msg_1",
+            &json!({"type": "job.progress", "data": {"id": "w1"}}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    // A mapped event ends it, with the event's data as the result.
+    let (code, _) = shim
+        .send_webhook(
+            "hooks",
+            PUSHY_SECRET,
+            "msg_2",
+            &json!({"type": "job.done", "data": {"id": "w1", "url": "u"}}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let done = wait_status(&shim, &a, "succeeded").await;
+    assert_eq!(done["detected_via"], "webhook", "{done}");
+    // The other one reaches its deadline without a status read and times out.
+    let late = wait_status(&shim, &b, "timed_out").await;
+    assert_eq!(late["error"]["code"], "deadline_exceeded", "{late}");
+    assert_eq!(late["polls"], 0, "{late}");
+    wait_calls(&recv, &a, 1).await;
+    wait_calls(&recv, &b, 1).await;
+    assert!(
+        up.all_requests().is_empty(),
+        "no status request may be sent with polling off"
+    );
+}

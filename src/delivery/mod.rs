@@ -2,6 +2,12 @@
 //! build and sign the body) → call (POST, no redirects, timeout) → handle the answer (record the
 //! attempt; retry on the schedule, honour Retry-After, stop on 410 or after the last attempt).
 //! The `webhook-id` comes from the operation, so every attempt and redelivery carries the same.
+//!
+//! Two kinds of callback share this path: the terminal one (outbox key: the operation id) and
+//! event callbacks sent before the end, one per pause (key `<operation id>/requires_action_<n>`,
+//! `webhook-id` `<operation id>_requires_action_<n>`). Each has its own delivery record and
+//! schedule, so a failing event callback never delays the terminal one; when the operation ends,
+//! event callbacks not yet delivered are superseded, never sent after it.
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -12,7 +18,7 @@ use reqwest::header::CONTENT_TYPE;
 
 use crate::clock::Timestamp;
 use crate::config::Secret;
-use crate::operation::{DeliveryState, Operation};
+use crate::operation::{Delivery, DeliveryState, Operation};
 use crate::poller::error_chain;
 use crate::schedule::{callback_retry_delay, parse_hint};
 use crate::service::Shim;
@@ -115,7 +121,7 @@ pub fn classify(status: StatusCode, hint: Option<Duration>) -> AttemptResult {
     }
 }
 
-/// Record an attempt on the record. Returns whether to write.
+/// Record an attempt at the terminal callback on the record. Returns whether to write.
 pub fn record_attempt(
     o: &mut Operation,
     result: &AttemptResult,
@@ -123,10 +129,20 @@ pub fn record_attempt(
     now: Timestamp,
     sample: f64,
 ) -> bool {
-    if o.delivery.state != DeliveryState::Pending {
+    record_attempt_on(&mut o.delivery, result, schedule, now, sample)
+}
+
+/// Record an attempt on one callback's delivery record. Returns whether to write.
+pub fn record_attempt_on(
+    d: &mut Delivery,
+    result: &AttemptResult,
+    schedule: &[Duration],
+    now: Timestamp,
+    sample: f64,
+) -> bool {
+    if d.state != DeliveryState::Pending {
         return false;
     }
-    let d = &mut o.delivery;
     d.attempts += 1;
     d.last_attempt_at = Some(now);
     match result {
@@ -172,24 +188,58 @@ pub fn record_attempt(
     true
 }
 
-/// Send one callback attempt for `id`, if it is in the outbox.
-pub async fn deliver_once(shim: &Shim, id: &str) {
+/// The delivery record of the callback `event` names (the terminal one for `None`).
+fn delivery_of<'a>(o: &'a mut Operation, event: Option<&str>) -> Option<&'a mut Delivery> {
+    match event {
+        None => Some(&mut o.delivery),
+        Some(name) => o
+            .events
+            .iter_mut()
+            .find(|e| e.name == name)
+            .map(|e| &mut e.delivery),
+    }
+}
+
+/// Send one callback attempt for delivery key `key` (see [`crate::store::delivery_key`]), if
+/// that callback is in the outbox.
+pub async fn deliver_once(shim: &Shim, key: &str) {
     // Prepare.
-    let op = match shim.store.get(id) {
-        Ok(Some(op)) if op.in_outbox() => op,
-        Ok(_) => return,
-        Err(e) => {
-            tracing::error!(op = id, error = %e, "cannot read outbox entry; retrying in 30s");
-            shim.deliveries
-                .schedule(id, shim.clock.now().plus(Duration::from_secs(30)));
-            return;
-        }
+    let (id, event) = crate::store::parse_delivery_key(key);
+    let retry_later = |e: &dyn std::fmt::Display, what: &str| {
+        tracing::error!(op = id, callback = key, error = %e, "{what}; retrying in 30s");
+        shim.deliveries
+            .schedule(key, shim.clock.now().plus(Duration::from_secs(30)));
     };
+    let mut op = match shim.store.get(id) {
+        Ok(Some(op)) => op,
+        Ok(None) => return,
+        Err(e) => return retry_later(&e, "cannot read outbox entry"),
+    };
+    let pending = delivery_of(&mut op, event).is_some_and(|d| d.state == DeliveryState::Pending);
+    if !pending {
+        return;
+    }
     let Some(url) = op.callback_url.clone() else {
         return;
     };
-    let body = serde_json::to_vec(&op.callback_body()).unwrap_or_default();
-    let webhook_id = op.callback_webhook_id();
+    let (body, webhook_id) = match event {
+        None => (op.callback_body(), op.callback_webhook_id()),
+        Some(name) => {
+            // An event callback is written by a poll that does not wait for the disk: make it
+            // durable before anyone hears of it (the terminal one was flushed by `on_terminal`).
+            if let Err(e) = shim.commit.flushed().await {
+                return retry_later(&e, "flush before an event callback failed");
+            }
+            let body = op
+                .events
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| e.body.clone())
+                .unwrap_or_default();
+            (body, op.event_webhook_id(name))
+        }
+    };
+    let body = serde_json::to_vec(&body).unwrap_or_default();
     let ts = shim.clock.now().unix_seconds();
     let signature = format!(
         "v1,{}",
@@ -212,7 +262,8 @@ pub async fn deliver_once(shim: &Shim, id: &str) {
     let schedule = &shim.config.callbacks.retry_schedule;
     let wrote = Cell::new(false);
     let updated = shim.store.update(id, &|o| {
-        let w = record_attempt(o, &result, schedule, now, sample);
+        let w = delivery_of(o, event)
+            .is_some_and(|d| record_attempt_on(d, &result, schedule, now, sample));
         wrote.set(w);
         w
     });
@@ -222,34 +273,36 @@ pub async fn deliver_once(shim: &Shim, id: &str) {
         AttemptResult::Refused(_) => "refused",
         AttemptResult::Retry { label, .. } => label,
     });
-    match updated {
-        Ok(Some((after, _))) if wrote.get() => match after.delivery.state {
-            DeliveryState::Delivered => {
-                if let Some(done) = after.completed_at {
-                    shim.metrics
-                        .delivery_latency
-                        .observe(done.until(now).as_secs_f64());
-                }
-                tracing::debug!(
-                    op = id,
-                    attempts = after.delivery.attempts,
-                    "callback delivered"
-                );
+    let after = match updated {
+        Ok(Some((mut after, _))) if wrote.get() => delivery_of(&mut after, event).cloned(),
+        Ok(_) => None,
+        Err(e) => return retry_later(&e, "cannot record callback attempt"),
+    };
+    let Some(d) = after else { return };
+    match d.state {
+        DeliveryState::Delivered => {
+            if let (None, Some(done)) = (event, op.completed_at) {
+                shim.metrics
+                    .delivery_latency
+                    .observe(done.until(now).as_secs_f64());
             }
-            DeliveryState::Pending => {
-                let at = after.delivery.next_attempt_at.unwrap_or(now);
-                tracing::info!(op = id, attempt = after.delivery.attempts, error = ?after.delivery.last_error, next_in_ms = now.until(at).as_millis() as u64, "callback attempt failed; will retry");
-                shim.deliveries.schedule(id, at);
-            }
-            _ => {
-                tracing::warn!(op = id, error = ?after.delivery.last_error, "callback delivery failed for good; POST /v1/operations/{id}/redeliver to try again")
-            }
-        },
-        Ok(_) => {}
-        Err(e) => {
-            tracing::error!(op = id, error = %e, "cannot record callback attempt; retrying in 30s");
-            shim.deliveries
-                .schedule(id, now.plus(Duration::from_secs(30)));
+            tracing::debug!(
+                op = id,
+                callback = key,
+                attempts = d.attempts,
+                "callback delivered"
+            );
+        }
+        DeliveryState::Pending => {
+            let at = d.next_attempt_at.unwrap_or(now);
+            tracing::info!(op = id, callback = key, attempt = d.attempts, error = ?d.last_error, next_in_ms = now.until(at).as_millis() as u64, "callback attempt failed; will retry");
+            shim.deliveries.schedule(key, at);
+        }
+        _ if event.is_some() => {
+            tracing::warn!(op = id, callback = key, error = ?d.last_error, "event callback delivery failed for good")
+        }
+        _ => {
+            tracing::warn!(op = id, error = ?d.last_error, "callback delivery failed for good; POST /v1/operations/{id}/redeliver to try again")
         }
     }
 }
@@ -280,7 +333,11 @@ async fn call(
     Some(match sent {
         Ok(resp) => classify(
             resp.status(),
-            parse_hint(resp.headers(), std::time::SystemTime::now()),
+            parse_hint(
+                resp.headers(),
+                std::time::SystemTime::now(),
+                crate::schedule::HINT_MAX,
+            ),
         ),
         Err(e) if e.is_timeout() => AttemptResult::Retry {
             status: None,

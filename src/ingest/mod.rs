@@ -1,16 +1,21 @@
-//! Inbound upstream webhooks: verify the signature per the upstream's scheme, find which
+//! Inbound upstream webhooks: verify the signature per the upstream's scheme ([`verify`]), find which
 //! operation it is about, record it durably (de-duplicated by webhook id), and only then answer.
-//! Webhook bodies are thin, so a webhook never decides an outcome by itself: it makes the
-//! operation due for an immediate status read, and that read decides.
+//!
+//! After verification: an event of another kind of job (an OpenAI `response.*` event at the
+//! batch upstream) is acknowledged and ignored. An event type mapped in `webhook.events` ends the
+//! operation by itself, in the same write, with the event's `data` as its result (or error).
+//! Any other webhook is thin: it makes the operation due for an immediate status read, and
+//! that read decides.
+
+pub mod jwks;
+pub mod verify;
 
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::api::ApiError;
-use crate::config::WebhookScheme;
+use crate::operation::EventOutcome;
 use crate::service::Shim;
-use crate::signing::{VerifyError, verify_github, verify_standard};
 use crate::store::WebhookRecord;
 
 /// Handle one inbound webhook body. The caller has already enforced `max_body`.
@@ -35,37 +40,29 @@ pub async fn receive(
         )
     })?;
     let now = shim.clock.now();
-    let keys: Vec<&[u8]> = wh.secret.iter().map(|s| s.0.as_slice()).collect();
-    let reject = |e: VerifyError| {
-        let (code, label) = match e {
-            VerifyError::StaleTimestamp => ("stale_timestamp", "stale_timestamp"),
-            VerifyError::MissingHeader(_) => ("missing_signature", "bad_signature"),
-            VerifyError::MalformedHeader(_) => ("malformed_signature", "bad_signature"),
-            VerifyError::BadSignature => ("bad_signature", "bad_signature"),
-        };
-        shim.metrics.webhook(upstream, label);
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            code,
-            format!("webhook rejected: {e}"),
-        )
-    };
-    let webhook_id = match wh.scheme {
-        WebhookScheme::StandardWebhooks => {
-            verify_standard(&keys, headers, body, now.unix_seconds()).map_err(reject)?
-        }
-        WebhookScheme::Github => {
-            verify_github(&keys, headers, body).map_err(reject)?;
-            header_or_hash(headers, "x-github-delivery", body)
-        }
-        WebhookScheme::None => header_or_hash(headers, "webhook-id", body),
-    };
+    let webhook_id = verify::verify(wh, &shim.jwks, headers, body, now)
+        .await
+        .map_err(|e| e.reject(&shim.metrics, upstream))?;
     let malformed = |msg: String| {
         shim.metrics.webhook(upstream, "malformed");
         ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", msg)
     };
     let parsed: Value = serde_json::from_slice(body)
         .map_err(|e| malformed(format!("webhook body is not valid JSON: {e}")))?;
+    let event_type = parsed.get("type").and_then(Value::as_str);
+    if let Some(t) = event_type.filter(|t| up.preset.foreign_event(t)) {
+        shim.metrics.webhook(upstream, "ignored");
+        tracing::debug!(
+            upstream,
+            event = t,
+            "webhook event of another kind of job; ignored"
+        );
+        return Ok((
+            StatusCode::OK,
+            json!({"result": "ignored", "webhook_id": webhook_id,
+                   "reason": format!("upstream {upstream:?} (preset {}) does not track {t:?} events", up.preset.name())}),
+        ));
+    }
     let operation = match parsed.pointer(&wh.operation_field) {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
@@ -76,10 +73,18 @@ pub async fn receive(
             )));
         }
     };
+    let operation = up.preset.canonical_operation(&operation);
+    let outcome = event_type.and_then(|t| {
+        wh.events.get(t).map(|status| EventOutcome {
+            status: *status,
+            event: t.to_string(),
+            data: parsed.get("data").filter(|d| !d.is_null()).cloned(),
+        })
+    });
 
     let record = shim
         .store
-        .record_webhook(upstream, &webhook_id, &operation, now)
+        .record_webhook(upstream, &webhook_id, &operation, outcome.as_ref(), now)
         .map_err(ApiError::store)?;
     shim.commit.flushed().await.map_err(ApiError::store)?;
     let (status, body) = match &record {
@@ -98,6 +103,14 @@ pub async fn receive(
                 json!({"result": "kept", "webhook_id": webhook_id}),
             )
         }
+        WebhookRecord::Finished(op) => {
+            shim.metrics.webhook(upstream, "accepted");
+            shim.on_terminal(op).await;
+            (
+                StatusCode::OK,
+                json!({"result": "accepted", "webhook_id": webhook_id, "id": op.id, "status": op.status}),
+            )
+        }
         WebhookRecord::Applied { id, terminal } => {
             shim.metrics.webhook(upstream, "accepted");
             if !terminal {
@@ -110,15 +123,4 @@ pub async fn receive(
         }
     };
     Ok((status, body))
-}
-
-fn header_or_hash(headers: &HeaderMap, name: &str, body: &[u8]) -> String {
-    match headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-    {
-        Some(v) => v.to_string(),
-        None => format!("sha256_{}", hex::encode(Sha256::digest(body))),
-    }
 }

@@ -1,8 +1,12 @@
 //! Each upstream's request budget (invariant 5). Every request to an upstream first waits for
-//! its `governor` limiter; a rate-limit answer (429/503 with a hint) pauses the whole upstream
-//! until the hint expires, so no other operation's poll goes out before it.
+//! its `governor` limiter (the configured ceiling, with its burst), then for the adaptive rate:
+//! a rate-limit answer (429/503) pauses the whole upstream until its hint expires and halves the
+//! rate, which recovers by a tenth of the ceiling every `rate.increase_every` without another
+//! one ([`Aimd`]). While the rate is below the ceiling, requests are spaced `1/rate` apart with no
+//! burst. The limiter also spreads the first polls of operations registered together.
 
 use std::num::NonZeroU32;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -10,21 +14,50 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::clock::{Clock, Timestamp};
 use crate::config::RateConfig;
+use crate::schedule::policy::Aimd;
+
+/// First polls are spread over at most this much time past the one asked for; beyond it they
+/// share the window's end and the limiter paces them.
+pub const SPREAD_MAX: Duration = Duration::from_secs(60);
 
 pub struct UpstreamLimiter {
     limiter: DefaultDirectRateLimiter,
     /// Unix ms before which no request may go out (from a 429/503 hint).
     paused_until: AtomicU64,
+    /// A std `Mutex`: held for a few arithmetic operations, never across an `.await`.
+    pacer: Mutex<Pacer>,
+}
+
+struct Pacer {
+    aimd: Aimd,
+    /// Unix ms (fractional) of the next request slot while the rate is lowered.
+    next_slot: f64,
+    /// The next free first-poll slot for newly registered operations.
+    next_first_poll: Timestamp,
 }
 
 impl UpstreamLimiter {
-    pub fn new(rate: RateConfig) -> UpstreamLimiter {
+    pub fn new(rate: RateConfig, now: Timestamp) -> UpstreamLimiter {
         let per_second = NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
         UpstreamLimiter {
             limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
             paused_until: AtomicU64::new(0),
+            pacer: Mutex::new(Pacer {
+                aimd: Aimd::new(
+                    f64::from(rate.per_second),
+                    rate.min_per_second,
+                    rate.increase_every,
+                    now,
+                ),
+                next_slot: 0.0,
+                next_first_poll: Timestamp(0),
+            }),
         }
+    }
+
+    fn pacer(&self) -> std::sync::MutexGuard<'_, Pacer> {
+        self.pacer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Pause every request to this upstream until `until`.
@@ -34,6 +67,27 @@ impl UpstreamLimiter {
 
     pub fn paused_until(&self) -> Timestamp {
         Timestamp(self.paused_until.load(Ordering::SeqCst))
+    }
+
+    /// The upstream answered 429 or 503: lower its rate (at most once per congestion event).
+    pub fn throttled(&self, now: Timestamp) -> bool {
+        self.pacer().aimd.throttled(now)
+    }
+
+    /// The request rate allowed now (per second).
+    pub fn current_rate(&self, now: Timestamp) -> f64 {
+        self.pacer().aimd.rate(now)
+    }
+
+    /// When a newly registered operation should first be polled, given that its schedule says
+    /// `at`: no earlier than `at`, and at least `1/rate` after the previous registration's first
+    /// poll, so a burst of registrations does not become a burst of polls.
+    pub fn spread_first_poll(&self, at: Timestamp, now: Timestamp) -> Timestamp {
+        let mut p = self.pacer();
+        let gap = (1000.0 / p.aimd.rate(now).max(0.001)).ceil() as u64;
+        let slot = at.max(p.next_first_poll).min(at.plus(SPREAD_MAX));
+        p.next_first_poll = Timestamp(slot.0 + gap);
+        slot
     }
 
     /// Wait until a request may be sent.
@@ -46,7 +100,23 @@ impl UpstreamLimiter {
                 continue;
             }
             self.limiter.until_ready().await;
-            // A pause may have started while we waited for the limiter.
+            // While the rate is lowered, take the next slot `1/rate` after the previous one.
+            let wait = {
+                let now = clock.now();
+                let mut p = self.pacer();
+                let rate = p.aimd.rate(now);
+                if rate < p.aimd.ceiling() {
+                    let slot = p.next_slot.max(now.0 as f64);
+                    p.next_slot = slot + 1000.0 / rate.max(0.001);
+                    Duration::from_secs_f64((slot - now.0 as f64).max(0.0) / 1000.0)
+                } else {
+                    Duration::ZERO
+                }
+            };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            // A pause may have started while we waited.
             if self.paused_until() <= clock.now() {
                 return;
             }

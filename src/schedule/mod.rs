@@ -2,9 +2,11 @@
 //! math over config, hints and a random sample), and each upstream's request budget.
 
 mod limit;
-mod policy;
+pub mod policy;
 mod queue;
 
 pub use limit::UpstreamLimiter;
-pub use policy::{HINT_MAX, backoff, callback_retry_delay, next_poll_at, parse_hint};
+pub use policy::{
+    Aimd, HINT_MAX, Pace, Rule, backoff, callback_retry_delay, interval, next_poll_at, parse_hint,
+};
 pub use queue::DueQueue;

@@ -5,11 +5,13 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::clock::Timestamp;
 use crate::config::PollConfig;
 
-/// Hints longer than this are treated as this long: an upstream that says "come back in a year"
-/// is still looked at again.
+/// The longest hint honoured when a config gives none (`poll.hint_max` overrides it): an
+/// upstream that says "come back in a year" is still looked at again.
 pub const HINT_MAX: Duration = Duration::from_secs(6 * 3600);
 
 /// The base backoff after `n` polls: `initial × multiplier^n`, capped at `max`, scaled by
@@ -17,34 +19,315 @@ pub const HINT_MAX: Duration = Duration::from_secs(6 * 3600);
 pub fn backoff(p: &PollConfig, n: u32, sample: f64) -> Duration {
     let base = p.initial.as_secs_f64() * p.multiplier.powi(n.min(64) as i32);
     let capped = base.min(p.max.as_secs_f64());
-    let jittered = capped * (1.0 + p.jitter * sample.clamp(-1.0, 1.0));
-    Duration::from_secs_f64(jittered.max(0.001))
+    jittered(capped, p.jitter, sample)
 }
 
-/// The longest wait any hint on a response asks for: `Retry-After` (seconds or HTTP date) and
-/// `retry-after-ms`. `None` when there is no usable hint.
-pub fn parse_hint(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let mut best: Option<Duration> = None;
-    let mut take = |d: Duration| best = Some(best.map_or(d, |b| b.max(d)));
-    if let Some(v) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok()) {
-        if let Ok(ms) = v.trim().parse::<f64>() {
-            if ms.is_finite() && ms >= 0.0 {
-                take(Duration::from_secs_f64(ms / 1000.0));
+fn jittered(secs: f64, jitter: f64, sample: f64) -> Duration {
+    Duration::from_secs_f64((secs * (1.0 + jitter * sample.clamp(-1.0, 1.0))).max(0.001))
+}
+
+/// The wait a response asks for before the next request, from every hint hookshim knows:
+///
+/// - retry hints: `Retry-After` (seconds or HTTP date), `retry-after-ms`, `x-ms-retry-after-ms`;
+/// - poll hints: `openai-poll-after-ms`, `X-Poll-Interval` (seconds, GitHub);
+/// - the IETF `RateLimit` field when it says the quota is used up (`r=0`, wait `t` seconds; the
+///   older `remaining=0, reset=N` form and `RateLimit-Remaining: 0` + `RateLimit-Reset: N` too).
+///   `Retry-After` wins over `RateLimit`: when any retry hint is present, `RateLimit` is ignored.
+///
+/// The longest of them wins (the next request is never earlier than any hint), clamped to
+/// `max`. `None` when there is no usable hint.
+pub fn parse_hint(headers: &HeaderMap, now: SystemTime, max: Duration) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let millis = |name: &str| {
+        text(name)
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|ms| ms.is_finite() && *ms >= 0.0)
+            .map(|ms| Duration::from_secs_f64((ms / 1000.0).min(1e9)))
+    };
+    let retry_after = text("retry-after").and_then(|v| match v.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()
+            .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO)),
+    });
+    let retry = [
+        retry_after,
+        millis("retry-after-ms"),
+        millis("x-ms-retry-after-ms"),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    let poll = [
+        millis("openai-poll-after-ms"),
+        text("x-poll-interval")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    let ratelimit = if retry.is_some() {
+        None
+    } else {
+        ratelimit_wait(headers)
+    };
+    [retry, poll, ratelimit]
+        .into_iter()
+        .flatten()
+        .max()
+        .map(|d| d.min(max))
+}
+
+/// The wait an IETF `RateLimit` field asks for: the longest `t` among its quota items with
+/// `r=0` (draft 08 and later: `"default";r=0;t=30`), or `reset` when `remaining=0` (drafts 03–07:
+/// `limit=10, remaining=0, reset=30`), or the separate `RateLimit-Remaining: 0` +
+/// `RateLimit-Reset: 30` fields (drafts 00–02). `None` while quota remains.
+fn ratelimit_wait(headers: &HeaderMap) -> Option<Duration> {
+    use sfv::{BareItem, Dictionary, List, ListEntry, Parser};
+    let int = |b: &BareItem| b.as_integer().map(i64::from).filter(|n| *n >= 0);
+    let param = |params: &sfv::Parameters, key: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k.as_str() == key)
+            .and_then(|(_, v)| int(v))
+    };
+    let mut wait: Option<u64> = None;
+    let mut take = |secs: i64| wait = Some(wait.unwrap_or(0).max(secs as u64));
+    for value in headers.get_all("ratelimit") {
+        let Ok(v) = value.to_str() else { continue };
+        if let Ok(list) = Parser::new(v).parse::<List>() {
+            for entry in &list {
+                if let ListEntry::Item(item) = entry {
+                    if param(&item.params, "r") == Some(0) {
+                        if let Some(t) = param(&item.params, "t") {
+                            take(t);
+                        }
+                    }
+                }
+            }
+        }
+        if let Ok(dict) = Parser::new(v).parse::<Dictionary>() {
+            let get = |key: &str| match dict.iter().find(|(k, _)| k.as_str() == key) {
+                Some((_, ListEntry::Item(i))) => int(&i.bare_item),
+                _ => None,
+            };
+            if get("remaining") == Some(0) {
+                if let Some(reset) = get("reset") {
+                    take(reset);
+                }
             }
         }
     }
-    if let Some(v) = headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-    {
-        let v = v.trim();
-        if let Ok(secs) = v.parse::<u64>() {
-            take(Duration::from_secs(secs));
-        } else if let Ok(at) = httpdate::parse_http_date(v) {
-            take(at.duration_since(now).unwrap_or(Duration::ZERO));
+    let field = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    if field("ratelimit-remaining") == Some(0) {
+        if let Some(reset) = field("ratelimit-reset") {
+            take(reset as i64);
         }
     }
-    best.map(|d| d.min(HINT_MAX))
+    wait.map(Duration::from_secs)
+}
+
+/// What the policy remembers about an operation's progress between polls (kept in the record,
+/// so an estimate survives a restart).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pace {
+    /// The last progress value that differed from the one before (0..=1).
+    pub progress: Option<f64>,
+    /// When `progress` was first seen.
+    pub at: Option<Timestamp>,
+    /// Smoothed rate of progress, per second.
+    pub rate: Option<f64>,
+    /// Polls in a row that showed no progress.
+    pub stalled: u32,
+    /// When progress was first seen: an estimate is never trusted further ahead than the time
+    /// it has been watched (so an early, noisy estimate cannot skip the end of a job).
+    #[serde(default)]
+    pub since: Option<Timestamp>,
+}
+
+/// Weight of the newest rate sample in the smoothed rate (exponential moving average).
+const RATE_SMOOTHING: f64 = 0.5;
+/// While an estimate is trusted, the next poll goes this fraction of the way to it: the polls
+/// close in on the estimate geometrically, so an estimate that is too late costs one interval,
+/// not the whole wait.
+const ETA_FRACTION: f64 = 0.5;
+/// Progress at or above this counts as complete (finalizing).
+const COMPLETE: f64 = 0.999_999;
+
+impl Pace {
+    /// Record one reading. `None` (the upstream reports no progress) leaves the pace alone.
+    pub fn observe(&mut self, progress: Option<f64>, now: Timestamp) {
+        let Some(p) = progress
+            .filter(|p| p.is_finite())
+            .map(|p| p.clamp(0.0, 1.0))
+        else {
+            return;
+        };
+        match (self.progress, self.at) {
+            (Some(prev), Some(at)) if p > prev + 1e-9 => {
+                let secs = (now.0.saturating_sub(at.0)) as f64 / 1000.0;
+                if secs > 0.0 {
+                    let sample = (p - prev) / secs;
+                    self.rate = Some(match self.rate {
+                        None => sample,
+                        Some(r) => RATE_SMOOTHING * sample + (1.0 - RATE_SMOOTHING) * r,
+                    });
+                }
+                self.progress = Some(p);
+                self.at = Some(now);
+                self.stalled = 0;
+            }
+            (Some(_), Some(_)) => self.stalled += 1,
+            _ => {
+                self.progress = Some(p);
+                self.at = Some(now);
+                self.stalled = 0;
+                self.since = Some(now);
+            }
+        }
+    }
+
+    /// Seconds progress has been watched for.
+    pub fn watched_secs(&self, now: Timestamp) -> f64 {
+        self.since
+            .map_or(0.0, |s| now.0.saturating_sub(s.0) as f64 / 1000.0)
+    }
+
+    /// Seconds until progress is expected to reach 1, from `now` (negative when overdue).
+    /// `None` without a usable rate.
+    pub fn eta_secs(&self, now: Timestamp) -> Option<f64> {
+        let (p, at, rate) = (self.progress?, self.at?, self.rate?);
+        if rate <= 0.0 {
+            return None;
+        }
+        let since = now.0.saturating_sub(at.0) as f64 / 1000.0;
+        Some((1.0 - p) / rate - since)
+    }
+}
+
+/// Which rule chose an interval (for tests, logs and the policy benchmark).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// The blind schedule: backoff from `initial` to `max`.
+    Base,
+    /// Closing in on the completion time estimated from progress.
+    Eta,
+    /// Progress is complete but the status is not terminal yet.
+    Finalizing,
+}
+
+/// The wait before the next poll of a running operation, before hints and caps: progress-aware
+/// when the upstream reports progress, the blind schedule otherwise. `n` is the number of polls
+/// so far minus one.
+pub fn interval(
+    p: &PollConfig,
+    pace: &Pace,
+    n: u32,
+    now: Timestamp,
+    sample: f64,
+) -> (Duration, Rule) {
+    let base = backoff(p, n, sample);
+    if !p.eta {
+        return (base, Rule::Base);
+    }
+    let Some(progress) = pace.progress else {
+        return (base, Rule::Base);
+    };
+    if progress >= COMPLETE {
+        // Short at first, backing off (to `max`) if finalizing takes long.
+        let wait = (p.finalizing.as_secs_f64() * p.multiplier.powi(pace.stalled.min(64) as i32))
+            .min(p.max.as_secs_f64().max(p.finalizing.as_secs_f64()));
+        return (jittered(wait, p.jitter, sample), Rule::Finalizing);
+    }
+    if pace.stalled >= p.stall_polls {
+        return (base, Rule::Base);
+    }
+    match pace.eta_secs(now) {
+        None => (base, Rule::Base),
+        Some(eta) => {
+            let wait = (eta * ETA_FRACTION)
+                .min(pace.watched_secs(now))
+                .clamp(p.initial.as_secs_f64(), p.eta_max.as_secs_f64());
+            (jittered(wait, p.jitter, sample), Rule::Eta)
+        }
+    }
+}
+
+/// Additive-increase / multiplicative-decrease of one upstream's request rate. A 429 or 503
+/// halves the rate (at most once per [`AIMD_COOLDOWN`], so one burst of rejections counts once),
+/// never below `floor`; every `every` without one adds a tenth of the ceiling back, never above
+/// the configured rate. Pure: the limiter keeps it behind a lock and passes `now`.
+#[derive(Clone, Debug)]
+pub struct Aimd {
+    ceiling: f64,
+    floor: f64,
+    every: Duration,
+    current: f64,
+    /// Start of the current quiet period (the last decrease or increase).
+    since: Timestamp,
+    last_decrease: Option<Timestamp>,
+}
+
+/// Rejections closer together than this are one congestion event.
+pub const AIMD_COOLDOWN: Duration = Duration::from_secs(1);
+/// The multiplicative decrease.
+pub const AIMD_DECREASE: f64 = 0.5;
+
+impl Aimd {
+    pub fn new(ceiling: f64, floor: f64, every: Duration, now: Timestamp) -> Aimd {
+        Aimd {
+            ceiling,
+            floor: floor.min(ceiling),
+            every,
+            current: ceiling,
+            since: now,
+            last_decrease: None,
+        }
+    }
+
+    /// The rate allowed at `now` (requests per second), after any recovery due by then.
+    pub fn rate(&mut self, now: Timestamp) -> f64 {
+        if self.current < self.ceiling && !self.every.is_zero() {
+            let every = self.every.as_millis().max(1) as u64;
+            let steps = now.0.saturating_sub(self.since.0) / every;
+            if steps > 0 {
+                let step = self.ceiling / 10.0;
+                self.current = (self.current + step * steps as f64).min(self.ceiling);
+                self.since = Timestamp(self.since.0 + steps * every);
+            }
+        }
+        self.current
+    }
+
+    /// A rate-limit answer arrived. Returns true if it lowered the rate.
+    pub fn throttled(&mut self, now: Timestamp) -> bool {
+        if self
+            .last_decrease
+            .is_some_and(|t| now.0 < t.0 + AIMD_COOLDOWN.as_millis() as u64)
+        {
+            return false;
+        }
+        self.rate(now);
+        self.current = (self.current * AIMD_DECREASE).max(self.floor);
+        self.since = now;
+        self.last_decrease = Some(now);
+        true
+    }
+
+    pub fn ceiling(&self) -> f64 {
+        self.ceiling
+    }
 }
 
 /// When to poll next: the later of the backoff and the hint, but never after the deadline (the
@@ -85,6 +368,7 @@ mod tests {
             max: Duration::from_secs(30),
             jitter: 0.1,
             deadline: Duration::from_secs(3600),
+            ..PollConfig::general()
         }
     }
 
@@ -102,15 +386,18 @@ mod tests {
     fn hints_take_the_longest_and_are_clamped() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let mut h = HeaderMap::new();
-        assert_eq!(parse_hint(&h, now), None);
+        assert_eq!(parse_hint(&h, now, HINT_MAX), None);
         h.insert("retry-after", HeaderValue::from_static("7"));
         h.insert("retry-after-ms", HeaderValue::from_static("2500"));
-        assert_eq!(parse_hint(&h, now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_hint(&h, now, HINT_MAX), Some(Duration::from_secs(7)));
         let date = httpdate::fmt_http_date(now + Duration::from_secs(120));
         h.insert("retry-after", HeaderValue::from_str(&date).unwrap());
-        assert_eq!(parse_hint(&h, now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_hint(&h, now, HINT_MAX),
+            Some(Duration::from_secs(120))
+        );
         h.insert("retry-after", HeaderValue::from_static("99999999"));
-        assert_eq!(parse_hint(&h, now), Some(HINT_MAX));
+        assert_eq!(parse_hint(&h, now, HINT_MAX), Some(HINT_MAX));
     }
 
     #[test]
@@ -157,5 +444,252 @@ mod tests {
             Some(Duration::from_secs(900))
         );
         assert_eq!(callback_retry_delay(&s, 3, None, 0.0), None);
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn hint(pairs: &[(&'static str, &'static str)]) -> Option<Duration> {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        parse_hint(&headers(pairs), now, HINT_MAX)
+    }
+
+    #[test]
+    fn every_known_hint_header_is_read() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            hint(&[("x-ms-retry-after-ms", "2500")]),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            hint(&[("openai-poll-after-ms", "1500")]),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(hint(&[("x-poll-interval", "60")]), Some(s(60)));
+        assert_eq!(hint(&[("ratelimit", "\"default\";r=0;t=30")]), Some(s(30)));
+        assert_eq!(
+            hint(&[("ratelimit", "limit=10, remaining=0, reset=12")]),
+            Some(s(12))
+        );
+        assert_eq!(
+            hint(&[("ratelimit-remaining", "0"), ("ratelimit-reset", "9")]),
+            Some(s(9))
+        );
+        // Quota left: no hint. Garbage: no hint.
+        assert_eq!(hint(&[("ratelimit", "\"default\";r=5;t=30")]), None);
+        assert_eq!(
+            hint(&[("ratelimit", "limit=10, remaining=3, reset=12")]),
+            None
+        );
+        assert_eq!(
+            hint(&[("ratelimit-remaining", "2"), ("ratelimit-reset", "9")]),
+            None
+        );
+        assert_eq!(
+            hint(&[("x-poll-interval", "soon"), ("retry-after-ms", "-5")]),
+            None
+        );
+    }
+
+    #[test]
+    fn the_longest_hint_wins_but_retry_after_beats_ratelimit() {
+        let s = Duration::from_secs;
+        // Several quota items: the longest exhausted one.
+        assert_eq!(
+            hint(&[(
+                "ratelimit",
+                "\"burst\";r=0;t=5, \"day\";r=0;t=40, \"min\";r=3;t=90"
+            )]),
+            Some(s(40))
+        );
+        // Retry and poll hints combine by maximum.
+        assert_eq!(
+            hint(&[("retry-after", "3"), ("openai-poll-after-ms", "8000")]),
+            Some(s(8))
+        );
+        // Retry-After present: RateLimit is ignored even when it asks for longer.
+        assert_eq!(
+            hint(&[("retry-after", "5"), ("ratelimit", "\"default\";r=0;t=60")]),
+            Some(s(5))
+        );
+        assert_eq!(
+            hint(&[
+                ("retry-after-ms", "500"),
+                ("ratelimit", "\"default\";r=0;t=60")
+            ]),
+            Some(Duration::from_millis(500))
+        );
+        // A poll hint still counts next to RateLimit.
+        assert_eq!(
+            hint(&[
+                ("x-poll-interval", "90"),
+                ("ratelimit", "\"default\";r=0;t=60")
+            ]),
+            Some(s(90))
+        );
+    }
+
+    #[test]
+    fn hints_are_clamped_to_the_configured_maximum() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let h = headers(&[("retry-after", "86400")]);
+        assert_eq!(
+            parse_hint(&h, now, Duration::from_secs(600)),
+            Some(Duration::from_secs(600))
+        );
+        let h = headers(&[("openai-poll-after-ms", "1e300")]);
+        assert_eq!(
+            parse_hint(&h, now, Duration::from_secs(600)),
+            Some(Duration::from_secs(600))
+        );
+    }
+
+    fn media() -> PollConfig {
+        PollConfig {
+            jitter: 0.0,
+            ..PollConfig::media()
+        }
+    }
+
+    #[test]
+    fn pace_smooths_the_rate_and_counts_stalls() {
+        let mut pace = Pace::default();
+        pace.observe(Some(0.1), Timestamp(0));
+        assert_eq!(pace.rate, None);
+        pace.observe(Some(0.2), Timestamp(10_000)); // 0.01/s
+        assert!((pace.rate.unwrap() - 0.01).abs() < 1e-12);
+        pace.observe(Some(0.5), Timestamp(20_000)); // 0.03/s, smoothed with 0.01
+        assert!((pace.rate.unwrap() - 0.02).abs() < 1e-12);
+        assert_eq!(pace.stalled, 0);
+        pace.observe(Some(0.5), Timestamp(25_000));
+        pace.observe(None, Timestamp(26_000)); // no reading: not a stall
+        assert_eq!(pace.stalled, 1);
+        // 0.5 left at 0.02/s = 25 s after t=20 s; 5 s have passed.
+        assert!((pace.eta_secs(Timestamp(25_000)).unwrap() - 20.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_estimate_replaces_the_blind_schedule_and_closes_in_on_it() {
+        let p = media();
+        let mut pace = Pace::default();
+        pace.observe(Some(0.0), Timestamp(0));
+        pace.observe(Some(0.5), Timestamp(100_000)); // 0.005/s: 100 s left
+        let now = Timestamp(100_000);
+        let (wait, rule) = interval(&p, &pace, 20, now, 0.0);
+        assert_eq!(rule, Rule::Eta);
+        assert_eq!(wait, Duration::from_secs(50), "half of the estimated 100 s");
+        // Far away: capped at eta_max (60 s for media), not at max (15 s).
+        let mut slow = Pace::default();
+        slow.observe(Some(0.0), Timestamp(0));
+        slow.observe(Some(0.1), Timestamp(1_000_000)); // 9000 s left, watched 1000 s
+        assert_eq!(
+            interval(&p, &slow, 20, Timestamp(1_000_000), 0.0).0,
+            p.eta_max
+        );
+        // Watched only briefly: never trusted further ahead than it was watched.
+        let mut young = Pace::default();
+        young.observe(Some(0.0), Timestamp(0));
+        young.observe(Some(0.01), Timestamp(5_000)); // 495 s left, watched 5 s
+        assert_eq!(
+            interval(&p, &young, 20, Timestamp(5_000), 0.0).0,
+            Duration::from_secs(5)
+        );
+        // Close: never below initial.
+        let mut near = Pace::default();
+        near.observe(Some(0.0), Timestamp(0));
+        near.observe(Some(0.99), Timestamp(100_000));
+        assert_eq!(
+            interval(&p, &near, 20, Timestamp(100_000), 0.0).0,
+            p.initial
+        );
+        // Overdue (the estimate passed): initial as well.
+        assert_eq!(
+            interval(&p, &pace, 20, Timestamp(500_000), 0.0).0,
+            p.initial
+        );
+    }
+
+    #[test]
+    fn complete_progress_polls_on_the_finalizing_cadence() {
+        let p = PollConfig {
+            finalizing: Duration::from_secs(3),
+            ..media()
+        };
+        let mut pace = Pace::default();
+        pace.observe(Some(1.0), Timestamp(0));
+        assert_eq!(
+            interval(&p, &pace, 30, Timestamp(1), 0.0),
+            (Duration::from_secs(3), Rule::Finalizing)
+        );
+        // A long finalizing phase backs off, up to `max`.
+        pace.observe(Some(1.0), Timestamp(2));
+        pace.observe(Some(1.0), Timestamp(3));
+        assert_eq!(
+            interval(&p, &pace, 30, Timestamp(3), 0.0),
+            (Duration::from_secs_f64(6.75), Rule::Finalizing)
+        );
+        for t in 4..20 {
+            pace.observe(Some(1.0), Timestamp(t));
+        }
+        assert_eq!(interval(&p, &pace, 30, Timestamp(20), 0.0).0, p.max);
+    }
+
+    #[test]
+    fn stalled_progress_or_no_progress_falls_back_to_the_base_schedule() {
+        let p = media();
+        let base = backoff(&p, 4, 0.0);
+        assert_eq!(
+            interval(&p, &Pace::default(), 4, Timestamp(0), 0.0),
+            (base, Rule::Base)
+        );
+        let mut pace = Pace::default();
+        pace.observe(Some(0.0), Timestamp(0));
+        pace.observe(Some(0.1), Timestamp(10_000));
+        for i in 0..p.stall_polls {
+            assert_eq!(interval(&p, &pace, 4, Timestamp(10_000), 0.0).1, Rule::Eta);
+            pace.observe(Some(0.1), Timestamp(11_000 + u64::from(i)));
+        }
+        assert_eq!(
+            interval(&p, &pace, 4, Timestamp(20_000), 0.0),
+            (base, Rule::Base)
+        );
+        // New progress trusts the estimate again.
+        pace.observe(Some(0.2), Timestamp(30_000));
+        assert_eq!(interval(&p, &pace, 4, Timestamp(30_000), 0.0).1, Rule::Eta);
+        // eta = false: always the base schedule.
+        let off = PollConfig { eta: false, ..p };
+        assert_eq!(
+            interval(&off, &pace, 4, Timestamp(30_000), 0.0),
+            (base, Rule::Base)
+        );
+    }
+
+    #[test]
+    fn aimd_halves_once_per_event_floors_and_recovers_to_the_ceiling() {
+        let mut a = Aimd::new(10.0, 1.0, Duration::from_secs(10), Timestamp(0));
+        assert_eq!(a.rate(Timestamp(0)), 10.0);
+        assert!(a.throttled(Timestamp(1_000)));
+        assert_eq!(a.rate(Timestamp(1_000)), 5.0);
+        // A second rejection within the cooldown is the same event.
+        assert!(!a.throttled(Timestamp(1_500)));
+        assert_eq!(a.rate(Timestamp(1_500)), 5.0);
+        assert!(a.throttled(Timestamp(2_000)));
+        assert!(a.throttled(Timestamp(3_000)));
+        assert!(a.throttled(Timestamp(4_000)));
+        assert_eq!(a.rate(Timestamp(4_000)), 1.0, "never below the floor");
+        // +1/s (a tenth of the ceiling) per 10 s of quiet.
+        assert_eq!(a.rate(Timestamp(13_999)), 1.0);
+        assert_eq!(a.rate(Timestamp(14_000)), 2.0);
+        assert_eq!(a.rate(Timestamp(44_000)), 5.0);
+        assert_eq!(
+            a.rate(Timestamp(10_000_000)),
+            10.0,
+            "never above the ceiling"
+        );
     }
 }

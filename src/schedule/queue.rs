@@ -197,7 +197,7 @@ mod tests {
     #[test]
     fn operation_ids_are_kept_compact_and_come_back_unchanged() {
         let q = DueQueue::new();
-        let op = format!("op_{}", Ulid::new());
+        let op = format!("op_{}", Ulid::from_parts(1_700_000_000_000, 42));
         let lower = op.to_lowercase();
         q.schedule(&op, Timestamp(2));
         q.schedule(&lower, Timestamp(1));

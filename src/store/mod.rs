@@ -10,10 +10,11 @@ mod sled_store;
 pub use commit::GroupCommit;
 pub use sled_store::SledStore;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Timestamp;
-use crate::operation::{Operation, Status};
+use crate::operation::{EventOutcome, Operation, Status};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -46,6 +47,8 @@ pub enum WebhookRecord {
     Duplicate,
     /// The operation is tracked; it is now due for an immediate status read (unless terminal).
     Applied { id: String, terminal: bool },
+    /// The webhook's event decided the outcome: the operation ended with this write.
+    Finished(Box<Operation>),
     /// Not registered yet: kept, and applied when the app registers it.
     Kept,
 }
@@ -60,6 +63,26 @@ pub struct ListFilter {
     pub limit: usize,
     /// List ids strictly after this one.
     pub cursor: Option<String>,
+}
+
+/// Told of new outbox entries: the delivery key and when the first attempt is due.
+pub type OutboxListener = Arc<dyn Fn(&str, Timestamp) + Send + Sync>;
+
+/// The delivery-queue key of a callback: the operation id for its terminal callback,
+/// `<operation id>/<event name>` for an event callback.
+pub fn delivery_key(op_id: &str, event: Option<&str>) -> String {
+    match event {
+        None => op_id.to_string(),
+        Some(e) => format!("{op_id}/{e}"),
+    }
+}
+
+/// The operation id and event name (if any) of a delivery key.
+pub fn parse_delivery_key(key: &str) -> (&str, Option<&str>) {
+    match key.split_once('/') {
+        Some((op, event)) => (op, Some(event)),
+        None => (key, None),
+    }
 }
 
 /// A scheduled piece of work found in the store at start: the operation id and when it is due.
@@ -89,18 +112,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<(Operation, bool)>, StoreError>;
     /// Stop tracking: remove the record and its indexes.
     fn delete(&self, id: &str) -> Result<Option<Operation>, StoreError>;
-    /// Record an inbound webhook durably-to-be (call [`Store::flush`] before answering).
+    /// Record an inbound webhook durably-to-be (call [`Store::flush`] before answering). With
+    /// an `outcome` (an event mapped in `webhook.events`) the operation ends in the same write;
+    /// for an operation not registered yet the outcome is kept and applied at registration.
     fn record_webhook(
         &self,
         upstream: &str,
         webhook_id: &str,
         operation: &str,
+        outcome: Option<&EventOutcome>,
         now: Timestamp,
     ) -> Result<WebhookRecord, StoreError>;
     /// Every non-terminal operation and when it is next due for a poll.
     fn scheduled(&self) -> Result<Vec<Due>, StoreError>;
-    /// Every operation with a callback still to send, and when.
+    /// Every callback still to send (terminal and event callbacks, keyed as
+    /// [`delivery_key`] makes them), and when.
     fn outbox(&self) -> Result<Vec<Due>, StoreError>;
+    /// Be told of each event callback an [`Store::update`] adds to the outbox, once, after its
+    /// write (not yet flushed: the sender flushes before the first attempt). The poller that
+    /// makes those writes knows nothing of callbacks; this is how delivery hears of them.
+    fn set_outbox_listener(&self, listener: OutboxListener);
     /// Forget webhook ids and kept webhooks received before `older_than`. Returns how many.
     fn purge_webhooks(
         &self,

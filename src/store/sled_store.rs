@@ -6,10 +6,11 @@
 //! - `keys`:     `upstream\0operation` → `op_<ULID>`: makes registration idempotent.
 //! - `active`:   `op_<ULID>` → next poll (u64 BE ms) + upstream name: the schedule, rebuilt at start
 //!   without reading every record.
-//! - `outbox`:   `op_<ULID>` → next attempt (u64 BE ms): callbacks still to send.
+//! - `outbox`:   `op_<ULID>` → next attempt (u64 BE ms): terminal callbacks still to send;
+//!   `op_<ULID>\0<event>` → next attempt: event callbacks (`requires_action_<n>`) still to send.
 //! - `inbox`:    `upstream\0webhook-id` → received (u64 BE ms): webhook de-duplication.
-//! - `early`:    `upstream\0operation` → received (u64 BE ms): webhooks for operations not yet
-//!   registered.
+//! - `early`:    `upstream\0operation` → received (u64 BE ms), then the JSON of an
+//!   [`EventOutcome`] if the webhook decided one: webhooks for operations not yet registered.
 //!
 //! Every change to an operation is **one single-key write of its record** (atomic in sled). The
 //! `active` and `outbox` indexes are derived from the record and kept a *superset* of what it
@@ -29,12 +30,14 @@
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use super::{Due, ListFilter, Registered, Store, StoreError, WebhookRecord};
+use super::{
+    Due, ListFilter, OutboxListener, Registered, Store, StoreError, WebhookRecord, delivery_key,
+};
 use crate::clock::Timestamp;
-use crate::operation::{Operation, WEBHOOK_READS};
+use crate::operation::{DeliveryState, EventOutcome, Operation, WEBHOOK_READS};
 
 pub struct SledStore {
     db: sled::Db,
@@ -44,6 +47,8 @@ pub struct SledStore {
     outbox: sled::Tree,
     inbox: sled::Tree,
     early: sled::Tree,
+    /// Told of event callbacks that `update` adds (see [`Store::set_outbox_listener`]).
+    listener: OnceLock<OutboxListener>,
     /// Serialise writers of one operation id (read-modify-write of its record and indexes).
     id_locks: Stripes,
     /// Serialise registration and webhooks for one `(upstream, operation)` pair. Always taken
@@ -126,6 +131,19 @@ fn active_value(op: &Operation) -> Vec<u8> {
     v
 }
 
+/// The outcome kept with an early webhook, if any. A value that cannot be read is treated as
+/// a thin webhook (the status read decides), never as an outcome.
+fn early_outcome(value: &[u8]) -> Option<EventOutcome> {
+    let json = value.get(8..).filter(|j| !j.is_empty())?;
+    match serde_json::from_slice(json) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable outcome kept with an early webhook; a status read will decide");
+            None
+        }
+    }
+}
+
 impl SledStore {
     pub fn open(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
         let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
@@ -158,6 +176,7 @@ impl SledStore {
             outbox: tree("outbox")?,
             inbox: tree("inbox")?,
             early: tree("early")?,
+            listener: OnceLock::new(),
             db,
             id_locks: Stripes::new(),
             pair_locks: Stripes::new(),
@@ -176,12 +195,29 @@ impl SledStore {
             let at = new.delivery.next_attempt_at.unwrap_or(new.updated_at);
             self.outbox.insert(id, ts_bytes(at).to_vec()).map_err(io)?;
         }
+        let pending =
+            |e: &crate::operation::EventCallback| e.delivery.state == DeliveryState::Pending;
+        for e in new.events.iter().filter(|e| pending(e)) {
+            let at = e.delivery.next_attempt_at.unwrap_or(new.updated_at);
+            self.outbox
+                .insert(pair_key(&new.id, &e.name), ts_bytes(at).to_vec())
+                .map_err(io)?;
+        }
         self.ops.insert(id, encode(new)).map_err(io)?;
         if new.status.is_terminal() && old.is_none_or(|o| !o.status.is_terminal()) {
             self.active.remove(id).map_err(io)?;
         }
         if !new.in_outbox() && old.is_some_and(Operation::in_outbox) {
             self.outbox.remove(id).map_err(io)?;
+        }
+        for e in old
+            .iter()
+            .flat_map(|o| o.events.iter())
+            .filter(|e| pending(e))
+        {
+            if !new.events.iter().any(|n| n.name == e.name && pending(n)) {
+                self.outbox.remove(pair_key(&new.id, &e.name)).map_err(io)?;
+            }
         }
         Ok(())
     }
@@ -191,17 +227,17 @@ impl SledStore {
         &self,
         id: &str,
         f: &mut dyn FnMut(&mut Operation) -> bool,
-    ) -> Result<Option<(Operation, bool)>, StoreError> {
+    ) -> Result<Option<(Operation, Operation, bool)>, StoreError> {
         let _g = self.id_locks.lock(id.as_bytes());
         let Some(old) = self.get(id)? else {
             return Ok(None);
         };
         let mut op = old.clone();
         if !f(&mut op) {
-            return Ok(Some((op, false)));
+            return Ok(Some((old, op, false)));
         }
         self.write(Some(&old), &op)?;
-        Ok(Some((op, true)))
+        Ok(Some((old, op, true)))
     }
 }
 
@@ -220,13 +256,20 @@ impl Store for SledStore {
         let mut op = op;
         let mut early_webhook = None;
         let early = self.early.get(&key).map_err(io)?;
-        if let Some(at) = &early {
-            let at = ts_from(at);
+        if let Some(at_bytes) = &early {
+            let at = ts_from(at_bytes);
             if at.plus(early_window) >= op.created_at {
                 early_webhook = Some(at);
                 op.webhook_at = Some(at);
-                op.webhook_reads = WEBHOOK_READS;
-                op.next_poll_at = Some(op.created_at);
+                match early_outcome(at_bytes) {
+                    Some(outcome) => {
+                        op.finish_from_event(&outcome, op.created_at);
+                    }
+                    None => {
+                        op.webhook_reads = WEBHOOK_READS;
+                        op.next_poll_at = Some(op.created_at);
+                    }
+                }
             }
         }
         let _id = self.id_locks.lock(op.id.as_bytes());
@@ -281,7 +324,20 @@ impl Store for SledStore {
         id: &str,
         f: &dyn Fn(&mut Operation) -> bool,
     ) -> Result<Option<(Operation, bool)>, StoreError> {
-        self.update_locked(id, &mut |o| f(o))
+        let Some((old, op, write)) = self.update_locked(id, &mut |o| f(o))? else {
+            return Ok(None);
+        };
+        if write {
+            if let Some(listener) = self.listener.get() {
+                for e in op.events.iter().skip(old.events.len()) {
+                    if e.delivery.state == DeliveryState::Pending {
+                        let at = e.delivery.next_attempt_at.unwrap_or(op.updated_at);
+                        listener(&delivery_key(&op.id, Some(&e.name)), at);
+                    }
+                }
+            }
+        }
+        Ok(Some((op, write)))
     }
 
     fn delete(&self, id: &str) -> Result<Option<Operation>, StoreError> {
@@ -302,6 +358,9 @@ impl Store for SledStore {
             .map_err(io)?;
         self.active.remove(id.as_bytes()).map_err(io)?;
         self.outbox.remove(id.as_bytes()).map_err(io)?;
+        for e in &op.events {
+            self.outbox.remove(pair_key(id, &e.name)).map_err(io)?;
+        }
         Ok(Some(op))
     }
 
@@ -310,9 +369,15 @@ impl Store for SledStore {
         upstream: &str,
         webhook_id: &str,
         operation: &str,
+        outcome: Option<&EventOutcome>,
         now: Timestamp,
     ) -> Result<WebhookRecord, StoreError> {
         let inbox_key = pair_key(upstream, webhook_id);
+        let mut early_value = ts_bytes(now).to_vec();
+        if let Some(o) = outcome {
+            // Serialising plain data cannot fail.
+            early_value.extend(serde_json::to_vec(o).unwrap_or_default());
+        }
         let op_key = pair_key(upstream, operation);
         // One webhook id is always about one operation, so the pair lock also serialises
         // duplicates of the same webhook.
@@ -329,27 +394,42 @@ impl Store for SledStore {
             None => None,
             Some(id) => self.update_locked(id, &mut |op| {
                 op.webhook_at = Some(now);
-                if op.status.is_terminal() {
-                    op.late_observations += 1;
-                } else {
-                    op.webhook_reads = WEBHOOK_READS;
-                    op.next_poll_at = Some(now);
-                    op.updated_at = now;
+                match (op.status.is_terminal(), outcome) {
+                    (false, Some(outcome)) => {
+                        op.finish_from_event(outcome, now);
+                    }
+                    (true, _) => op.late_observations += 1,
+                    (false, None) => {
+                        op.webhook_reads = WEBHOOK_READS;
+                        op.next_poll_at = Some(now);
+                        op.updated_at = now;
+                    }
                 }
                 true
             })?,
         };
         let record = match applied {
             None => {
-                self.early
-                    .insert(op_key.as_slice(), &ts_bytes(now))
-                    .map_err(io)?;
+                // The first outcome kept wins; a thin webhook never replaces one.
+                let kept = self.early.get(&op_key).map_err(io)?;
+                if kept.is_none_or(|v| early_outcome(&v).is_none()) {
+                    self.early
+                        .insert(op_key.as_slice(), early_value.as_slice())
+                        .map_err(io)?;
+                }
                 WebhookRecord::Kept
             }
-            Some((op, _)) => WebhookRecord::Applied {
-                terminal: op.status.is_terminal(),
-                id: op.id,
-            },
+            Some((old, op, _)) => {
+                let terminal = old.status.is_terminal();
+                if !terminal && outcome.is_some() {
+                    WebhookRecord::Finished(Box::new(op))
+                } else {
+                    WebhookRecord::Applied {
+                        id: op.id,
+                        terminal,
+                    }
+                }
+            }
         };
         // The webhook id last: a crash before it lets the upstream's retry apply it again
         // (harmless), never marks as seen a webhook whose effect was lost.
@@ -376,8 +456,13 @@ impl Store for SledStore {
         let mut out = Vec::new();
         for item in self.outbox.iter() {
             let (k, v) = item.map_err(io)?;
+            let key = String::from_utf8_lossy(&k);
+            let id = match key.split_once('\0') {
+                Some((op, event)) => delivery_key(op, Some(event)),
+                None => key.into_owned(),
+            };
             out.push(Due {
-                id: String::from_utf8_lossy(&k).into_owned(),
+                id,
                 upstream: String::new(),
                 at: ts_from(&v),
             });
@@ -409,6 +494,12 @@ impl Store for SledStore {
         Ok(removed)
     }
 
+    fn set_outbox_listener(&self, listener: OutboxListener) {
+        if self.listener.set(listener).is_err() {
+            tracing::warn!("outbox listener already set; keeping the first");
+        }
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(io)
     }
@@ -422,6 +513,7 @@ impl Store for SledStore {
 mod tests {
     use super::*;
     use crate::operation::{DetectedVia, Status, sample};
+    use crate::store::WebhookRecord;
 
     fn store() -> (tempfile::TempDir, SledStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -524,12 +616,12 @@ mod tests {
     fn webhook_before_registration_is_kept_then_applied() {
         let (_d, s) = store();
         assert_eq!(
-            s.record_webhook("jobs", "msg_1", "abc", Timestamp(500))
+            s.record_webhook("jobs", "msg_1", "abc", None, Timestamp(500))
                 .unwrap(),
             WebhookRecord::Kept
         );
         assert_eq!(
-            s.record_webhook("jobs", "msg_1", "abc", Timestamp(600))
+            s.record_webhook("jobs", "msg_1", "abc", None, Timestamp(600))
                 .unwrap(),
             WebhookRecord::Duplicate
         );
@@ -549,7 +641,7 @@ mod tests {
     #[test]
     fn stale_early_webhooks_are_not_applied() {
         let (_d, s) = store();
-        s.record_webhook("jobs", "msg_1", "abc", Timestamp(0))
+        s.record_webhook("jobs", "msg_1", "abc", None, Timestamp(0))
             .unwrap();
         match s
             .register(sample(Timestamp(100_000)), Duration::from_secs(10))
@@ -560,11 +652,152 @@ mod tests {
         }
     }
 
+    fn pausing_op() -> Operation {
+        let mut op = sample(Timestamp(1_000));
+        op.callback_events = vec![crate::operation::REQUIRES_ACTION.into()];
+        op
+    }
+
+    fn pause() -> crate::upstream::Observation {
+        crate::upstream::Observation {
+            state: crate::upstream::ObservedState::RequiresAction,
+            raw_status: serde_json::json!("requires_action"),
+            progress: None,
+            result: None,
+            error: None,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn event_callbacks_have_their_own_outbox_entries_and_the_listener_hears_new_ones_once() {
+        let (_d, s) = store();
+        let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = heard.clone();
+        s.set_outbox_listener(std::sync::Arc::new(move |k: &str, at| {
+            h.lock().unwrap().push((k.to_string(), at))
+        }));
+        let op = pausing_op();
+        s.register(op.clone(), Duration::ZERO).unwrap();
+        s.update(&op.id, &|o| {
+            o.apply_observation(&pause(), Timestamp(2_000));
+            true
+        })
+        .unwrap();
+        // Another poll during the same pause: no new event, nothing heard.
+        s.update(&op.id, &|o| {
+            o.apply_observation(&pause(), Timestamp(3_000));
+            true
+        })
+        .unwrap();
+        let key = format!("{}/requires_action_1", op.id);
+        assert_eq!(
+            *heard.lock().unwrap(),
+            vec![(key.clone(), Timestamp(2_000))]
+        );
+        let outbox: Vec<String> = s.outbox().unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(outbox, vec![key.clone()]);
+
+        // The end puts the terminal callback in and takes the superseded event out, in one write.
+        s.update(&op.id, &|o| {
+            o.finish(Status::Succeeded, DetectedVia::Poll, Timestamp(4_000))
+        })
+        .unwrap();
+        let outbox: Vec<String> = s.outbox().unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(outbox, vec![op.id.clone()]);
+        s.delete(&op.id).unwrap();
+        assert!(s.outbox().unwrap().is_empty());
+    }
+
+    #[test]
+    fn delete_removes_pending_event_callbacks() {
+        let (_d, s) = store();
+        let op = pausing_op();
+        s.register(op.clone(), Duration::ZERO).unwrap();
+        s.update(&op.id, &|o| {
+            o.apply_observation(&pause(), Timestamp(2_000));
+            true
+        })
+        .unwrap();
+        assert_eq!(s.outbox().unwrap().len(), 1);
+        s.delete(&op.id).unwrap();
+        assert!(s.outbox().unwrap().is_empty());
+    }
+
+    fn outcome(status: Status, event: &str) -> EventOutcome {
+        EventOutcome {
+            status,
+            event: event.into(),
+            data: Some(serde_json::json!({"id": "abc"})),
+        }
+    }
+
+    #[test]
+    fn an_event_outcome_ends_a_registered_operation_in_the_same_write() {
+        let (_d, s) = store();
+        let op = sample(Timestamp(1_000));
+        s.register(op.clone(), Duration::ZERO).unwrap();
+        let ok = outcome(Status::Succeeded, "batch.succeeded");
+        match s
+            .record_webhook("jobs", "msg_1", "abc", Some(&ok), Timestamp(2_000))
+            .unwrap()
+        {
+            WebhookRecord::Finished(done) => {
+                assert_eq!(done.status, Status::Succeeded);
+                assert_eq!(done.detected_via, Some(DetectedVia::Webhook));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.scheduled().unwrap().is_empty());
+        assert_eq!(s.outbox().unwrap().len(), 1);
+        // A later contradicting event is only counted.
+        let failed = outcome(Status::Failed, "batch.failed");
+        assert!(matches!(
+            s.record_webhook("jobs", "msg_2", "abc", Some(&failed), Timestamp(3_000))
+                .unwrap(),
+            WebhookRecord::Applied { terminal: true, .. }
+        ));
+        let after = s.get(&op.id).unwrap().unwrap();
+        assert_eq!(after.status, Status::Succeeded);
+        assert_eq!(after.late_observations, 1);
+    }
+
+    #[test]
+    fn an_early_outcome_is_kept_and_applied_at_registration() {
+        let (_d, s) = store();
+        let failed = outcome(Status::Failed, "batch.failed");
+        s.record_webhook("jobs", "msg_1", "abc", Some(&failed), Timestamp(500))
+            .unwrap();
+        // A thin webhook after it does not erase the outcome; a second outcome does not win.
+        s.record_webhook("jobs", "msg_2", "abc", None, Timestamp(600))
+            .unwrap();
+        let ok = outcome(Status::Succeeded, "batch.succeeded");
+        s.record_webhook("jobs", "msg_3", "abc", Some(&ok), Timestamp(700))
+            .unwrap();
+        match s
+            .register(sample(Timestamp(1_000)), Duration::from_secs(60))
+            .unwrap()
+        {
+            Registered::Created { op, early_webhook } => {
+                assert_eq!(early_webhook, Some(Timestamp(500)));
+                assert_eq!(op.status, Status::Failed);
+                assert_eq!(op.upstream_status, Some(serde_json::json!("batch.failed")));
+                assert_eq!(op.detected_via, Some(DetectedVia::Webhook));
+                assert_eq!(op.completed_at, Some(Timestamp(1_000)));
+                assert!(op.in_outbox());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.scheduled().unwrap().is_empty());
+        assert_eq!(s.outbox().unwrap().len(), 1);
+    }
+
     #[test]
     fn purge_forgets_old_webhook_ids_only() {
         let (_d, s) = store();
-        s.record_webhook("jobs", "old", "x", Timestamp(1)).unwrap();
-        s.record_webhook("jobs", "new", "y", Timestamp(10_000))
+        s.record_webhook("jobs", "old", "x", None, Timestamp(1))
+            .unwrap();
+        s.record_webhook("jobs", "new", "y", None, Timestamp(10_000))
             .unwrap();
         assert_eq!(
             s.purge_webhooks(Timestamp(5_000), Timestamp(5_000))
@@ -572,12 +805,12 @@ mod tests {
             2
         );
         assert_eq!(
-            s.record_webhook("jobs", "new", "y", Timestamp(10_001))
+            s.record_webhook("jobs", "new", "y", None, Timestamp(10_001))
                 .unwrap(),
             WebhookRecord::Duplicate
         );
         assert_eq!(
-            s.record_webhook("jobs", "old", "x", Timestamp(10_001))
+            s.record_webhook("jobs", "old", "x", None, Timestamp(10_001))
                 .unwrap(),
             WebhookRecord::Kept
         );

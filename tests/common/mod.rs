@@ -15,6 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hookshim::clock::{Clock, SystemClock};
 use hookshim::config::Config;
 use hookshim::service::{Running, StartOptions, start};
 use serde_json::{Value, json};
@@ -61,6 +62,8 @@ pub struct UpstreamState {
     pub scripts: HashMap<String, VecDeque<Scripted>>,
     /// Every status request: when, and which path.
     pub requests: Vec<(Instant, String)>,
+    /// The headers of every status request, by path (same order as `requests`).
+    pub request_headers: Vec<(String, HeaderMap)>,
 }
 
 #[derive(Clone)]
@@ -72,9 +75,11 @@ pub struct FakeUpstream {
 async fn upstream_get(
     State(st): State<Arc<Mutex<UpstreamState>>>,
     Path(path): Path<String>,
+    request_headers: HeaderMap,
 ) -> Response {
     let mut s = st.lock().unwrap();
     s.requests.push((Instant::now(), path.clone()));
+    s.request_headers.push((path.clone(), request_headers));
     if let Some(sc) = s.scripts.get_mut(&path).and_then(|q| q.pop_front()) {
         let mut headers = HeaderMap::new();
         for (k, v) in sc.headers {
@@ -135,6 +140,22 @@ impl FakeUpstream {
             .map(|(t, _)| *t)
             .collect()
     }
+    /// The value of header `name` on every request for `path`.
+    pub fn header_values(&self, path: &str, name: &str) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .request_headers
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, h)| {
+                h.get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    }
     pub fn all_requests(&self) -> Vec<Instant> {
         self.state
             .lock()
@@ -173,6 +194,9 @@ pub struct ReceiverState {
     pub calls: Vec<Call>,
     pub script: VecDeque<Behaviour>,
     pub default: Behaviour,
+    /// Behaviour for callbacks of a given `type` (e.g. `operation.requires_action`), ahead of
+    /// the script and the default.
+    pub by_type: HashMap<String, Behaviour>,
     pub verifier: standardwebhooks::Webhook,
 }
 
@@ -190,7 +214,14 @@ async fn receive(
     let behaviour = {
         let mut s = st.lock().unwrap();
         let verified = s.verifier.verify(&body, &headers).is_ok();
-        let b = s.script.pop_front().unwrap_or_else(|| s.default.clone());
+        let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let typed = parsed["type"]
+            .as_str()
+            .and_then(|t| s.by_type.get(t).cloned());
+        let b = match typed {
+            Some(b) => b,
+            None => s.script.pop_front().unwrap_or_else(|| s.default.clone()),
+        };
         let answered = match &b {
             Behaviour::Status(c) | Behaviour::StatusWith(c, _) => *c,
             Behaviour::Slow(_) => 200,
@@ -238,6 +269,7 @@ impl Receiver {
             calls: Vec::new(),
             script: VecDeque::new(),
             default: Behaviour::Status(200),
+            by_type: HashMap::new(),
             verifier: standardwebhooks::Webhook::new(CALLBACK_SECRET).unwrap(),
         }));
         let router = Router::new()
@@ -252,6 +284,14 @@ impl Receiver {
     }
     pub fn script(&self, answers: Vec<Behaviour>) {
         self.state.lock().unwrap().script.extend(answers);
+    }
+    /// Answer callbacks of type `t` with `b` (`None`: back to the script and the default).
+    pub fn set_for_type(&self, t: &str, b: Option<Behaviour>) {
+        let mut s = self.state.lock().unwrap();
+        match b {
+            Some(b) => s.by_type.insert(t.to_string(), b),
+            None => s.by_type.remove(t),
+        };
     }
     pub fn set_default(&self, b: Behaviour) {
         self.state.lock().unwrap().default = b;
@@ -335,6 +375,8 @@ pub struct TestShim {
     pub config_text: String,
     pub env: Vec<(String, String)>,
     pub running: Option<Running>,
+    /// The service's clock (the wall clock unless started with [`TestShim::start_with_clock`]).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl TestShim {
@@ -349,6 +391,17 @@ impl TestShim {
         recv: &Receiver,
         env: Vec<(String, String)>,
     ) -> TestShim {
+        TestShim::start_with_clock(config, up, recv, env, Arc::new(SystemClock)).await
+    }
+
+    /// Start with the given clock, e.g. a [`hookshim::clock::ManualClock`] that tests move.
+    pub async fn start_with_clock(
+        config: &str,
+        up: &FakeUpstream,
+        recv: &Receiver,
+        env: Vec<(String, String)>,
+        clock: Arc<dyn Clock>,
+    ) -> TestShim {
         let dir = tempfile::tempdir().unwrap();
         let text = config
             .replace("{UP}", &up.url)
@@ -361,6 +414,7 @@ impl TestShim {
             config_text: text,
             env,
             running: None,
+            clock,
         };
         s.boot().await;
         s
@@ -375,7 +429,7 @@ impl TestShim {
             config,
             StartOptions {
                 listener: Some(listener),
-                ..StartOptions::default()
+                clock: self.clock.clone(),
             },
         )
         .await

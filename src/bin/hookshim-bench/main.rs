@@ -4,12 +4,14 @@
 //! The figures and how to read them are in docs/benchmarks.md.
 //!
 //! ```sh
+//! cargo run --release --bin hookshim-bench -- policy              # benchmark 1
 //! cargo run --release --bin hookshim-bench -- e2e                 # benchmark 2
 //! cargo run --release --bin hookshim-bench -- scale --ops 1000000 # benchmark 3
 //! ```
 
 mod e2e;
 mod harness;
+mod policy;
 mod scale;
 
 use std::process::ExitCode;
@@ -28,6 +30,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// Policy efficiency: one seeded workload replayed in simulated time against hookshim's
+    /// polling policy and the SDK pollers (requests per operation, detection delay, hints, budget).
+    Policy(policy::PolicyArgs),
     /// End to end: webhook in → durable → status read → durable → verified callback.
     /// Throughput at saturation and latency at a fixed open-loop rate.
     E2e(e2e::E2eArgs),
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.scenario {
+            Scenario::Policy(a) => policy::run(a).await,
             Scenario::E2e(a) => e2e::run(a).await,
             Scenario::Scale(a) => scale::run(a).await,
         }

@@ -1,0 +1,140 @@
+//! Verifying an inbound webhook, whatever the upstream's scheme, in one call: [`verify`] checks
+//! the signature with the keys active now and returns the webhook id used for de-duplication;
+//! [`VerifyError::reject`] turns a failure into its HTTP answer and metric.
+
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::api::ApiError;
+use crate::clock::Timestamp;
+use crate::config::{KeyMaterial, WebhookConfig, WebhookScheme};
+use crate::ingest::jwks::JwksCache;
+use crate::metrics::Metrics;
+use crate::signing::{StandardKey, verify_github, verify_standard_keys, verify_stripe};
+
+pub use crate::signing::VerifyError;
+
+/// Verify `body` and `headers` per `wh.scheme` at `now`, with the keys active then (a previous
+/// secret stops counting at its `until`). Returns the webhook id:
+/// - `standard-webhooks`: the `webhook-id` header (signed);
+/// - `github`: `X-GitHub-Delivery`, else a hash of the body;
+/// - `stripe`: the body's `id` (`evt_...`), else a hash of the body;
+/// - `gemini-jwt`: the `webhook-id` header, else the token's `jti`, else a hash of the body;
+/// - `none`: the `webhook-id` header, else a hash of the body.
+pub async fn verify(
+    wh: &WebhookConfig,
+    jwks: &JwksCache,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: Timestamp,
+) -> Result<String, VerifyError> {
+    let active = || wh.keys.iter().filter(|k| k.active_at(now));
+    let hmac_keys = || -> Vec<&[u8]> {
+        active()
+            .filter_map(|k| match &k.material {
+                KeyMaterial::Hmac(s) => Some(s.0.as_slice()),
+                KeyMaterial::Ed25519(_) => None,
+            })
+            .collect()
+    };
+    let now_secs = now.unix_seconds();
+    match wh.scheme {
+        WebhookScheme::StandardWebhooks => {
+            let keys: Vec<StandardKey<'_>> = active()
+                .map(|k| match &k.material {
+                    KeyMaterial::Hmac(s) => StandardKey::V1(&s.0),
+                    KeyMaterial::Ed25519(p) => StandardKey::V1a(p),
+                })
+                .collect();
+            verify_standard_keys(&keys, headers, body, now_secs)
+        }
+        WebhookScheme::Github => {
+            verify_github(&hmac_keys(), headers, body)?;
+            Ok(header_or_hash(headers, "x-github-delivery", body))
+        }
+        WebhookScheme::Stripe => {
+            verify_stripe(&hmac_keys(), headers, body, now_secs)?;
+            #[derive(serde::Deserialize)]
+            struct Event {
+                id: Option<Value>,
+            }
+            Ok(match serde_json::from_slice::<Event>(body) {
+                Ok(Event {
+                    id: Some(Value::String(id)),
+                }) if !id.is_empty() => id,
+                _ => body_hash(body),
+            })
+        }
+        WebhookScheme::GeminiJwt => {
+            let cfg = wh.jwt.as_ref().ok_or_else(|| {
+                VerifyError::KeysUnavailable("no JWKS configured for gemini-jwt".into())
+            })?;
+            let token = headers
+                .get("webhook-signature")
+                .ok_or(VerifyError::MissingHeader("webhook-signature"))?
+                .to_str()
+                .map_err(|_| VerifyError::MalformedHeader("webhook-signature"))?;
+            let jti = jwks.verify(cfg, token, now).await?;
+            Ok(match header_value(headers, "webhook-id").or(jti) {
+                Some(id) => id,
+                None => body_hash(body),
+            })
+        }
+        WebhookScheme::None => Ok(header_or_hash(headers, "webhook-id", body)),
+    }
+}
+
+impl VerifyError {
+    /// The HTTP status, the error code in the JSON body, and the `result` label of
+    /// `hookshim_webhooks_received_total`.
+    pub fn answer(&self) -> (StatusCode, &'static str, &'static str) {
+        let unauthorized = StatusCode::UNAUTHORIZED;
+        match self {
+            VerifyError::MissingHeader(_) => (unauthorized, "missing_signature", "bad_signature"),
+            VerifyError::MalformedHeader(_) | VerifyError::MalformedToken(_) => {
+                (unauthorized, "malformed_signature", "bad_signature")
+            }
+            VerifyError::StaleTimestamp => (unauthorized, "stale_timestamp", "stale_timestamp"),
+            VerifyError::BadSignature => (unauthorized, "bad_signature", "bad_signature"),
+            VerifyError::UnsupportedAlgorithm(_) => {
+                (unauthorized, "unsupported_algorithm", "bad_signature")
+            }
+            VerifyError::UnknownKey(_) => (unauthorized, "unknown_key", "bad_signature"),
+            VerifyError::TokenExpired => (unauthorized, "token_expired", "stale_timestamp"),
+            VerifyError::TokenNotYetValid => {
+                (unauthorized, "token_not_yet_valid", "stale_timestamp")
+            }
+            VerifyError::WrongAudience(_) => (unauthorized, "wrong_audience", "bad_signature"),
+            // Our side cannot check the signature right now: the sender should retry.
+            VerifyError::KeysUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "jwks_unavailable",
+                "jwks_unavailable",
+            ),
+        }
+    }
+
+    /// Count the rejection and build its answer.
+    pub fn reject(self, metrics: &Metrics, upstream: &str) -> ApiError {
+        let (status, code, label) = self.answer();
+        metrics.webhook(upstream, label);
+        ApiError::new(status, code, format!("webhook rejected: {self}"))
+    }
+}
+
+fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn body_hash(body: &[u8]) -> String {
+    format!("sha256_{}", hex::encode(Sha256::digest(body)))
+}
+
+fn header_or_hash(headers: &HeaderMap, name: &str, body: &[u8]) -> String {
+    header_value(headers, name).unwrap_or_else(|| body_hash(body))
+}

@@ -1,0 +1,358 @@
+//! Google: long-running Operations (Veo video and any Google API), Gemini Batch API jobs and
+//! Gemini background interactions.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{
+    Observation, ObservedState, count, ended, fraction, non_null, rfc3339, status_text, with,
+};
+
+/// A Gemini batch not processed within this long ends as expired (the API reference and the
+/// `batch.expired` event say 48 h; the guide says 24 h — the policy looks again then anyway).
+const BATCH_LIFETIME: Duration = Duration::from_secs(48 * 3600);
+
+/// A Google long-running Operation: `done` absent or false → running; `done: true` with
+/// `error` → failed (`code` 1, CANCELLED → cancelled), with `response` → succeeded. A Veo
+/// response whose videos were all removed by the safety filters is failed: there is no video
+/// to hand over.
+pub fn read_operation(body: &Value) -> Result<Observation, String> {
+    let done = match body.get("done") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Err(format!("`done` is not a boolean: {other}")),
+    };
+    let meta_state = body.pointer("/metadata/state").cloned();
+    if !done {
+        let mut obs = Observation::new(
+            ObservedState::Running,
+            meta_state.unwrap_or_else(|| Value::from("running")),
+        );
+        obs.progress =
+            count(body.pointer("/metadata/progressPercent")).map(|p| (p / 100.0).min(1.0));
+        return Ok(obs);
+    }
+    let mut obs = Observation::new(
+        ObservedState::Succeeded,
+        meta_state.unwrap_or_else(|| Value::from("done")),
+    );
+    obs.progress = Some(1.0);
+    match non_null(body, "/error") {
+        Some(e) => {
+            obs.state = if e.get("code").and_then(Value::as_i64) == Some(1) {
+                ObservedState::Cancelled
+            } else {
+                ObservedState::Failed
+            };
+            obs.error = Some(e);
+        }
+        None => {
+            let response = non_null(body, "/response");
+            if let Some(filtered) = response.as_ref().and_then(veo_filtered) {
+                obs.state = ObservedState::Failed;
+                obs.error = Some(filtered);
+            }
+            obs.result = response;
+        }
+    }
+    Ok(obs)
+}
+
+/// A Veo response with no generated sample and a filter count: the error to report.
+fn veo_filtered(response: &Value) -> Option<Value> {
+    let veo = response.get("generateVideoResponse")?;
+    let samples = veo
+        .get("generatedSamples")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let filtered = count(veo.get("raiMediaFilteredCount")).unwrap_or(0.0);
+    (samples == 0 && filtered > 0.0).then(|| {
+        with(
+            ended(
+                "rai_media_filtered",
+                "every generated video was removed by the safety filters",
+            ),
+            "reasons",
+            veo.get("raiMediaFilteredReasons").cloned(),
+        )
+    })
+}
+
+/// A Gemini batch, either wrapped in an Operation (`metadata` holds the batch) or bare.
+pub fn read_batch(body: &Value) -> Result<Observation, String> {
+    let envelope = body.pointer("/metadata/state").is_some();
+    let batch = if envelope { &body["metadata"] } else { body };
+    let raw = status_text(batch, "/state")
+        .map_err(|e| format!("{e} (looked at metadata.state and state)"))?;
+    let name = raw
+        .strip_prefix("BATCH_STATE_")
+        .or_else(|| raw.strip_prefix("JOB_STATE_"))
+        .unwrap_or(raw);
+    let mut state = match name {
+        "PENDING" | "QUEUED" => ObservedState::Pending,
+        "SUCCEEDED" | "PARTIALLY_SUCCEEDED" => ObservedState::Succeeded,
+        "FAILED" => ObservedState::Failed,
+        "CANCELLED" => ObservedState::Cancelled,
+        "EXPIRED" => ObservedState::Expired,
+        // RUNNING, CANCELLING, UPDATING, PAUSED, UNSPECIFIED and states added later.
+        _ => ObservedState::Running,
+    };
+    // An Operation that is done with an error has failed, whatever its metadata last said.
+    let op_error = non_null(body, "/error").filter(|_| envelope);
+    if body.get("done") == Some(&Value::Bool(true)) && op_error.is_some() && !state.is_terminal() {
+        state = ObservedState::Failed;
+    }
+    let mut obs = Observation::new(state, Value::from(raw));
+    let stats = batch.get("batchStats");
+    let stat = |k: &str| count(stats.and_then(|s| s.get(k)));
+    let total = stat("requestCount");
+    let finished = match (stat("successfulRequestCount"), stat("failedRequestCount")) {
+        (None, None) => stat("pendingRequestCount").and_then(|p| Some(total? - p)),
+        (s, f) => Some(s.unwrap_or(0.0) + f.unwrap_or(0.0)),
+    };
+    obs.progress = finished.and_then(|d| fraction(d, total));
+    obs.expires_at = rfc3339(batch.get("createTime")).map(|t| t.plus(BATCH_LIFETIME));
+    match state {
+        ObservedState::Succeeded => {
+            obs.result = non_null(batch, "/output").or_else(|| non_null(body, "/response"));
+        }
+        ObservedState::Failed | ObservedState::Cancelled | ObservedState::Expired => {
+            let own = op_error.or_else(|| non_null(batch, "/error"));
+            obs.error = Some(own.unwrap_or_else(|| {
+                ended(
+                    &name.to_ascii_lowercase(),
+                    format!("the batch ended in state {raw}"),
+                )
+            }));
+        }
+        _ => {}
+    }
+    Ok(obs)
+}
+
+/// A Gemini interaction (`GET interactions/{id}`): `requires_action` is a pause; `incomplete`
+/// (completed with partial results, e.g. the token limit) and `budget_exceeded` are failures
+/// that keep what was produced in `result`.
+pub fn read_interaction(body: &Value) -> Result<Observation, String> {
+    let raw = status_text(body, "/status")?;
+    let (state, why) = match raw {
+        "queued" => (ObservedState::Pending, None),
+        "requires_action" => (ObservedState::RequiresAction, None),
+        "completed" => (ObservedState::Succeeded, None),
+        "failed" => (ObservedState::Failed, Some("the interaction failed")),
+        "cancelled" => (
+            ObservedState::Cancelled,
+            Some("the interaction was cancelled"),
+        ),
+        "incomplete" => (
+            ObservedState::Failed,
+            Some("the interaction ended with incomplete results (e.g. the output token limit)"),
+        ),
+        "budget_exceeded" => (
+            ObservedState::Failed,
+            Some("the interaction was halted because its token budget was exceeded"),
+        ),
+        // in_progress and statuses added later.
+        _ => (ObservedState::Running, None),
+    };
+    let mut obs = Observation::new(state, Value::from(raw));
+    if state.is_terminal() || state == ObservedState::RequiresAction {
+        obs.result = non_null(body, "/outputs").or_else(|| non_null(body, "/steps"));
+    }
+    if let Some(why) = why {
+        obs.error = Some(non_null(body, "/error").unwrap_or_else(|| ended(raw, why)));
+    }
+    if state == ObservedState::Succeeded {
+        obs.progress = Some(1.0);
+    }
+    Ok(obs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Timestamp;
+    use serde_json::json;
+
+    #[test]
+    fn operation_reads_done_error_response() {
+        assert_eq!(
+            read_operation(&json!({"name": "x"})).unwrap().state,
+            ObservedState::Running
+        );
+        assert_eq!(
+            read_operation(&json!({"name": "x", "done": false}))
+                .unwrap()
+                .state,
+            ObservedState::Running
+        );
+        let ok = read_operation(&json!({"done": true, "response": {"generateVideoResponse": {"generatedSamples": [{"video": {"uri": "u"}}]}}}))
+            .unwrap();
+        assert_eq!(ok.state, ObservedState::Succeeded);
+        assert_eq!(
+            ok.result
+                .unwrap()
+                .pointer("/generateVideoResponse/generatedSamples/0/video/uri"),
+            Some(&json!("u"))
+        );
+        let failed =
+            read_operation(&json!({"done": true, "error": {"code": 13, "message": "boom"}}))
+                .unwrap();
+        assert_eq!(failed.state, ObservedState::Failed);
+        assert_eq!(failed.error.unwrap()["message"], "boom");
+        let cancelled =
+            read_operation(&json!({"done": true, "error": {"code": 1, "message": "cancelled"}}))
+                .unwrap();
+        assert_eq!(cancelled.state, ObservedState::Cancelled);
+        assert!(read_operation(&json!({"done": "yes"})).is_err());
+    }
+
+    #[test]
+    fn veo_response_without_videos_is_failed_with_the_filter_reasons() {
+        let o = read_operation(
+            &json!({"done": true, "response": {"generateVideoResponse": {
+            "raiMediaFilteredCount": 1, "raiMediaFilteredReasons": ["celebrity"]}}}),
+        )
+        .unwrap();
+        assert_eq!(o.state, ObservedState::Failed);
+        let e = o.error.unwrap();
+        assert_eq!(e["code"], "rai_media_filtered");
+        assert_eq!(e["reasons"], json!(["celebrity"]));
+    }
+
+    fn batch(state: &str) -> Value {
+        json!({"name": "batches/b1", "state": state, "createTime": "2026-11-27T10:00:00Z",
+               "batchStats": {"requestCount": "4", "successfulRequestCount": "2",
+                              "failedRequestCount": "1", "pendingRequestCount": "1"},
+               "output": {"responsesFile": "files/out-1"}})
+    }
+
+    #[test]
+    fn batch_accepts_both_state_spellings() {
+        for (suffix, want) in [
+            ("PENDING", ObservedState::Pending),
+            ("RUNNING", ObservedState::Running),
+            ("SUCCEEDED", ObservedState::Succeeded),
+            ("FAILED", ObservedState::Failed),
+            ("CANCELLED", ObservedState::Cancelled),
+            ("EXPIRED", ObservedState::Expired),
+        ] {
+            for prefix in ["BATCH_STATE_", "JOB_STATE_"] {
+                let raw = format!("{prefix}{suffix}");
+                let o = read_batch(&batch(&raw)).unwrap();
+                assert_eq!(o.state, want, "{raw}");
+                assert_eq!(o.raw_status, json!(raw));
+            }
+        }
+        assert_eq!(
+            read_batch(&batch("BATCH_STATE_SOMETHING_NEW"))
+                .unwrap()
+                .state,
+            ObservedState::Running
+        );
+    }
+
+    #[test]
+    fn batch_progress_comes_from_string_int64_stats() {
+        let o = read_batch(&batch("BATCH_STATE_RUNNING")).unwrap();
+        assert_eq!(o.progress, Some(0.75));
+        assert_eq!(o.result, None, "no result before the end");
+        // Only the pending count given.
+        let o = read_batch(&json!({"state": "BATCH_STATE_RUNNING",
+            "batchStats": {"requestCount": "10", "pendingRequestCount": "4"}}))
+        .unwrap();
+        assert_eq!(o.progress, Some(0.6));
+        // No stats, no progress.
+        let o = read_batch(&json!({"state": "BATCH_STATE_RUNNING"})).unwrap();
+        assert_eq!(o.progress, None);
+    }
+
+    #[test]
+    fn batch_in_an_operation_envelope_reads_the_metadata() {
+        let mut meta = batch("BATCH_STATE_SUCCEEDED");
+        meta["@type"] =
+            json!("type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch");
+        let o = read_batch(&json!({"name": "batches/b1", "metadata": meta, "done": true})).unwrap();
+        assert_eq!(o.state, ObservedState::Succeeded);
+        assert_eq!(o.result, Some(json!({"responsesFile": "files/out-1"})));
+        assert_eq!(o.progress, Some(0.75));
+        // The Operation's own response stands in when the metadata has no output.
+        let o = read_batch(
+            &json!({"metadata": {"state": "JOB_STATE_SUCCEEDED"}, "done": true,
+            "response": {"inlinedResponses": {"inlinedResponses": []}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            o.result,
+            Some(json!({"inlinedResponses": {"inlinedResponses": []}}))
+        );
+        // Done with an error is failed even if the metadata lags.
+        let o = read_batch(
+            &json!({"metadata": {"state": "BATCH_STATE_RUNNING"}, "done": true,
+            "error": {"code": 13, "message": "internal"}}),
+        )
+        .unwrap();
+        assert_eq!(o.state, ObservedState::Failed);
+        assert_eq!(o.error.unwrap()["message"], "internal");
+    }
+
+    #[test]
+    fn batch_expiry_and_errors() {
+        let o = read_batch(&batch("BATCH_STATE_RUNNING")).unwrap();
+        let created = humantime::parse_rfc3339("2026-11-27T10:00:00Z").unwrap();
+        assert_eq!(
+            o.expires_at,
+            Some(Timestamp::from_system(created).plus(BATCH_LIFETIME))
+        );
+        let o = read_batch(&batch("BATCH_STATE_EXPIRED")).unwrap();
+        assert_eq!(o.error.as_ref().unwrap()["code"], "expired");
+        assert_eq!(o.result, None);
+        let o = read_batch(&batch("JOB_STATE_FAILED")).unwrap();
+        assert_eq!(o.error.as_ref().unwrap()["code"], "failed");
+        assert!(
+            o.error.unwrap()["message"]
+                .as_str()
+                .unwrap()
+                .contains("JOB_STATE_FAILED")
+        );
+        assert!(read_batch(&json!({"name": "batches/b1"})).is_err());
+        assert!(read_batch(&json!({"state": 3})).is_err());
+    }
+
+    #[test]
+    fn interaction_statuses() {
+        let read = |s: &str| {
+            read_interaction(
+                &json!({"id": "i1", "status": s, "outputs": [{"type": "text", "text": "hi"}]}),
+            )
+            .unwrap()
+        };
+        assert_eq!(read("in_progress").state, ObservedState::Running);
+        assert_eq!(read("queued").state, ObservedState::Pending);
+        let paused = read("requires_action");
+        assert_eq!(paused.state, ObservedState::RequiresAction);
+        assert!(!paused.state.is_terminal());
+        assert_eq!(paused.result.unwrap()[0]["text"], "hi");
+        let done = read("completed");
+        assert_eq!(done.state, ObservedState::Succeeded);
+        assert_eq!(done.result.unwrap()[0]["text"], "hi");
+        assert_eq!(done.error, None);
+        for (s, want) in [
+            ("failed", ObservedState::Failed),
+            ("cancelled", ObservedState::Cancelled),
+            ("incomplete", ObservedState::Failed),
+            ("budget_exceeded", ObservedState::Failed),
+        ] {
+            let o = read(s);
+            assert_eq!(o.state, want, "{s}");
+            assert_eq!(o.error.unwrap()["code"], s);
+            assert!(o.result.is_some(), "{s} keeps what was produced");
+        }
+        let own =
+            read_interaction(&json!({"status": "failed", "error": {"code": 500, "message": "x"}}))
+                .unwrap();
+        assert_eq!(own.error.unwrap()["code"], 500);
+        assert!(read_interaction(&json!({"id": "i1"})).is_err());
+    }
+}

@@ -1,0 +1,75 @@
+//! Replicate predictions.
+
+use serde_json::Value;
+
+use super::{Observation, ObservedState, ended, non_null, status_text};
+
+/// A prediction (`GET /v1/predictions/{id}`; webhooks carry the same object): `canceled` and
+/// `aborted` are cancelled; `result` is `output`; `error` is the prediction's error (a string
+/// on the wire, reported as `{"code": "failed", "message": ...}`).
+pub fn read_prediction(body: &Value) -> Result<Observation, String> {
+    let raw = status_text(body, "/status")?;
+    let state = match raw {
+        "starting" => ObservedState::Pending,
+        "succeeded" => ObservedState::Succeeded,
+        "failed" => ObservedState::Failed,
+        "canceled" | "aborted" => ObservedState::Cancelled,
+        // processing and statuses added later.
+        _ => ObservedState::Running,
+    };
+    let mut obs = Observation::new(state, Value::from(raw));
+    match state {
+        ObservedState::Succeeded => {
+            obs.result = non_null(body, "/output");
+            obs.progress = Some(1.0);
+        }
+        ObservedState::Failed | ObservedState::Cancelled => {
+            obs.error = Some(match non_null(body, "/error") {
+                Some(Value::String(message)) => ended(raw, message),
+                Some(other) => other,
+                None if raw == "failed" => ended(raw, "the prediction failed"),
+                None => ended(raw, format!("the prediction was {raw}")),
+            });
+        }
+        _ => {}
+    }
+    Ok(obs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn prediction_statuses() {
+        let read = |s: &str, error: Value| {
+            read_prediction(
+                &json!({"id": "p1", "status": s, "output": ["https://x/o.png"], "error": error}),
+            )
+            .unwrap()
+        };
+        assert_eq!(read("starting", Value::Null).state, ObservedState::Pending);
+        assert_eq!(
+            read("processing", Value::Null).state,
+            ObservedState::Running
+        );
+        assert_eq!(read("processing", Value::Null).result, None);
+        let ok = read("succeeded", Value::Null);
+        assert_eq!(ok.state, ObservedState::Succeeded);
+        assert_eq!(ok.result, Some(json!(["https://x/o.png"])));
+        let failed = read("failed", json!("CUDA out of memory"));
+        assert_eq!(failed.state, ObservedState::Failed);
+        assert_eq!(
+            failed.error,
+            Some(json!({"code": "failed", "message": "CUDA out of memory"}))
+        );
+        assert_eq!(failed.result, None);
+        for s in ["canceled", "aborted"] {
+            let o = read(s, Value::Null);
+            assert_eq!(o.state, ObservedState::Cancelled, "{s}");
+            assert_eq!(o.error.unwrap()["code"], s);
+        }
+        assert!(read_prediction(&json!({"id": "p1"})).is_err());
+    }
+}
