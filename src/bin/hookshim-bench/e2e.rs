@@ -466,6 +466,22 @@ pub async fn run(a: E2eArgs) -> BenchResult<()> {
             )
         })
         .collect();
+    // Per second of the phase: the worst latency (stalls show up as a few bad seconds).
+    let mut worst_by_second = vec![Duration::ZERO; a.seconds as usize + 1];
+    for (k, i) in lat.clone().enumerate() {
+        let sec = (k / a.rate as usize).min(a.seconds as usize);
+        let l = Duration::from_nanos(
+            world.received_at[i]
+                .load(Ordering::Acquire)
+                .saturating_sub(world.sent_at[i].load(Ordering::Relaxed)),
+        );
+        worst_by_second[sec] = worst_by_second[sec].max(l);
+    }
+    worst_by_second.truncate(a.seconds as usize);
+    let bad_seconds = worst_by_second
+        .iter()
+        .filter(|d| **d > Duration::from_millis(20))
+        .count();
     lats.sort();
     let (p50, p99, max) = (
         quantile(&lats, 0.5),
@@ -543,6 +559,11 @@ pub async fn run(a: E2eArgs) -> BenchResult<()> {
             "",
         ),
         row(
+            "latency: seconds with any operation > 20 ms",
+            format!("{bad_seconds} of {}", a.seconds),
+            "(stalls vs spread)",
+        ),
+        row(
             "latency: sender max lag (ms)",
             format!("{}", ms(max_lag)),
             "(harness)",
@@ -583,7 +604,8 @@ pub async fn run(a: E2eArgs) -> BenchResult<()> {
         "latency": {"rate": a.rate, "ops": latency_ops,
                     "ms": {"p50": ms(p50), "p90": ms(quantile(&lats, 0.9)), "p99": ms(p99),
                            "p999": ms(quantile(&lats, 0.999)), "max": ms(max)},
-                    "sender_max_lag_ms": ms(max_lag)},
+                    "sender_max_lag_ms": ms(max_lag),
+                    "worst_ms_by_second": worst_by_second.iter().map(|d| ms(*d)).collect::<Vec<_>>()},
         "callbacks": {"verified": verified, "bad_signature": bad, "duplicate": dups,
                       "unexpected": unexpected, "hookshim_delivered_metric": delivered},
         "registration_per_second": total as f64 / reg_secs,
