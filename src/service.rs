@@ -294,24 +294,31 @@ fn same_origin_redirects(max: usize) -> reqwest::redirect::Policy {
 /// spread over a short window instead of all firing at once.
 fn rebuild(shim: &Shim) -> Result<(), StartError> {
     let now = shim.clock.now();
-    let scheduled = shim.store.scheduled()?;
-    let overdue = scheduled.iter().filter(|d| d.at <= now).count();
-    let spread = RESTART_SPREAD_MAX.min(Duration::from_millis(overdue as u64 * 2));
-    for d in &scheduled {
-        let at = if d.at <= now && !spread.is_zero() {
-            now.plus(spread.mul_f64(rand::random::<f64>()))
-        } else {
-            d.at
-        };
-        shim.polls.schedule(&d.id, at);
-        shim.metrics.active(&d.upstream).inc();
+    // Streamed into the queue (no list of a million owned ids); gauges counted per upstream and
+    // set once.
+    let mut per_upstream: HashMap<String, i64> = HashMap::new();
+    let active = shim.store.for_each_scheduled(&mut |id, upstream, at| {
+        shim.polls.schedule(id, at);
+        match per_upstream.get_mut(upstream) {
+            Some(n) => *n += 1,
+            None => {
+                per_upstream.insert(upstream.to_string(), 1);
+            }
+        }
+    })?;
+    for (upstream, n) in &per_upstream {
+        shim.metrics.active(upstream).inc_by(*n);
     }
+    // Overdue polls: spread over a window that grows with their number, up to 30 s.
+    let overdue = shim.polls.spread_due(now, Duration::ZERO);
+    let spread = RESTART_SPREAD_MAX.min(Duration::from_millis(overdue as u64 * 2));
+    shim.polls.spread_due(now, spread);
     let outbox = shim.store.outbox()?;
     for d in &outbox {
         shim.deliveries.schedule(&d.id, d.at.max(now));
     }
     tracing::info!(
-        active = scheduled.len(),
+        active,
         overdue,
         outbox = outbox.len(),
         "schedule rebuilt from the store"

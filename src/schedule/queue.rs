@@ -121,6 +121,28 @@ impl DueQueue {
         self.lock().by_id.get(&Key::new(id)).copied()
     }
 
+    /// Move every entry due at `now` to a random time in `now..now + spread` (after a restart,
+    /// so overdue work does not stampede). Returns how many are due; with a zero `spread` it
+    /// only counts them.
+    pub fn spread_due(&self, now: Timestamp, spread: Duration) -> usize {
+        // Everything at or before `now` (`Op([0; 16])` is the least key at a given time).
+        let upto = ..(now.plus(Duration::from_millis(1)), Key::Op([0; 16]));
+        let mut g = self.lock();
+        if spread.is_zero() {
+            return g.by_time.range(upto).count();
+        }
+        let due: Vec<(Timestamp, Key)> = g.by_time.range(upto).cloned().collect();
+        for (old, key) in &due {
+            g.by_time.remove(&(*old, key.clone()));
+            let at = now.plus(spread.mul_f64(rand::random::<f64>()));
+            g.by_id.insert(key.clone(), at);
+            g.by_time.insert((at, key.clone()));
+        }
+        drop(g);
+        self.changed.notify_one();
+        due.len()
+    }
+
     /// Take up to `max` entries that are due at `now`.
     pub fn pop_due(&self, now: Timestamp, max: usize) -> Vec<String> {
         let mut g = self.lock();
@@ -209,6 +231,29 @@ mod tests {
         assert_eq!(
             q.pop_due(Timestamp(10), 10),
             vec![lower, op, "op_not-a-ulid".to_string()]
+        );
+    }
+
+    #[test]
+    fn overdue_entries_are_spread_and_later_ones_kept() {
+        let q = DueQueue::new();
+        for i in 0..100 {
+            q.schedule(&format!("late{i}"), Timestamp(i));
+        }
+        q.schedule("future", Timestamp(10_000));
+        assert_eq!(q.spread_due(Timestamp(1_000), Duration::from_secs(2)), 100);
+        assert_eq!(q.len(), 101);
+        assert_eq!(q.due_at("future"), Some(Timestamp(10_000)));
+        let times: Vec<u64> = (0..100)
+            .map(|i| q.due_at(&format!("late{i}")).unwrap().0)
+            .collect();
+        assert!(
+            times.iter().all(|t| (1_000..3_000).contains(t)),
+            "{times:?}"
+        );
+        assert!(
+            times.iter().any(|t| *t != times[0]),
+            "spread, not all at one time"
         );
     }
 

@@ -123,8 +123,24 @@ pub trait Store: Send + Sync + 'static {
         outcome: Option<&EventOutcome>,
         now: Timestamp,
     ) -> Result<WebhookRecord, StoreError>;
+    /// Call `f(id, upstream, next poll)` for every non-terminal operation, without collecting
+    /// them (a million owned `Due`s would cost a few hundred MB at start). Returns how many.
+    fn for_each_scheduled(
+        &self,
+        f: &mut dyn FnMut(&str, &str, Timestamp),
+    ) -> Result<usize, StoreError>;
     /// Every non-terminal operation and when it is next due for a poll.
-    fn scheduled(&self) -> Result<Vec<Due>, StoreError>;
+    fn scheduled(&self) -> Result<Vec<Due>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_scheduled(&mut |id, upstream, at| {
+            out.push(Due {
+                id: id.to_string(),
+                upstream: upstream.to_string(),
+                at,
+            })
+        })?;
+        Ok(out)
+    }
     /// Every callback still to send (terminal and event callbacks, keyed as
     /// [`delivery_key`] makes them), and when.
     fn outbox(&self) -> Result<Vec<Due>, StoreError>;

@@ -439,17 +439,21 @@ impl Store for SledStore {
         Ok(record)
     }
 
-    fn scheduled(&self) -> Result<Vec<Due>, StoreError> {
-        let mut out = Vec::with_capacity(self.active.len());
+    fn for_each_scheduled(
+        &self,
+        f: &mut dyn FnMut(&str, &str, Timestamp),
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
         for item in self.active.iter() {
             let (k, v) = item.map_err(io)?;
-            out.push(Due {
-                id: String::from_utf8_lossy(&k).into_owned(),
-                upstream: String::from_utf8_lossy(v.get(8..).unwrap_or_default()).into_owned(),
-                at: ts_from(&v),
-            });
+            f(
+                &String::from_utf8_lossy(&k),
+                &String::from_utf8_lossy(v.get(8..).unwrap_or_default()),
+                ts_from(&v),
+            );
+            n += 1;
         }
-        Ok(out)
+        Ok(n)
     }
 
     fn outbox(&self) -> Result<Vec<Due>, StoreError> {
