@@ -67,6 +67,10 @@ pub struct E2eArgs {
     /// Keep the scratch directory (config, data, logs) for inspection.
     #[arg(long)]
     pub keep: bool,
+    /// Map the webhook's event type to the outcome (`webhook.events`), so the webhook decides
+    /// by itself: webhook → durable terminal transition → callback, no status read.
+    #[arg(long)]
+    pub decide_by_event: bool,
 }
 
 /// Shared by the fake upstream, the sender and the receiver. Operation `i` is upstream job `j<i>`.
@@ -221,7 +225,13 @@ scheme = "standard-webhooks"
 secret_env = "{secret_env}"
 operation_field = "/data/id"
 safety_poll = "1h"
+{events}
 "#,
+        events = if a.decide_by_event {
+            r#"events = { "job.completed" = "succeeded" }"#
+        } else {
+            ""
+        },
         data = data.join("data").display(),
         polls = a.polls_in_flight,
         deliveries = a.deliveries_in_flight,
@@ -576,7 +586,8 @@ pub async fn run(a: E2eArgs) -> BenchResult<()> {
         row(
             "status reads (saturation)",
             format!("{reads}"),
-            format!("{}", a.ops),
+            // One read per operation, or none when the event decides.
+            format!("{}", if a.decide_by_event { 0 } else { a.ops }),
         ),
         row(
             "registration (operations/s)",
@@ -594,7 +605,8 @@ pub async fn run(a: E2eArgs) -> BenchResult<()> {
         "machine": harness::machine(),
         "args": {"ops": a.ops, "concurrency": a.concurrency, "rate": a.rate, "seconds": a.seconds,
                  "warmup": a.warmup, "polls_in_flight": a.polls_in_flight,
-                 "deliveries_in_flight": a.deliveries_in_flight},
+                 "deliveries_in_flight": a.deliveries_in_flight,
+                 "decide_by_event": a.decide_by_event},
         "saturation": {"ops": a.ops, "seconds": sat_secs, "ops_per_second": sat_rate,
                        "webhooks_acked_per_second": ack_rate,
                        "latency_ms": {"p50": ms(quantile(&sat_lat, 0.5)), "p99": ms(quantile(&sat_lat, 0.99)),
