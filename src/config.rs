@@ -1357,6 +1357,15 @@ fn resolve_webhook(
         &key("operation_field"),
         w.operation_field.as_deref().unwrap_or(wd.operation_field),
     )?;
+    if scheme == WebhookScheme::GeminiJwt && !w.events.is_empty() {
+        // Nothing says Gemini's token covers the body: a replayed token with another body
+        // must not be able to end an operation.
+        return Err(format!(
+            "`{}`: not allowed with scheme \"gemini-jwt\": its token is not known to cover the \
+             body, so an event cannot decide an outcome; the webhook triggers a status read instead",
+            key("events")
+        ));
+    }
     let events = resolve_events(&key("events"), preset, wd, w.events)?;
     let safety_poll = w
         .safety_poll
@@ -1800,6 +1809,14 @@ previous_secrets = [{ env = "OLD_SECRET", until = "2026-12-31T00:00:00Z" }]"#,
         assert_eq!(j.jwks_ttl, Duration::from_secs(3600));
         assert_eq!(j.jwks_min_interval, Duration::from_secs(10));
         assert!(w.keys.is_empty());
+        // A token that may not cover the body cannot let an event decide an outcome.
+        let e = err_of(&with_webhook(
+            "scheme = \"gemini-jwt\"\naudience = \"a\"\nevents = { \"job.done\" = \"succeeded\" }",
+        ));
+        assert!(
+            e.contains("`upstreams.jobs.webhook.events`: not allowed with scheme \"gemini-jwt\""),
+            "{e}"
+        );
         let w = webhook_of(
             "scheme = \"gemini-jwt\"\naudience = [\"a\", \"b\"]\njwks_url = \"http://127.0.0.1:1/jwks\"\njwks_ttl = \"5m\"\njwks_min_interval = \"1s\"",
         );
