@@ -39,6 +39,9 @@ impl GroupCommit {
 /// delivery results) reach the disk too.
 const IDLE_FLUSH: Duration = Duration::from_secs(1);
 
+/// A flush slower than this is logged: every acknowledgement waiting on it is delayed as long.
+const SLOW_FLUSH: Duration = Duration::from_millis(50);
+
 impl GroupCommit {
     pub fn new(store: Arc<dyn Store>) -> Arc<GroupCommit> {
         let (done, _) = watch::channel(Done {
@@ -83,11 +86,17 @@ impl GroupCommit {
             };
             let target = self.requested.load(Ordering::SeqCst);
             let store = self.store.clone();
+            let started = std::time::Instant::now();
             let result = match tokio::task::spawn_blocking(move || store.flush()).await {
                 Ok(r) => r,
                 Err(e) => Err(StoreError::Io(format!("flush task failed: {e}"))),
             };
             self.flushes.fetch_add(1, Ordering::Relaxed);
+            let took = started.elapsed();
+            if took >= SLOW_FLUSH {
+                // Every acknowledgement waiting on it waited this long too.
+                tracing::warn!(took_ms = took.as_millis() as u64, "slow store flush");
+            }
             if let Err(e) = &result {
                 tracing::error!(error = %e, "store flush failed; writers waiting on it get an error");
             }
