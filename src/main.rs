@@ -8,6 +8,11 @@ use hookshim::clock::{Clock, SystemClock};
 use hookshim::config::Config;
 use hookshim::service::{StartOptions, start};
 
+/// glibc's malloc was a fifth of the service's CPU time under load (`perf` on the e2e
+/// benchmark); mimalloc is made for many small, short-lived allocations across threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "hookshim",
