@@ -291,6 +291,23 @@ jwks_min_interval = \"{min_interval}\""
     )
 }
 
+/// A fake upstream (serving the JWKS), a receiver, and hookshim with the `gem` upstream
+/// (gemini-jwt, 10 s between JWKS fetches) on a manual clock.
+async fn gemini_shim() -> (FakeUpstream, Receiver, ManualClock, TestShim) {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let clock = manual_clock();
+    let shim = TestShim::start_with_clock(
+        &gem_config("10s"),
+        &up,
+        &recv,
+        vec![],
+        Arc::new(clock.clone()),
+    )
+    .await;
+    (up, recv, clock, shim)
+}
+
 /// A Gemini-style thin webhook about batch `op`.
 fn gem_body(op: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"type": "batch.succeeded", "version": "v1",
@@ -313,17 +330,7 @@ async fn send_jwt(
 
 #[tokio::test]
 async fn gemini_jwt_is_verified_against_the_jwks_and_deduplicated() {
-    let up = FakeUpstream::start().await;
-    let recv = Receiver::start().await;
-    let clock = manual_clock();
-    let shim = TestShim::start_with_clock(
-        &gem_config("10s"),
-        &up,
-        &recv,
-        vec![],
-        Arc::new(clock.clone()),
-    )
-    .await;
+    let (up, recv, clock, shim) = gemini_shim().await;
     let k1 = RsaKey::new("k1");
     up.set(JWKS_PATH, json!({"keys": [k1.jwk()]}));
     let now = secs(&clock);
@@ -376,17 +383,7 @@ async fn gemini_jwt_is_verified_against_the_jwks_and_deduplicated() {
 
 #[tokio::test]
 async fn gemini_jwt_rejections_are_precise_and_change_nothing() {
-    let up = FakeUpstream::start().await;
-    let recv = Receiver::start().await;
-    let clock = manual_clock();
-    let shim = TestShim::start_with_clock(
-        &gem_config("10s"),
-        &up,
-        &recv,
-        vec![],
-        Arc::new(clock.clone()),
-    )
-    .await;
+    let (up, _recv, clock, shim) = gemini_shim().await;
     let k1 = RsaKey::new("k1");
     let forger = RsaKey::new("k1");
     up.set(JWKS_PATH, json!({"keys": [k1.jwk()]}));
@@ -513,17 +510,7 @@ async fn gemini_jwt_rejections_are_precise_and_change_nothing() {
 
 #[tokio::test]
 async fn gemini_jwt_key_rotation_refetches_the_jwks() {
-    let up = FakeUpstream::start().await;
-    let recv = Receiver::start().await;
-    let clock = manual_clock();
-    let shim = TestShim::start_with_clock(
-        &gem_config("10s"),
-        &up,
-        &recv,
-        vec![],
-        Arc::new(clock.clone()),
-    )
-    .await;
+    let (up, _recv, clock, shim) = gemini_shim().await;
     let (k1, k2) = (RsaKey::new("k1"), RsaKey::new("k2"));
     up.set(JWKS_PATH, json!({"keys": [k1.jwk()]}));
     register_done(&shim, &up, "gem", "r1").await;
@@ -577,17 +564,7 @@ async fn gemini_jwt_key_rotation_refetches_the_jwks() {
 
 #[tokio::test]
 async fn gemini_jwt_with_the_jwks_down_is_503_and_records_nothing() {
-    let up = FakeUpstream::start().await;
-    let recv = Receiver::start().await;
-    let clock = manual_clock();
-    let shim = TestShim::start_with_clock(
-        &gem_config("10s"),
-        &up,
-        &recv,
-        vec![],
-        Arc::new(clock.clone()),
-    )
-    .await;
+    let (up, recv, clock, shim) = gemini_shim().await;
     let k1 = RsaKey::new("k1");
     let id = register_done(&shim, &up, "gem", "d1").await;
     let body = gem_body("d1");
