@@ -66,8 +66,8 @@ async fn post_raw(
     (code, r.json().await.unwrap_or_default())
 }
 
-#[tokio::test]
-async fn github_signed_webhook_is_verified_and_deduplicated_by_delivery_id() {
+/// A fake upstream, a receiver, and hookshim with this file's upstreams (GH_SECRET set).
+async fn schemes_shim() -> (FakeUpstream, Receiver, TestShim) {
     let up = FakeUpstream::start().await;
     let recv = Receiver::start().await;
     let shim = TestShim::start_with_env(
@@ -77,6 +77,12 @@ async fn github_signed_webhook_is_verified_and_deduplicated_by_delivery_id() {
         vec![("GH_SECRET".into(), GH_SECRET.into())],
     )
     .await;
+    (up, recv, shim)
+}
+
+#[tokio::test]
+async fn github_signed_webhook_is_verified_and_deduplicated_by_delivery_id() {
+    let (up, recv, shim) = schemes_shim().await;
     up.set("gh/g1", json!({"state": "done"}));
     let (_, op) = shim
         .register(json!({"upstream": "gh", "operation": "g1"}))
@@ -112,15 +118,7 @@ async fn github_signed_webhook_is_verified_and_deduplicated_by_delivery_id() {
 
 #[tokio::test]
 async fn unsigned_scheme_deduplicates_identical_bodies() {
-    let up = FakeUpstream::start().await;
-    let recv = Receiver::start().await;
-    let shim = TestShim::start_with_env(
-        &config(),
-        &up,
-        &recv,
-        vec![("GH_SECRET".into(), GH_SECRET.into())],
-    )
-    .await;
+    let (up, recv, shim) = schemes_shim().await;
     up.set("open/n1", json!({"state": "error", "error": "bad input"}));
     let (_, op) = shim
         .register(json!({"upstream": "open", "operation": "n1"}))
