@@ -16,14 +16,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::config::check_callback_url;
-use crate::operation::{Delivery, DeliveryState, Operation, Status};
-use crate::service::{EARLY_WEBHOOK_WINDOW, Shim};
+use crate::ids::{DeliveryKey, OperationId};
+use crate::ingest::{IngestError, Ingested};
+use crate::operation::{Delivery, DeliveryState, Status};
+use crate::state::{RegisterError, Registration, Shim};
 use crate::store::{ListFilter, Registered, StoreError};
-use crate::upstream::prepare_operation;
-
-/// The most metadata an operation may carry (serialised JSON).
-pub const MAX_METADATA: usize = 16 * 1024;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
@@ -50,7 +47,7 @@ impl ApiError {
             e.to_string(),
         )
     }
-    fn not_found(id: &str) -> ApiError {
+    fn not_found(id: &OperationId) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "operation_not_found",
@@ -80,6 +77,43 @@ impl From<BytesRejection> for ApiError {
         } else {
             ApiError::new(r.status(), "bad_body", r.body_text())
         }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::store(e)
+    }
+}
+
+impl From<RegisterError> for ApiError {
+    fn from(e: RegisterError) -> ApiError {
+        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+        let (status, code) = match &e {
+            RegisterError::UnknownUpstream(_) => (StatusCode::NOT_FOUND, "unknown_upstream"),
+            RegisterError::InvalidOperation(_) => (unprocessable, "invalid_operation"),
+            RegisterError::CallbackNotAllowed(_) => (unprocessable, "callback_not_allowed"),
+            RegisterError::MetadataTooLarge(_) => (unprocessable, "metadata_too_large"),
+            RegisterError::InvalidDeadline(_) => (unprocessable, "invalid_deadline"),
+            RegisterError::Store(e) => return ApiError::store(e.clone()),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> ApiError {
+        let (status, code) = match &e {
+            IngestError::UnknownUpstream(_) => (StatusCode::NOT_FOUND, "unknown_upstream"),
+            IngestError::WebhooksNotEnabled(_) => (StatusCode::NOT_FOUND, "webhooks_not_enabled"),
+            IngestError::Rejected(v) if v.is_ours() => {
+                (StatusCode::SERVICE_UNAVAILABLE, v.code_and_label().0)
+            }
+            IngestError::Rejected(v) => (StatusCode::UNAUTHORIZED, v.code_and_label().0),
+            IngestError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_body"),
+            IngestError::Store(e) => return ApiError::store(e.clone()),
+        };
+        ApiError::new(status, code, e.to_string())
     }
 }
 
@@ -144,141 +178,25 @@ struct RegisterRequest {
 
 async fn register(State(shim): State<Arc<Shim>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let req: RegisterRequest = parse_json(&body?)?;
-    let up = shim.config.upstreams.get(&req.upstream).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_upstream",
-            format!("no upstream named {:?} in the config", req.upstream),
-        )
-    })?;
-    let operation = prepare_operation(up, &req.operation)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_operation", e))?;
-    let callback_url = match &req.callback_url {
-        Some(u) => Some(
-            check_callback_url(u, &shim.config.callbacks.allowed_hosts)
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "callback_not_allowed",
-                        format!("callback_url: {e}"),
-                    )
-                })?
-                .to_string(),
-        ),
-        None => shim
-            .config
-            .callbacks
-            .default_url
-            .as_ref()
-            .map(|u| u.to_string()),
-    };
-    if let Some(m) = &req.metadata {
-        let size = serde_json::to_vec(m).map(|v| v.len()).unwrap_or(usize::MAX);
-        if size > MAX_METADATA {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "metadata_too_large",
-                format!("metadata is {size} bytes; at most {MAX_METADATA} are kept"),
-            ));
-        }
-    }
-    let deadline = match &req.deadline {
-        None => up.poll.deadline,
-        Some(d) => {
-            let parsed = humantime::parse_duration(d).map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_deadline",
-                    format!("deadline {d:?}: {e}; write e.g. \"2h\""),
-                )
-            })?;
-            if parsed.is_zero() {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_deadline",
-                    "deadline must be more than 0s",
-                ));
-            }
-            parsed
-        }
-    };
-
-    let now = shim.clock.now();
-    let deadline_at = now.plus(deadline);
-    let sample = rand::random_range(-1.0..=1.0);
-    let op = Operation {
-        id: format!("op_{}", ulid::Ulid::generate()),
-        upstream: req.upstream.clone(),
-        operation,
-        status: Status::Pending,
-        upstream_status: None,
-        progress: None,
-        result: None,
-        error: None,
-        metadata: req.metadata,
-        callback_url,
-        created_at: now,
-        updated_at: now,
-        completed_at: None,
-        detected_via: None,
-        polls: 0,
-        next_poll_at: Some({
-            let at = crate::poller::first_poll_at(up, now, deadline_at, sample);
-            match shim.limiters.get(&req.upstream) {
-                Some(l) => l.spread_first_poll(at, now).min(deadline_at),
-                None => at,
-            }
-        }),
-        deadline_at,
-        delivery: Delivery::default(),
-        not_found_streak: 0,
-        error_streak: 0,
-        last_poll_error: None,
-        webhook_at: None,
-        webhook_reads: 0,
-        late_observations: 0,
-        pace: Default::default(),
-        etag: None,
-        upstream_expires_at: None,
-        callback_events: up.callback_events.clone(),
-        paused: false,
-        pauses: 0,
-        events: Vec::new(),
-    };
-    let registered = shim
-        .store
-        .register(op, EARLY_WEBHOOK_WINDOW)
-        .map_err(ApiError::store)?;
-    if let Registered::Created { op, .. } = &registered {
-        // Schedule even if the flush below fails: the record is in the store either way.
-        shim.metrics
-            .registered
-            .get_or_create(&crate::metrics::UpstreamLabel {
-                upstream: op.upstream.clone(),
-            })
-            .inc();
-        shim.metrics.active(&op.upstream).inc();
-        if !op.status.is_terminal() {
-            shim.polls.schedule(&op.id, op.next_poll_at.unwrap_or(now));
-        }
-    }
-    shim.commit.flushed().await.map_err(ApiError::store)?;
+    let registered = crate::state::register(
+        &shim,
+        Registration {
+            upstream: req.upstream,
+            operation: req.operation,
+            callback_url: req.callback_url,
+            metadata: req.metadata,
+            deadline: req.deadline,
+        },
+    )
+    .await?;
     Ok(match registered {
-        Registered::Created { op, early_webhook } => {
-            if early_webhook.is_some() {
-                tracing::info!(op = %op.id, "applied a webhook that arrived before registration");
-            }
-            if op.status.is_terminal() {
-                // The kept webhook's event decided the outcome: the callback goes out now.
-                shim.on_terminal(&op).await;
-            }
-            (StatusCode::CREATED, Json(op)).into_response()
-        }
+        Registered::Created { op, .. } => (StatusCode::CREATED, Json(op)).into_response(),
         Registered::Existing(op) => (StatusCode::OK, Json(op)).into_response(),
     })
 }
 
 async fn get_one(State(shim): State<Arc<Shim>>, Path(id): Path<String>) -> ApiResult {
+    let id = OperationId::from_text(id);
     let op = shim
         .store
         .get(&id)
@@ -330,13 +248,17 @@ async fn list(
         upstream: q.upstream.filter(|u| !u.is_empty()),
         delivery_failed,
         limit: q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
-        cursor: q.cursor.filter(|c| !c.is_empty()),
+        cursor: q
+            .cursor
+            .filter(|c| !c.is_empty())
+            .map(OperationId::from_text),
     };
     let (ops, next) = shim.store.list(&filter).map_err(ApiError::store)?;
     Ok(Json(json!({"operations": ops, "next_cursor": next})).into_response())
 }
 
 async fn delete_one(State(shim): State<Arc<Shim>>, Path(id): Path<String>) -> ApiResult {
+    let id = OperationId::from_text(id);
     let op = shim
         .store
         .delete(&id)
@@ -344,7 +266,7 @@ async fn delete_one(State(shim): State<Arc<Shim>>, Path(id): Path<String>) -> Ap
         .ok_or_else(|| ApiError::not_found(&id))?;
     shim.commit.flushed().await.map_err(ApiError::store)?;
     shim.polls.remove(&id);
-    shim.deliveries.remove(&id);
+    shim.deliveries.remove(&DeliveryKey::terminal(id));
     if !op.status.is_terminal() {
         shim.metrics.active(&op.upstream).dec();
     }
@@ -352,8 +274,9 @@ async fn delete_one(State(shim): State<Arc<Shim>>, Path(id): Path<String>) -> Ap
 }
 
 async fn redeliver(State(shim): State<Arc<Shim>>, Path(id): Path<String>) -> ApiResult {
+    let id = OperationId::from_text(id);
     let now = shim.clock.now();
-    let (op, wrote) = shim
+    let updated = shim
         .store
         .update(&id, &|o| {
             if !o.status.is_terminal() || o.callback_url.is_none() {
@@ -369,7 +292,8 @@ async fn redeliver(State(shim): State<Arc<Shim>>, Path(id): Path<String>) -> Api
         })
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::not_found(&id))?;
-    if !wrote {
+    let op = updated.op;
+    if !updated.written {
         let why = if !op.status.is_terminal() {
             format!(
                 "operation is {}; only terminal operations have a callback to redeliver",
@@ -381,7 +305,7 @@ async fn redeliver(State(shim): State<Arc<Shim>>, Path(id): Path<String>) -> Api
         return Err(ApiError::new(StatusCode::CONFLICT, "not_terminal", why));
     }
     shim.commit.flushed().await.map_err(ApiError::store)?;
-    shim.deliveries.schedule(&id, now);
+    shim.deliveries.schedule(&DeliveryKey::terminal(id), now);
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }
 
@@ -398,7 +322,36 @@ async fn webhook(
             return Err(r.into());
         }
     };
-    let (status, value) = crate::ingest::receive(&shim, &upstream, &headers, &body).await?;
+    let (status, value) = match crate::ingest::receive(&shim, &upstream, &headers, &body).await? {
+        Ingested::Ignored { webhook_id, reason } => (
+            StatusCode::OK,
+            json!({"result": "ignored", "webhook_id": webhook_id, "reason": reason}),
+        ),
+        Ingested::Duplicate { webhook_id } => (
+            StatusCode::OK,
+            json!({"result": "duplicate", "webhook_id": webhook_id}),
+        ),
+        Ingested::Kept { webhook_id } => (
+            StatusCode::ACCEPTED,
+            json!({"result": "kept", "webhook_id": webhook_id}),
+        ),
+        Ingested::Accepted {
+            webhook_id,
+            id,
+            status: Some(status),
+        } => (
+            StatusCode::OK,
+            json!({"result": "accepted", "webhook_id": webhook_id, "id": id, "status": status}),
+        ),
+        Ingested::Accepted {
+            webhook_id,
+            id,
+            status: None,
+        } => (
+            StatusCode::OK,
+            json!({"result": "accepted", "webhook_id": webhook_id, "id": id}),
+        ),
+    };
     Ok((status, Json(value)).into_response())
 }
 
@@ -408,7 +361,10 @@ async fn healthz() -> Response {
 
 async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
     let workers = shim.workers_running.load(Ordering::SeqCst) && !shim.shutdown.is_cancelled();
-    let store_error = match shim.store.get("op_readiness_probe") {
+    let store_error = match shim
+        .store
+        .get(&OperationId::from_text("op_readiness_probe"))
+    {
         Err(e) => Some(e.to_string()),
         Ok(_) => shim.commit.last_error().map(|e| e.to_string()),
     };

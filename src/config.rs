@@ -1430,6 +1430,17 @@ fn webhook_key(
     })
 }
 
+impl UpstreamConfig {
+    /// What the poll-outcome rules read of this upstream.
+    pub fn rules(&self) -> crate::schedule::PollRules {
+        crate::schedule::PollRules {
+            poll: self.poll,
+            not_found_after: self.not_found_after,
+            safety_poll: self.webhook.as_ref().map(|w| w.safety_poll),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

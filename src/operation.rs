@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::clock::Timestamp;
+use crate::ids::{DeliveryKey, OperationId, WebhookId};
 use crate::upstream::{Observation, ObservedState};
 
 /// hookshim's status of an operation.
@@ -126,7 +127,7 @@ impl Default for Delivery {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Operation {
     /// `op_<ULID>`: sorts by creation time.
-    pub id: String,
+    pub id: OperationId,
     pub upstream: String,
     /// The upstream's id of the operation, as the app registered it.
     pub operation: String,
@@ -220,17 +221,67 @@ pub fn shim_error(code: &str, message: &str) -> Value {
     serde_json::json!({"code": code, "message": message})
 }
 
+/// What a new operation starts from; everything else starts empty.
+pub struct NewOperation {
+    pub id: OperationId,
+    pub upstream: String,
+    pub operation: String,
+    pub metadata: Option<Value>,
+    pub callback_url: Option<String>,
+    pub now: Timestamp,
+    pub first_poll_at: Timestamp,
+    pub deadline_at: Timestamp,
+    pub callback_events: Vec<String>,
+}
+
 impl Operation {
+    /// A freshly registered operation: `pending`, first poll planned, no history.
+    pub fn new(n: NewOperation) -> Operation {
+        Operation {
+            id: n.id,
+            upstream: n.upstream,
+            operation: n.operation,
+            status: Status::Pending,
+            upstream_status: None,
+            progress: None,
+            result: None,
+            error: None,
+            metadata: n.metadata,
+            callback_url: n.callback_url,
+            created_at: n.now,
+            updated_at: n.now,
+            completed_at: None,
+            detected_via: None,
+            polls: 0,
+            next_poll_at: Some(n.first_poll_at),
+            deadline_at: n.deadline_at,
+            delivery: Delivery::default(),
+            not_found_streak: 0,
+            error_streak: 0,
+            last_poll_error: None,
+            webhook_at: None,
+            webhook_reads: 0,
+            late_observations: 0,
+            pace: Default::default(),
+            etag: None,
+            upstream_expires_at: None,
+            callback_events: n.callback_events,
+            paused: false,
+            pauses: 0,
+            events: Vec::new(),
+        }
+    }
+
     /// The `webhook-id` of this operation's terminal callback: derived from the operation only,
     /// so it is the same on every retry, restart and redelivery. No `.` (it is part of the
     /// signed content's separator syntax).
-    pub fn callback_webhook_id(&self) -> String {
-        format!("{}_terminal", self.id)
+    pub fn callback_webhook_id(&self) -> WebhookId {
+        DeliveryKey::terminal(self.id.clone()).webhook_id()
     }
 
     /// The `webhook-id` of event callback `name` (`op_…_requires_action_2`).
-    pub fn event_webhook_id(&self, name: &str) -> String {
-        format!("{}_{name}", self.id)
+    pub fn event_webhook_id(&self, name: &str) -> WebhookId {
+        DeliveryKey::event(self.id.clone(), name).webhook_id()
     }
 
     /// Move to a terminal status. Returns false (and counts the observation) if the operation
@@ -386,39 +437,17 @@ impl Operation {
 
 #[cfg(test)]
 pub(crate) fn sample(now: Timestamp) -> Operation {
-    Operation {
-        id: "op_01J00000000000000000000000".into(),
+    Operation::new(NewOperation {
+        id: OperationId::from_text("op_01J00000000000000000000000"),
         upstream: "jobs".into(),
         operation: "abc".into(),
-        status: Status::Pending,
-        upstream_status: None,
-        progress: None,
-        result: None,
-        error: None,
         metadata: None,
         callback_url: Some("http://127.0.0.1:9/cb".into()),
-        created_at: now,
-        updated_at: now,
-        completed_at: None,
-        detected_via: None,
-        polls: 0,
-        next_poll_at: Some(now),
+        now,
+        first_poll_at: now,
         deadline_at: now.plus(std::time::Duration::from_secs(3600)),
-        delivery: Delivery::default(),
-        not_found_streak: 0,
-        error_streak: 0,
-        last_poll_error: None,
-        webhook_at: None,
-        webhook_reads: 0,
-        late_observations: 0,
-        pace: Default::default(),
-        etag: None,
-        upstream_expires_at: None,
         callback_events: Vec::new(),
-        paused: false,
-        pauses: 0,
-        events: Vec::new(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -504,7 +533,7 @@ mod tests {
         assert_eq!(e.body["data"]["pause"], 2);
         assert_eq!(e.body["data"]["result"][0]["name"], "lookup");
         assert_eq!(
-            op.event_webhook_id(&e.name),
+            op.event_webhook_id(&e.name).to_string(),
             format!("{}_requires_action_2", op.id)
         );
         assert!(!op.in_outbox(), "the terminal callback is not touched");
@@ -581,6 +610,6 @@ mod tests {
     fn webhook_id_is_stable_and_has_no_dot() {
         let op = sample(Timestamp(0));
         assert_eq!(op.callback_webhook_id(), op.clone().callback_webhook_id());
-        assert!(!op.callback_webhook_id().contains('.'));
+        assert!(!op.callback_webhook_id().as_str().contains('.'));
     }
 }

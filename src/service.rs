@@ -1,8 +1,11 @@
-//! Wiring: [`Shim`] is the state every part shares; [`start`] opens the store, rebuilds the
-//! schedule and outbox from it, starts the workers and the HTTP server; [`Running::stop`] shuts
-//! down in order (stop accepting → finish in-flight work → flush → return).
+//! Wiring: [`start`] opens the store, builds the shared state ([`crate::state::Shim`]), rebuilds
+//! the schedule and outbox from the store, starts the loops (polls, deliveries, purge, group
+//! commit) and the HTTP server; [`Running::stop`] shuts down in order (stop accepting → finish
+//! in-flight work → flush → return). Nothing here decides anything about an operation: the
+//! stages do, through the state module below them.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,99 +17,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
-use crate::config::{Config, Secret};
-use crate::metrics::{CompletedLabels, Metrics};
-use crate::operation::Operation;
-use crate::schedule::{DueQueue, UpstreamLimiter};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::schedule::{DueQueue, QueueId, UpstreamLimiter};
+use crate::state::{EARLY_WEBHOOK_WINDOW, INBOX_RETENTION, Shim};
 use crate::store::{GroupCommit, SledStore, Store};
 
-/// How long a webhook for an unregistered operation is kept.
-pub const EARLY_WEBHOOK_WINDOW: Duration = Duration::from_secs(24 * 3600);
-/// How long webhook ids are remembered for de-duplication (upstreams retry for up to 72 h).
-pub const INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often old webhook ids and kept webhooks are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// Overdue polls found at start are spread over at most this long.
 const RESTART_SPREAD_MAX: Duration = Duration::from_secs(30);
-
-/// Everything the API and the workers share.
-pub struct Shim {
-    pub config: Config,
-    pub store: Arc<dyn Store>,
-    pub commit: Arc<GroupCommit>,
-    /// Operations by next poll time.
-    pub polls: DueQueue,
-    /// Outbox entries by next attempt time.
-    pub deliveries: DueQueue,
-    pub limiters: HashMap<String, UpstreamLimiter>,
-    /// For status requests: rustls, follows a few redirects (status endpoints may move) but only
-    /// on the same origin: the upstream's credentials (`x-api-key`, `api-key`, ... which
-    /// reqwest does not strip) must not follow a redirect to another host.
-    pub upstream_http: reqwest::Client,
-    /// For callbacks: never follows redirects, times out per config.
-    pub callback_http: reqwest::Client,
-    pub metrics: Metrics,
-    /// Key sets for JWT-signed webhooks (`gemini-jwt`), cached per URL.
-    pub jwks: crate::ingest::jwks::JwksCache,
-    pub clock: Arc<dyn Clock>,
-    pub callback_key: Secret,
-    pub shutdown: CancellationToken,
-    pub workers_running: AtomicBool,
-}
-
-/// How long in-flight requests may take to finish once shutdown starts; after that they are
-/// abandoned (their work stays in the store and resumes at the next start).
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-impl Shim {
-    /// Run `f` unless shutdown starts and `grace` passes first (`None` then).
-    pub async fn unless_stopping<F: std::future::Future>(
-        &self,
-        grace: Duration,
-        f: F,
-    ) -> Option<F::Output> {
-        tokio::select! {
-            out = f => Some(out),
-            _ = async {
-                self.shutdown.cancelled().await;
-                tokio::time::sleep(grace).await;
-            } => None,
-        }
-    }
-
-    /// After a write made `op` terminal: count it, flush (the outbox entry must be durable
-    /// before the callback goes out), then hand it to delivery.
-    pub async fn on_terminal(&self, op: &Operation) {
-        let labels = CompletedLabels {
-            upstream: op.upstream.clone(),
-            status: op.status.as_str().into(),
-            detected_via: op.detected_via.map(|d| d.as_str()).unwrap_or("poll").into(),
-        };
-        self.metrics.completed.get_or_create(&labels).inc();
-        self.metrics.active(&op.upstream).dec();
-        self.polls.remove(&op.id);
-        tracing::info!(op = %op.id, upstream = %op.upstream, status = op.status.as_str(), via = ?op.detected_via, "operation finished");
-        match self.commit.flushed().await {
-            Ok(()) => {
-                if op.in_outbox() {
-                    self.deliveries.schedule(
-                        &op.id,
-                        op.delivery
-                            .next_attempt_at
-                            .unwrap_or_else(|| self.clock.now()),
-                    );
-                }
-            }
-            Err(e) => {
-                // The record may not be on disk, so the callback must not go out (a callback for a
-                // transition that a crash could undo). sled refuses every write after an I/O
-                // error, so nothing here can fix it: the outbox entry is sent after a restart if
-                // it reached the disk, and the operation is polled again if it did not.
-                tracing::error!(op = %op.id, error = %e, "flush failed after terminal transition; callback held back until restart");
-            }
-        }
-    }
-}
 
 /// Options the binary and tests pass besides the config.
 pub struct StartOptions {
@@ -207,21 +127,25 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         config,
     });
 
-    // Event callbacks are added by polls (the poller knows nothing of callbacks): the store
-    // tells delivery. Weak, because the store lives inside the Shim.
-    let weak = Arc::downgrade(&shim);
-    shim.store.set_outbox_listener(Arc::new(move |key, at| {
-        if let Some(s) = weak.upgrade() {
-            s.deliveries.schedule(key, at);
-        }
-    }));
     rebuild(&shim)?;
 
     let flusher_stop = CancellationToken::new();
     let flusher = tokio::spawn(commit.run(flusher_stop.clone()));
     let workers = TaskTracker::new();
-    workers.spawn(dispatch_polls(shim.clone(), workers.clone()));
-    workers.spawn(dispatch_deliveries(shim.clone(), workers.clone()));
+    workers.spawn(dispatch(
+        shim.clone(),
+        workers.clone(),
+        |s| &s.polls,
+        shim.config.workers.polls_in_flight,
+        |s, id| async move { crate::poller::poll_once(&s, id).await },
+    ));
+    workers.spawn(dispatch(
+        shim.clone(),
+        workers.clone(),
+        |s| &s.deliveries,
+        shim.config.workers.deliveries_in_flight,
+        |s, key| async move { crate::delivery::deliver_once(&s, key).await },
+    ));
     workers.spawn(purge_loop(shim.clone()));
     shim.workers_running.store(true, Ordering::SeqCst);
 
@@ -298,7 +222,7 @@ fn rebuild(shim: &Shim) -> Result<(), StartError> {
     // set once.
     let mut per_upstream: HashMap<String, i64> = HashMap::new();
     let active = shim.store.for_each_scheduled(&mut |id, upstream, at| {
-        shim.polls.schedule(id, at);
+        shim.polls.schedule(&id, at);
         match per_upstream.get_mut(upstream) {
             Some(n) => *n += 1,
             None => {
@@ -314,8 +238,8 @@ fn rebuild(shim: &Shim) -> Result<(), StartError> {
     let spread = RESTART_SPREAD_MAX.min(Duration::from_millis(overdue as u64 * 2));
     shim.polls.spread_due(now, spread);
     let outbox = shim.store.outbox()?;
-    for d in &outbox {
-        shim.deliveries.schedule(&d.id, d.at.max(now));
+    for entry in &outbox {
+        shim.deliveries.schedule(&entry.key, entry.at.max(now));
     }
     tracing::info!(
         active,
@@ -326,43 +250,33 @@ fn rebuild(shim: &Shim) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn dispatch_polls(shim: Arc<Shim>, tracker: TaskTracker) {
-    let slots = Arc::new(Semaphore::new(shim.config.workers.polls_in_flight));
+/// Take due ids off `queue` one at a time and run `work` on each, at most `slots` at once.
+/// Ends when shutdown starts; work in flight is tracked by `tracker`.
+async fn dispatch<K, W, F>(
+    shim: Arc<Shim>,
+    tracker: TaskTracker,
+    queue: fn(&Shim) -> &DueQueue<K>,
+    slots: usize,
+    work: W,
+) where
+    K: QueueId + Send + 'static,
+    W: Fn(Arc<Shim>, K) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(slots));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let batch = shim
-            .polls
+        let batch = queue(&shim)
             .next_batch(shim.clock.as_ref(), 1, &shim.shutdown)
             .await;
         let Some(id) = batch.into_iter().next() else {
             return;
         };
-        let s = shim.clone();
+        let job = work(shim.clone(), id);
         tracker.spawn(async move {
-            crate::poller::poll_once(&s, &id).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn dispatch_deliveries(shim: Arc<Shim>, tracker: TaskTracker) {
-    let slots = Arc::new(Semaphore::new(shim.config.workers.deliveries_in_flight));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let batch = shim
-            .deliveries
-            .next_batch(shim.clock.as_ref(), 1, &shim.shutdown)
-            .await;
-        let Some(id) = batch.into_iter().next() else {
-            return;
-        };
-        let s = shim.clone();
-        tracker.spawn(async move {
-            crate::delivery::deliver_once(&s, &id).await;
+            job.await;
             drop(permit);
         });
     }

@@ -3,26 +3,33 @@
 //! attempt; retry on the schedule, honour Retry-After, stop on 410 or after the last attempt).
 //! The `webhook-id` comes from the operation, so every attempt and redelivery carries the same.
 //!
-//! Two kinds of callback share this path: the terminal one (outbox key: the operation id) and
-//! event callbacks sent before the end, one per pause (key `<operation id>/requires_action_<n>`,
-//! `webhook-id` `<operation id>_requires_action_<n>`). Each has its own delivery record and
-//! schedule, so a failing event callback never delays the terminal one; when the operation ends,
-//! event callbacks not yet delivered are superseded, never sent after it.
+//! Two kinds of callback share this path: the terminal one and event callbacks sent before the
+//! end, one per pause. A [`DeliveryKey`] names each (`<operation id>` /
+//! `<operation id>/requires_action_<n>`) and derives its `webhook-id`. Each has its own delivery
+//! record and schedule, so a failing event callback never delays the terminal one; when the
+//! operation ends, event callbacks not yet delivered are superseded, never sent after it.
+//!
+//! The rules of an attempt (what an answer means, when to retry) are pure and live in
+//! [`attempt`]; this file is the I/O.
+
+pub mod attempt;
+
+pub use attempt::{AttemptResult, classify, record_attempt, record_attempt_on};
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 
-use crate::clock::Timestamp;
 use crate::config::Secret;
-use crate::operation::{Delivery, DeliveryState, Operation};
-use crate::poller::error_chain;
-use crate::schedule::{callback_retry_delay, parse_hint};
-use crate::service::Shim;
+use crate::errors::error_chain;
+use crate::ids::{DeliveryKey, WebhookId};
+use crate::operation::DeliveryState;
+use crate::schedule::parse_hint;
 use crate::signing::sign_v1;
+use crate::state::{SHUTDOWN_GRACE, Shim};
+use attempt::delivery_of;
 
 /// The callback signing key file inside the data directory.
 pub const SECRET_FILE: &str = "callback_secret";
@@ -76,137 +83,13 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// The answer to one attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AttemptResult {
-    Delivered(u16),
-    /// 410 Gone: the receiver does not want it; stop.
-    Gone,
-    /// Not sent: the callback URL's host is no longer in `callbacks.allowed_hosts`.
-    Refused(String),
-    /// Anything else: retry. `label` is the metrics label.
-    Retry {
-        status: Option<u16>,
-        error: String,
-        hint: Option<Duration>,
-        label: &'static str,
-    },
-}
-
-/// Classify a receiver's HTTP status.
-pub fn classify(status: StatusCode, hint: Option<Duration>) -> AttemptResult {
-    if status.is_success() {
-        AttemptResult::Delivered(status.as_u16())
-    } else if status == StatusCode::GONE {
-        AttemptResult::Gone
-    } else if status.is_redirection() {
-        AttemptResult::Retry {
-            status: Some(status.as_u16()),
-            error: format!("receiver answered {status}; redirects are not followed"),
-            hint: None,
-            label: "redirect",
-        }
-    } else {
-        let label = if status == StatusCode::TOO_MANY_REQUESTS {
-            "rate_limited"
-        } else {
-            "http_error"
-        };
-        AttemptResult::Retry {
-            status: Some(status.as_u16()),
-            error: format!("receiver answered {status}"),
-            hint,
-            label,
-        }
-    }
-}
-
-/// Record an attempt at the terminal callback on the record. Returns whether to write.
-pub fn record_attempt(
-    o: &mut Operation,
-    result: &AttemptResult,
-    schedule: &[Duration],
-    now: Timestamp,
-    sample: f64,
-) -> bool {
-    record_attempt_on(&mut o.delivery, result, schedule, now, sample)
-}
-
-/// Record an attempt on one callback's delivery record. Returns whether to write.
-pub fn record_attempt_on(
-    d: &mut Delivery,
-    result: &AttemptResult,
-    schedule: &[Duration],
-    now: Timestamp,
-    sample: f64,
-) -> bool {
-    if d.state != DeliveryState::Pending {
-        return false;
-    }
-    d.attempts += 1;
-    d.last_attempt_at = Some(now);
-    match result {
-        AttemptResult::Delivered(code) => {
-            d.state = DeliveryState::Delivered;
-            d.last_status = Some(*code);
-            d.last_error = None;
-            d.next_attempt_at = None;
-            d.delivered_at = Some(now);
-        }
-        AttemptResult::Gone => {
-            d.state = DeliveryState::Failed;
-            d.last_status = Some(410);
-            d.last_error = Some("receiver answered 410 Gone; not retrying".into());
-            d.next_attempt_at = None;
-        }
-        AttemptResult::Refused(why) => {
-            d.state = DeliveryState::Failed;
-            d.last_status = None;
-            d.last_error = Some(why.clone());
-            d.next_attempt_at = None;
-        }
-        AttemptResult::Retry {
-            status,
-            error,
-            hint,
-            ..
-        } => {
-            d.last_status = *status;
-            match callback_retry_delay(schedule, d.attempts, *hint, sample) {
-                Some(wait) => {
-                    d.last_error = Some(error.clone());
-                    d.next_attempt_at = Some(now.plus(wait));
-                }
-                None => {
-                    d.state = DeliveryState::Failed;
-                    d.last_error = Some(format!("{error}; gave up after {} attempts", d.attempts));
-                    d.next_attempt_at = None;
-                }
-            }
-        }
-    }
-    true
-}
-
-/// The delivery record of the callback `event` names (the terminal one for `None`).
-fn delivery_of<'a>(o: &'a mut Operation, event: Option<&str>) -> Option<&'a mut Delivery> {
-    match event {
-        None => Some(&mut o.delivery),
-        Some(name) => o
-            .events
-            .iter_mut()
-            .find(|e| e.name == name)
-            .map(|e| &mut e.delivery),
-    }
-}
-
-/// Send one callback attempt for delivery key `key` (see [`crate::store::delivery_key`]), if
-/// that callback is in the outbox.
-pub async fn deliver_once(shim: &Shim, key: &str) {
+/// Send one attempt of the callback `key` names, if that callback is in the outbox.
+pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
     // Prepare.
-    let (id, event) = crate::store::parse_delivery_key(key);
+    let key = &key;
+    let (id, event) = (&key.operation, key.event.as_deref());
     let retry_later = |e: &dyn std::fmt::Display, what: &str| {
-        tracing::error!(op = id, callback = key, error = %e, "{what}; retrying in 30s");
+        tracing::error!(op = %id, callback = %key, error = %e, "{what}; retrying in 30s");
         shim.deliveries
             .schedule(key, shim.clock.now().plus(Duration::from_secs(30)));
     };
@@ -222,28 +105,27 @@ pub async fn deliver_once(shim: &Shim, key: &str) {
     let Some(url) = op.callback_url.clone() else {
         return;
     };
-    let (body, webhook_id) = match event {
-        None => (op.callback_body(), op.callback_webhook_id()),
+    let webhook_id = key.webhook_id();
+    let body = match event {
+        None => op.callback_body(),
         Some(name) => {
             // An event callback is written by a poll that does not wait for the disk: make it
             // durable before anyone hears of it (the terminal one was flushed by `on_terminal`).
             if let Err(e) = shim.commit.flushed().await {
                 return retry_later(&e, "flush before an event callback failed");
             }
-            let body = op
-                .events
+            op.events
                 .iter()
                 .find(|e| e.name == name)
                 .map(|e| e.body.clone())
-                .unwrap_or_default();
-            (body, op.event_webhook_id(name))
+                .unwrap_or_default()
         }
     };
     let body = serde_json::to_vec(&body).unwrap_or_default();
     let ts = shim.clock.now().unix_seconds();
     let signature = format!(
         "v1,{}",
-        sign_v1(&shim.callback_key.0, &webhook_id, ts, &body)
+        sign_v1(&shim.callback_key.0, webhook_id.as_str(), ts, &body)
     );
 
     // A host removed from the allow-list since registration is not called.
@@ -274,7 +156,7 @@ pub async fn deliver_once(shim: &Shim, key: &str) {
         AttemptResult::Retry { label, .. } => label,
     });
     let after = match updated {
-        Ok(Some((mut after, _))) if wrote.get() => delivery_of(&mut after, event).cloned(),
+        Ok(Some(mut u)) if wrote.get() => delivery_of(&mut u.op, event).cloned(),
         Ok(_) => None,
         Err(e) => return retry_later(&e, "cannot record callback attempt"),
     };
@@ -287,22 +169,22 @@ pub async fn deliver_once(shim: &Shim, key: &str) {
                     .observe(done.until(now).as_secs_f64());
             }
             tracing::debug!(
-                op = id,
-                callback = key,
+                op = %id,
+                callback = %key,
                 attempts = d.attempts,
                 "callback delivered"
             );
         }
         DeliveryState::Pending => {
             let at = d.next_attempt_at.unwrap_or(now);
-            tracing::info!(op = id, callback = key, attempt = d.attempts, error = ?d.last_error, next_in_ms = now.until(at).as_millis() as u64, "callback attempt failed; will retry");
+            tracing::info!(op = %id, callback = %key, attempt = d.attempts, error = d.last_error.as_deref().unwrap_or(""), next_in_ms = now.until(at).as_millis() as u64, "callback attempt failed; will retry");
             shim.deliveries.schedule(key, at);
         }
         _ if event.is_some() => {
-            tracing::warn!(op = id, callback = key, error = ?d.last_error, "event callback delivery failed for good")
+            tracing::warn!(op = %id, callback = %key, error = d.last_error.as_deref().unwrap_or(""), "event callback delivery failed for good")
         }
         _ => {
-            tracing::warn!(op = id, error = ?d.last_error, "callback delivery failed for good; POST /v1/operations/{id}/redeliver to try again")
+            tracing::warn!(op = %id, error = d.last_error.as_deref().unwrap_or(""), "callback delivery failed for good; POST /v1/operations/{id}/redeliver to try again")
         }
     }
 }
@@ -311,7 +193,7 @@ pub async fn deliver_once(shim: &Shim, key: &str) {
 async fn call(
     shim: &Shim,
     url: &str,
-    webhook_id: &str,
+    webhook_id: &WebhookId,
     signature: String,
     ts: u64,
     body: Vec<u8>,
@@ -320,24 +202,18 @@ async fn call(
         .callback_http
         .post(url)
         .header(CONTENT_TYPE, "application/json")
-        .header("webhook-id", webhook_id)
+        .header("webhook-id", webhook_id.as_str())
         .header("webhook-timestamp", ts.to_string())
         .header("webhook-signature", signature)
         .body(body)
         .send();
     // On shutdown an attempt in flight gets a grace period; if abandoned, the outbox entry is
     // untouched and the same callback (same webhook-id) is sent after restart.
-    let sent = shim
-        .unless_stopping(crate::service::SHUTDOWN_GRACE, send)
-        .await?;
+    let sent = shim.unless_stopping(SHUTDOWN_GRACE, send).await?;
     Some(match sent {
         Ok(resp) => classify(
             resp.status(),
-            parse_hint(
-                resp.headers(),
-                std::time::SystemTime::now(),
-                crate::schedule::HINT_MAX,
-            ),
+            parse_hint(resp.headers(), shim.clock.now(), crate::schedule::HINT_MAX),
         ),
         Err(e) if e.is_timeout() => AttemptResult::Retry {
             status: None,
@@ -360,70 +236,6 @@ async fn call(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operation::{DetectedVia, Status, sample};
-
-    fn pending_op() -> Operation {
-        let mut op = sample(Timestamp(0));
-        op.finish(Status::Succeeded, DetectedVia::Poll, Timestamp(10));
-        op
-    }
-
-    #[test]
-    fn success_gone_and_redirect_are_told_apart() {
-        assert_eq!(
-            classify(StatusCode::NO_CONTENT, None),
-            AttemptResult::Delivered(204)
-        );
-        assert_eq!(classify(StatusCode::GONE, None), AttemptResult::Gone);
-        assert!(matches!(
-            classify(StatusCode::FOUND, None),
-            AttemptResult::Retry {
-                label: "redirect",
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify(StatusCode::INTERNAL_SERVER_ERROR, None),
-            AttemptResult::Retry {
-                label: "http_error",
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn retries_follow_schedule_then_fail() {
-        let sched = [Duration::from_secs(5), Duration::from_secs(60)];
-        let mut op = pending_op();
-        let err = AttemptResult::Retry {
-            status: Some(500),
-            error: "x".into(),
-            hint: None,
-            label: "http_error",
-        };
-        assert!(record_attempt(&mut op, &err, &sched, Timestamp(1000), 0.0));
-        assert_eq!(op.delivery.next_attempt_at, Some(Timestamp(6000)));
-        record_attempt(&mut op, &err, &sched, Timestamp(6000), 0.0);
-        assert_eq!(op.delivery.state, DeliveryState::Pending);
-        record_attempt(&mut op, &err, &sched, Timestamp(66000), 0.0);
-        assert_eq!(op.delivery.state, DeliveryState::Failed);
-        assert_eq!(op.delivery.attempts, 3);
-        assert!(!op.in_outbox());
-    }
-
-    #[test]
-    fn gone_stops_at_once() {
-        let mut op = pending_op();
-        record_attempt(
-            &mut op,
-            &AttemptResult::Gone,
-            &[Duration::from_secs(5)],
-            Timestamp(1),
-            0.0,
-        );
-        assert_eq!(op.delivery.state, DeliveryState::Failed);
-        assert_eq!(op.delivery.attempts, 1);
-    }
 
     #[test]
     fn generated_secret_is_kept_private_and_reused() {

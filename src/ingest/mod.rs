@@ -10,13 +10,47 @@
 pub mod jwks;
 pub mod verify;
 
-use axum::http::{HeaderMap, StatusCode};
-use serde_json::{Value, json};
+use axum::http::HeaderMap;
+use serde_json::Value;
 
-use crate::api::ApiError;
-use crate::operation::EventOutcome;
-use crate::service::Shim;
-use crate::store::WebhookRecord;
+use crate::ids::OperationId;
+use crate::operation::{EventOutcome, Status};
+use crate::state::Shim;
+use crate::store::{StoreError, WebhookRecord};
+
+pub use verify::VerifyError;
+
+/// Why an inbound webhook was not taken. Nothing was recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("no upstream named {0:?} in the config")]
+    UnknownUpstream(String),
+    #[error("upstream {0:?} has no [upstreams.{0}.webhook] section")]
+    WebhooksNotEnabled(String),
+    #[error("webhook rejected: {0}")]
+    Rejected(VerifyError),
+    #[error("{0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What was done with a webhook that was taken.
+#[derive(Debug)]
+pub enum Ingested {
+    /// An event of another kind of job: acknowledged, nothing recorded.
+    Ignored { webhook_id: String, reason: String },
+    /// This webhook id was seen before.
+    Duplicate { webhook_id: String },
+    /// For an operation not registered yet: kept, applied at registration.
+    Kept { webhook_id: String },
+    /// Applied to a tracked operation; `status` when its event ended the operation.
+    Accepted {
+        webhook_id: String,
+        id: OperationId,
+        status: Option<Status>,
+    },
+}
 
 /// Handle one inbound webhook body. The caller has already enforced `max_body`.
 pub async fn receive(
@@ -24,28 +58,26 @@ pub async fn receive(
     upstream: &str,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(StatusCode, Value), ApiError> {
-    let up = shim.config.upstreams.get(upstream).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_upstream",
-            format!("no upstream named {upstream:?} in the config"),
-        )
-    })?;
-    let wh = up.webhook.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "webhooks_not_enabled",
-            format!("upstream {upstream:?} has no [upstreams.{upstream}.webhook] section"),
-        )
-    })?;
+) -> Result<Ingested, IngestError> {
+    let up = shim
+        .config
+        .upstreams
+        .get(upstream)
+        .ok_or_else(|| IngestError::UnknownUpstream(upstream.to_string()))?;
+    let wh = up
+        .webhook
+        .as_ref()
+        .ok_or_else(|| IngestError::WebhooksNotEnabled(upstream.to_string()))?;
     let now = shim.clock.now();
     let webhook_id = verify::verify(wh, &shim.jwks, headers, body, now)
         .await
-        .map_err(|e| e.reject(&shim.metrics, upstream))?;
+        .map_err(|e| {
+            shim.metrics.webhook(upstream, e.code_and_label().1);
+            IngestError::Rejected(e)
+        })?;
     let malformed = |msg: String| {
         shim.metrics.webhook(upstream, "malformed");
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", msg)
+        IngestError::Malformed(msg)
     };
     let parsed: Value = serde_json::from_slice(body)
         .map_err(|e| malformed(format!("webhook body is not valid JSON: {e}")))?;
@@ -57,11 +89,13 @@ pub async fn receive(
             event = t,
             "webhook event of another kind of job; ignored"
         );
-        return Ok((
-            StatusCode::OK,
-            json!({"result": "ignored", "webhook_id": webhook_id,
-                   "reason": format!("upstream {upstream:?} (preset {}) does not track {t:?} events", up.preset.name())}),
-        ));
+        return Ok(Ingested::Ignored {
+            webhook_id,
+            reason: format!(
+                "upstream {upstream:?} (preset {}) does not track {t:?} events",
+                up.preset.name()
+            ),
+        });
     }
     let operation = match parsed.pointer(&wh.operation_field) {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -82,45 +116,39 @@ pub async fn receive(
         })
     });
 
-    let record = shim
-        .store
-        .record_webhook(upstream, &webhook_id, &operation, outcome.as_ref(), now)
-        .map_err(ApiError::store)?;
-    shim.commit.flushed().await.map_err(ApiError::store)?;
-    let (status, body) = match &record {
+    let record =
+        shim.store
+            .record_webhook(upstream, &webhook_id, &operation, outcome.as_ref(), now)?;
+    shim.commit.flushed().await?;
+    Ok(match record {
         WebhookRecord::Duplicate => {
             shim.metrics.webhook(upstream, "duplicate");
-            (
-                StatusCode::OK,
-                json!({"result": "duplicate", "webhook_id": webhook_id}),
-            )
+            Ingested::Duplicate { webhook_id }
         }
         WebhookRecord::Kept => {
             shim.metrics.webhook(upstream, "kept");
             tracing::info!(upstream, operation = %operation, "webhook for an operation not registered yet; kept for 24h");
-            (
-                StatusCode::ACCEPTED,
-                json!({"result": "kept", "webhook_id": webhook_id}),
-            )
+            Ingested::Kept { webhook_id }
         }
         WebhookRecord::Finished(op) => {
             shim.metrics.webhook(upstream, "accepted");
-            shim.on_terminal(op).await;
-            (
-                StatusCode::OK,
-                json!({"result": "accepted", "webhook_id": webhook_id, "id": op.id, "status": op.status}),
-            )
+            shim.on_terminal(&op).await;
+            Ingested::Accepted {
+                webhook_id,
+                id: op.id.clone(),
+                status: Some(op.status),
+            }
         }
         WebhookRecord::Applied { id, terminal } => {
             shim.metrics.webhook(upstream, "accepted");
             if !terminal {
-                shim.polls.schedule(id, now);
+                shim.polls.schedule(&id, now);
             }
-            (
-                StatusCode::OK,
-                json!({"result": "accepted", "webhook_id": webhook_id, "id": id}),
-            )
+            Ingested::Accepted {
+                webhook_id,
+                id,
+                status: None,
+            }
         }
-    };
-    Ok((status, body))
+    })
 }

@@ -1,16 +1,14 @@
 //! Verifying an inbound webhook, whatever the upstream's scheme, in one call: [`verify`] checks
 //! the signature with the keys active now and returns the webhook id used for de-duplication;
-//! [`VerifyError::reject`] turns a failure into its HTTP answer and metric.
+//! [`VerifyError::code_and_label`] names a failure for the answer and the metric.
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::api::ApiError;
 use crate::clock::Timestamp;
 use crate::config::{KeyMaterial, WebhookConfig, WebhookScheme};
 use crate::ingest::jwks::JwksCache;
-use crate::metrics::Metrics;
 use crate::signing::{StandardKey, verify_github, verify_standard_keys, verify_stripe};
 
 pub use crate::signing::VerifyError;
@@ -86,40 +84,30 @@ pub async fn verify(
 }
 
 impl VerifyError {
-    /// The HTTP status, the error code in the JSON body, and the `result` label of
-    /// `hookshim_webhooks_received_total`.
-    pub fn answer(&self) -> (StatusCode, &'static str, &'static str) {
-        let unauthorized = StatusCode::UNAUTHORIZED;
+    /// The error code in the JSON answer and the `result` label of
+    /// `hookshim_webhooks_received_total`. (The HTTP status is the API's to choose:
+    /// [`VerifyError::is_ours`] tells a failure on our side from a rejected sender.)
+    pub fn code_and_label(&self) -> (&'static str, &'static str) {
         match self {
-            VerifyError::MissingHeader(_) => (unauthorized, "missing_signature", "bad_signature"),
+            VerifyError::MissingHeader(_) => ("missing_signature", "bad_signature"),
             VerifyError::MalformedHeader(_) | VerifyError::MalformedToken(_) => {
-                (unauthorized, "malformed_signature", "bad_signature")
+                ("malformed_signature", "bad_signature")
             }
-            VerifyError::StaleTimestamp => (unauthorized, "stale_timestamp", "stale_timestamp"),
-            VerifyError::BadSignature => (unauthorized, "bad_signature", "bad_signature"),
-            VerifyError::UnsupportedAlgorithm(_) => {
-                (unauthorized, "unsupported_algorithm", "bad_signature")
-            }
-            VerifyError::UnknownKey(_) => (unauthorized, "unknown_key", "bad_signature"),
-            VerifyError::TokenExpired => (unauthorized, "token_expired", "stale_timestamp"),
-            VerifyError::TokenNotYetValid => {
-                (unauthorized, "token_not_yet_valid", "stale_timestamp")
-            }
-            VerifyError::WrongAudience(_) => (unauthorized, "wrong_audience", "bad_signature"),
-            // Our side cannot check the signature right now: the sender should retry.
-            VerifyError::KeysUnavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "jwks_unavailable",
-                "jwks_unavailable",
-            ),
+            VerifyError::StaleTimestamp => ("stale_timestamp", "stale_timestamp"),
+            VerifyError::BadSignature => ("bad_signature", "bad_signature"),
+            VerifyError::UnsupportedAlgorithm(_) => ("unsupported_algorithm", "bad_signature"),
+            VerifyError::UnknownKey(_) => ("unknown_key", "bad_signature"),
+            VerifyError::TokenExpired => ("token_expired", "stale_timestamp"),
+            VerifyError::TokenNotYetValid => ("token_not_yet_valid", "stale_timestamp"),
+            VerifyError::WrongAudience(_) => ("wrong_audience", "bad_signature"),
+            VerifyError::KeysUnavailable(_) => ("jwks_unavailable", "jwks_unavailable"),
         }
     }
 
-    /// Count the rejection and build its answer.
-    pub fn reject(self, metrics: &Metrics, upstream: &str) -> ApiError {
-        let (status, code, label) = self.answer();
-        metrics.webhook(upstream, label);
-        ApiError::new(status, code, format!("webhook rejected: {self}"))
+    /// Our side cannot check the signature right now (the key set is unavailable): the sender
+    /// should retry, nothing about its request is wrong.
+    pub fn is_ours(&self) -> bool {
+        matches!(self, VerifyError::KeysUnavailable(_))
     }
 }
 

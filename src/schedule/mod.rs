@@ -1,12 +1,19 @@
 //! When things happen: the due-queue shared by polling and delivery, the polling policy (pure
-//! math over config, hints and a random sample), and each upstream's request budget.
+//! math over config, hints and a random sample), the poll-outcome rules built on it, and each
+//! upstream's request budget.
 
 mod limit;
+pub mod outcome;
 pub mod policy;
 mod queue;
 
+pub use crate::config::PollConfig;
 pub use limit::UpstreamLimiter;
+pub use outcome::{
+    DEADLINE_GRACE, EXPIRY_GRACE, PollOutcome, PollRules, Reading, apply_outcome, classify,
+    first_poll_at, time_out,
+};
 pub use policy::{
     Aimd, HINT_MAX, Pace, Rule, backoff, callback_retry_delay, interval, next_poll_at, parse_hint,
 };
-pub use queue::DueQueue;
+pub use queue::{DueQueue, QueueId};

@@ -1,7 +1,7 @@
 //! The polling policy as pure functions: exponential backoff with jitter, server hints that push
 //! the next request later (never earlier), and the deadline as a hard last poll.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 
@@ -36,7 +36,8 @@ fn jittered(secs: f64, jitter: f64, sample: f64) -> Duration {
 ///
 /// The longest of them wins (the next request is never earlier than any hint), clamped to
 /// `max`. `None` when there is no usable hint.
-pub fn parse_hint(headers: &HeaderMap, now: SystemTime, max: Duration) -> Option<Duration> {
+pub fn parse_hint(headers: &HeaderMap, now: Timestamp, max: Duration) -> Option<Duration> {
+    let now = now.to_system();
     let text = |name: &str| {
         headers
             .get(name)
@@ -360,6 +361,7 @@ pub fn callback_retry_delay(
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
+    use std::time::SystemTime;
 
     fn cfg() -> PollConfig {
         PollConfig {
@@ -384,13 +386,13 @@ mod tests {
 
     #[test]
     fn hints_take_the_longest_and_are_clamped() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let now = Timestamp::from_system(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000));
         let mut h = HeaderMap::new();
         assert_eq!(parse_hint(&h, now, HINT_MAX), None);
         h.insert("retry-after", HeaderValue::from_static("7"));
         h.insert("retry-after-ms", HeaderValue::from_static("2500"));
         assert_eq!(parse_hint(&h, now, HINT_MAX), Some(Duration::from_secs(7)));
-        let date = httpdate::fmt_http_date(now + Duration::from_secs(120));
+        let date = httpdate::fmt_http_date(now.to_system() + Duration::from_secs(120));
         h.insert("retry-after", HeaderValue::from_str(&date).unwrap());
         assert_eq!(
             parse_hint(&h, now, HINT_MAX),
@@ -455,7 +457,7 @@ mod tests {
     }
 
     fn hint(pairs: &[(&'static str, &'static str)]) -> Option<Duration> {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let now = Timestamp::from_system(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000));
         parse_hint(&headers(pairs), now, HINT_MAX)
     }
 
@@ -536,7 +538,7 @@ mod tests {
 
     #[test]
     fn hints_are_clamped_to_the_configured_maximum() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let now = Timestamp::from_system(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000));
         let h = headers(&[("retry-after", "86400")]);
         assert_eq!(
             parse_hint(&h, now, Duration::from_secs(600)),

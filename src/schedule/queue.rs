@@ -9,7 +9,9 @@
 //! hookshim makes) as its 16 bytes, inline, instead of a heap string in each map. At a million
 //! tracked operations that is ~80 MB less memory (measured with `hookshim-bench scale`).
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
+use std::marker::PhantomData;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,6 +20,43 @@ use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
 use crate::clock::{Clock, Timestamp};
+use crate::ids::{DeliveryKey, OperationId};
+
+/// What a [`DueQueue`] can hold: anything with a text form it can be rebuilt from.
+pub trait QueueId: Sized {
+    fn queue_text(&self) -> Cow<'_, str>;
+    fn from_queue_text(text: String) -> Self;
+}
+
+impl QueueId for String {
+    fn queue_text(&self) -> Cow<'_, str> {
+        Cow::Borrowed(self)
+    }
+    fn from_queue_text(text: String) -> Self {
+        text
+    }
+}
+
+impl QueueId for OperationId {
+    fn queue_text(&self) -> Cow<'_, str> {
+        Cow::Borrowed(self.as_str())
+    }
+    fn from_queue_text(text: String) -> Self {
+        OperationId::from_text(text)
+    }
+}
+
+impl QueueId for DeliveryKey {
+    fn queue_text(&self) -> Cow<'_, str> {
+        match &self.event {
+            None => Cow::Borrowed(self.operation.as_str()),
+            Some(_) => Cow::Owned(self.to_string()),
+        }
+    }
+    fn from_queue_text(text: String) -> Self {
+        DeliveryKey::parse(&text)
+    }
+}
 
 /// An id as the queue keeps it. 24 bytes, no allocation for operation ids.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -54,18 +93,29 @@ struct Inner {
     by_id: HashMap<Key, Timestamp>,
 }
 
-#[derive(Default)]
-pub struct DueQueue {
+/// Ids of kind `K` (operation ids for polls, delivery keys for callbacks) by due time.
+pub struct DueQueue<K = String> {
     inner: Mutex<Inner>,
     changed: Notify,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K: QueueId> Default for DueQueue<K> {
+    fn default() -> Self {
+        DueQueue {
+            inner: Mutex::default(),
+            changed: Notify::new(),
+            kind: PhantomData,
+        }
+    }
 }
 
 /// The longest the worker sleeps without re-reading the clock (keeps it honest if the wall clock
 /// jumps).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
-impl DueQueue {
-    pub fn new() -> DueQueue {
+impl<K: QueueId> DueQueue<K> {
+    pub fn new() -> DueQueue<K> {
         DueQueue::default()
     }
 
@@ -76,8 +126,8 @@ impl DueQueue {
     }
 
     /// Put `id` on the queue at `at`, replacing any earlier entry for it.
-    pub fn schedule(&self, id: &str, at: Timestamp) {
-        let key = Key::new(id);
+    pub fn schedule(&self, id: &K, at: Timestamp) {
+        let key = Key::new(&id.queue_text());
         let mut g = self.lock();
         if let Some(old) = g.by_id.insert(key.clone(), at) {
             g.by_time.remove(&(old, key.clone()));
@@ -94,15 +144,15 @@ impl DueQueue {
     }
 
     /// Move `id` earlier to `at` if it is not already due sooner (or add it).
-    pub fn schedule_no_later_than(&self, id: &str, at: Timestamp) {
-        let current = self.lock().by_id.get(&Key::new(id)).copied();
+    pub fn schedule_no_later_than(&self, id: &K, at: Timestamp) {
+        let current = self.lock().by_id.get(&Key::new(&id.queue_text())).copied();
         if current.is_none_or(|c| c > at) {
             self.schedule(id, at);
         }
     }
 
-    pub fn remove(&self, id: &str) {
-        let key = Key::new(id);
+    pub fn remove(&self, id: &K) {
+        let key = Key::new(&id.queue_text());
         let mut g = self.lock();
         if let Some(old) = g.by_id.remove(&key) {
             g.by_time.remove(&(old, key));
@@ -117,8 +167,8 @@ impl DueQueue {
         self.len() == 0
     }
 
-    pub fn due_at(&self, id: &str) -> Option<Timestamp> {
-        self.lock().by_id.get(&Key::new(id)).copied()
+    pub fn due_at(&self, id: &K) -> Option<Timestamp> {
+        self.lock().by_id.get(&Key::new(&id.queue_text())).copied()
     }
 
     /// Move every entry due at `now` to a random time in `now..now + spread` (after a restart,
@@ -144,7 +194,7 @@ impl DueQueue {
     }
 
     /// Take up to `max` entries that are due at `now`.
-    pub fn pop_due(&self, now: Timestamp, max: usize) -> Vec<String> {
+    pub fn pop_due(&self, now: Timestamp, max: usize) -> Vec<K> {
         let mut g = self.lock();
         let mut out = Vec::new();
         while out.len() < max {
@@ -156,7 +206,7 @@ impl DueQueue {
             }
             if let Some((_, key)) = g.by_time.pop_first() {
                 g.by_id.remove(&key);
-                out.push(key.to_id());
+                out.push(K::from_queue_text(key.to_id()));
             }
         }
         out
@@ -169,7 +219,7 @@ impl DueQueue {
         clock: &dyn Clock,
         max: usize,
         shutdown: &CancellationToken,
-    ) -> Vec<String> {
+    ) -> Vec<K> {
         loop {
             let now = clock.now();
             let batch = self.pop_due(now, max);
@@ -195,11 +245,11 @@ mod tests {
 
     #[test]
     fn pops_in_time_order_and_reschedule_replaces() {
-        let q = DueQueue::new();
-        q.schedule("a", Timestamp(30));
-        q.schedule("b", Timestamp(10));
-        q.schedule("c", Timestamp(20));
-        q.schedule("a", Timestamp(5));
+        let q = DueQueue::<String>::new();
+        q.schedule(&"a".to_string(), Timestamp(30));
+        q.schedule(&"b".to_string(), Timestamp(10));
+        q.schedule(&"c".to_string(), Timestamp(20));
+        q.schedule(&"a".to_string(), Timestamp(5));
         assert_eq!(q.len(), 3);
         assert_eq!(q.pop_due(Timestamp(20), 10), vec!["a", "b", "c"]);
         assert!(q.is_empty());
@@ -207,23 +257,23 @@ mod tests {
 
     #[test]
     fn nothing_pops_before_it_is_due() {
-        let q = DueQueue::new();
-        q.schedule("a", Timestamp(100));
+        let q = DueQueue::<String>::new();
+        q.schedule(&"a".to_string(), Timestamp(100));
         assert!(q.pop_due(Timestamp(99), 10).is_empty());
-        q.schedule_no_later_than("a", Timestamp(200));
-        assert_eq!(q.due_at("a"), Some(Timestamp(100)));
-        q.schedule_no_later_than("a", Timestamp(50));
+        q.schedule_no_later_than(&"a".to_string(), Timestamp(200));
+        assert_eq!(q.due_at(&"a".to_string()), Some(Timestamp(100)));
+        q.schedule_no_later_than(&"a".to_string(), Timestamp(50));
         assert_eq!(q.pop_due(Timestamp(50), 10), vec!["a"]);
     }
 
     #[test]
     fn operation_ids_are_kept_compact_and_come_back_unchanged() {
-        let q = DueQueue::new();
+        let q = DueQueue::<String>::new();
         let op = format!("op_{}", Ulid::from_parts(1_700_000_000_000, 42));
         let lower = op.to_lowercase();
         q.schedule(&op, Timestamp(2));
         q.schedule(&lower, Timestamp(1));
-        q.schedule("op_not-a-ulid", Timestamp(3));
+        q.schedule(&"op_not-a-ulid".to_string(), Timestamp(3));
         assert!(matches!(Key::new(&op), Key::Op(_)));
         assert!(matches!(Key::new(&lower), Key::Other(_)));
         assert_eq!(q.len(), 3);
@@ -236,14 +286,14 @@ mod tests {
 
     #[test]
     fn overdue_entries_are_spread_and_later_ones_kept() {
-        let q = DueQueue::new();
+        let q = DueQueue::<String>::new();
         for i in 0..100 {
             q.schedule(&format!("late{i}"), Timestamp(i));
         }
-        q.schedule("future", Timestamp(10_000));
+        q.schedule(&"future".to_string(), Timestamp(10_000));
         assert_eq!(q.spread_due(Timestamp(1_000), Duration::from_secs(2)), 100);
         assert_eq!(q.len(), 101);
-        assert_eq!(q.due_at("future"), Some(Timestamp(10_000)));
+        assert_eq!(q.due_at(&"future".to_string()), Some(Timestamp(10_000)));
         let times: Vec<u64> = (0..100)
             .map(|i| q.due_at(&format!("late{i}")).unwrap().0)
             .collect();
@@ -259,7 +309,7 @@ mod tests {
 
     #[test]
     fn pop_respects_max() {
-        let q = DueQueue::new();
+        let q = DueQueue::<String>::new();
         for i in 0..10 {
             q.schedule(&format!("op{i}"), Timestamp(i));
         }

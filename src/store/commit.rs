@@ -133,7 +133,7 @@ mod tests {
             let (store, commit) = (store.clone(), commit.clone());
             tasks.push(tokio::spawn(async move {
                 let mut op = sample(Timestamp(1_000));
-                op.id = format!("op_{i:026}");
+                op.id = crate::ids::OperationId::from_text(format!("op_{i:026}"));
                 op.operation = format!("w{i}");
                 store.register(op, Duration::ZERO).unwrap();
                 commit.flushed().await

@@ -10,10 +10,10 @@ mod sled_store;
 pub use commit::GroupCommit;
 pub use sled_store::SledStore;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Timestamp;
+use crate::ids::{DeliveryKey, OperationId};
 use crate::operation::{EventOutcome, Operation, Status};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,7 +46,7 @@ pub enum WebhookRecord {
     /// This `webhook-id` was seen before: nothing changed.
     Duplicate,
     /// The operation is tracked; it is now due for an immediate status read (unless terminal).
-    Applied { id: String, terminal: bool },
+    Applied { id: OperationId, terminal: bool },
     /// The webhook's event decided the outcome: the operation ended with this write.
     Finished(Box<Operation>),
     /// Not registered yet: kept, and applied when the app registers it.
@@ -62,35 +62,62 @@ pub struct ListFilter {
     pub delivery_failed: bool,
     pub limit: usize,
     /// List ids strictly after this one.
-    pub cursor: Option<String>,
+    pub cursor: Option<OperationId>,
 }
 
-/// Told of new outbox entries: the delivery key and when the first attempt is due.
-pub type OutboxListener = Arc<dyn Fn(&str, Timestamp) + Send + Sync>;
-
-/// The delivery-queue key of a callback: the operation id for its terminal callback,
-/// `<operation id>/<event name>` for an event callback.
-pub fn delivery_key(op_id: &str, event: Option<&str>) -> String {
-    match event {
-        None => op_id.to_string(),
-        Some(e) => format!("{op_id}/{e}"),
-    }
-}
-
-/// The operation id and event name (if any) of a delivery key.
-pub fn parse_delivery_key(key: &str) -> (&str, Option<&str>) {
-    match key.split_once('/') {
-        Some((op, event)) => (op, Some(event)),
-        None => (key, None),
-    }
-}
-
-/// A scheduled piece of work found in the store at start: the operation id and when it is due.
+/// A scheduled poll found in the store at start: the operation, its upstream, when it is due.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Due {
-    pub id: String,
+    pub id: OperationId,
     pub upstream: String,
     pub at: Timestamp,
+}
+
+/// A callback in the outbox and when its next attempt is due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    pub key: DeliveryKey,
+    pub at: Timestamp,
+}
+
+/// What [`Store::update`] did. The hand-off to the stages that follow is explicit: the caller
+/// reacts to `became_terminal` (flush, then deliver) and schedules `new_callbacks`.
+#[derive(Debug, Clone)]
+pub struct Updated {
+    /// The record after the change (as stored when `written`).
+    pub op: Operation,
+    /// Whether the change was written.
+    pub written: bool,
+    /// This write moved the operation to a terminal status.
+    pub became_terminal: bool,
+    /// Event callbacks (not the terminal one) this write put in the outbox. They are not yet
+    /// durable: whoever sends them flushes first.
+    pub new_callbacks: Vec<OutboxEntry>,
+}
+
+impl Updated {
+    /// Compare the record before and after a write: what became due.
+    pub fn from_change(old: &Operation, op: Operation, written: bool) -> Updated {
+        let new_callbacks = if written {
+            op.events
+                .iter()
+                .skip(old.events.len())
+                .filter(|e| e.delivery.state == crate::operation::DeliveryState::Pending)
+                .map(|e| OutboxEntry {
+                    key: DeliveryKey::event(op.id.clone(), e.name.clone()),
+                    at: e.delivery.next_attempt_at.unwrap_or(op.updated_at),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Updated {
+            became_terminal: written && !old.status.is_terminal() && op.status.is_terminal(),
+            written,
+            new_callbacks,
+            op,
+        }
+    }
 }
 
 /// The store interface. Methods are synchronous and fast (they do not wait for the disk);
@@ -99,19 +126,22 @@ pub trait Store: Send + Sync + 'static {
     /// Insert a new operation, or return the existing one for the same `(upstream, operation)`.
     /// A webhook kept for it within `early_window` is consumed and reported.
     fn register(&self, op: Operation, early_window: Duration) -> Result<Registered, StoreError>;
-    fn get(&self, id: &str) -> Result<Option<Operation>, StoreError>;
-    fn list(&self, filter: &ListFilter) -> Result<(Vec<Operation>, Option<String>), StoreError>;
+    fn get(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
+    fn list(
+        &self,
+        filter: &ListFilter,
+    ) -> Result<(Vec<Operation>, Option<OperationId>), StoreError>;
     /// Read-modify-write one operation atomically. `f` returns whether to write; it may run more
     /// than once (on conflict), so it must only change the record it is given. The outbox and the
     /// schedule index follow the record (a terminal record is never durable without its outbox
-    /// entry).
+    /// entry). `None`: no such operation.
     fn update(
         &self,
-        id: &str,
+        id: &OperationId,
         f: &dyn Fn(&mut Operation) -> bool,
-    ) -> Result<Option<(Operation, bool)>, StoreError>;
+    ) -> Result<Option<Updated>, StoreError>;
     /// Stop tracking: remove the record and its indexes.
-    fn delete(&self, id: &str) -> Result<Option<Operation>, StoreError>;
+    fn delete(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
     /// Record an inbound webhook durably-to-be (call [`Store::flush`] before answering). With
     /// an `outcome` (an event mapped in `webhook.events`) the operation ends in the same write;
     /// for an operation not registered yet the outcome is kept and applied at registration.
@@ -127,27 +157,22 @@ pub trait Store: Send + Sync + 'static {
     /// them (a million owned `Due`s would cost a few hundred MB at start). Returns how many.
     fn for_each_scheduled(
         &self,
-        f: &mut dyn FnMut(&str, &str, Timestamp),
+        f: &mut dyn FnMut(OperationId, &str, Timestamp),
     ) -> Result<usize, StoreError>;
     /// Every non-terminal operation and when it is next due for a poll.
     fn scheduled(&self) -> Result<Vec<Due>, StoreError> {
         let mut out = Vec::new();
         self.for_each_scheduled(&mut |id, upstream, at| {
             out.push(Due {
-                id: id.to_string(),
+                id,
                 upstream: upstream.to_string(),
                 at,
             })
         })?;
         Ok(out)
     }
-    /// Every callback still to send (terminal and event callbacks, keyed as
-    /// [`delivery_key`] makes them), and when.
-    fn outbox(&self) -> Result<Vec<Due>, StoreError>;
-    /// Be told of each event callback an [`Store::update`] adds to the outbox, once, after its
-    /// write (not yet flushed: the sender flushes before the first attempt). The poller that
-    /// makes those writes knows nothing of callbacks; this is how delivery hears of them.
-    fn set_outbox_listener(&self, listener: OutboxListener);
+    /// Every callback still to send (terminal and event callbacks), and when.
+    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
     /// Forget webhook ids and kept webhooks received before `older_than`. Returns how many.
     fn purge_webhooks(
         &self,

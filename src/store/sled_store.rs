@@ -30,13 +30,12 @@
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{
-    Due, ListFilter, OutboxListener, Registered, Store, StoreError, WebhookRecord, delivery_key,
-};
+use super::{ListFilter, OutboxEntry, Registered, Store, StoreError, Updated, WebhookRecord};
 use crate::clock::Timestamp;
+use crate::ids::{DeliveryKey, OperationId};
 use crate::operation::{DeliveryState, EventOutcome, Operation, WEBHOOK_READS};
 
 pub struct SledStore {
@@ -47,8 +46,6 @@ pub struct SledStore {
     outbox: sled::Tree,
     inbox: sled::Tree,
     early: sled::Tree,
-    /// Told of event callbacks that `update` adds (see [`Store::set_outbox_listener`]).
-    listener: OnceLock<OutboxListener>,
     /// Serialise writers of one operation id (read-modify-write of its record and indexes).
     id_locks: Stripes,
     /// Serialise registration and webhooks for one `(upstream, operation)` pair. Always taken
@@ -94,7 +91,8 @@ fn io(e: sled::Error) -> StoreError {
     }
 }
 
-fn pair_key(a: &str, b: &str) -> Vec<u8> {
+fn pair_key(a: impl AsRef<str>, b: impl AsRef<str>) -> Vec<u8> {
+    let (a, b) = (a.as_ref(), b.as_ref());
     let mut k = Vec::with_capacity(a.len() + b.len() + 1);
     k.extend_from_slice(a.as_bytes());
     k.push(0);
@@ -176,7 +174,6 @@ impl SledStore {
             outbox: tree("outbox")?,
             inbox: tree("inbox")?,
             early: tree("early")?,
-            listener: OnceLock::new(),
             db,
             id_locks: Stripes::new(),
             pair_locks: Stripes::new(),
@@ -225,7 +222,7 @@ impl SledStore {
     /// Read-modify-write under the id lock (the caller must not hold it).
     fn update_locked(
         &self,
-        id: &str,
+        id: &OperationId,
         f: &mut dyn FnMut(&mut Operation) -> bool,
     ) -> Result<Option<(Operation, Operation, bool)>, StoreError> {
         let _g = self.id_locks.lock(id.as_bytes());
@@ -246,7 +243,7 @@ impl Store for SledStore {
         let key = pair_key(&op.upstream, &op.operation);
         let _pair = self.pair_locks.lock(&key);
         if let Some(existing) = self.keys.get(&key).map_err(io)? {
-            let id = String::from_utf8_lossy(&existing).into_owned();
+            let id = OperationId::from_text(String::from_utf8_lossy(&existing));
             if let Some(found) = self.get(&id)? {
                 return Ok(Registered::Existing(found));
             }
@@ -286,14 +283,14 @@ impl Store for SledStore {
         Ok(Registered::Created { op, early_webhook })
     }
 
-    fn get(&self, id: &str) -> Result<Option<Operation>, StoreError> {
+    fn get(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
         match self.ops.get(id.as_bytes()).map_err(io)? {
             None => Ok(None),
             Some(b) => decode(id.as_bytes(), &b).map(Some),
         }
     }
 
-    fn list(&self, f: &ListFilter) -> Result<(Vec<Operation>, Option<String>), StoreError> {
+    fn list(&self, f: &ListFilter) -> Result<(Vec<Operation>, Option<OperationId>), StoreError> {
         let start = match &f.cursor {
             Some(c) => Bound::Excluded(c.as_bytes().to_vec()),
             None => Bound::Unbounded,
@@ -321,26 +318,16 @@ impl Store for SledStore {
 
     fn update(
         &self,
-        id: &str,
+        id: &OperationId,
         f: &dyn Fn(&mut Operation) -> bool,
-    ) -> Result<Option<(Operation, bool)>, StoreError> {
+    ) -> Result<Option<Updated>, StoreError> {
         let Some((old, op, write)) = self.update_locked(id, &mut |o| f(o))? else {
             return Ok(None);
         };
-        if write {
-            if let Some(listener) = self.listener.get() {
-                for e in op.events.iter().skip(old.events.len()) {
-                    if e.delivery.state == DeliveryState::Pending {
-                        let at = e.delivery.next_attempt_at.unwrap_or(op.updated_at);
-                        listener(&delivery_key(&op.id, Some(&e.name)), at);
-                    }
-                }
-            }
-        }
-        Ok(Some((op, write)))
+        Ok(Some(Updated::from_change(&old, op, write)))
     }
 
-    fn delete(&self, id: &str) -> Result<Option<Operation>, StoreError> {
+    fn delete(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
         let _g = self.id_locks.lock(id.as_bytes());
         let Some(op) = self.get(id)? else {
             return Ok(None);
@@ -389,7 +376,7 @@ impl Store for SledStore {
             .keys
             .get(&op_key)
             .map_err(io)?
-            .map(|b| String::from_utf8_lossy(&b).into_owned());
+            .map(|b| OperationId::from_text(String::from_utf8_lossy(&b)));
         let applied = match &id {
             None => None,
             Some(id) => self.update_locked(id, &mut |op| {
@@ -441,13 +428,13 @@ impl Store for SledStore {
 
     fn for_each_scheduled(
         &self,
-        f: &mut dyn FnMut(&str, &str, Timestamp),
+        f: &mut dyn FnMut(OperationId, &str, Timestamp),
     ) -> Result<usize, StoreError> {
         let mut n = 0;
         for item in self.active.iter() {
             let (k, v) = item.map_err(io)?;
             f(
-                &String::from_utf8_lossy(&k),
+                OperationId::from_text(String::from_utf8_lossy(&k)),
                 &String::from_utf8_lossy(v.get(8..).unwrap_or_default()),
                 ts_from(&v),
             );
@@ -456,18 +443,17 @@ impl Store for SledStore {
         Ok(n)
     }
 
-    fn outbox(&self) -> Result<Vec<Due>, StoreError> {
+    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         let mut out = Vec::new();
         for item in self.outbox.iter() {
             let (k, v) = item.map_err(io)?;
-            let key = String::from_utf8_lossy(&k);
-            let id = match key.split_once('\0') {
-                Some((op, event)) => delivery_key(op, Some(event)),
-                None => key.into_owned(),
+            let text = String::from_utf8_lossy(&k);
+            let key = match text.split_once('\0') {
+                Some((op, event)) => DeliveryKey::event(OperationId::from_text(op), event),
+                None => DeliveryKey::terminal(OperationId::from_text(text.into_owned())),
             };
-            out.push(Due {
-                id,
-                upstream: String::new(),
+            out.push(OutboxEntry {
+                key,
                 at: ts_from(&v),
             });
         }
@@ -496,12 +482,6 @@ impl Store for SledStore {
             }
         }
         Ok(removed)
-    }
-
-    fn set_outbox_listener(&self, listener: OutboxListener) {
-        if self.listener.set(listener).is_err() {
-            tracing::warn!("outbox listener already set; keeping the first");
-        }
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -534,7 +514,7 @@ mod tests {
             Registered::Created { .. }
         ));
         let mut again = op.clone();
-        again.id = "op_01J00000000000000000000001".into();
+        again.id = OperationId::from_text("op_01J00000000000000000000001");
         match s.register(again, Duration::from_secs(1)).unwrap() {
             Registered::Existing(e) => assert_eq!(e.id, op.id),
             other => panic!("expected existing, got {other:?}"),
@@ -547,24 +527,24 @@ mod tests {
         let (_d, s) = store();
         let op = sample(Timestamp(1_000));
         s.register(op.clone(), Duration::ZERO).unwrap();
-        let (after, wrote) = s
+        let updated = s
             .update(&op.id, &|o| {
                 o.finish(Status::Succeeded, DetectedVia::Poll, Timestamp(2_000))
             })
             .unwrap()
             .unwrap();
-        assert!(wrote);
-        assert_eq!(after.status, Status::Succeeded);
+        assert!(updated.written && updated.became_terminal);
+        assert_eq!(updated.op.status, Status::Succeeded);
         assert!(s.scheduled().unwrap().is_empty());
         assert_eq!(s.outbox().unwrap().len(), 1);
         // A second terminal observation writes nothing.
-        let (_, wrote) = s
+        let again = s
             .update(&op.id, &|o| {
                 o.finish(Status::Failed, DetectedVia::Poll, Timestamp(3_000))
             })
             .unwrap()
             .unwrap();
-        assert!(!wrote);
+        assert!(!again.written && !again.became_terminal);
     }
 
     #[test]
@@ -674,32 +654,37 @@ mod tests {
     }
 
     #[test]
-    fn event_callbacks_have_their_own_outbox_entries_and_the_listener_hears_new_ones_once() {
+    fn event_callbacks_have_their_own_outbox_entries_and_each_update_reports_new_ones_once() {
         let (_d, s) = store();
-        let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let h = heard.clone();
-        s.set_outbox_listener(std::sync::Arc::new(move |k: &str, at| {
-            h.lock().unwrap().push((k.to_string(), at))
-        }));
         let op = pausing_op();
         s.register(op.clone(), Duration::ZERO).unwrap();
-        s.update(&op.id, &|o| {
-            o.apply_observation(&pause(), Timestamp(2_000));
-            true
-        })
-        .unwrap();
-        // Another poll during the same pause: no new event, nothing heard.
-        s.update(&op.id, &|o| {
-            o.apply_observation(&pause(), Timestamp(3_000));
-            true
-        })
-        .unwrap();
-        let key = format!("{}/requires_action_1", op.id);
+        let mut heard = Vec::new();
+        let first = s
+            .update(&op.id, &|o| {
+                o.apply_observation(&pause(), Timestamp(2_000));
+                true
+            })
+            .unwrap()
+            .unwrap();
+        heard.extend(first.new_callbacks);
+        // Another poll during the same pause: no new event, nothing reported.
+        let second = s
+            .update(&op.id, &|o| {
+                o.apply_observation(&pause(), Timestamp(3_000));
+                true
+            })
+            .unwrap()
+            .unwrap();
+        heard.extend(second.new_callbacks);
+        let key = DeliveryKey::event(op.id.clone(), "requires_action_1");
         assert_eq!(
-            *heard.lock().unwrap(),
-            vec![(key.clone(), Timestamp(2_000))]
+            heard,
+            vec![OutboxEntry {
+                key: key.clone(),
+                at: Timestamp(2_000)
+            }]
         );
-        let outbox: Vec<String> = s.outbox().unwrap().into_iter().map(|d| d.id).collect();
+        let outbox: Vec<DeliveryKey> = s.outbox().unwrap().into_iter().map(|d| d.key).collect();
         assert_eq!(outbox, vec![key.clone()]);
 
         // The end puts the terminal callback in and takes the superseded event out, in one write.
@@ -707,8 +692,8 @@ mod tests {
             o.finish(Status::Succeeded, DetectedVia::Poll, Timestamp(4_000))
         })
         .unwrap();
-        let outbox: Vec<String> = s.outbox().unwrap().into_iter().map(|d| d.id).collect();
-        assert_eq!(outbox, vec![op.id.clone()]);
+        let outbox: Vec<DeliveryKey> = s.outbox().unwrap().into_iter().map(|d| d.key).collect();
+        assert_eq!(outbox, vec![DeliveryKey::terminal(op.id.clone())]);
         s.delete(&op.id).unwrap();
         assert!(s.outbox().unwrap().is_empty());
     }

@@ -1,7 +1,7 @@
 //! Benchmark 1, policy efficiency: one seeded workload of operations with known true durations,
 //! replayed in simulated time against hookshim's polling policy and the pollers an app would
-//! otherwise use. hookshim's side runs the real code: `poller::first_poll_at`, the limiter's
-//! first-poll spreading, `schedule::parse_hint` on real header maps, `poller::apply_outcome` on
+//! otherwise use. hookshim's side runs the real code: `schedule::first_poll_at`, the limiter's
+//! first-poll spreading, `schedule::parse_hint` on real header maps, `schedule::apply_outcome` on
 //! real `Operation` records, and a `governor` limiter with the upstream's configured budget on a
 //! simulated clock. The baselines are the schedules from the SDKs' sources (see
 //! `shared/reference/upstreams.md`, "How the SDKs poll"), which ignore hints and budgets.
@@ -16,8 +16,9 @@ use governor::clock::FakeRelativeClock;
 use governor::{Quota, RateLimiter};
 use hookshim::clock::Timestamp;
 use hookshim::config::{Config, UpstreamConfig};
-use hookshim::operation::{Operation, Status};
-use hookshim::poller::{PollOutcome, Reading, apply_outcome, first_poll_at};
+use hookshim::ids::OperationId;
+use hookshim::operation::{NewOperation, Operation, Status};
+use hookshim::schedule::{PollOutcome, Reading, apply_outcome, first_poll_at};
 use hookshim::schedule::{UpstreamLimiter, parse_hint};
 use hookshim::upstream::{Observation, ObservedState};
 use rand::rngs::StdRng;
@@ -301,20 +302,18 @@ fn observation(job: &Job, t: f64) -> Observation {
 }
 
 fn new_operation(i: usize, job: &Job, now: Timestamp) -> Operation {
-    // Build the record the API builds, through its JSON shape.
-    let mut v = json!({
-        "id": format!("op_{i:026}"), "upstream": upstream_of(job.class), "operation": format!("j{i}"),
-        "status": "pending", "upstream_status": null, "progress": null, "result": null,
-        "error": null, "metadata": null, "callback_url": null, "created_at": now,
-        "updated_at": now, "completed_at": null, "detected_via": null, "polls": 0,
-        "next_poll_at": null, "deadline_at": now, "delivery": {"state": "none", "attempts": 0,
-        "last_attempt_at": null, "last_status": null, "last_error": null,
-        "next_attempt_at": null, "delivered_at": null}, "not_found_streak": 0,
-        "error_streak": 0, "last_poll_error": null, "webhook_at": null, "webhook_reads": 0,
-        "late_observations": 0
-    });
-    v["deadline_at"] = json!(now.plus(Duration::from_secs(48 * 3600)));
-    serde_json::from_value(v).expect("an operation record")
+    // The record registration builds.
+    Operation::new(NewOperation {
+        id: OperationId::from_text(format!("op_{i:026}")),
+        upstream: upstream_of(job.class).to_string(),
+        operation: format!("j{i}"),
+        metadata: None,
+        callback_url: None,
+        now,
+        first_poll_at: now,
+        deadline_at: now.plus(Duration::from_secs(48 * 3600)),
+        callback_events: Vec::new(),
+    })
 }
 
 /// hookshim's policy with the presets' defaults; `eta: false` switches progress estimates off
@@ -357,7 +356,12 @@ fn replay_hookshim(jobs: &[Job], seed: u64, eta: bool) -> PolicyRun {
         let now = ms(job.start);
         let mut op = new_operation(i, job, now);
         let up = &configs[&job.class];
-        let first = first_poll_at(up, now, op.deadline_at, rng.random_range(-1.0..=1.0));
+        let first = first_poll_at(
+            &up.rules(),
+            now,
+            op.deadline_at,
+            rng.random_range(-1.0..=1.0),
+        );
         let first = spreaders[upstream_of(job.class)].spread_first_poll(first, now);
         op.next_poll_at = Some(first);
         ops.push(op);
@@ -393,18 +397,14 @@ fn replay_hookshim(jobs: &[Job], seed: u64, eta: bool) -> PolicyRun {
         let hint = if obs.state.is_terminal() {
             None
         } else {
-            parse_hint(
-                &job.headers(),
-                std::time::UNIX_EPOCH + Duration::from_millis(now.0),
-                configs[&job.class].poll.hint_max,
-            )
+            parse_hint(&job.headers(), now, configs[&job.class].poll.hint_max)
         };
         not_before[i] = hint.map_or(0, |h| at_us + h.as_micros() as u64);
         let reading = Reading::new(PollOutcome::Observed(obs)).with_hint(hint);
         let op = &mut ops[i];
         apply_outcome(
             op,
-            &configs[&job.class],
+            &configs[&job.class].rules(),
             &reading,
             now,
             rng.random_range(-1.0..=1.0),

@@ -1,0 +1,205 @@
+//! The rules of one callback attempt, pure: what a receiver's answer means ([`classify`]) and
+//! how it changes the callback's delivery record — delivered, retried on the schedule (a
+//! receiver's `Retry-After` honoured), or failed for good after 410 or the last attempt
+//! ([`record_attempt_on`]). The sender in [`super`] does the HTTP and feeds these.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::clock::Timestamp;
+use crate::operation::{Delivery, DeliveryState, Operation};
+use crate::schedule::callback_retry_delay;
+
+/// The answer to one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptResult {
+    Delivered(u16),
+    /// 410 Gone: the receiver does not want it; stop.
+    Gone,
+    /// Not sent: the callback URL's host is no longer in `callbacks.allowed_hosts`.
+    Refused(String),
+    /// Anything else: retry. `label` is the metrics label.
+    Retry {
+        status: Option<u16>,
+        error: String,
+        hint: Option<Duration>,
+        label: &'static str,
+    },
+}
+
+/// Classify a receiver's HTTP status.
+pub fn classify(status: StatusCode, hint: Option<Duration>) -> AttemptResult {
+    if status.is_success() {
+        AttemptResult::Delivered(status.as_u16())
+    } else if status == StatusCode::GONE {
+        AttemptResult::Gone
+    } else if status.is_redirection() {
+        AttemptResult::Retry {
+            status: Some(status.as_u16()),
+            error: format!("receiver answered {status}; redirects are not followed"),
+            hint: None,
+            label: "redirect",
+        }
+    } else {
+        let label = if status == StatusCode::TOO_MANY_REQUESTS {
+            "rate_limited"
+        } else {
+            "http_error"
+        };
+        AttemptResult::Retry {
+            status: Some(status.as_u16()),
+            error: format!("receiver answered {status}"),
+            hint,
+            label,
+        }
+    }
+}
+
+/// Record an attempt at the terminal callback on the record. Returns whether to write.
+pub fn record_attempt(
+    o: &mut Operation,
+    result: &AttemptResult,
+    schedule: &[Duration],
+    now: Timestamp,
+    sample: f64,
+) -> bool {
+    record_attempt_on(&mut o.delivery, result, schedule, now, sample)
+}
+
+/// Record an attempt on one callback's delivery record. Returns whether to write.
+pub fn record_attempt_on(
+    d: &mut Delivery,
+    result: &AttemptResult,
+    schedule: &[Duration],
+    now: Timestamp,
+    sample: f64,
+) -> bool {
+    if d.state != DeliveryState::Pending {
+        return false;
+    }
+    d.attempts += 1;
+    d.last_attempt_at = Some(now);
+    match result {
+        AttemptResult::Delivered(code) => {
+            d.state = DeliveryState::Delivered;
+            d.last_status = Some(*code);
+            d.last_error = None;
+            d.next_attempt_at = None;
+            d.delivered_at = Some(now);
+        }
+        AttemptResult::Gone => {
+            d.state = DeliveryState::Failed;
+            d.last_status = Some(410);
+            d.last_error = Some("receiver answered 410 Gone; not retrying".into());
+            d.next_attempt_at = None;
+        }
+        AttemptResult::Refused(why) => {
+            d.state = DeliveryState::Failed;
+            d.last_status = None;
+            d.last_error = Some(why.clone());
+            d.next_attempt_at = None;
+        }
+        AttemptResult::Retry {
+            status,
+            error,
+            hint,
+            ..
+        } => {
+            d.last_status = *status;
+            match callback_retry_delay(schedule, d.attempts, *hint, sample) {
+                Some(wait) => {
+                    d.last_error = Some(error.clone());
+                    d.next_attempt_at = Some(now.plus(wait));
+                }
+                None => {
+                    d.state = DeliveryState::Failed;
+                    d.last_error = Some(format!("{error}; gave up after {} attempts", d.attempts));
+                    d.next_attempt_at = None;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// The delivery record of the callback `event` names (the terminal one for `None`).
+pub fn delivery_of<'a>(o: &'a mut Operation, event: Option<&str>) -> Option<&'a mut Delivery> {
+    match event {
+        None => Some(&mut o.delivery),
+        Some(name) => o
+            .events
+            .iter_mut()
+            .find(|e| e.name == name)
+            .map(|e| &mut e.delivery),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operation::{DetectedVia, Status, sample};
+
+    fn pending_op() -> Operation {
+        let mut op = sample(Timestamp(0));
+        op.finish(Status::Succeeded, DetectedVia::Poll, Timestamp(10));
+        op
+    }
+
+    #[test]
+    fn success_gone_and_redirect_are_told_apart() {
+        assert_eq!(
+            classify(StatusCode::NO_CONTENT, None),
+            AttemptResult::Delivered(204)
+        );
+        assert_eq!(classify(StatusCode::GONE, None), AttemptResult::Gone);
+        assert!(matches!(
+            classify(StatusCode::FOUND, None),
+            AttemptResult::Retry {
+                label: "redirect",
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR, None),
+            AttemptResult::Retry {
+                label: "http_error",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn retries_follow_schedule_then_fail() {
+        let sched = [Duration::from_secs(5), Duration::from_secs(60)];
+        let mut op = pending_op();
+        let err = AttemptResult::Retry {
+            status: Some(500),
+            error: "x".into(),
+            hint: None,
+            label: "http_error",
+        };
+        assert!(record_attempt(&mut op, &err, &sched, Timestamp(1000), 0.0));
+        assert_eq!(op.delivery.next_attempt_at, Some(Timestamp(6000)));
+        record_attempt(&mut op, &err, &sched, Timestamp(6000), 0.0);
+        assert_eq!(op.delivery.state, DeliveryState::Pending);
+        record_attempt(&mut op, &err, &sched, Timestamp(66000), 0.0);
+        assert_eq!(op.delivery.state, DeliveryState::Failed);
+        assert_eq!(op.delivery.attempts, 3);
+        assert!(!op.in_outbox());
+    }
+
+    #[test]
+    fn gone_stops_at_once() {
+        let mut op = pending_op();
+        record_attempt(
+            &mut op,
+            &AttemptResult::Gone,
+            &[Duration::from_secs(5)],
+            Timestamp(1),
+            0.0,
+        );
+        assert_eq!(op.delivery.state, DeliveryState::Failed);
+        assert_eq!(op.delivery.attempts, 1);
+    }
+}

@@ -1,0 +1,129 @@
+//! The state every part shares, and what happens when an operation changes. Below the stages
+//! (api, ingest, poller, delivery) and above the store: the stages take a [`Shim`] and never
+//! import the module that starts them ([`crate::service`] only wires and runs loops).
+//!
+//! - [`Shim`]: the handles — config, store and its group commit, the two due-queues, the
+//!   upstreams' limiters, the HTTP clients, metrics, the clock, the callback key, shutdown.
+//! - Domain reactions: [`Shim::after_update`] / [`Shim::on_terminal`] are the one place where a
+//!   stored change is handed on — a terminal operation is counted, flushed (invariant 1: the
+//!   outbox entry is durable before the callback goes out) and put on the delivery queue; event
+//!   callbacks a write created are scheduled. Every stage that writes calls them with what
+//!   [`crate::store::Store::update`] returned: the hand-off is in the signatures, not in a
+//!   listener installed in the store.
+//! - [`register`]: registration as a domain function (validate, build the record, store it,
+//!   schedule it, flush), used by the API and, later, by the proxy.
+
+mod register;
+
+pub use register::{MAX_METADATA, RegisterError, Registration, register};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::{Config, Secret};
+use crate::ids::{DeliveryKey, OperationId};
+use crate::metrics::{CompletedLabels, Metrics};
+use crate::operation::Operation;
+use crate::schedule::{DueQueue, UpstreamLimiter};
+use crate::store::{GroupCommit, Store, Updated};
+
+/// How long a webhook for an unregistered operation is kept.
+pub const EARLY_WEBHOOK_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// How long webhook ids are remembered for de-duplication (upstreams retry for up to 72 h).
+pub const INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long in-flight requests may take to finish once shutdown starts; after that they are
+/// abandoned (their work stays in the store and resumes at the next start).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything the API and the workers share.
+pub struct Shim {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub commit: Arc<GroupCommit>,
+    /// Operations by next poll time.
+    pub polls: DueQueue<OperationId>,
+    /// Outbox entries by next attempt time.
+    pub deliveries: DueQueue<DeliveryKey>,
+    pub limiters: HashMap<String, UpstreamLimiter>,
+    /// For status requests: rustls, follows a few redirects (status endpoints may move) but only
+    /// on the same origin: the upstream's credentials (`x-api-key`, `api-key`, ... which
+    /// reqwest does not strip) must not follow a redirect to another host.
+    pub upstream_http: reqwest::Client,
+    /// For callbacks: never follows redirects, times out per config.
+    pub callback_http: reqwest::Client,
+    pub metrics: Metrics,
+    /// Key sets for JWT-signed webhooks (`gemini-jwt`), cached per URL.
+    pub jwks: crate::ingest::jwks::JwksCache,
+    pub clock: Arc<dyn Clock>,
+    pub callback_key: Secret,
+    pub shutdown: CancellationToken,
+    pub workers_running: AtomicBool,
+}
+
+impl Shim {
+    /// Run `f` unless shutdown starts and `grace` passes first (`None` then).
+    pub async fn unless_stopping<F: std::future::Future>(
+        &self,
+        grace: Duration,
+        f: F,
+    ) -> Option<F::Output> {
+        tokio::select! {
+            out = f => Some(out),
+            _ = async {
+                self.shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => None,
+        }
+    }
+
+    /// Hand on what a stored change produced: event callbacks it put in the outbox go on the
+    /// delivery queue (their sender flushes before the first attempt), and a terminal
+    /// transition goes to [`Shim::on_terminal`].
+    pub async fn after_update(&self, updated: &Updated) {
+        for entry in &updated.new_callbacks {
+            self.deliveries.schedule(&entry.key, entry.at);
+        }
+        if updated.became_terminal {
+            self.on_terminal(&updated.op).await;
+        }
+    }
+
+    /// After a write made `op` terminal: count it, flush (the outbox entry must be durable
+    /// before the callback goes out), then hand it to delivery.
+    pub async fn on_terminal(&self, op: &Operation) {
+        let via = op.detected_via.map(|d| d.as_str()).unwrap_or("poll");
+        let labels = CompletedLabels {
+            upstream: op.upstream.clone(),
+            status: op.status.as_str().into(),
+            detected_via: via.into(),
+        };
+        self.metrics.completed.get_or_create(&labels).inc();
+        self.metrics.active(&op.upstream).dec();
+        self.polls.remove(&op.id);
+        tracing::info!(op = %op.id, upstream = %op.upstream, status = op.status.as_str(), detected_via = via, "operation finished");
+        match self.commit.flushed().await {
+            Ok(()) => {
+                if op.in_outbox() {
+                    self.deliveries.schedule(
+                        &DeliveryKey::terminal(op.id.clone()),
+                        op.delivery
+                            .next_attempt_at
+                            .unwrap_or_else(|| self.clock.now()),
+                    );
+                }
+            }
+            Err(e) => {
+                // The record may not be on disk, so the callback must not go out (a callback for a
+                // transition that a crash could undo). sled refuses every write after an I/O
+                // error, so nothing here can fix it: the outbox entry is sent after a restart if
+                // it reached the disk, and the operation is polled again if it did not.
+                tracing::error!(op = %op.id, error = %e, "flush failed after terminal transition; callback held back until restart");
+            }
+        }
+    }
+}

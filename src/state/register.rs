@@ -1,0 +1,141 @@
+//! Registration, as a domain function: check the request against the config, build the new
+//! record ([`Operation::new`]), store it (idempotent per `(upstream, operation)`; a webhook kept
+//! for it is applied in the same write), schedule its first poll, flush, and hand a kept
+//! webhook's outcome on. The API parses and maps; the proxy (later) registers the same way.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{EARLY_WEBHOOK_WINDOW, Shim};
+use crate::config::check_callback_url;
+use crate::ids::OperationId;
+use crate::metrics::UpstreamLabel;
+use crate::operation::{NewOperation, Operation};
+use crate::schedule::first_poll_at;
+use crate::store::{Registered, StoreError};
+use crate::upstream::prepare_operation;
+
+/// Largest `metadata` kept with an operation, in bytes of JSON.
+pub const MAX_METADATA: usize = 16 * 1024;
+
+/// What the app asks to track.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    pub upstream: String,
+    /// The upstream's id of the operation (or, for `azure-async`, its status URL).
+    pub operation: String,
+    pub callback_url: Option<String>,
+    pub metadata: Option<Value>,
+    /// A duration such as `"2h"`; the upstream's `poll.deadline` when absent.
+    pub deadline: Option<String>,
+}
+
+/// Why a registration was refused. Each says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("no upstream named {0:?} in the config")]
+    UnknownUpstream(String),
+    #[error("{0}")]
+    InvalidOperation(String),
+    #[error("callback_url: {0}")]
+    CallbackNotAllowed(String),
+    #[error("metadata is {0} bytes; at most {MAX_METADATA} are kept")]
+    MetadataTooLarge(usize),
+    #[error("{0}")]
+    InvalidDeadline(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Register an operation: durable before it returns (invariant 1). `Created` for a new record,
+/// `Existing` when the same `(upstream, operation)` was registered before.
+pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, RegisterError> {
+    let up = shim
+        .config
+        .upstreams
+        .get(&req.upstream)
+        .ok_or_else(|| RegisterError::UnknownUpstream(req.upstream.clone()))?;
+    let operation =
+        prepare_operation(up, &req.operation).map_err(RegisterError::InvalidOperation)?;
+    let callback_url = match &req.callback_url {
+        Some(u) => Some(
+            check_callback_url(u, &shim.config.callbacks.allowed_hosts)
+                .map_err(RegisterError::CallbackNotAllowed)?
+                .to_string(),
+        ),
+        None => shim
+            .config
+            .callbacks
+            .default_url
+            .as_ref()
+            .map(|u| u.to_string()),
+    };
+    if let Some(m) = &req.metadata {
+        let size = serde_json::to_vec(m).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_METADATA {
+            return Err(RegisterError::MetadataTooLarge(size));
+        }
+    }
+    let deadline = match &req.deadline {
+        None => up.poll.deadline,
+        Some(d) => parse_deadline(d)?,
+    };
+
+    let now = shim.clock.now();
+    let deadline_at = now.plus(deadline);
+    let sample = rand::random_range(-1.0..=1.0);
+    let first = first_poll_at(&up.rules(), now, deadline_at, sample);
+    let first = match shim.limiters.get(&req.upstream) {
+        Some(l) => l.spread_first_poll(first, now).min(deadline_at),
+        None => first,
+    };
+    let op = Operation::new(NewOperation {
+        id: OperationId::generate(),
+        upstream: req.upstream,
+        operation,
+        metadata: req.metadata,
+        callback_url,
+        now,
+        first_poll_at: first,
+        deadline_at,
+        callback_events: up.callback_events.clone(),
+    });
+    let registered = shim.store.register(op, EARLY_WEBHOOK_WINDOW)?;
+    if let Registered::Created { op, .. } = &registered {
+        // Schedule even if the flush below fails: the record is in the store either way.
+        shim.metrics
+            .registered
+            .get_or_create(&UpstreamLabel {
+                upstream: op.upstream.clone(),
+            })
+            .inc();
+        shim.metrics.active(&op.upstream).inc();
+        if !op.status.is_terminal() {
+            shim.polls.schedule(&op.id, op.next_poll_at.unwrap_or(now));
+        }
+    }
+    shim.commit.flushed().await?;
+    if let Registered::Created { op, early_webhook } = &registered {
+        if early_webhook.is_some() {
+            tracing::info!(op = %op.id, "applied a webhook that arrived before registration");
+        }
+        if op.status.is_terminal() {
+            // The kept webhook's event decided the outcome: the callback goes out now.
+            shim.on_terminal(op).await;
+        }
+    }
+    Ok(registered)
+}
+
+fn parse_deadline(d: &str) -> Result<Duration, RegisterError> {
+    let parsed = humantime::parse_duration(d).map_err(|e| {
+        RegisterError::InvalidDeadline(format!("deadline {d:?}: {e}; write e.g. \"2h\""))
+    })?;
+    if parsed.is_zero() {
+        return Err(RegisterError::InvalidDeadline(
+            "deadline must be more than 0s".into(),
+        ));
+    }
+    Ok(parsed)
+}
