@@ -2,13 +2,11 @@
 //! and never takes the process down or changes an operation: inbound webhooks, the API, the
 //! API token, and config files given to the real binary.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// Another valid Standard Webhooks secret: what a forger might sign with.

@@ -3,14 +3,12 @@
 //! operation. The fake upstream and the verifying receiver run in the test process; hookshim
 //! runs as a child process on its own data directory.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const SHIM_CONFIG: &str = r#"

@@ -2,12 +2,10 @@
 //! the process keeps answering, `/readyz` says why it is not ready, and after space is freed a
 //! restart serves everything that was acknowledged. Drives the real binary on a small tmpfs.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Proc, free_port};
+use crate::common::{Proc, free_port};
 
 use serde_json::{Value, json};
 

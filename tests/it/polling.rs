@@ -2,11 +2,9 @@
 //! errors that must never end an operation, deadlines, 404 streaks, and the google-operation
 //! preset.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn id_of(op: &Value) -> String {

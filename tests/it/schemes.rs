@@ -3,15 +3,13 @@
 //! Webhooks `v1a` (Ed25519), Stripe's `Stripe-Signature`, and previous secrets accepted until
 //! their `until` (on a manual clock).
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
-use common::*;
 use hmac::{Hmac, KeyInit, Mac};
 use hookshim::clock::{Clock, ManualClock, Timestamp};
 use serde_json::{Value, json};

@@ -5,11 +5,9 @@
 //! error. Also: thin-event matching and the event map, `requires_action` callbacks, Azure's
 //! status URLs and redirects, and the docs' example configs through the real `check`.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::common::*;
 use hookshim::clock::Timestamp;
 use serde_json::{Value, json};
 
