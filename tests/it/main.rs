@@ -12,6 +12,7 @@ mod bad_input;
 mod crash;
 mod delivery;
 mod disk_full;
+mod docs;
 mod lifecycle;
 mod polling;
 mod presets;
