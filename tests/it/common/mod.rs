@@ -1,7 +1,6 @@
 //! Test harness: a fake upstream and a verifying receiver (the boundary of our system, so fakes
 //! are fine there), and the real hookshim library started over loopback on a real sled store in
 //! a temp dir.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -182,7 +181,6 @@ pub enum Behaviour {
 pub struct Call {
     pub at: Instant,
     pub webhook_id: String,
-    pub timestamp: String,
     pub body: Value,
     pub raw: Vec<u8>,
     /// Whether `standardwebhooks::Webhook::verify` accepted it.
@@ -236,7 +234,6 @@ async fn receive(
         s.calls.push(Call {
             at: Instant::now(),
             webhook_id: h("webhook-id"),
-            timestamp: h("webhook-timestamp"),
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
             raw: body.to_vec(),
             verified,
@@ -371,7 +368,8 @@ pub fn env_lookup(extra: Vec<(String, String)>) -> impl Fn(&str) -> Option<Strin
 pub struct TestShim {
     pub url: String,
     pub http: reqwest::Client,
-    pub dir: tempfile::TempDir,
+    /// Holds the data directory (removed when the shim is dropped).
+    _dir: tempfile::TempDir,
     pub config_text: String,
     pub env: Vec<(String, String)>,
     pub running: Option<Running>,
@@ -410,7 +408,7 @@ impl TestShim {
         let mut s = TestShim {
             url: String::new(),
             http: reqwest::Client::new(),
-            dir,
+            _dir: dir,
             config_text: text,
             env,
             running: None,
