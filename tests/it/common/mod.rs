@@ -1,6 +1,10 @@
 //! Test harness: a fake upstream and a verifying receiver (the boundary of our system, so fakes
 //! are fine there), and the real hookshim library started over loopback on a real sled store in
-//! a temp dir.
+//! a temp dir. The real binary as a child process is in [`process`].
+
+mod process;
+
+pub use process::*;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -571,96 +575,4 @@ pub async fn wait_calls(recv: &Receiver, id: &str, n: usize) -> Vec<Call> {
         },
     )
     .await
-}
-
-// ---------------------------------------------------------------------------------------------
-// The real binary as a child process.
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-impl Proc {
-    /// Start `hookshim --config <config> serve` with the test callback secret, output to files.
-    pub fn spawn(
-        config: &std::path::Path,
-        stdout: &std::path::Path,
-        stderr: &std::path::Path,
-    ) -> Proc {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hookshim"))
-            .arg("--config")
-            .arg(config)
-            .arg("serve")
-            .env_remove("HOOKSHIM_API_TOKEN")
-            .env_remove("HOOKSHIM_CONFIG")
-            .env("HOOKSHIM_CALLBACK_SECRET", CALLBACK_SECRET)
-            .env("HOOKSHIM_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::fs::File::create(stdout).unwrap())
-            .stderr(std::fs::File::create(stderr).unwrap())
-            .spawn()
-            .expect("start the hookshim binary");
-        Proc { child }
-    }
-}
-
-/// A running child; killed (SIGKILL) and reaped when dropped, so a panicking test leaves no
-/// process behind.
-pub struct Proc {
-    pub child: std::process::Child,
-}
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn kill9(&mut self) -> std::process::ExitStatus {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap()
-    }
-
-    /// Wait (without blocking the runtime) for the child to exit.
-    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            if start.elapsed() > limit {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Wait until GET /healthz answers 200; panic if the child exits first.
-    pub async fn wait_healthy(&mut self, http: &reqwest::Client, url: &str) {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                panic!("hookshim exited before becoming healthy: {s}");
-            }
-            if let Ok(r) = http.get(format!("{url}/healthz")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                panic!("hookshim did not become healthy within 20s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
