@@ -44,22 +44,6 @@ async fn assert_still_serving(shim: &TestShim, up: &FakeUpstream, n: &mut u32) {
     assert_eq!(code, 201, "a normal registration still works: {body}");
 }
 
-/// POST raw bytes with the given headers (no signing done here).
-async fn post_raw(
-    shim: &TestShim,
-    path: &str,
-    headers: &[(&str, String)],
-    body: Vec<u8>,
-) -> (u16, Value) {
-    let mut req = shim.http.post(format!("{}{path}", shim.url)).body(body);
-    for (k, v) in headers {
-        req = req.header(*k, v);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// A Standard Webhooks-signed POST to /webhooks/{upstream} with an explicit timestamp and raw
 /// body, signed by the `standardwebhooks` crate.
 async fn send_signed(

@@ -5,14 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use serde_json::{Value, json};
-
-fn id_of(op: &Value) -> String {
-    op["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {op}"))
-        .to_string()
-}
+use serde_json::json;
 
 /// Wait until `path` has been requested at least `n` times; return the request instants.
 async fn wait_requests(up: &FakeUpstream, path: &str, n: usize) -> Vec<Instant> {

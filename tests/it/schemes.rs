@@ -46,24 +46,6 @@ operation_field = \"/id\"
     )
 }
 
-async fn post_raw(
-    shim: &TestShim,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> (u16, serde_json::Value) {
-    let mut req = shim
-        .http
-        .post(format!("{}{path}", shim.url))
-        .body(body.to_vec());
-    for (k, v) in headers {
-        req = req.header(*k, v);
-    }
-    let r = req.send().await.unwrap();
-    let code = r.status().as_u16();
-    (code, r.json().await.unwrap_or_default())
-}
-
 /// A fake upstream, a receiver, and hookshim with this file's upstreams (GH_SECRET set).
 async fn schemes_shim() -> (FakeUpstream, Receiver, TestShim) {
     let up = FakeUpstream::start().await;

@@ -312,9 +312,11 @@ impl Receiver {
 // ---------------------------------------------------------------------------------------------
 // hookshim itself.
 
-/// The standard test config: `jobs` polls only, `pushy` has Standard Webhooks on. Timings are
-/// short so tests run in milliseconds. `{UP}`, `{RECV}` and `{DATA}` are filled in.
-pub const CONFIG: &str = r#"
+/// The `[store]` and `[callbacks]` tables every in-process test config starts with (a literal,
+/// for `concat!`): the store in `{DATA}`, callbacks to `{RECV}/callback` with short retries.
+macro_rules! store_and_callbacks {
+    () => {
+        r#"
 [store]
 path = "{DATA}"
 cache = "8MiB"
@@ -323,7 +325,16 @@ cache = "8MiB"
 default_url = "{RECV}/callback"
 timeout = "1s"
 retry_schedule = ["100ms", "200ms", "300ms"]
+"#
+    };
+}
+pub(crate) use store_and_callbacks;
 
+/// The standard test config: `jobs` polls only, `pushy` has Standard Webhooks on. Timings are
+/// short so tests run in milliseconds. `{UP}`, `{RECV}` and `{DATA}` are filled in.
+pub const CONFIG: &str = concat!(
+    store_and_callbacks!(),
+    r#"
 [upstreams.jobs]
 base_url = "{UP}/"
 status_path = "jobs/{operation}"
@@ -354,7 +365,8 @@ scheme = "standard-webhooks"
 secret_env = "PUSHY_SECRET"
 operation_field = "/data/id"
 safety_poll = "1h"
-"#;
+"#
+);
 
 pub fn env_lookup(extra: Vec<(String, String)>) -> impl Fn(&str) -> Option<String> {
     move |name: &str| {
@@ -524,6 +536,33 @@ impl TestShim {
             .await
             .unwrap()
     }
+}
+
+/// The hookshim id in a registration answer.
+pub fn id_of(op: &Value) -> String {
+    op["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {op}"))
+        .to_string()
+}
+
+/// POST raw bytes with the given headers (no signing done here).
+pub async fn post_raw(
+    shim: &TestShim,
+    path: &str,
+    headers: &[(&str, String)],
+    body: impl AsRef<[u8]>,
+) -> (u16, Value) {
+    let mut req = shim
+        .http
+        .post(format!("{}{path}", shim.url))
+        .body(body.as_ref().to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 pub fn time_now_secs() -> u64 {

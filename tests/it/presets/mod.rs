@@ -26,16 +26,9 @@ const FAST: &str = r#"{ initial = "50ms", multiplier = 1.5, max = "200ms", jitte
 
 /// One upstream per preset, then the same kinds with webhooks on (their safety poll is an hour,
 /// so only a webhook finds the end). `{UP}`, `{RECV}`, `{DATA}` are filled in by the harness.
-const CONFIG: &str = r#"
-[store]
-path = "{DATA}"
-cache = "8MiB"
-
-[callbacks]
-default_url = "{RECV}/callback"
-timeout = "1s"
-retry_schedule = ["100ms", "200ms", "300ms"]
-
+const CONFIG: &str = concat!(
+    store_and_callbacks!(),
+    r#"
 [upstreams.veo]
 preset = "google-operation"
 base_url = "{UP}/gemini/v1beta/"
@@ -124,7 +117,8 @@ preset = "gemini-batch"
 base_url = "{UP}/gemini/v1beta/"
 poll = FAST
 webhook = { scheme = "standard-webhooks", secret_env = "HOOK_SECRET", safety_poll = "1h", events = { "batch.succeeded" = "succeeded", "batch.failed" = "failed" } }
-"#;
+"#
+);
 
 struct Rig {
     up: FakeUpstream,
@@ -152,13 +146,6 @@ async fn rig() -> Rig {
     let config = CONFIG.replace("FAST", FAST);
     let shim = TestShim::start_with_env(&config, &up, &recv, env()).await;
     Rig { up, recv, shim }
-}
-
-fn id_of(op: &Value) -> String {
-    op["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {op}"))
-        .to_string()
 }
 
 fn in_hours(h: u64) -> SystemTime {
