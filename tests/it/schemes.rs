@@ -3,15 +3,13 @@
 //! Webhooks `v1a` (Ed25519), Stripe's `Stripe-Signature`, and previous secrets accepted until
 //! their `until` (on a manual clock).
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
-use common::*;
 use hmac::{Hmac, KeyInit, Mac};
 use hookshim::clock::{Clock, ManualClock, Timestamp};
 use serde_json::{Value, json};
@@ -46,24 +44,6 @@ scheme = \"none\"
 operation_field = \"/id\"
 "
     )
-}
-
-async fn post_raw(
-    shim: &TestShim,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> (u16, serde_json::Value) {
-    let mut req = shim
-        .http
-        .post(format!("{}{path}", shim.url))
-        .body(body.to_vec());
-    for (k, v) in headers {
-        req = req.header(*k, v);
-    }
-    let r = req.send().await.unwrap();
-    let code = r.status().as_u16();
-    (code, r.json().await.unwrap_or_default())
 }
 
 /// A fake upstream, a receiver, and hookshim with this file's upstreams (GH_SECRET set).

@@ -1,11 +1,9 @@
 //! Callbacks to a receiver that misbehaves: errors, timeouts, 410, redirects, Retry-After, and
 //! redelivery. Every attempt of one operation carries the same `webhook-id`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// Register `jobs/{name}` with the upstream already answering `done`; return the hookshim id.

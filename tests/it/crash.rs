@@ -3,14 +3,11 @@
 //! operation. The fake upstream and the verifying receiver run in the test process; hookshim
 //! runs as a child process on its own data directory.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const SHIM_CONFIG: &str = r#"
@@ -41,59 +38,13 @@ rate = { per_second = 1000, burst = 100 }
 poll = { initial = "20ms", multiplier = 1.5, max = "50ms", jitter = 0.1, deadline = "1h" }
 "#;
 
-/// The temp dir, the config, and every log file; prints the logs if the test panics.
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    url: String,
-    logs: Vec<PathBuf>,
-    runs: usize,
-}
-
-impl Setup {
-    fn new(up: &FakeUpstream, recv: &Receiver) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let text = SHIM_CONFIG
-            .replace("{PORT}", &port.to_string())
+/// A child hookshim on this file's config, against `up` and `recv`.
+fn setup(up: &FakeUpstream, recv: &Receiver) -> ProcSetup {
+    ProcSetup::new(
+        &SHIM_CONFIG
             .replace("{UP}", &up.url)
-            .replace("{RECV}", &recv.url)
-            .replace("{DATA}", &dir.path().join("data").display().to_string());
-        let config = dir.path().join("shim.toml");
-        std::fs::write(&config, text).unwrap();
-        Setup {
-            dir,
-            config,
-            url: format!("http://127.0.0.1:{port}"),
-            logs: Vec::new(),
-            runs: 0,
-        }
-    }
-
-    /// Start `hookshim --config <dir>/shim.toml serve`, logs to files in the temp dir.
-    fn spawn(&mut self) -> Proc {
-        self.runs += 1;
-        let out = self.dir.path().join(format!("run{}.stdout", self.runs));
-        let err = self.dir.path().join(format!("run{}.stderr", self.runs));
-        self.logs.push(out.clone());
-        self.logs.push(err.clone());
-        Proc::spawn(&self.config, &out, &err)
-    }
-
-    fn dump_logs(&self) {
-        for p in &self.logs {
-            let text = std::fs::read_to_string(p).unwrap_or_default();
-            eprintln!("===== {} =====\n{text}", p.display());
-        }
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.dump_logs();
-        }
-    }
+            .replace("{RECV}", &recv.url),
+    )
 }
 
 /// Register `ops` on the `jobs` upstream concurrently; returns operation → hookshim id.
@@ -156,7 +107,7 @@ async fn kill_9_mid_delivery_loses_no_callback_and_keeps_webhook_ids() {
     let recv = Receiver::start().await;
     // Slow answers, 4 deliveries in flight: callbacks are mid-request when the kill comes.
     recv.set_default(Behaviour::Slow(Duration::from_millis(50)));
-    let mut setup = Setup::new(&up, &recv);
+    let mut setup = setup(&up, &recv);
     let http = reqwest::Client::new();
     let mut proc1 = setup.spawn();
     proc1.wait_healthy(&http, &setup.url).await;
@@ -267,7 +218,7 @@ async fn sigterm_exits_cleanly_and_keeps_every_operation() {
     let up = FakeUpstream::start().await;
     let recv = Receiver::start().await;
     recv.set_default(Behaviour::Slow(Duration::from_millis(50)));
-    let mut setup = Setup::new(&up, &recv);
+    let mut setup = setup(&up, &recv);
     let http = reqwest::Client::new();
     let mut proc1 = setup.spawn();
     proc1.wait_healthy(&http, &setup.url).await;

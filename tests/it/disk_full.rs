@@ -2,15 +2,30 @@
 //! the process keeps answering, `/readyz` says why it is not ready, and after space is freed a
 //! restart serves everything that was acknowledged. Drives the real binary on a small tmpfs.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Proc, free_port};
+use crate::common::ProcSetup;
 
 use serde_json::{Value, json};
 
+/// The store lives on a 4 MiB tmpfs mounted at `{DIR}/disk` (the test's own temp dir).
+const SHIM_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:{PORT}"
+[store]
+path = "{DIR}/disk/store"
+cache = "8MiB"
+[upstreams.jobs]
+base_url = "http://127.0.0.1:9/"
+status_path = "jobs/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+poll = { initial = "1h", max = "1h" }
+"#;
+
+/// Unmounts (lazily) when dropped, so a failing test leaves no mount behind.
 struct Mount(PathBuf);
 impl Drop for Mount {
     fn drop(&mut self) {
@@ -43,8 +58,8 @@ async fn full_disk_refuses_with_a_precise_error_and_loses_nothing_acknowledged()
         eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("disk");
+    let mut setup = ProcSetup::new(SHIM_CONFIG);
+    let mnt = setup.dir.path().join("disk");
     std::fs::create_dir_all(&mnt).unwrap();
     let ok = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
@@ -56,33 +71,9 @@ async fn full_disk_refuses_with_a_precise_error_and_loses_nothing_acknowledged()
     // Ballast we can delete later to free space.
     std::fs::write(mnt.join("ballast"), vec![0u8; 1_500_000]).unwrap();
 
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let config = dir.path().join("shim.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-[store]
-path = "{}"
-cache = "8MiB"
-[upstreams.jobs]
-base_url = "http://127.0.0.1:9/"
-status_path = "jobs/{{operation}}"
-status_field = "/state"
-succeeded = ["done"]
-failed = ["error"]
-poll = {{ initial = "1h", max = "1h" }}
-"#,
-            mnt.join("store").display()
-        ),
-    )
-    .unwrap();
+    let base = setup.url.clone();
     let http = reqwest::Client::new();
-    let log = |n: &str| dir.path().join(n);
-    let mut proc = Proc::spawn(&config, &log("out1"), &log("err1"));
+    let mut proc = setup.spawn();
     proc.wait_healthy(&http, &base).await;
 
     let mut acknowledged = Vec::new();
@@ -137,7 +128,7 @@ poll = {{ initial = "1h", max = "1h" }}
     // Free space, restart: everything acknowledged is there, and writes work again.
     proc.kill9();
     std::fs::remove_file(mnt.join("ballast")).unwrap();
-    proc = Proc::spawn(&config, &log("out2"), &log("err2"));
+    proc = setup.spawn();
     proc.wait_healthy(&http, &base).await;
     for (i, id) in acknowledged.iter().enumerate() {
         let r = http

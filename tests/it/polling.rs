@@ -2,19 +2,10 @@
 //! errors that must never end an operation, deadlines, 404 streaks, and the google-operation
 //! preset.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
-use serde_json::{Value, json};
-
-fn id_of(op: &Value) -> String {
-    op["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {op}"))
-        .to_string()
-}
+use crate::common::*;
+use serde_json::json;
 
 /// Wait until `path` has been requested at least `n` times; return the request instants.
 async fn wait_requests(up: &FakeUpstream, path: &str, n: usize) -> Vec<Instant> {

@@ -1,7 +1,10 @@
 //! Test harness: a fake upstream and a verifying receiver (the boundary of our system, so fakes
 //! are fine there), and the real hookshim library started over loopback on a real sled store in
-//! a temp dir.
-#![allow(dead_code)]
+//! a temp dir. The real binary as a child process is in [`process`].
+
+mod process;
+
+pub use process::*;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -182,7 +185,6 @@ pub enum Behaviour {
 pub struct Call {
     pub at: Instant,
     pub webhook_id: String,
-    pub timestamp: String,
     pub body: Value,
     pub raw: Vec<u8>,
     /// Whether `standardwebhooks::Webhook::verify` accepted it.
@@ -236,7 +238,6 @@ async fn receive(
         s.calls.push(Call {
             at: Instant::now(),
             webhook_id: h("webhook-id"),
-            timestamp: h("webhook-timestamp"),
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
             raw: body.to_vec(),
             verified,
@@ -311,9 +312,11 @@ impl Receiver {
 // ---------------------------------------------------------------------------------------------
 // hookshim itself.
 
-/// The standard test config: `jobs` polls only, `pushy` has Standard Webhooks on. Timings are
-/// short so tests run in milliseconds. `{UP}`, `{RECV}` and `{DATA}` are filled in.
-pub const CONFIG: &str = r#"
+/// The `[store]` and `[callbacks]` tables every in-process test config starts with (a literal,
+/// for `concat!`): the store in `{DATA}`, callbacks to `{RECV}/callback` with short retries.
+macro_rules! store_and_callbacks {
+    () => {
+        r#"
 [store]
 path = "{DATA}"
 cache = "8MiB"
@@ -322,7 +325,16 @@ cache = "8MiB"
 default_url = "{RECV}/callback"
 timeout = "1s"
 retry_schedule = ["100ms", "200ms", "300ms"]
+"#
+    };
+}
+pub(crate) use store_and_callbacks;
 
+/// The standard test config: `jobs` polls only, `pushy` has Standard Webhooks on. Timings are
+/// short so tests run in milliseconds. `{UP}`, `{RECV}` and `{DATA}` are filled in.
+pub const CONFIG: &str = concat!(
+    store_and_callbacks!(),
+    r#"
 [upstreams.jobs]
 base_url = "{UP}/"
 status_path = "jobs/{operation}"
@@ -353,7 +365,8 @@ scheme = "standard-webhooks"
 secret_env = "PUSHY_SECRET"
 operation_field = "/data/id"
 safety_poll = "1h"
-"#;
+"#
+);
 
 pub fn env_lookup(extra: Vec<(String, String)>) -> impl Fn(&str) -> Option<String> {
     move |name: &str| {
@@ -371,7 +384,8 @@ pub fn env_lookup(extra: Vec<(String, String)>) -> impl Fn(&str) -> Option<Strin
 pub struct TestShim {
     pub url: String,
     pub http: reqwest::Client,
-    pub dir: tempfile::TempDir,
+    /// Holds the data directory (removed when the shim is dropped).
+    _dir: tempfile::TempDir,
     pub config_text: String,
     pub env: Vec<(String, String)>,
     pub running: Option<Running>,
@@ -410,7 +424,7 @@ impl TestShim {
         let mut s = TestShim {
             url: String::new(),
             http: reqwest::Client::new(),
-            dir,
+            _dir: dir,
             config_text: text,
             env,
             running: None,
@@ -524,6 +538,33 @@ impl TestShim {
     }
 }
 
+/// The hookshim id in a registration answer.
+pub fn id_of(op: &Value) -> String {
+    op["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {op}"))
+        .to_string()
+}
+
+/// POST raw bytes with the given headers (no signing done here).
+pub async fn post_raw(
+    shim: &TestShim,
+    path: &str,
+    headers: &[(&str, String)],
+    body: impl AsRef<[u8]>,
+) -> (u16, Value) {
+    let mut req = shim
+        .http
+        .post(format!("{}{path}", shim.url))
+        .body(body.as_ref().to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 pub fn time_now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -573,96 +614,4 @@ pub async fn wait_calls(recv: &Receiver, id: &str, n: usize) -> Vec<Call> {
         },
     )
     .await
-}
-
-// ---------------------------------------------------------------------------------------------
-// The real binary as a child process.
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-impl Proc {
-    /// Start `hookshim --config <config> serve` with the test callback secret, output to files.
-    pub fn spawn(
-        config: &std::path::Path,
-        stdout: &std::path::Path,
-        stderr: &std::path::Path,
-    ) -> Proc {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hookshim"))
-            .arg("--config")
-            .arg(config)
-            .arg("serve")
-            .env_remove("HOOKSHIM_API_TOKEN")
-            .env_remove("HOOKSHIM_CONFIG")
-            .env("HOOKSHIM_CALLBACK_SECRET", CALLBACK_SECRET)
-            .env("HOOKSHIM_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::fs::File::create(stdout).unwrap())
-            .stderr(std::fs::File::create(stderr).unwrap())
-            .spawn()
-            .expect("start the hookshim binary");
-        Proc { child }
-    }
-}
-
-/// A running child; killed (SIGKILL) and reaped when dropped, so a panicking test leaves no
-/// process behind.
-pub struct Proc {
-    pub child: std::process::Child,
-}
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn kill9(&mut self) -> std::process::ExitStatus {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap()
-    }
-
-    /// Wait (without blocking the runtime) for the child to exit.
-    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            if start.elapsed() > limit {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Wait until GET /healthz answers 200; panic if the child exits first.
-    pub async fn wait_healthy(&mut self, http: &reqwest::Client, url: &str) {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                panic!("hookshim exited before becoming healthy: {s}");
-            }
-            if let Ok(r) = http.get(format!("{url}/healthz")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                panic!("hookshim did not become healthy within 20s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }

@@ -2,13 +2,11 @@
 //! and never takes the process down or changes an operation: inbound webhooks, the API, the
 //! API token, and config files given to the real binary.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// Another valid Standard Webhooks secret: what a forger might sign with.
@@ -44,22 +42,6 @@ async fn assert_still_serving(shim: &TestShim, up: &FakeUpstream, n: &mut u32) {
         .register(json!({"upstream": "jobs", "operation": op}))
         .await;
     assert_eq!(code, 201, "a normal registration still works: {body}");
-}
-
-/// POST raw bytes with the given headers (no signing done here).
-async fn post_raw(
-    shim: &TestShim,
-    path: &str,
-    headers: &[(&str, String)],
-    body: Vec<u8>,
-) -> (u16, Value) {
-    let mut req = shim.http.post(format!("{}{path}", shim.url)).body(body);
-    for (k, v) in headers {
-        req = req.header(*k, v);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 /// A Standard Webhooks-signed POST to /webhooks/{upstream} with an explicit timestamp and raw

@@ -1,11 +1,9 @@
 //! An operation's life, end to end over loopback: registration, polling or webhooks, exactly one
 //! signed callback.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test]

@@ -1,0 +1,154 @@
+//! The real binary as a child process: [`ProcSetup`] (a temp dir, a config on a free port, log
+//! files) and [`Proc`] (a running child, killed when dropped).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::CALLBACK_SECRET;
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl Proc {
+    /// Start `hookshim --config <config> serve` with the test callback secret, output to files.
+    pub fn spawn(
+        config: &std::path::Path,
+        stdout: &std::path::Path,
+        stderr: &std::path::Path,
+    ) -> Proc {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hookshim"))
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .env_remove("HOOKSHIM_API_TOKEN")
+            .env_remove("HOOKSHIM_CONFIG")
+            .env("HOOKSHIM_CALLBACK_SECRET", CALLBACK_SECRET)
+            .env("HOOKSHIM_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(stdout).unwrap())
+            .stderr(std::fs::File::create(stderr).unwrap())
+            .spawn()
+            .expect("start the hookshim binary");
+        Proc { child }
+    }
+}
+
+/// A running child; killed (SIGKILL) and reaped when dropped, so a panicking test leaves no
+/// process behind.
+pub struct Proc {
+    pub child: std::process::Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill9(&mut self) -> std::process::ExitStatus {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    /// Wait (without blocking the runtime) for the child to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until GET /healthz answers 200; panic if the child exits first.
+    pub async fn wait_healthy(&mut self, http: &reqwest::Client, url: &str) {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                panic!("hookshim exited before becoming healthy: {s}");
+            }
+            if let Ok(r) = http.get(format!("{url}/healthz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                panic!("hookshim did not become healthy within 20s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The temp dir, the config, and every log file of a child hookshim; prints the logs if the test
+/// panics.
+pub struct ProcSetup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    /// `http://127.0.0.1:{PORT}`.
+    pub url: String,
+    pub logs: Vec<PathBuf>,
+    runs: usize,
+}
+
+impl ProcSetup {
+    /// A fresh temp dir with `template` written to `shim.toml`, `{PORT}` filled with a free port,
+    /// `{DIR}` with the temp dir and `{DATA}` with `{DIR}/data`.
+    pub fn new(template: &str) -> ProcSetup {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let text = template
+            .replace("{PORT}", &port.to_string())
+            .replace("{DATA}", &dir.path().join("data").display().to_string())
+            .replace("{DIR}", &dir.path().display().to_string());
+        let config = dir.path().join("shim.toml");
+        std::fs::write(&config, text).unwrap();
+        ProcSetup {
+            dir,
+            config,
+            url: format!("http://127.0.0.1:{port}"),
+            logs: Vec::new(),
+            runs: 0,
+        }
+    }
+
+    /// Start `hookshim --config <dir>/shim.toml serve`, logs to files in the temp dir.
+    pub fn spawn(&mut self) -> Proc {
+        self.runs += 1;
+        let out = self.dir.path().join(format!("run{}.stdout", self.runs));
+        let err = self.dir.path().join(format!("run{}.stderr", self.runs));
+        self.logs.push(out.clone());
+        self.logs.push(err.clone());
+        Proc::spawn(&self.config, &out, &err)
+    }
+
+    fn dump_logs(&self) {
+        for p in &self.logs {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            eprintln!("===== {} =====\n{text}", p.display());
+        }
+    }
+}
+
+impl Drop for ProcSetup {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+    }
+}

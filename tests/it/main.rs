@@ -1,0 +1,19 @@
+//! The integration tests, one binary (as svix does): a module per area, sharing the harness in
+//! [`common`]. Run one area with e.g. `cargo test --test it presets::`.
+//!
+//! All modules run as parallel threads of one process, so no test may touch process-global
+//! state (environment variables, the current directory, fixed ports): each test has its own
+//! temp dir, its own loopback listeners, and passes environment only to the child processes it
+//! starts.
+
+mod common;
+
+mod bad_input;
+mod crash;
+mod delivery;
+mod disk_full;
+mod docs;
+mod lifecycle;
+mod polling;
+mod presets;
+mod schemes;

@@ -1,0 +1,249 @@
+//! The Google presets: google-operation (Veo), gemini-batch, gemini-interaction.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// google-operation (Veo)
+
+pub(super) fn veo(done: Option<Value>) -> Value {
+    let mut op = json!({"name": "models/veo-3.1-generate-preview/operations/x",
+        "metadata": {"@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningMetadata"}});
+    if let Some(d) = done {
+        op["done"] = json!(true);
+        op.as_object_mut()
+            .unwrap()
+            .extend(d.as_object().unwrap().clone());
+    }
+    op
+}
+
+pub(super) const VIDEO_URI: &str =
+    "https://generativelanguage.googleapis.com/v1beta/files/3yudfuwjdznj:download?alt=media";
+
+#[tokio::test]
+async fn google_operation_veo_each_end_and_the_video_uri_in_result() {
+    let r = rig().await;
+    let name = |s: &str| format!("models/veo-3.1-generate-preview/operations/{s}");
+    let path = |s: &str| format!("gemini/v1beta/{}", name(s));
+    let video = json!({"response": {"@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse",
+        "generateVideoResponse": {"generatedSamples": [{"video": {"uri": VIDEO_URI}}]}}});
+    let data = r
+        .drive(
+            "veo",
+            &name("ok"),
+            &path("ok"),
+            veo(None),
+            "running",
+            veo(Some(video)),
+            "succeeded",
+        )
+        .await;
+    assert_eq!(
+        data["result"]["generateVideoResponse"]["generatedSamples"][0]["video"]["uri"],
+        VIDEO_URI
+    );
+    assert_eq!(data["error"], Value::Null);
+
+    let data = r
+        .drive(
+            "veo",
+            &name("bad"),
+            &path("bad"),
+            veo(None),
+            "running",
+            veo(Some(
+                json!({"error": {"code": 3, "message": "invalid prompt", "details": []}}),
+            )),
+            "failed",
+        )
+        .await;
+    assert_eq!(data["error"]["message"], "invalid prompt");
+    assert_eq!(data["result"], Value::Null);
+
+    let data = r
+        .drive(
+            "veo",
+            &name("stop"),
+            &path("stop"),
+            veo(None),
+            "running",
+            veo(Some(json!({"error": {"code": 1, "message": "CANCELLED"}}))),
+            "cancelled",
+        )
+        .await;
+    assert_eq!(data["error"]["code"], 1);
+
+    let filtered = json!({"response": {"generateVideoResponse": {
+        "raiMediaFilteredCount": 1, "raiMediaFilteredReasons": ["The prompt could not be submitted."]}}});
+    let data = r
+        .drive(
+            "veo",
+            &name("rai"),
+            &path("rai"),
+            veo(None),
+            "running",
+            veo(Some(filtered)),
+            "failed",
+        )
+        .await;
+    assert_eq!(data["error"]["code"], "rai_media_filtered");
+    assert_eq!(
+        data["error"]["reasons"][0],
+        "The prompt could not be submitted."
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// gemini-batch
+
+pub(super) fn gemini_batch(state: &str, envelope: bool, extra: Value) -> Value {
+    let mut batch = json!({"name": "batches/x", "displayName": "nightly",
+        "model": "models/gemini-2.5-flash", "state": state,
+        "createTime": rfc3339(SystemTime::now()), "updateTime": rfc3339(SystemTime::now()),
+        "batchStats": {"requestCount": "4", "successfulRequestCount": "1",
+                       "failedRequestCount": "1", "pendingRequestCount": "2"}});
+    batch
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    if !envelope {
+        return batch;
+    }
+    batch["@type"] =
+        json!("type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch");
+    let done = !state.ends_with("RUNNING") && !state.ends_with("PENDING");
+    json!({"name": "batches/x", "metadata": batch, "done": done})
+}
+
+#[tokio::test]
+async fn gemini_batch_each_end_with_both_state_spellings_and_string_stats() {
+    let r = rig().await;
+    // Registered by bare id: stored, read and matched as `batches/{id}`.
+    r.up.set(
+        "gemini/v1beta/batches/b-ok",
+        gemini_batch("BATCH_STATE_RUNNING", true, json!({})),
+    );
+    let op = r.register("gbatch", "b-ok").await;
+    assert_eq!(op["operation"], "batches/b-ok");
+    let id = id_of(&op);
+    let seen = r.wait_read(&id, "running").await;
+    assert_eq!(
+        seen["progress"], 0.5,
+        "progress from string int64 batchStats"
+    );
+    assert_eq!(seen["upstream_status"], "BATCH_STATE_RUNNING");
+    r.up.set(
+        "gemini/v1beta/batches/b-ok",
+        gemini_batch(
+            "BATCH_STATE_SUCCEEDED",
+            false,
+            json!({"output": {"responsesFile": "files/batch-b-ok-out"},
+                   "batchStats": {"requestCount": "4", "successfulRequestCount": "4"}}),
+        ),
+    );
+    let data = r.terminal_callback(&id, "succeeded", "poll").await;
+    assert_eq!(data["result"]["responsesFile"], "files/batch-b-ok-out");
+    assert_eq!(
+        r.up.header_values("gemini/v1beta/batches/b-ok", "x-goog-api-key")[0],
+        "test-gemini-key"
+    );
+
+    for (op, state, envelope, status, code) in [
+        ("b-fail", "JOB_STATE_FAILED", true, "failed", "failed"),
+        (
+            "b-stop",
+            "BATCH_STATE_CANCELLED",
+            false,
+            "cancelled",
+            "cancelled",
+        ),
+        ("b-late", "JOB_STATE_EXPIRED", false, "expired", "expired"),
+    ] {
+        let path = format!("gemini/v1beta/batches/{op}");
+        let data = r
+            .drive(
+                "gbatch",
+                &format!("batches/{op}"),
+                &path,
+                gemini_batch("JOB_STATE_PENDING", envelope, json!({})),
+                "pending",
+                gemini_batch(state, envelope, json!({})),
+                status,
+            )
+            .await;
+        assert_eq!(data["upstream_status"], state);
+        assert_eq!(data["error"]["code"], code, "{data}");
+        assert_eq!(data["result"], Value::Null);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// gemini-interaction
+
+pub(super) fn interaction(status: &str, extra: Value) -> Value {
+    let mut v = json!({"id": "v1_x", "agent": "deep-research-pro-preview-12-2025",
+        "status": status, "created": rfc3339(SystemTime::now()), "role": "agent"});
+    v.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    v
+}
+
+#[tokio::test]
+async fn gemini_interaction_each_end() {
+    let r = rig().await;
+    let report = json!({"outputs": [{"type": "text", "text": "The report."}]});
+    let data = r
+        .drive(
+            "gint",
+            "interactions/v1_ok",
+            "gemini/v1beta/interactions/v1_ok",
+            interaction("in_progress", json!({})),
+            "running",
+            interaction("completed", report.clone()),
+            "succeeded",
+        )
+        .await;
+    assert_eq!(data["operation"], "v1_ok");
+    assert_eq!(data["result"][0]["text"], "The report.");
+
+    for (op, status, want, code) in [
+        ("v1_fail", "failed", "failed", "failed"),
+        ("v1_stop", "cancelled", "cancelled", "cancelled"),
+        ("v1_short", "incomplete", "failed", "incomplete"),
+        ("v1_poor", "budget_exceeded", "failed", "budget_exceeded"),
+    ] {
+        let data = r
+            .drive(
+                "gint",
+                op,
+                &format!("gemini/v1beta/interactions/{op}"),
+                interaction("in_progress", json!({})),
+                "running",
+                interaction(status, report.clone()),
+                want,
+            )
+            .await;
+        assert_eq!(data["error"]["code"], code, "{data}");
+        assert_eq!(data["upstream_status"], status);
+        assert_eq!(
+            data["result"][0]["text"], "The report.",
+            "partial output kept"
+        );
+    }
+    let data = r
+        .drive(
+            "gint",
+            "v1_own",
+            "gemini/v1beta/interactions/v1_own",
+            interaction("in_progress", json!({})),
+            "running",
+            interaction(
+                "failed",
+                json!({"error": {"code": "internal", "message": "agent crashed"}}),
+            ),
+            "failed",
+        )
+        .await;
+    assert_eq!(data["error"]["message"], "agent crashed");
+}
