@@ -26,6 +26,7 @@ pub mod ids;
 pub mod ingest;
 pub mod metrics;
 pub mod operation;
+pub mod pace;
 pub mod poller;
 pub mod schedule;
 pub mod service;

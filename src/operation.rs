@@ -162,7 +162,7 @@ pub struct Operation {
     pub late_observations: u32,
     /// Progress history the polling policy estimates completion from.
     #[serde(default)]
-    pub pace: crate::schedule::Pace,
+    pub pace: crate::pace::Pace,
     /// The `ETag` of the last status response, sent back as `If-None-Match`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
