@@ -19,9 +19,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::service::{StartOptions, start};
 use crate::signing::{sign_v1, verify_standard};
+use crate::values::Secret;
 
 struct SimJob {
     started: Instant,

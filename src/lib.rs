@@ -3,11 +3,14 @@
 //! exactly one signed Standard Webhooks callback when each job ends.
 //!
 //! Map of the crate (each module's doc says what it owns):
-//! - [`config`]: `shim.toml` schema and validation.
+//! - [`config`]: `shim.toml`: the top-level schema, loading, errors, the redacted view.
+//! - [`values`]: durations, sizes, secrets, `${VAR}` expansion, JSON pointers.
 //! - [`operation`]: the operation record and its transition rules (pure).
 //! - [`store`]: the `Store` trait, the sled implementation, group commit.
-//! - [`upstream`]: presets that build status requests and read responses (pure).
-//! - [`schedule`]: due-queue, polling policy (pure), per-upstream rate limits.
+//! - [`upstream`]: the preset table, status requests and responses (pure), upstream and webhook
+//!   configuration.
+//! - [`schedule`]: due-queue, polling policy (pure), per-upstream rate limits, poll and rate
+//!   configuration.
 //! - [`poller`]: one status read, end to end.
 //! - [`ingest`]: inbound webhooks.
 //! - [`delivery`]: signed callbacks with retries.
@@ -34,3 +37,4 @@ pub mod signing;
 pub mod state;
 pub mod store;
 pub mod upstream;
+pub mod values;

@@ -6,7 +6,6 @@ use serde_json::Value;
 
 use crate::clock::Timestamp;
 use crate::ids::{DeliveryKey, OperationId, WebhookId};
-use crate::upstream::{Observation, ObservedState};
 
 /// hookshim's status of an operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -611,5 +610,59 @@ mod tests {
         let op = sample(Timestamp(0));
         assert_eq!(op.callback_webhook_id(), op.clone().callback_webhook_id());
         assert!(!op.callback_webhook_id().as_str().contains('.'));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What an upstream reported (read by `upstream`'s presets, applied by the rules above).
+
+/// The state an upstream reported, already mapped to hookshim's vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObservedState {
+    Pending,
+    Running,
+    /// Paused until the user acts (a Gemini interaction's `requires_action`): not terminal; the
+    /// operation stays `running` and may announce the pause with an extra callback.
+    RequiresAction,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+impl ObservedState {
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            ObservedState::Pending | ObservedState::Running | ObservedState::RequiresAction
+        )
+    }
+}
+
+/// One reading of an upstream status response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    pub state: ObservedState,
+    /// The upstream's own status value, unmapped.
+    pub raw_status: Value,
+    /// Progress in 0..=1 when the upstream reports it.
+    pub progress: Option<f64>,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    /// When the upstream will expire the job by itself, if it says (OpenAI, Anthropic batches):
+    /// the policy makes sure to look at the operation then.
+    pub expires_at: Option<Timestamp>,
+}
+
+impl Observation {
+    pub(crate) fn new(state: ObservedState, raw_status: Value) -> Observation {
+        Observation {
+            state,
+            raw_status,
+            progress: None,
+            result: None,
+            error: None,
+            expires_at: None,
+        }
     }
 }

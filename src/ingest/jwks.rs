@@ -20,8 +20,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::clock::Timestamp;
-use crate::config::JwtConfig;
 use crate::signing::VerifyError;
+use crate::upstream::webhook::JwtConfig;
 
 /// How far past `exp` (or before `nbf`) a token is still accepted: clock skew.
 pub const JWT_LEEWAY_SECS: u64 = 30;

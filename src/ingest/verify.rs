@@ -7,9 +7,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::clock::Timestamp;
-use crate::config::{KeyMaterial, WebhookConfig, WebhookScheme};
 use crate::ingest::jwks::JwksCache;
 use crate::signing::{StandardKey, verify_github, verify_standard_keys, verify_stripe};
+use crate::upstream::webhook::{KeyMaterial, WebhookConfig, WebhookScheme};
 
 pub use crate::signing::VerifyError;
 

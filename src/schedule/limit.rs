@@ -13,7 +13,7 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::clock::{Clock, Timestamp};
-use crate::config::RateConfig;
+use crate::schedule::config::RateConfig;
 use crate::schedule::policy::Aimd;
 
 /// First polls are spread over at most this much time past the one asked for; beyond it they

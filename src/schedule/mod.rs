@@ -1,13 +1,14 @@
 //! When things happen: the due-queue shared by polling and delivery, the polling policy (pure
-//! math over config, hints and a random sample), the poll-outcome rules built on it, and each
-//! upstream's request budget.
+//! math over config, hints and a random sample), the poll-outcome rules built on it, each
+//! upstream's request budget, and the `poll` and `rate` configuration they run on ([`config`]).
 
+pub mod config;
 mod limit;
 pub mod outcome;
 pub mod policy;
 mod queue;
 
-pub use crate::config::PollConfig;
+pub use config::{PollConfig, RateConfig};
 pub use limit::UpstreamLimiter;
 pub use outcome::{
     DEADLINE_GRACE, EXPIRY_GRACE, PollOutcome, PollRules, Reading, apply_outcome, classify,

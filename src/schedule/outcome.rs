@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::{PollConfig, backoff, interval, next_poll_at};
 use crate::clock::Timestamp;
+use crate::operation::Observation;
 use crate::operation::{DetectedVia, Operation, Status, WEBHOOK_READS, shim_error};
-use crate::upstream::Observation;
 
 /// What of an upstream's configuration the poll-outcome rules read.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -245,8 +245,8 @@ pub fn time_out(o: &mut Operation, now: Timestamp) -> bool {
 mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
+    use crate::operation::ObservedState;
     use crate::operation::sample;
-    use crate::upstream::ObservedState;
     use serde_json::json;
 
     /// A generic upstream: `poll = { initial = "1s", multiplier = 2.0, max = "30s",

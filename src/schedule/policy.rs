@@ -6,8 +6,8 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 
 use crate::clock::Timestamp;
-use crate::config::PollConfig;
 pub use crate::pace::Pace;
+use crate::schedule::config::PollConfig;
 
 /// The longest hint honoured when a config gives none (`poll.hint_max` overrides it): an
 /// upstream that says "come back in a year" is still looked at again.

@@ -9,6 +9,24 @@ use serde_json::{Value, json};
 
 use super::{Observation, ObservedState, count, ended, fraction, non_null, rfc3339, status_text};
 
+use super::presets::PresetSpec;
+use crate::schedule::config::PollConfig;
+
+/// `anthropic-batch`: an Anthropic Message Batch. Anthropic sends no webhooks for it.
+pub static BATCH: PresetSpec = PresetSpec {
+    name: "anthropic-batch",
+    base_url: Some("https://api.anthropic.com/v1/"),
+    status_path: Some("messages/batches/{operation}"),
+    headers: &[
+        ("x-api-key", "${ANTHROPIC_API_KEY}"),
+        ("anthropic-version", "2023-06-01"),
+    ],
+    poll: PollConfig::batch(),
+    reads: "processing_status; the outcome of an ended batch from request_counts; results_url, expires_at",
+    read: Some(read_batch),
+    ..PresetSpec::BASE
+};
+
 pub fn read_batch(body: &Value) -> Result<Observation, String> {
     let raw = status_text(body, "/processing_status")?;
     let counts = body.get("request_counts");

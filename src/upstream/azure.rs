@@ -8,6 +8,20 @@ use serde_json::Value;
 
 use super::{Observation, ObservedState, count, ended, non_null, status_text};
 
+use super::presets::PresetSpec;
+use crate::schedule::config::PollConfig;
+
+/// `azure-async`: an Azure asynchronous operation; the registered operation is its status URL.
+pub static ASYNC: PresetSpec = PresetSpec {
+    name: "azure-async",
+    base_url: Some("https://management.azure.com/"),
+    poll: PollConfig::general(),
+    reads: "status (Succeeded / Failed / Canceled, any case), percentComplete, error; result is the whole body",
+    read: Some(read_status),
+    operation_url: Some(operation_url),
+    ..PresetSpec::BASE
+};
+
 /// Parse a registered operation as the absolute status URL it must be.
 pub fn operation_url(operation: &str) -> Result<Url, String> {
     let url = Url::parse(operation).map_err(|e| {

@@ -9,6 +9,89 @@ use super::{
     Observation, ObservedState, count, ended, fraction, non_null, rfc3339, status_text, with,
 };
 
+use super::presets::{PresetSpec, WebhookDefaults};
+use crate::schedule::config::PollConfig;
+
+const GEMINI: &str = "https://generativelanguage.googleapis.com/v1beta/";
+const GEMINI_KEY: &[(&str, &str)] = &[("x-goog-api-key", "${GEMINI_API_KEY}")];
+
+/// `google-operation`: a Google long-running Operation (`done`, `error` XOR `response`), e.g.
+/// Veo video jobs, which take seconds to minutes. No default header: the preset reads any
+/// Google API's Operation, and they authenticate differently.
+pub static OPERATION: PresetSpec = PresetSpec {
+    name: "google-operation",
+    base_url: Some(GEMINI),
+    status_path: Some("{operation}"),
+    poll: PollConfig::media(),
+    webhook: WebhookDefaults::thin(&["video."], &["video.generated"], &[]),
+    reads: "done / error / response (a Veo response without videos is failed)",
+    read: Some(read_operation),
+    ..PresetSpec::BASE
+};
+
+/// `gemini-batch`: a Gemini Batch API job (`batches/{id}`).
+pub static BATCH: PresetSpec = PresetSpec {
+    name: "gemini-batch",
+    base_url: Some(GEMINI),
+    // Operations are stored as `batches/{id}` (see `canonical_batch`).
+    status_path: Some("{operation}"),
+    headers: GEMINI_KEY,
+    poll: PollConfig::batch(),
+    webhook: WebhookDefaults::thin(
+        &["batch."],
+        &[
+            "batch.succeeded",
+            "batch.failed",
+            "batch.cancelled",
+            "batch.expired",
+        ],
+        &[],
+    ),
+    reads: "state or metadata.state (BATCH_STATE_* / JOB_STATE_*), batchStats, output",
+    read: Some(read_batch),
+    canonical_operation: canonical_batch,
+    ..PresetSpec::BASE
+};
+
+/// `gemini-interaction`: a Gemini background interaction (Deep Research and other
+/// `background: true` runs). Deep Research runs for minutes and may wait on the user for hours.
+pub static INTERACTION: PresetSpec = PresetSpec {
+    name: "gemini-interaction",
+    base_url: Some(GEMINI),
+    status_path: Some("interactions/{operation}"),
+    headers: GEMINI_KEY,
+    poll: PollConfig::media(),
+    webhook: WebhookDefaults::thin(
+        &["interaction."],
+        &[
+            "interaction.completed",
+            "interaction.failed",
+            "interaction.cancelled",
+            "interaction.requires_action",
+        ],
+        &["interaction.requires_action"],
+    ),
+    can_pause: true,
+    reads: "status (requires_action is a pause), outputs, error",
+    read: Some(read_interaction),
+    canonical_operation: canonical_interaction,
+    ..PresetSpec::BASE
+};
+
+/// Gemini batches are stored as `batches/{id}`, whether given with or without the collection.
+fn canonical_batch(op: &str) -> String {
+    if op.starts_with("batches/") {
+        op.to_string()
+    } else {
+        format!("batches/{op}")
+    }
+}
+
+/// Gemini interactions are stored as the bare id.
+fn canonical_interaction(op: &str) -> String {
+    op.strip_prefix("interactions/").unwrap_or(op).into()
+}
+
 /// A Gemini batch not processed within this long ends as expired (the API reference and the
 /// `batch.expired` event say 48 h; the guide says 24 h — the policy looks again then anyway).
 const BATCH_LIFETIME: Duration = Duration::from_secs(48 * 3600);

@@ -1,345 +1,38 @@
-//! Upstream presets: how to build the status request for an operation and how to read the
-//! status response into an [`Observation`]; which webhook events each upstream sends. Everything
-//! here is pure (no I/O): the poller does the HTTP, this module only knows the shapes of the
-//! upstreams' JSON. One file per family: [`google`] (Google operations, Gemini batches and
-//! interactions), [`openai`], [`replicate`], [`anthropic`], [`azure`]; the generic mapping lives
-//! here.
+//! Upstreams: how to build the status request for an operation and how to read the status
+//! response into an [`Observation`]; which webhook events each upstream sends; and each
+//! upstream's configuration. Reading is pure (no I/O): the poller does the HTTP, this module
+//! only knows the shapes of the upstreams' JSON.
+//!
+//! - [`presets`]: [`PresetSpec`], the [`PRESETS`] table and the [`Preset`] handle.
+//! - One file per provider family defines its presets completely: `generic`, `google` (Google
+//!   operations, Gemini batches and interactions), `openai`, `replicate`, `anthropic`, `azure`.
+//! - [`config`]: `[upstreams.<name>]` resolved into an [`UpstreamConfig`].
+//! - [`webhook`]: `[upstreams.<name>.webhook]` resolved into a [`WebhookConfig`].
+//! - Here: the status [`Mapping`] (the generic reader and the presets' overrides), the helpers
+//!   the readers share, and status URLs.
 
 mod anthropic;
 mod azure;
+pub mod config;
+mod generic;
 mod google;
 mod openai;
+pub mod presets;
 mod replicate;
+pub mod webhook;
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use reqwest::Url;
 use serde_json::{Value, json};
 
 use crate::clock::Timestamp;
-use crate::config::{PollConfig, UpstreamConfig};
 
-/// The kinds of upstream hookshim knows how to read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Preset {
-    /// Any JSON status endpoint, described by pointers and value lists in the config.
-    Generic,
-    /// A Google long-running Operation (`done`, `error` XOR `response`), e.g. Veo video jobs.
-    GoogleOperation,
-    /// A Gemini Batch API job (`batches/{id}`).
-    GeminiBatch,
-    /// A Gemini background interaction (Deep Research and other `background: true` runs).
-    GeminiInteraction,
-    /// An OpenAI Batch API job.
-    OpenaiBatch,
-    /// An OpenAI background response (`background: true`).
-    OpenaiResponse,
-    /// A Replicate prediction.
-    Replicate,
-    /// An Anthropic Message Batch.
-    AnthropicBatch,
-    /// An Azure asynchronous operation: the registered operation is its status URL.
-    AzureAsync,
-}
-
-/// What a preset knows about the webhooks its upstream sends.
-#[derive(Clone, Copy, Debug)]
-pub struct WebhookDefaults {
-    /// Where the operation id sits in a webhook body.
-    pub operation_field: &'static str,
-    /// Event-type prefixes this upstream kind owns (`"batch."`): an event of another family
-    /// (an OpenAI `response.completed` sent to the batch upstream) is acknowledged and ignored.
-    /// Empty: every event is considered.
-    pub families: &'static [&'static str],
-    /// The event types the upstream documents for this kind of job.
-    pub events: &'static [&'static str],
-    /// Of those, the ones that announce a pause rather than an end (never mapped to an outcome).
-    pub pauses: &'static [&'static str],
-}
-
-/// What a preset fills in when the config leaves it out.
-pub struct PresetDefaults {
-    pub base_url: Option<&'static str>,
-    pub status_path: Option<&'static str>,
-    /// Default request headers; values may reference environment variables (`${VAR}`).
-    pub headers: &'static [(&'static str, &'static str)],
-    pub poll: PollConfig,
-    /// `None`: the upstream sends no webhooks for this kind of job.
-    pub webhook: Option<WebhookDefaults>,
-    /// Whether the upstream can report a pause (`requires_action`).
-    pub can_pause: bool,
-    /// How the status response is read (for `hookshim check`).
-    pub reads: &'static str,
-}
-
-const GEMINI_KEY: &[(&str, &str)] = &[("x-goog-api-key", "${GEMINI_API_KEY}")];
-const OPENAI_KEY: &[(&str, &str)] = &[("Authorization", "Bearer ${OPENAI_API_KEY}")];
-
-/// Standard Webhooks envelopes carry the job's id at `data.id`.
-const fn thin(
-    families: &'static [&'static str],
-    events: &'static [&'static str],
-    pauses: &'static [&'static str],
-) -> Option<WebhookDefaults> {
-    Some(WebhookDefaults {
-        operation_field: "/data/id",
-        families,
-        events,
-        pauses,
-    })
-}
-
-impl Preset {
-    pub const ALL: [Preset; 9] = [
-        Preset::Generic,
-        Preset::GoogleOperation,
-        Preset::GeminiBatch,
-        Preset::GeminiInteraction,
-        Preset::OpenaiBatch,
-        Preset::OpenaiResponse,
-        Preset::Replicate,
-        Preset::AnthropicBatch,
-        Preset::AzureAsync,
-    ];
-
-    pub const NAMES: &'static [&'static str] = &[
-        "generic",
-        "google-operation",
-        "gemini-batch",
-        "gemini-interaction",
-        "openai-batch",
-        "openai-response",
-        "replicate",
-        "anthropic-batch",
-        "azure-async",
-    ];
-
-    pub fn from_name(name: &str) -> Option<Preset> {
-        Preset::ALL.into_iter().find(|p| p.name() == name)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Preset::Generic => "generic",
-            Preset::GoogleOperation => "google-operation",
-            Preset::GeminiBatch => "gemini-batch",
-            Preset::GeminiInteraction => "gemini-interaction",
-            Preset::OpenaiBatch => "openai-batch",
-            Preset::OpenaiResponse => "openai-response",
-            Preset::Replicate => "replicate",
-            Preset::AnthropicBatch => "anthropic-batch",
-            Preset::AzureAsync => "azure-async",
-        }
-    }
-
-    pub fn defaults(self) -> PresetDefaults {
-        const GEMINI: &str = "https://generativelanguage.googleapis.com/v1beta/";
-        match self {
-            Preset::Generic => PresetDefaults {
-                base_url: None,
-                status_path: None,
-                headers: &[],
-                poll: PollConfig::general(),
-                webhook: thin(&[], &[], &[]),
-                can_pause: false,
-                reads: "status_field and the value lists",
-            },
-            // Veo and similar media jobs take seconds to minutes. No default header: the preset
-            // reads any Google API's Operation, and they authenticate differently.
-            Preset::GoogleOperation => PresetDefaults {
-                base_url: Some(GEMINI),
-                status_path: Some("{operation}"),
-                headers: &[],
-                poll: PollConfig::media(),
-                webhook: thin(&["video."], &["video.generated"], &[]),
-                can_pause: false,
-                reads: "done / error / response (a Veo response without videos is failed)",
-            },
-            Preset::GeminiBatch => PresetDefaults {
-                base_url: Some(GEMINI),
-                // Operations are stored as `batches/{id}` (see `canonical_operation`).
-                status_path: Some("{operation}"),
-                headers: GEMINI_KEY,
-                poll: PollConfig::batch(),
-                webhook: thin(
-                    &["batch."],
-                    &[
-                        "batch.succeeded",
-                        "batch.failed",
-                        "batch.cancelled",
-                        "batch.expired",
-                    ],
-                    &[],
-                ),
-                can_pause: false,
-                reads: "state or metadata.state (BATCH_STATE_* / JOB_STATE_*), batchStats, output",
-            },
-            // Deep Research runs for minutes and may wait on the user for hours.
-            Preset::GeminiInteraction => PresetDefaults {
-                base_url: Some(GEMINI),
-                status_path: Some("interactions/{operation}"),
-                headers: GEMINI_KEY,
-                poll: PollConfig::media(),
-                webhook: thin(
-                    &["interaction."],
-                    &[
-                        "interaction.completed",
-                        "interaction.failed",
-                        "interaction.cancelled",
-                        "interaction.requires_action",
-                    ],
-                    &["interaction.requires_action"],
-                ),
-                can_pause: true,
-                reads: "status (requires_action is a pause), outputs, error",
-            },
-            Preset::OpenaiBatch => PresetDefaults {
-                base_url: Some("https://api.openai.com/v1/"),
-                status_path: Some("batches/{operation}"),
-                headers: OPENAI_KEY,
-                poll: PollConfig::batch(),
-                webhook: thin(
-                    &["batch."],
-                    &[
-                        "batch.completed",
-                        "batch.failed",
-                        "batch.expired",
-                        "batch.cancelled",
-                    ],
-                    &[],
-                ),
-                can_pause: false,
-                reads: "status, request_counts, output_file_id / error_file_id, errors, expires_at",
-            },
-            Preset::OpenaiResponse => PresetDefaults {
-                base_url: Some("https://api.openai.com/v1/"),
-                status_path: Some("responses/{operation}"),
-                headers: OPENAI_KEY,
-                poll: PollConfig::media(),
-                webhook: thin(
-                    &["response."],
-                    &[
-                        "response.completed",
-                        "response.failed",
-                        "response.cancelled",
-                        "response.incomplete",
-                    ],
-                    &[],
-                ),
-                can_pause: false,
-                reads: "status, output, error, incomplete_details",
-            },
-            // The webhook body is the whole prediction, so its id is at the top.
-            Preset::Replicate => PresetDefaults {
-                base_url: Some("https://api.replicate.com/v1/"),
-                status_path: Some("predictions/{operation}"),
-                headers: &[("Authorization", "Bearer ${REPLICATE_API_TOKEN}")],
-                poll: PollConfig::media(),
-                webhook: Some(WebhookDefaults {
-                    operation_field: "/id",
-                    families: &[],
-                    events: &[],
-                    pauses: &[],
-                }),
-                can_pause: false,
-                reads: "status, output, error",
-            },
-            Preset::AnthropicBatch => PresetDefaults {
-                base_url: Some("https://api.anthropic.com/v1/"),
-                status_path: Some("messages/batches/{operation}"),
-                headers: &[
-                    ("x-api-key", "${ANTHROPIC_API_KEY}"),
-                    ("anthropic-version", "2023-06-01"),
-                ],
-                poll: PollConfig::batch(),
-                webhook: None,
-                can_pause: false,
-                reads: "processing_status; the outcome of an ended batch from request_counts; results_url, expires_at",
-            },
-            Preset::AzureAsync => PresetDefaults {
-                base_url: Some("https://management.azure.com/"),
-                status_path: None,
-                headers: &[],
-                poll: PollConfig::general(),
-                webhook: None,
-                can_pause: false,
-                reads: "status (Succeeded / Failed / Canceled, any case), percentComplete, error; result is the whole body",
-            },
-        }
-    }
-
-    /// The form an operation id is stored and matched in, so that what the app registers and
-    /// what a webhook names meet: Gemini batches are `batches/{id}` whether given with or
-    /// without the collection, Gemini interactions are the bare id.
-    pub fn canonical_operation(self, op: &str) -> String {
-        match self {
-            Preset::GeminiBatch if !op.starts_with("batches/") => format!("batches/{op}"),
-            Preset::GeminiInteraction => op.strip_prefix("interactions/").unwrap_or(op).into(),
-            _ => op.to_string(),
-        }
-    }
-
-    /// Whether a webhook event of type `event_type` belongs to another kind of job (it is then
-    /// acknowledged and ignored).
-    pub fn foreign_event(self, event_type: &str) -> bool {
-        match self.defaults().webhook {
-            Some(w) if !w.families.is_empty() => {
-                !w.families.iter().any(|f| event_type.starts_with(f))
-            }
-            _ => false,
-        }
-    }
-}
-
-/// The state an upstream reported, already mapped to hookshim's vocabulary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ObservedState {
-    Pending,
-    Running,
-    /// Paused until the user acts (a Gemini interaction's `requires_action`): not terminal; the
-    /// operation stays `running` and may announce the pause with an extra callback.
-    RequiresAction,
-    Succeeded,
-    Failed,
-    Cancelled,
-    Expired,
-}
-
-impl ObservedState {
-    pub fn is_terminal(self) -> bool {
-        !matches!(
-            self,
-            ObservedState::Pending | ObservedState::Running | ObservedState::RequiresAction
-        )
-    }
-}
-
-/// One reading of an upstream status response.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Observation {
-    pub state: ObservedState,
-    /// The upstream's own status value, unmapped.
-    pub raw_status: Value,
-    /// Progress in 0..=1 when the upstream reports it.
-    pub progress: Option<f64>,
-    pub result: Option<Value>,
-    pub error: Option<Value>,
-    /// When the upstream will expire the job by itself, if it says (OpenAI, Anthropic batches):
-    /// the policy makes sure to look at the operation then.
-    pub expires_at: Option<Timestamp>,
-}
-
-impl Observation {
-    fn new(state: ObservedState, raw_status: Value) -> Observation {
-        Observation {
-            state,
-            raw_status,
-            progress: None,
-            result: None,
-            error: None,
-            expires_at: None,
-        }
-    }
-}
+pub use self::config::{CALLBACK_EVENTS, UpstreamConfig};
+pub use self::presets::{PRESETS, Preset, PresetSpec, ProxyPatterns, WebhookDefaults};
+pub use self::webhook::{
+    GEMINI_JWKS_URL, JwtConfig, KeyMaterial, WebhookConfig, WebhookKey, WebhookScheme,
+};
+pub use crate::operation::{Observation, ObservedState};
 
 /// The config fields that describe a generic mapping (pointers already checked).
 #[derive(Default)]
@@ -383,21 +76,22 @@ pub enum Mapping {
 
 impl Mapping {
     pub fn build(preset: Preset, m: MappingInput) -> Result<Mapping, String> {
-        if preset == Preset::Generic {
+        if preset.defaults().read.is_none() {
+            let name = preset.name();
             let status_field = m
                 .status_field
-                .ok_or("`status_field` is required for preset \"generic\"")?;
+                .ok_or_else(|| format!("`status_field` is required for preset {name:?}"))?;
             let succeeded = m.succeeded.unwrap_or_default();
             let failed = m.failed.unwrap_or_default();
             if succeeded.is_empty() {
-                return Err(
-                    "`succeeded` needs at least one status value for preset \"generic\"".into(),
-                );
+                return Err(format!(
+                    "`succeeded` needs at least one status value for preset {name:?}"
+                ));
             }
             if failed.is_empty() {
-                return Err(
-                    "`failed` needs at least one status value for preset \"generic\"".into(),
-                );
+                return Err(format!(
+                    "`failed` needs at least one status value for preset {name:?}"
+                ));
             }
             return Ok(Mapping::Generic {
                 status_field,
@@ -524,17 +218,12 @@ impl Mapping {
                 error_field,
                 progress_field,
             } => {
-                let mut obs = match preset {
-                    Preset::Generic => unreachable!("the generic preset has its own mapping"),
-                    Preset::GoogleOperation => google::read_operation(body)?,
-                    Preset::GeminiBatch => google::read_batch(body)?,
-                    Preset::GeminiInteraction => google::read_interaction(body)?,
-                    Preset::OpenaiBatch => openai::read_batch(body)?,
-                    Preset::OpenaiResponse => openai::read_response(body)?,
-                    Preset::Replicate => replicate::read_prediction(body)?,
-                    Preset::AnthropicBatch => anthropic::read_batch(body)?,
-                    Preset::AzureAsync => azure::read_status(body)?,
-                };
+                // `build` makes a preset mapping only for presets with a reader.
+                let read = preset
+                    .defaults()
+                    .read
+                    .ok_or_else(|| format!("preset {:?} has no status reader", preset.name()))?;
+                let mut obs = read(body)?;
                 if let Some(p) = progress_field {
                     obs.progress = read_progress(body, p).or(obs.progress);
                 }
@@ -677,8 +366,8 @@ pub fn prepare_operation(up: &UpstreamConfig, op: &str) -> Result<String, String
 
 /// The URL to read an operation's status from.
 pub fn status_url(up: &UpstreamConfig, operation: &str) -> Result<Url, String> {
-    let url = if up.preset == Preset::AzureAsync {
-        azure::operation_url(operation)?
+    let url = if let Some(operation_url) = up.preset.defaults().operation_url {
+        operation_url(operation)?
     } else {
         let encoded = utf8_percent_encode(operation, PATH_ESCAPE).to_string();
         let path = up.status_path.replace("{operation}", &encoded);
@@ -717,9 +406,13 @@ fn ensure_under(base: &Url, url: &Url) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn preset(name: &str) -> Preset {
+        Preset::from_name(name).unwrap()
+    }
+
     fn generic() -> Mapping {
         Mapping::build(
-            Preset::Generic,
+            preset("generic"),
             MappingInput {
                 status_field: Some("/state".into()),
                 succeeded: Some(vec!["done".into()]),
@@ -772,7 +465,7 @@ mod tests {
     #[test]
     fn every_preset_has_a_name_that_round_trips() {
         assert_eq!(Preset::ALL.len(), Preset::NAMES.len());
-        for p in Preset::ALL {
+        for &p in Preset::ALL {
             assert_eq!(Preset::from_name(p.name()), Some(p));
             assert!(Preset::NAMES.contains(&p.name()));
         }
@@ -781,7 +474,7 @@ mod tests {
     #[test]
     fn preset_mappings_reject_generic_keys_and_name_what_they_read() {
         let e = Mapping::build(
-            Preset::OpenaiBatch,
+            preset("openai-batch"),
             MappingInput {
                 status_field: Some("/status".into()),
                 ..Default::default()
@@ -798,7 +491,7 @@ mod tests {
     #[test]
     fn overrides_replace_the_presets_result_error_and_progress() {
         let m = Mapping::build(
-            Preset::Replicate,
+            preset("replicate"),
             MappingInput {
                 result_field: Some("/output/0".into()),
                 error_field: Some("/logs".into()),
@@ -850,25 +543,25 @@ mod tests {
 
     #[test]
     fn canonical_operations_meet_webhook_ids() {
-        let b = Preset::GeminiBatch;
+        let b = preset("gemini-batch");
         assert_eq!(b.canonical_operation("abc"), "batches/abc");
         assert_eq!(b.canonical_operation("batches/abc"), "batches/abc");
-        let i = Preset::GeminiInteraction;
+        let i = preset("gemini-interaction");
         assert_eq!(i.canonical_operation("interactions/v1_x"), "v1_x");
         assert_eq!(i.canonical_operation("v1_x"), "v1_x");
         assert_eq!(
-            Preset::OpenaiBatch.canonical_operation("batch_1"),
+            preset("openai-batch").canonical_operation("batch_1"),
             "batch_1"
         );
     }
 
     #[test]
     fn foreign_event_families_are_told_apart() {
-        assert!(Preset::OpenaiBatch.foreign_event("response.completed"));
-        assert!(!Preset::OpenaiBatch.foreign_event("batch.completed"));
-        assert!(!Preset::OpenaiBatch.foreign_event("batch.something_new"));
-        assert!(!Preset::Generic.foreign_event("anything.at.all"));
-        assert!(!Preset::Replicate.foreign_event("whatever"));
+        assert!(preset("openai-batch").foreign_event("response.completed"));
+        assert!(!preset("openai-batch").foreign_event("batch.completed"));
+        assert!(!preset("openai-batch").foreign_event("batch.something_new"));
+        assert!(!preset("generic").foreign_event("anything.at.all"));
+        assert!(!preset("replicate").foreign_event("whatever"));
     }
 
     #[test]

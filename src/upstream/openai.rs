@@ -6,6 +6,56 @@ use super::{
     Observation, ObservedState, count, ended, fraction, non_null, status_text, unix_seconds, with,
 };
 
+use super::presets::{PresetSpec, WebhookDefaults};
+use crate::schedule::config::PollConfig;
+
+const OPENAI: &str = "https://api.openai.com/v1/";
+const OPENAI_KEY: &[(&str, &str)] = &[("Authorization", "Bearer ${OPENAI_API_KEY}")];
+
+/// `openai-batch`: an OpenAI Batch API job.
+pub static BATCH: PresetSpec = PresetSpec {
+    name: "openai-batch",
+    base_url: Some(OPENAI),
+    status_path: Some("batches/{operation}"),
+    headers: OPENAI_KEY,
+    poll: PollConfig::batch(),
+    webhook: WebhookDefaults::thin(
+        &["batch."],
+        &[
+            "batch.completed",
+            "batch.failed",
+            "batch.expired",
+            "batch.cancelled",
+        ],
+        &[],
+    ),
+    reads: "status, request_counts, output_file_id / error_file_id, errors, expires_at",
+    read: Some(read_batch),
+    ..PresetSpec::BASE
+};
+
+/// `openai-response`: an OpenAI background response (`background: true`).
+pub static RESPONSE: PresetSpec = PresetSpec {
+    name: "openai-response",
+    base_url: Some(OPENAI),
+    status_path: Some("responses/{operation}"),
+    headers: OPENAI_KEY,
+    poll: PollConfig::media(),
+    webhook: WebhookDefaults::thin(
+        &["response."],
+        &[
+            "response.completed",
+            "response.failed",
+            "response.cancelled",
+            "response.incomplete",
+        ],
+        &[],
+    ),
+    reads: "status, output, error, incomplete_details",
+    read: Some(read_response),
+    ..PresetSpec::BASE
+};
+
 /// An OpenAI batch (`GET /v1/batches/{id}`). `result` names the output and error files (an
 /// expired or cancelled batch keeps the results of the requests it finished); `error` carries
 /// the batch's `errors` list when it failed.

@@ -4,6 +4,32 @@ use serde_json::Value;
 
 use super::{Observation, ObservedState, ended, non_null, status_text};
 
+use super::presets::{PresetSpec, WebhookDefaults};
+use crate::schedule::config::PollConfig;
+
+/// `replicate`: a Replicate prediction. The webhook body is the whole prediction, so its id is
+/// at the top, and its status is read like a poll.
+pub static PREDICTION: PresetSpec = PresetSpec {
+    name: "replicate",
+    base_url: Some("https://api.replicate.com/v1/"),
+    status_path: Some("predictions/{operation}"),
+    headers: &[("Authorization", "Bearer ${REPLICATE_API_TOKEN}")],
+    poll: PollConfig::media(),
+    webhook: Some(WebhookDefaults {
+        operation_field: "/id",
+        families: &[],
+        events: &[],
+        pauses: &[],
+        no_event_map: Some(
+            "Replicate webhooks carry the whole prediction, not an event type; the status in it \
+             is read like a poll, so there is nothing to map",
+        ),
+    }),
+    reads: "status, output, error",
+    read: Some(read_prediction),
+    ..PresetSpec::BASE
+};
+
 /// A prediction (`GET /v1/predictions/{id}`; webhooks carry the same object): `canceled` and
 /// `aborted` are cancelled; `result` is `output`; `error` is the prediction's error (a string
 /// on the wire, reported as `{"code": "failed", "message": ...}`).

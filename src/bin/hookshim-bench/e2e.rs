@@ -25,8 +25,8 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use clap::Args;
 use hookshim::clock::{Clock, SystemClock};
-use hookshim::config::Secret;
 use hookshim::signing::{sign_v1, verify_standard};
+use hookshim::values::Secret;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 

@@ -15,11 +15,12 @@ use std::time::Duration;
 use governor::clock::FakeRelativeClock;
 use governor::{Quota, RateLimiter};
 use hookshim::clock::Timestamp;
-use hookshim::config::{Config, UpstreamConfig};
+use hookshim::config::Config;
 use hookshim::ids::OperationId;
 use hookshim::operation::{NewOperation, Operation, Status};
 use hookshim::schedule::{PollOutcome, Reading, apply_outcome, first_poll_at};
 use hookshim::schedule::{UpstreamLimiter, parse_hint};
+use hookshim::upstream::UpstreamConfig;
 use hookshim::upstream::{Observation, ObservedState};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -343,7 +344,7 @@ fn replay_hookshim(jobs: &[Job], seed: u64, eta: bool) -> PolicyRun {
         let quota = Quota::per_second(NonZeroU32::new(rate).expect("rate > 0"))
             .allow_burst(NonZeroU32::new(burst).expect("burst > 0"));
         limiters.insert(up, RateLimiter::direct_with_clock(quota, clock.clone()));
-        let rc = hookshim::config::RateConfig::new(rate, burst);
+        let rc = hookshim::schedule::RateConfig::new(rate, burst);
         spreaders.insert(up, UpstreamLimiter::new(rc, ms(0.0)));
     }
     let mut ops: Vec<Operation> = Vec::with_capacity(jobs.len());

@@ -1,0 +1,253 @@
+//! Polling and rate configuration: an upstream's `poll` and `rate` keys, their defaults per kind
+//! of job ([`PollConfig::media`], [`PollConfig::batch`], [`PollConfig::general`]) and their
+//! validation. `upstream::config` reads these sections with the functions here.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::values::Dur;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateConfig {
+    /// The ceiling: never more requests than this (with `burst` allowed at once).
+    pub per_second: u32,
+    pub burst: u32,
+    /// The adaptive rate never drops below this after 429/503 answers.
+    pub min_per_second: f64,
+    /// The adaptive rate regains a tenth of `per_second` per this much time without a 429/503.
+    pub increase_every: Duration,
+}
+
+impl RateConfig {
+    pub fn new(per_second: u32, burst: u32) -> RateConfig {
+        RateConfig {
+            per_second,
+            burst,
+            min_per_second: (f64::from(per_second) / 10.0).max(0.1),
+            increase_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One upstream's polling schedule. The policy that uses it is `schedule::policy`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PollConfig {
+    /// False for an upstream with no status endpoint: no status request is ever sent; only a
+    /// webhook event mapped in `webhook.events` or the deadline ends an operation.
+    pub enabled: bool,
+    /// The blind schedule: `initial × multiplier^n` up to `max`, ±`jitter`.
+    pub initial: Duration,
+    pub multiplier: f64,
+    pub max: Duration,
+    /// Fraction (0–0.5). Small on purpose: it spreads load, it does not help detection.
+    pub jitter: f64,
+    /// Default deadline for operations registered without one.
+    pub deadline: Duration,
+    /// Cadence while progress reads complete but the status is not terminal yet (finalizing).
+    pub finalizing: Duration,
+    /// Poll close to the completion time estimated from the rate of progress.
+    pub eta: bool,
+    /// The longest single wait an estimate may justify (the blind schedule stops at `max`).
+    pub eta_max: Duration,
+    /// Polls without progress after which the estimate is dropped for the blind schedule.
+    pub stall_polls: u32,
+    /// Server hints longer than this are clamped to it.
+    pub hint_max: Duration,
+}
+
+impl PollConfig {
+    /// Seconds-to-minutes jobs (video, image, a background response): react within seconds.
+    pub const fn media() -> PollConfig {
+        PollConfig {
+            enabled: true,
+            initial: Duration::from_secs(2),
+            multiplier: 1.5,
+            max: Duration::from_secs(15),
+            jitter: 0.05,
+            deadline: Duration::from_secs(6 * 3600),
+            finalizing: Duration::from_secs(2),
+            eta: true,
+            eta_max: Duration::from_secs(60),
+            stall_polls: 3,
+            hint_max: Duration::from_secs(3600),
+        }
+    }
+
+    /// Minutes-to-hours jobs (batch APIs): progress counts drive the schedule.
+    pub const fn batch() -> PollConfig {
+        PollConfig {
+            enabled: true,
+            initial: Duration::from_secs(10),
+            multiplier: 1.5,
+            max: Duration::from_secs(15),
+            jitter: 0.05,
+            deadline: Duration::from_secs(48 * 3600),
+            finalizing: Duration::from_secs(10),
+            eta: true,
+            eta_max: Duration::from_secs(30 * 60),
+            stall_polls: 3,
+            hint_max: Duration::from_secs(6 * 3600),
+        }
+    }
+
+    /// Anything else: a generic JSON status endpoint with unknown job lengths.
+    pub const fn general() -> PollConfig {
+        PollConfig {
+            enabled: true,
+            initial: Duration::from_secs(1),
+            multiplier: 1.5,
+            max: Duration::from_secs(30),
+            jitter: 0.05,
+            deadline: Duration::from_secs(24 * 3600),
+            finalizing: Duration::from_secs(2),
+            eta: true,
+            eta_max: Duration::from_secs(10 * 60),
+            stall_polls: 3,
+            hint_max: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+/// An upstream's `rate` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    per_second: u32,
+    burst: Option<u32>,
+    min_per_second: Option<f64>,
+    increase_every: Option<Dur>,
+}
+
+/// An upstream's `poll` table as written.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoll {
+    enabled: Option<bool>,
+    initial: Option<Dur>,
+    multiplier: Option<f64>,
+    max: Option<Dur>,
+    jitter: Option<f64>,
+    deadline: Option<Dur>,
+    finalizing: Option<Dur>,
+    eta: Option<bool>,
+    eta_max: Option<Dur>,
+    stall_polls: Option<u32>,
+    hint_max: Option<Dur>,
+}
+
+impl RawPoll {
+    /// `poll.enabled`, true unless written false.
+    pub fn enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+}
+
+/// Resolve the `rate` table; `prefix` is the dotted key of the section that holds it
+/// (`upstreams.<name>`).
+pub fn resolve_rate(prefix: &str, raw: Option<RawRate>) -> Result<RateConfig, String> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    let Some(r) = raw else {
+        return Ok(RateConfig::new(10, 10));
+    };
+    if r.per_second == 0 {
+        return Err(format!("`{}`: must be at least 1", key("rate.per_second")));
+    }
+    let burst = r.burst.unwrap_or(r.per_second);
+    if burst == 0 {
+        return Err(format!("`{}`: must be at least 1", key("rate.burst")));
+    }
+    let mut rate = RateConfig::new(r.per_second, burst);
+    if let Some(min) = r.min_per_second {
+        if !(min > 0.0 && min <= f64::from(r.per_second)) {
+            return Err(format!(
+                "`{}`: must be more than 0 and at most rate.per_second ({}), got {min}",
+                key("rate.min_per_second"),
+                r.per_second
+            ));
+        }
+        rate.min_per_second = min;
+    }
+    if let Some(every) = r.increase_every {
+        if every.0.is_zero() {
+            return Err(format!(
+                "`{}`: must be more than 0s",
+                key("rate.increase_every")
+            ));
+        }
+        rate.increase_every = every.0;
+    }
+    Ok(rate)
+}
+
+/// Resolve the `poll` table over `dp`, the schedule of the upstream's kind of job; `prefix` is
+/// the dotted key of the section that holds it (`upstreams.<name>`).
+pub fn resolve_poll(prefix: &str, p: &RawPoll, dp: PollConfig) -> Result<PollConfig, String> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    let poll = PollConfig {
+        enabled: p.enabled(),
+        initial: p.initial.map(|d| d.0).unwrap_or(dp.initial),
+        multiplier: p.multiplier.unwrap_or(dp.multiplier),
+        max: p.max.map(|d| d.0).unwrap_or(dp.max),
+        jitter: p.jitter.unwrap_or(dp.jitter),
+        deadline: p.deadline.map(|d| d.0).unwrap_or(dp.deadline),
+        finalizing: p.finalizing.map(|d| d.0).unwrap_or(dp.finalizing),
+        eta: p.eta.unwrap_or(dp.eta),
+        // Unset, it is never shorter than the blind schedule's own ceiling.
+        eta_max: p.eta_max.map(|d| d.0).unwrap_or(
+            dp.eta_max.max(
+                p.max
+                    .map(|d| d.0)
+                    .unwrap_or(dp.max)
+                    .max(p.initial.map(|d| d.0).unwrap_or(dp.initial)),
+            ),
+        ),
+        stall_polls: p.stall_polls.unwrap_or(dp.stall_polls),
+        hint_max: p.hint_max.map(|d| d.0).unwrap_or(dp.hint_max),
+    };
+    if poll.initial.is_zero() {
+        return Err(format!("`{}`: must be more than 0s", key("poll.initial")));
+    }
+    if !(1.0..=10.0).contains(&poll.multiplier) {
+        return Err(format!(
+            "`{}`: must be between 1.0 and 10.0 (got {})",
+            key("poll.multiplier"),
+            poll.multiplier
+        ));
+    }
+    if poll.max < poll.initial {
+        return Err(format!(
+            "`{}`: must not be less than poll.initial",
+            key("poll.max")
+        ));
+    }
+    if !(0.0..=0.5).contains(&poll.jitter) {
+        return Err(format!(
+            "`{}`: must be between 0.0 and 0.5 (got {})",
+            key("poll.jitter"),
+            poll.jitter
+        ));
+    }
+    if poll.deadline.is_zero() {
+        return Err(format!("`{}`: must be more than 0s", key("poll.deadline")));
+    }
+    if poll.finalizing.is_zero() {
+        return Err(format!(
+            "`{}`: must be more than 0s",
+            key("poll.finalizing")
+        ));
+    }
+    if poll.eta_max < poll.initial {
+        return Err(format!(
+            "`{}`: must not be less than poll.initial",
+            key("poll.eta_max")
+        ));
+    }
+    if poll.stall_polls == 0 {
+        return Err(format!("`{}`: must be at least 1", key("poll.stall_polls")));
+    }
+    if poll.hint_max < Duration::from_secs(1) {
+        return Err(format!("`{}`: must be at least 1s", key("poll.hint_max")));
+    }
+    Ok(poll)
+}

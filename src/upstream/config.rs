@@ -1,0 +1,624 @@
+//! An upstream's configuration, `[upstreams.<name>]`: its preset, where its status endpoint is,
+//! the request headers, how the status body is read, and its `rate`, `poll` (see
+//! [`crate::schedule::config`]) and `webhook` (see [`super::webhook`]) sections. The preset
+//! fills in whatever the section leaves out.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::Url;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use super::webhook::{RawWebhook, WebhookConfig, resolve_webhook};
+use super::{Mapping, MappingInput, Preset, PresetSpec};
+use crate::schedule::config::{
+    PollConfig, RateConfig, RawPoll, RawRate, resolve_poll, resolve_rate,
+};
+use crate::values::{Dur, EnvLookup, check_pointer, expand_env};
+
+/// One `[upstreams.<name>]` section as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    #[serde(default = "d_preset")]
+    preset: String,
+    base_url: Option<String>,
+    status_path: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    status_field: Option<String>,
+    pending: Option<Vec<String>>,
+    succeeded: Option<Vec<String>>,
+    failed: Option<Vec<String>>,
+    cancelled: Option<Vec<String>>,
+    expired: Option<Vec<String>>,
+    result_field: Option<String>,
+    error_field: Option<String>,
+    progress_field: Option<String>,
+    #[serde(default = "d_not_found")]
+    not_found_after: u32,
+    #[serde(default = "d_req_timeout")]
+    timeout: Dur,
+    rate: Option<RawRate>,
+    #[serde(default)]
+    poll: RawPoll,
+    webhook: Option<RawWebhook>,
+    #[serde(default)]
+    callback_events: Vec<String>,
+}
+fn d_preset() -> String {
+    "generic".into()
+}
+fn d_not_found() -> u32 {
+    3
+}
+fn d_req_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub preset: Preset,
+    pub base_url: Url,
+    pub status_path: String,
+    /// Resolved headers (values may hold secrets; never print them).
+    pub headers: HeaderMap,
+    /// The header templates as written, for `hookshim check`.
+    pub header_templates: BTreeMap<String, String>,
+    pub mapping: Mapping,
+    pub not_found_after: u32,
+    pub timeout: Duration,
+    pub rate: RateConfig,
+    pub poll: PollConfig,
+    pub webhook: Option<WebhookConfig>,
+    /// Callbacks sent besides the terminal one (see [`CALLBACK_EVENTS`]).
+    pub callback_events: Vec<String>,
+}
+
+/// The non-terminal callback events an upstream may ask for in `callback_events`.
+pub const CALLBACK_EVENTS: &[&str] = &["requires_action"];
+
+impl UpstreamConfig {
+    /// What the poll-outcome rules read of this upstream.
+    pub fn rules(&self) -> crate::schedule::PollRules {
+        crate::schedule::PollRules {
+            poll: self.poll,
+            not_found_after: self.not_found_after,
+            safety_poll: self.webhook.as_ref().map(|w| w.safety_poll),
+        }
+    }
+}
+
+/// Resolve upstream `name`'s section: the preset's defaults under what the section writes, every
+/// key checked. Errors name the key (`upstreams.<name>.<key>`) and say what to write.
+pub fn resolve_upstream(
+    name: &str,
+    u: RawUpstream,
+    env: EnvLookup<'_>,
+) -> Result<UpstreamConfig, String> {
+    let key = |k: &str| format!("upstreams.{name}.{k}");
+    let preset = Preset::from_name(&u.preset).ok_or_else(|| {
+        format!(
+            "`{}`: unknown preset {:?}; expected one of: {}",
+            key("preset"),
+            u.preset,
+            Preset::NAMES.join(", ")
+        )
+    })?;
+    let defaults = preset.defaults();
+    // Without polling, nothing reads the status endpoint: base_url, status_path and the status
+    // mapping may be left out (placeholders keep the rest of the code uniform).
+    let polling = u.poll.enabled();
+    let base_url = resolve_base_url(&key, &u, defaults, polling)?;
+    let status_path = resolve_status_path(&key, &u, defaults, polling)?;
+    let (header_templates, headers) = resolve_headers(&key, defaults, &u.headers, env)?;
+    let mapping = resolve_mapping(name, preset, polling, &u)?;
+    let prefix = format!("upstreams.{name}");
+    let rate = resolve_rate(&prefix, u.rate)?;
+    let poll = resolve_poll(&prefix, &u.poll, defaults.poll)?;
+
+    let webhook = match u.webhook {
+        None => None,
+        Some(w) => {
+            let Some(wd) = defaults.webhook else {
+                return Err(format!(
+                    "`{}`: preset {:?} has no webhooks for this kind of job; it is polled",
+                    key("webhook"),
+                    u.preset
+                ));
+            };
+            Some(resolve_webhook(name, preset, &wd, w, env)?)
+        }
+    };
+    if !polling && webhook.as_ref().is_none_or(|w| w.events.is_empty()) {
+        return Err(format!(
+            "`{}`: with polling off only a webhook event mapped in `webhook.events` (or the \
+             deadline) can end an operation; add a [upstreams.{name}.webhook] section with `events`",
+            key("poll.enabled")
+        ));
+    }
+    check_callback_events(&key, defaults, &u.preset, &u.callback_events)?;
+
+    Ok(UpstreamConfig {
+        name: name.to_string(),
+        preset,
+        base_url,
+        status_path,
+        headers,
+        header_templates,
+        mapping,
+        not_found_after: u.not_found_after.max(1),
+        timeout: u.timeout.0,
+        rate,
+        poll,
+        webhook,
+        callback_events: u.callback_events,
+    })
+}
+
+/// `base_url`: written, or the preset's; an http(s) URL whose path ends in `/`.
+fn resolve_base_url(
+    key: &dyn Fn(&str) -> String,
+    u: &RawUpstream,
+    defaults: &PresetSpec,
+    polling: bool,
+) -> Result<Url, String> {
+    let base = u
+        .base_url
+        .clone()
+        .or(defaults.base_url.map(str::to_string))
+        .or((!polling).then(|| "http://127.0.0.1/".to_string()))
+        .ok_or_else(|| format!("`{}`: required for preset {:?}", key("base_url"), u.preset))?;
+    let mut base_url = Url::parse(&base)
+        .map_err(|e| format!("`{}`: {base:?} is not a valid URL ({e})", key("base_url")))?;
+    if base_url.scheme() != "http" && base_url.scheme() != "https" {
+        return Err(format!(
+            "`{}`: {base:?} must use http or https",
+            key("base_url")
+        ));
+    }
+    if !base_url.path().ends_with('/') {
+        // So that joining "jobs/{operation}" appends instead of replacing the last segment.
+        let p = format!("{}/", base_url.path());
+        base_url.set_path(&p);
+    }
+    Ok(base_url)
+}
+
+/// `status_path`: written, or the preset's; it must contain `{operation}`. A preset whose
+/// registered operation is the status URL itself takes none.
+fn resolve_status_path(
+    key: &dyn Fn(&str) -> String,
+    u: &RawUpstream,
+    defaults: &PresetSpec,
+    polling: bool,
+) -> Result<String, String> {
+    let operation_is_url = defaults.operation_url.is_some();
+    if operation_is_url && u.status_path.is_some() {
+        return Err(format!(
+            "`{}`: does not apply to preset {:?} (the registered operation is the full status URL)",
+            key("status_path"),
+            defaults.name
+        ));
+    }
+    let status_path = u
+        .status_path
+        .clone()
+        .or(defaults.status_path.map(str::to_string))
+        .or((operation_is_url || !polling).then(|| "{operation}".to_string()))
+        .ok_or_else(|| {
+            format!(
+                "`{}`: required for preset {:?}",
+                key("status_path"),
+                u.preset
+            )
+        })?;
+    if !status_path.contains("{operation}") {
+        return Err(format!(
+            "`{}`: {status_path:?} must contain \"{{operation}}\"",
+            key("status_path")
+        ));
+    }
+    Ok(status_path)
+}
+
+/// The request headers: the preset's first; a header the config names (in any case) replaces
+/// the preset's, and an empty value removes it. Returns the templates as written (for `hookshim
+/// check`) and the headers with `${VAR}`s expanded, marked sensitive.
+fn resolve_headers(
+    key: &dyn Fn(&str) -> String,
+    defaults: &PresetSpec,
+    written: &BTreeMap<String, String>,
+    env: EnvLookup<'_>,
+) -> Result<(BTreeMap<String, String>, HeaderMap), String> {
+    let mut templates: BTreeMap<String, String> = defaults
+        .headers
+        .iter()
+        .filter(|(name, _)| !written.keys().any(|k| k.eq_ignore_ascii_case(name)))
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+    templates.extend(
+        written
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    let mut headers = HeaderMap::new();
+    for (hk, hv) in &templates {
+        let k = key(&format!("headers.{hk}"));
+        let value = expand_env(&k, hv, env)?;
+        let name = HeaderName::from_bytes(hk.as_bytes())
+            .map_err(|_| format!("`{k}`: {hk:?} is not a valid header name"))?;
+        let mut value = HeaderValue::from_str(&value)
+            .map_err(|_| format!("`{k}`: the value is not a valid header value"))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    Ok((templates, headers))
+}
+
+/// How the status body is read: the preset's reader with the overrides, or, for a preset
+/// without a reader, the pointers and value lists of the section.
+fn resolve_mapping(
+    name: &str,
+    preset: Preset,
+    polling: bool,
+    u: &RawUpstream,
+) -> Result<Mapping, String> {
+    let ptr = |field: &str, v: &Option<String>| -> Result<Option<String>, String> {
+        v.as_ref()
+            .map(|p| check_pointer(&format!("upstreams.{name}.{field}"), p))
+            .transpose()
+    };
+    // A described mapping that is never read (polling off) gets placeholders.
+    let unread = !polling && preset.defaults().read.is_none() && u.status_field.is_none();
+    let placeholder = |v: &Option<Vec<String>>, s: &str| match v {
+        None if unread => Some(vec![s.to_string()]),
+        v => v.clone(),
+    };
+    Mapping::build(
+        preset,
+        MappingInput {
+            status_field: ptr("status_field", &u.status_field)?
+                .or(unread.then(|| "/status".to_string())),
+            pending: u.pending.clone(),
+            succeeded: placeholder(&u.succeeded, "succeeded"),
+            failed: placeholder(&u.failed, "failed"),
+            cancelled: u.cancelled.clone(),
+            expired: u.expired.clone(),
+            result_field: ptr("result_field", &u.result_field)?,
+            error_field: ptr("error_field", &u.error_field)?,
+            progress_field: ptr("progress_field", &u.progress_field)?,
+        },
+    )
+    .map_err(|e| format!("`upstreams.{name}`: {e}"))
+}
+
+/// `callback_events`: known events, and only for a preset whose upstream can report them.
+fn check_callback_events(
+    key: &dyn Fn(&str) -> String,
+    defaults: &PresetSpec,
+    preset_name: &str,
+    events: &[String],
+) -> Result<(), String> {
+    for ev in events {
+        if !CALLBACK_EVENTS.contains(&ev.as_str()) {
+            return Err(format!(
+                "`{}`: unknown callback event {ev:?}; expected one of: {}",
+                key("callback_events"),
+                CALLBACK_EVENTS.join(", ")
+            ));
+        }
+        if !defaults.can_pause {
+            let pausing: Vec<String> = Preset::all()
+                .filter(|p| p.defaults().can_pause)
+                .map(|p| format!("{:?}", p.name()))
+                .collect();
+            return Err(format!(
+                "`{}`: preset {:?} never reports {ev}; only {} does",
+                key("callback_events"),
+                preset_name,
+                pausing.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Fixtures shared by the tests of the upstream configuration and the whole file.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub fn env(name: &str) -> Option<String> {
+        match name {
+            "JOBS_TOKEN" => Some("t0k".into()),
+            "JOBS_WEBHOOK_SECRET" => Some("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into()),
+            "OLD_SECRET" => Some("whsec_b2xkIHNlY3JldCBieXRlcw==".into()),
+            // RFC 8032 test 1's public key, and its private half in whsk_ form.
+            "ED_PUBLIC" => Some("whpk_11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=".into()),
+            "ED_PRIVATE" => Some("whsk_nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=".into()),
+            "SHORT_PUBLIC" => Some("whpk_AAEC".into()),
+            "STRIPE_SECRET" => Some("whsec_stripe_as_is".into()),
+            _ => None,
+        }
+    }
+
+    pub const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8680"
+max_body = "1MiB"
+[store]
+path = "data"
+cache = "64MiB"
+[callbacks]
+default_url = "http://127.0.0.1:9000/callback"
+retry_schedule = ["5s", "5m"]
+[upstreams.jobs]
+preset = "generic"
+base_url = "http://127.0.0.1:7000/"
+status_path = "jobs/{operation}"
+headers = { Authorization = "Bearer ${JOBS_TOKEN}" }
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+rate = { per_second = 10, burst = 10 }
+poll = { initial = "1s", multiplier = 1.5, max = "30s", jitter = 0.1, deadline = "24h" }
+[upstreams.jobs.webhook]
+scheme = "standard-webhooks"
+secret_env = "JOBS_WEBHOOK_SECRET"
+operation_field = "/data/id"
+safety_poll = "10m"
+"#;
+
+    /// Resolve the `[upstreams]` of a config text (the other sections are not read here).
+    /// Errors name the dotted key like the file's loader does.
+    pub fn parse(
+        text: &str,
+        env: EnvLookup<'_>,
+    ) -> Result<BTreeMap<String, UpstreamConfig>, String> {
+        #[derive(Deserialize)]
+        struct Doc {
+            #[serde(default)]
+            upstreams: BTreeMap<String, RawUpstream>,
+        }
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let doc: Doc = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| format!("`{}`: {}", e.path(), e.inner()))?;
+        doc.upstreams
+            .into_iter()
+            .map(|(name, u)| resolve_upstream(&name, u, env).map(|c| (name, c)))
+            .collect()
+    }
+
+    pub fn err_of(text: &str) -> String {
+        parse(text, &env).unwrap_err()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{GOOD, env, err_of, parse};
+    use super::*;
+    use crate::operation::Status;
+
+    #[test]
+    fn policy_knobs_are_validated_with_the_key() {
+        let poll = "poll = { initial = \"1s\", multiplier = 1.5, max = \"30s\", jitter = 0.1, deadline = \"24h\" }";
+        let cases = [
+            (
+                poll.replace("deadline", "eta_max = \"500ms\", deadline"),
+                "`upstreams.jobs.poll.eta_max`: must not be less than poll.initial",
+            ),
+            (
+                poll.replace("deadline", "stall_polls = 0, deadline"),
+                "`upstreams.jobs.poll.stall_polls`: must be at least 1",
+            ),
+            (
+                poll.replace("deadline", "finalizing = \"0s\", deadline"),
+                "`upstreams.jobs.poll.finalizing`: must be more than 0s",
+            ),
+            (
+                poll.replace("deadline", "hint_max = \"10ms\", deadline"),
+                "`upstreams.jobs.poll.hint_max`: must be at least 1s",
+            ),
+        ];
+        for (line, want) in cases {
+            let e = err_of(&GOOD.replace(poll, &line));
+            assert!(e.contains(want), "{line}: {e}");
+        }
+        let rate = "rate = { per_second = 10, burst = 10 }";
+        let e = err_of(&GOOD.replace(rate, "rate = { per_second = 10, min_per_second = 20 }"));
+        assert!(
+            e.contains("`upstreams.jobs.rate.min_per_second`: must be more than 0 and at most rate.per_second (10), got 20"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace(rate, "rate = { per_second = 10, increase_every = \"0s\" }"));
+        assert!(
+            e.contains("`upstreams.jobs.rate.increase_every`: must be more than 0s"),
+            "{e}"
+        );
+        // Polling off needs an event map: nothing else could end an operation.
+        let e = err_of(&GOOD.replace(poll, "poll = { enabled = false }"));
+        assert!(
+            e.contains("`upstreams.jobs.poll.enabled`: with polling off only a webhook event mapped in `webhook.events`"),
+            "{e}"
+        );
+        let off = GOOD.replace(poll, "poll = { enabled = false }").replace(
+            "safety_poll = \"10m\"",
+            "safety_poll = \"10m\"\nevents = { \"job.done\" = \"succeeded\" }",
+        );
+        let c = parse(&off, &env).unwrap();
+        assert!(!c["jobs"].poll.enabled);
+        // Defaults: unset knobs come from the preset's kind of job; AIMD floor is a tenth.
+        let c = parse(GOOD, &env).unwrap();
+        let u = &c["jobs"];
+        assert!(u.poll.eta);
+        assert_eq!(u.poll.stall_polls, 3);
+        assert_eq!(u.rate.min_per_second, 1.0);
+        assert_eq!(u.rate.increase_every, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_pointer_names_the_key() {
+        let e = err_of(&GOOD.replace("status_field = \"/state\"", "status_field = \"state\""));
+        assert!(e.contains("`upstreams.jobs.status_field`"), "{e}");
+        assert!(e.contains("not a JSON pointer"), "{e}");
+    }
+
+    #[test]
+    fn unknown_preset_lists_the_known_ones() {
+        let e = err_of(&GOOD.replace("preset = \"generic\"", "preset = \"magic\""));
+        assert!(e.contains("unknown preset \"magic\""), "{e}");
+        assert!(e.contains("google-operation"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_var_is_an_error() {
+        let e = err_of(&GOOD.replace("${JOBS_TOKEN}", "${NOT_THERE}"));
+        assert!(
+            e.contains(
+                "`upstreams.jobs.headers.Authorization`: environment variable NOT_THERE is not set"
+            ),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace(
+            "secret_env = \"JOBS_WEBHOOK_SECRET\"",
+            "secret_env = \"NOPE\"",
+        ));
+        assert!(e.contains("environment variable NOPE is not set"), "{e}");
+    }
+
+    fn preset_env(name: &str) -> Option<String> {
+        match name {
+            "OPENAI_API_KEY" => Some("sk-test".into()),
+            "ANTHROPIC_API_KEY" => Some("ak-test".into()),
+            "GEMINI_API_KEY" => Some("gk-test".into()),
+            "HOOK_SECRET" => Some("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into()),
+            _ => None,
+        }
+    }
+
+    fn upstream(text: &str) -> Result<UpstreamConfig, String> {
+        parse(text, &preset_env).map(|c| c.into_values().next().unwrap())
+    }
+
+    #[test]
+    fn presets_fill_base_url_path_headers_and_schedule() {
+        let u = upstream("[upstreams.ant]\npreset = \"anthropic-batch\"\n").unwrap();
+        assert_eq!(u.base_url.as_str(), "https://api.anthropic.com/v1/");
+        assert_eq!(u.status_path, "messages/batches/{operation}");
+        assert_eq!(u.headers["x-api-key"], "ak-test");
+        assert_eq!(u.headers["anthropic-version"], "2023-06-01");
+        assert_eq!(u.poll, PollConfig::batch());
+        let u = upstream("[upstreams.oai]\npreset = \"openai-response\"\n").unwrap();
+        assert_eq!(u.headers["authorization"], "Bearer sk-test");
+        assert_eq!(u.poll, PollConfig::media());
+    }
+
+    #[test]
+    fn a_preset_header_needs_its_env_var_unless_replaced_or_removed() {
+        let e = upstream("[upstreams.r]\npreset = \"replicate\"\n").unwrap_err();
+        assert!(
+            e.contains("`upstreams.r.headers.Authorization`: environment variable REPLICATE_API_TOKEN is not set"),
+            "{e}"
+        );
+        // Same header in another case replaces the preset's; an empty value removes it.
+        let u = upstream(
+            "[upstreams.r]\npreset = \"replicate\"\nheaders = { authorization = \"Token ${OPENAI_API_KEY}\" }\n",
+        )
+        .unwrap();
+        assert_eq!(u.headers["authorization"], "Token sk-test");
+        assert_eq!(u.headers.len(), 1);
+        let u = upstream(
+            "[upstreams.g]\npreset = \"gemini-batch\"\nheaders = { x-goog-api-key = \"\", Authorization = \"Bearer ${OPENAI_API_KEY}\" }\n",
+        )
+        .unwrap();
+        assert!(u.headers.get("x-goog-api-key").is_none());
+        assert_eq!(u.headers.len(), 1);
+    }
+
+    #[test]
+    fn preset_specific_mistakes_are_named() {
+        let e = upstream("[upstreams.a]\npreset = \"anthropic-batch\"\n[upstreams.a.webhook]\nscheme = \"none\"\n").unwrap_err();
+        assert!(
+            e.contains("`upstreams.a.webhook`: preset \"anthropic-batch\" has no webhooks"),
+            "{e}"
+        );
+        let e =
+            upstream("[upstreams.z]\npreset = \"azure-async\"\nstatus_path = \"x/{operation}\"\n")
+                .unwrap_err();
+        assert!(
+            e.contains("`upstreams.z.status_path`: does not apply to preset \"azure-async\""),
+            "{e}"
+        );
+        let e = upstream(
+            "[upstreams.o]\npreset = \"openai-batch\"\ncallback_events = [\"requires_action\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("`upstreams.o.callback_events`: preset \"openai-batch\" never reports requires_action"), "{e}");
+        let e = upstream(
+            "[upstreams.i]\npreset = \"gemini-interaction\"\ncallback_events = [\"paused\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("unknown callback event \"paused\"; expected one of: requires_action"),
+            "{e}"
+        );
+        let u = upstream("[upstreams.i]\npreset = \"gemini-interaction\"\ncallback_events = [\"requires_action\"]\n").unwrap();
+        assert_eq!(u.callback_events, vec!["requires_action".to_string()]);
+    }
+
+    fn with_events(preset: &str, events: &str) -> Result<UpstreamConfig, String> {
+        upstream(&format!(
+            "[upstreams.u]\npreset = \"{preset}\"\nheaders = {{ Authorization = \"\" }}\n[upstreams.u.webhook]\nscheme = \"standard-webhooks\"\nsecret_env = \"HOOK_SECRET\"\nevents = {{ {events} }}\n"
+        ))
+    }
+
+    #[test]
+    fn webhook_event_maps_are_checked() {
+        let u = with_events(
+            "openai-batch",
+            "\"batch.completed\" = \"succeeded\", \"batch.expired\" = \"expired\"",
+        )
+        .unwrap();
+        let w = u.webhook.unwrap();
+        assert_eq!(w.events["batch.completed"], Status::Succeeded);
+        assert_eq!(w.operation_field, "/data/id");
+        let e = with_events("openai-batch", "\"batch.succeeded\" = \"succeeded\"").unwrap_err();
+        assert!(e.contains("preset \"openai-batch\" does not send \"batch.succeeded\"; its events are: batch.completed"), "{e}");
+        let e = with_events(
+            "gemini-interaction",
+            "\"interaction.requires_action\" = \"succeeded\"",
+        )
+        .unwrap_err();
+        assert!(e.contains("announces a pause, not an end"), "{e}");
+        let e = with_events("gemini-batch", "\"batch.failed\" = \"running\"").unwrap_err();
+        assert!(e.contains("unknown outcome \"running\"; expected one of: succeeded, failed, cancelled, expired"), "{e}");
+        let e = with_events("replicate", "\"succeeded\" = \"succeeded\"").unwrap_err();
+        assert!(
+            e.contains("Replicate webhooks carry the whole prediction"),
+            "{e}"
+        );
+        assert_eq!(
+            upstream("[upstreams.u]\npreset = \"replicate\"\nheaders = { Authorization = \"\" }\n[upstreams.u.webhook]\nscheme = \"none\"\n")
+                .unwrap()
+                .webhook
+                .unwrap()
+                .operation_field,
+            "/id"
+        );
+        // Generic upstreams map any event type.
+        let g = GOOD.replace(
+            "safety_poll = \"10m\"",
+            "safety_poll = \"10m\"\nevents = { \"job.done\" = \"succeeded\" }",
+        );
+        let c = parse(&g, &env).unwrap();
+        assert_eq!(
+            c["jobs"].webhook.as_ref().unwrap().events["job.done"],
+            Status::Succeeded
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! The presets, as one table. Each provider family's file defines its presets completely as
+//! [`PresetSpec`] statics (name, defaults, how a status body is read, webhook events, id
+//! normalisation); [`PRESETS`] lists them. Adding a preset is one file (or one static in a
+//! family's file) plus one line in [`PRESETS`].
+
+use std::fmt;
+
+use reqwest::Url;
+use serde_json::Value;
+
+use super::{Observation, anthropic, azure, generic, google, openai, replicate};
+use crate::schedule::config::PollConfig;
+
+/// Every preset hookshim knows, in the order `hookshim check` and messages list them.
+pub const PRESETS: &[Preset] = &[
+    Preset(&generic::GENERIC),
+    Preset(&google::OPERATION),
+    Preset(&google::BATCH),
+    Preset(&google::INTERACTION),
+    Preset(&openai::BATCH),
+    Preset(&openai::RESPONSE),
+    Preset(&replicate::PREDICTION),
+    Preset(&anthropic::BATCH),
+    Preset(&azure::ASYNC),
+];
+
+/// Reads a status body into an [`Observation`]; an `Err` means the body did not have the
+/// expected shape (transient, never terminal).
+pub type ReadStatus = fn(&Value) -> Result<Observation, String>;
+
+/// Parses a registered operation that is itself the status URL.
+pub type OperationUrl = fn(&str) -> Result<Url, String>;
+
+/// Everything hookshim knows about one kind of upstream job.
+pub struct PresetSpec {
+    /// The value of `preset` in the config.
+    pub name: &'static str,
+    /// The defaults the config may leave out.
+    pub base_url: Option<&'static str>,
+    pub status_path: Option<&'static str>,
+    /// Default request headers; values may reference environment variables (`${VAR}`).
+    pub headers: &'static [(&'static str, &'static str)],
+    /// The polling schedule of this kind of job.
+    pub poll: PollConfig,
+    /// `None`: the upstream sends no webhooks for this kind of job.
+    pub webhook: Option<WebhookDefaults>,
+    /// Whether the upstream can report a pause (`requires_action`).
+    pub can_pause: bool,
+    /// How the status response is read (for `hookshim check` and messages).
+    pub reads: &'static str,
+    /// Reads a status body. `None`: the config describes the body with pointers and value lists
+    /// (`status_field`, `succeeded`, ...), as for `generic`.
+    pub read: Option<ReadStatus>,
+    /// The form an operation id is stored and matched in (see [`Preset::canonical_operation`]).
+    pub canonical_operation: fn(&str) -> String,
+    /// `Some`: the registered operation is the full status URL (no `status_path`); this
+    /// parses and checks it.
+    pub operation_url: Option<OperationUrl>,
+    /// The upstream's create and status-read requests, for proxying them; `None` for every
+    /// preset until the proxy exists.
+    pub proxy: Option<ProxyPatterns>,
+}
+
+impl PresetSpec {
+    /// The fields most presets share; a spec writes `..PresetSpec::BASE` for the rest.
+    pub const BASE: PresetSpec = PresetSpec {
+        name: "",
+        base_url: None,
+        status_path: None,
+        headers: &[],
+        poll: PollConfig::general(),
+        webhook: None,
+        can_pause: false,
+        reads: "",
+        read: None,
+        canonical_operation: same_operation,
+        operation_url: None,
+        proxy: None,
+    };
+}
+
+/// The operation id as registered.
+pub fn same_operation(op: &str) -> String {
+    op.to_string()
+}
+
+/// Placeholder for the proxy: the request patterns that create a job and read its status
+/// (e.g. `"POST batches"`, `"GET batches/{operation}"`).
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyPatterns {
+    pub create: &'static [&'static str],
+    pub status_read: &'static [&'static str],
+}
+
+/// What a preset knows about the webhooks its upstream sends.
+#[derive(Clone, Copy, Debug)]
+pub struct WebhookDefaults {
+    /// Where the operation id sits in a webhook body.
+    pub operation_field: &'static str,
+    /// Event-type prefixes this upstream kind owns (`"batch."`): an event of another family
+    /// (an OpenAI `response.completed` sent to the batch upstream) is acknowledged and ignored.
+    /// Empty: every event is considered.
+    pub families: &'static [&'static str],
+    /// The event types the upstream documents for this kind of job.
+    pub events: &'static [&'static str],
+    /// Of those, the ones that announce a pause rather than an end (never mapped to an outcome).
+    pub pauses: &'static [&'static str],
+    /// `Some(why)`: `webhook.events` cannot be mapped for this preset, and why.
+    pub no_event_map: Option<&'static str>,
+}
+
+impl WebhookDefaults {
+    /// Standard Webhooks envelopes carry the job's id at `data.id`.
+    pub const fn thin(
+        families: &'static [&'static str],
+        events: &'static [&'static str],
+        pauses: &'static [&'static str],
+    ) -> Option<WebhookDefaults> {
+        Some(WebhookDefaults {
+            operation_field: "/data/id",
+            families,
+            events,
+            pauses,
+            no_event_map: None,
+        })
+    }
+}
+
+/// A preset: a handle on its [`PresetSpec`] in [`PRESETS`].
+#[derive(Clone, Copy)]
+pub struct Preset(&'static PresetSpec);
+
+impl PartialEq for Preset {
+    fn eq(&self, other: &Preset) -> bool {
+        self.0.name == other.0.name
+    }
+}
+impl Eq for Preset {}
+
+impl fmt::Debug for Preset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Preset({:?})", self.0.name)
+    }
+}
+
+const fn names<const N: usize>(table: &[Preset]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = table[i].0.name;
+        i += 1;
+    }
+    out
+}
+
+impl Preset {
+    /// Every preset, in table order ([`PRESETS`]).
+    pub const ALL: &'static [Preset] = PRESETS;
+
+    /// The names of every preset, in table order.
+    pub const NAMES: &'static [&'static str] = &names::<{ PRESETS.len() }>(PRESETS);
+
+    /// Every preset, in table order.
+    pub fn all() -> impl Iterator<Item = Preset> {
+        PRESETS.iter().copied()
+    }
+
+    pub fn from_name(name: &str) -> Option<Preset> {
+        Preset::all().find(|p| p.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0.name
+    }
+
+    /// Everything the preset defines.
+    pub fn defaults(self) -> &'static PresetSpec {
+        self.0
+    }
+
+    /// The form an operation id is stored and matched in, so that what the app registers and
+    /// what a webhook names meet (Gemini batches are `batches/{id}` whether given with or
+    /// without the collection, Gemini interactions are the bare id).
+    pub fn canonical_operation(self, op: &str) -> String {
+        (self.0.canonical_operation)(op)
+    }
+
+    /// Whether a webhook event of type `event_type` belongs to another kind of job (it is then
+    /// acknowledged and ignored).
+    pub fn foreign_event(self, event_type: &str) -> bool {
+        match self.0.webhook {
+            Some(w) if !w.families.is_empty() => {
+                !w.families.iter().any(|f| event_type.starts_with(f))
+            }
+            _ => false,
+        }
+    }
+}
