@@ -251,3 +251,57 @@ pub fn resolve_poll(prefix: &str, p: &RawPoll, dp: PollConfig) -> Result<PollCon
     }
     Ok(poll)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll(text: &str) -> Result<PollConfig, String> {
+        let raw: RawPoll = toml::from_str(text).unwrap();
+        resolve_poll("upstreams.u", &raw, PollConfig::batch())
+    }
+
+    fn rate(text: &str) -> Result<RateConfig, String> {
+        let raw: RawRate = toml::from_str(text).unwrap();
+        resolve_rate("upstreams.u", Some(raw))
+    }
+
+    #[test]
+    fn unset_poll_knobs_come_from_the_kind_of_job() {
+        assert_eq!(poll("").unwrap(), PollConfig::batch());
+        let p = poll("initial = \"1s\"\nmax = \"1h\"").unwrap();
+        assert_eq!(p.initial, Duration::from_secs(1));
+        assert_eq!(p.multiplier, PollConfig::batch().multiplier);
+        // eta_max unset is never shorter than the blind schedule's ceiling.
+        assert_eq!(p.eta_max, Duration::from_secs(3600));
+        assert!(!poll("enabled = false").unwrap().enabled);
+    }
+
+    #[test]
+    fn poll_and_rate_errors_name_the_key() {
+        let e = poll("multiplier = 11.0").unwrap_err();
+        assert_eq!(
+            e,
+            "`upstreams.u.poll.multiplier`: must be between 1.0 and 10.0 (got 11)"
+        );
+        let e = poll("initial = \"20s\"\nmax = \"10s\"").unwrap_err();
+        assert_eq!(
+            e,
+            "`upstreams.u.poll.max`: must not be less than poll.initial"
+        );
+        assert_eq!(
+            rate("per_second = 0").unwrap_err(),
+            "`upstreams.u.rate.per_second`: must be at least 1"
+        );
+        assert_eq!(
+            rate("per_second = 5\nburst = 0").unwrap_err(),
+            "`upstreams.u.rate.burst`: must be at least 1"
+        );
+        assert_eq!(
+            resolve_rate("upstreams.u", None).unwrap(),
+            RateConfig::new(10, 10)
+        );
+        let r = rate("per_second = 20").unwrap();
+        assert_eq!((r.burst, r.min_per_second), (20, 2.0));
+    }
+}

@@ -196,3 +196,28 @@ impl Preset {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_has_unique_names_and_consistent_specs() {
+        assert_eq!(Preset::NAMES.len(), PRESETS.len());
+        for (i, p) in PRESETS.iter().enumerate() {
+            let spec = p.defaults();
+            assert!(!spec.name.is_empty());
+            assert_eq!(Preset::NAMES[i], spec.name);
+            assert!(
+                PRESETS[..i].iter().all(|q| q.name() != p.name()),
+                "two presets named {:?}",
+                p.name()
+            );
+            assert!(!spec.reads.is_empty(), "{} says what it reads", p.name());
+            // A preset whose operation is the status URL has no status path to fill in.
+            assert!(spec.operation_url.is_none() || spec.status_path.is_none());
+            assert!(spec.proxy.is_none(), "no proxy patterns yet");
+        }
+        assert_eq!(format!("{:?}", PRESETS[0]), "Preset(\"generic\")");
+    }
+}
