@@ -1,27 +1,28 @@
 //! The presets, as one table. Each provider family's file defines its presets completely as
 //! [`PresetSpec`] statics (name, defaults, how a status body is read, webhook events, id
-//! normalisation); [`PRESETS`] lists them. Adding a preset is one file (or one static in a
-//! family's file) plus one line in [`PRESETS`].
+//! normalisation); [`PRESETS`] lists them. Adding a preset is one static in its family's file
+//! plus one line in [`PRESETS`]; a new family's file also needs its `mod` line in
+//! `upstream/mod.rs`.
 
 use std::fmt;
 
 use reqwest::Url;
 use serde_json::Value;
 
-use super::{Observation, anthropic, azure, generic, google, openai, replicate};
+use super::Observation;
 use crate::schedule::config::PollConfig;
 
 /// Every preset hookshim knows, in the order `hookshim check` and messages list them.
 pub const PRESETS: &[Preset] = &[
-    Preset(&generic::GENERIC),
-    Preset(&google::OPERATION),
-    Preset(&google::BATCH),
-    Preset(&google::INTERACTION),
-    Preset(&openai::BATCH),
-    Preset(&openai::RESPONSE),
-    Preset(&replicate::PREDICTION),
-    Preset(&anthropic::BATCH),
-    Preset(&azure::ASYNC),
+    Preset(&super::generic::GENERIC),
+    Preset(&super::google::OPERATION),
+    Preset(&super::google::BATCH),
+    Preset(&super::google::INTERACTION),
+    Preset(&super::openai::BATCH),
+    Preset(&super::openai::RESPONSE),
+    Preset(&super::replicate::PREDICTION),
+    Preset(&super::anthropic::BATCH),
+    Preset(&super::azure::ASYNC),
 ];
 
 /// Reads a status body into an [`Observation`]; an `Err` means the body did not have the
