@@ -3,7 +3,7 @@
 //! upstream's configuration. Reading is pure (no I/O): the poller does the HTTP, this module
 //! only knows the shapes of the upstreams' JSON.
 //!
-//! - [`presets`]: [`PresetSpec`], the [`PRESETS`] table and the [`Preset`] handle.
+//! - [`PRESETS`]: the table of presets; [`presets`]: [`PresetSpec`] and the [`Preset`] handle.
 //! - One file per provider family defines its presets completely: `generic`, `google` (Google
 //!   operations, Gemini batches and interactions), `openai`, `replicate`, `anthropic`, `azure`.
 //! - [`config`]: `[upstreams.<name>]` resolved into an [`UpstreamConfig`].
@@ -28,11 +28,25 @@ use serde_json::{Value, json};
 use crate::clock::Timestamp;
 
 pub use self::config::{CALLBACK_EVENTS, UpstreamConfig};
-pub use self::presets::{PRESETS, Preset, PresetSpec, ProxyPatterns, WebhookDefaults};
+pub use self::presets::{Preset, PresetSpec, ProxyPatterns, WebhookDefaults};
 pub use self::webhook::{
     GEMINI_JWKS_URL, JwtConfig, KeyMaterial, WebhookConfig, WebhookKey, WebhookScheme,
 };
 pub use crate::operation::{Observation, ObservedState};
+
+/// Every preset hookshim knows, in the order messages list them: the one table. Adding a preset
+/// is its `PresetSpec` in its family's file plus one line here.
+pub const PRESETS: &[Preset] = &[
+    Preset::new(&generic::GENERIC),
+    Preset::new(&google::OPERATION),
+    Preset::new(&google::BATCH),
+    Preset::new(&google::INTERACTION),
+    Preset::new(&openai::BATCH),
+    Preset::new(&openai::RESPONSE),
+    Preset::new(&replicate::PREDICTION),
+    Preset::new(&anthropic::BATCH),
+    Preset::new(&azure::ASYNC),
+];
 
 /// The config fields that describe a generic mapping (pointers already checked).
 #[derive(Default)]

@@ -1,29 +1,17 @@
-//! The presets, as one table. Each provider family's file defines its presets completely as
-//! [`PresetSpec`] statics (name, defaults, how a status body is read, webhook events, id
-//! normalisation); [`PRESETS`] lists them. Adding a preset is one static in its family's file
-//! plus one line in [`PRESETS`]; a new family's file also needs its `mod` line in
-//! `upstream/mod.rs`.
+//! What a preset is: [`PresetSpec`], everything hookshim knows about one kind of upstream job
+//! (name, defaults, how a status body is read, webhook events, id normalisation), and
+//! [`Preset`], a handle on one. Each provider family's file defines its presets completely as
+//! `PresetSpec` statics; the table that lists them is [`super::PRESETS`]. Adding a preset is one
+//! static in its family's file plus one line in that table (a new family's file also needs its
+//! `mod` line next to it).
 
 use std::fmt;
 
 use reqwest::Url;
 use serde_json::Value;
 
-use super::Observation;
+use super::{Observation, PRESETS};
 use crate::schedule::config::PollConfig;
-
-/// Every preset hookshim knows, in the order `hookshim check` and messages list them.
-pub const PRESETS: &[Preset] = &[
-    Preset(&super::generic::GENERIC),
-    Preset(&super::google::OPERATION),
-    Preset(&super::google::BATCH),
-    Preset(&super::google::INTERACTION),
-    Preset(&super::openai::BATCH),
-    Preset(&super::openai::RESPONSE),
-    Preset(&super::replicate::PREDICTION),
-    Preset(&super::anthropic::BATCH),
-    Preset(&super::azure::ASYNC),
-];
 
 /// Reads a status body into an [`Observation`]; an `Err` means the body did not have the
 /// expected shape (transient, never terminal).
@@ -155,6 +143,11 @@ const fn names<const N: usize>(table: &[Preset]) -> [&'static str; N] {
 }
 
 impl Preset {
+    /// A handle on `spec`; only the table makes them.
+    pub(super) const fn new(spec: &'static PresetSpec) -> Preset {
+        Preset(spec)
+    }
+
     /// Every preset, in table order ([`PRESETS`]).
     pub const ALL: &'static [Preset] = PRESETS;
 
