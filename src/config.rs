@@ -14,16 +14,9 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 
+use crate::upstream::UpstreamConfig;
 use crate::upstream::config::{RawUpstream, resolve_upstream};
-use crate::values::{Dur, EnvLookup, Size, process_env};
-
-// The types that moved out of this module, under their old paths (prefer the new ones).
-pub use crate::schedule::config::{PollConfig, RateConfig};
-pub use crate::upstream::config::{CALLBACK_EVENTS, UpstreamConfig};
-pub use crate::upstream::webhook::{
-    GEMINI_JWKS_URL, JwtConfig, KeyMaterial, WebhookConfig, WebhookKey, WebhookScheme,
-};
-pub use crate::values::{Secret, check_pointer, expand_env};
+use crate::values::{Dur, EnvLookup, Secret, Size, process_env};
 
 /// An error in the configuration: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -439,6 +432,7 @@ pub fn check_callback_url(url: &str, allowed_hosts: &[String]) -> Result<Url, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::KeyMaterial;
     use crate::upstream::config::testing::{GOOD, env};
 
     #[test]

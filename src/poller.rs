@@ -10,12 +10,12 @@ use reqwest::StatusCode;
 use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER};
 
 use crate::clock::Timestamp;
-use crate::config::UpstreamConfig;
 use crate::errors::error_chain;
 use crate::ids::OperationId;
 use crate::operation::Operation;
 use crate::schedule::{PollOutcome, Reading, apply_outcome, classify, parse_hint, time_out};
 use crate::state::{SHUTDOWN_GRACE, Shim};
+use crate::upstream::UpstreamConfig;
 use crate::upstream::status_url;
 
 fn jitter_sample() -> f64 {

@@ -22,13 +22,13 @@ use std::time::Duration;
 
 use reqwest::header::CONTENT_TYPE;
 
-use crate::config::Secret;
 use crate::errors::error_chain;
 use crate::ids::{DeliveryKey, WebhookId};
 use crate::operation::DeliveryState;
 use crate::schedule::parse_hint;
 use crate::signing::sign_v1;
 use crate::state::{SHUTDOWN_GRACE, Shim};
+use crate::values::Secret;
 use attempt::delivery_of;
 
 /// The callback signing key file inside the data directory.

@@ -25,12 +25,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::ids::{DeliveryKey, OperationId};
 use crate::metrics::{CompletedLabels, Metrics};
 use crate::operation::Operation;
 use crate::schedule::{DueQueue, UpstreamLimiter};
 use crate::store::{GroupCommit, Store, Updated};
+use crate::values::Secret;
 
 /// How long a webhook for an unregistered operation is kept.
 pub const EARLY_WEBHOOK_WINDOW: Duration = Duration::from_secs(24 * 3600);
