@@ -2,22 +2,21 @@
 //! budget-respecting schedule, or by accepting the upstream's signed webhooks — and sends the app
 //! exactly one signed Standard Webhooks callback when each job ends.
 //!
-//! Map of the crate (each module's doc says what it owns):
-//! - [`config`]: `shim.toml`: the top-level schema, loading, errors, the redacted view.
-//! - [`values`]: durations, sizes, secrets, `${VAR}` expansion, JSON pointers.
-//! - [`operation`]: the operation record and its transition rules (pure).
-//! - [`store`]: the `Store` trait, the sled implementation, group commit.
-//! - [`upstream`]: the preset table, status requests and responses (pure), upstream and webhook
-//!   configuration.
-//! - [`schedule`]: due-queue, polling policy (pure), per-upstream rate limits, poll and rate
-//!   configuration.
-//! - [`poller`]: one status read, end to end.
-//! - [`ingest`]: inbound webhooks.
-//! - [`delivery`]: signed callbacks with retries.
-//! - [`signing`]: Standard Webhooks and GitHub signatures.
-//! - [`api`]: HTTP routes and error mapping.
-//! - [`service`]: wiring, start-up and graceful shutdown.
-//! - [`demo`]: `hookshim demo`, the whole loop in one process.
+//! Map of the crate (each module's doc says what it owns). Imports go down, never up or around
+//! a loop (`scripts/import-cycles.py`):
+//! - wiring: [`service`] (start the loops and the server, stop in order), [`demo`].
+//! - HTTP: [`api`], routes and the one mapping of every error to HTTP.
+//! - stages: [`ingest`] (inbound webhooks), [`poller`] (one status read), [`delivery`] (signed
+//!   callbacks with retries). They share state through the layer below and never import the
+//!   module that starts them.
+//! - [`state`]: the shared handles ([`state::Shim`]), the domain reactions (a write's terminal
+//!   transition and new callbacks handed on) and registration.
+//! - [`store`] (durable state: trait, sled, group commit), [`schedule`] (due-queues, the polling
+//!   policy and poll-outcome rules, limits, poll config), [`upstream`] (presets as one table,
+//!   upstream and webhook config), [`config`] (loading `shim.toml`, assembling the parts),
+//!   [`metrics`].
+//! - the bottom, pure: [`operation`] (record and transition rules), [`ids`], [`pace`],
+//!   [`signing`], [`clock`], [`values`], [`errors`].
 
 pub mod api;
 pub mod clock;

@@ -30,7 +30,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest JWKS body read.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
-/// The JWKS key sets, by URL. Lives in [`crate::service::Shim`].
+/// The JWKS key sets, by URL. Lives in [`crate::state::Shim`].
 pub struct JwksCache {
     http: reqwest::Client,
     sets: Mutex<HashMap<String, Arc<KeySet>>>,
