@@ -18,7 +18,9 @@ pub use crate::signing::VerifyError;
 /// Verify `body` and `headers` per `wh.scheme` at `now`, with the keys active then (a previous
 /// secret stops counting at its `until`). Returns the webhook id:
 /// - `standard-webhooks`: the `webhook-id` header (signed);
-/// - `github`: `X-GitHub-Delivery`, else a hash of the body;
+/// - `github`: a hash of the signed body and its signature (`github_<hex>`), never the unsigned
+///   `X-GitHub-Delivery` header: GitHub signatures carry no timestamp, so a captured delivery
+///   replayed with a fresh delivery header is still a duplicate (for the inbox retention);
 /// - `stripe`: the body's `id` (`evt_...`), else a hash of the body;
 /// - `gemini-jwt`: the `webhook-id` header, else the token's `jti`, else a hash of the body;
 /// - `none`: the `webhook-id` header, else a hash of the body.
@@ -92,7 +94,7 @@ fn verify_hmac(
         }
         WebhookScheme::Github => {
             verify_github(&hmac_keys(), headers, body)?;
-            Ok(header_or_hash(headers, "x-github-delivery", body))
+            Ok(github_id(headers, body))
         }
         WebhookScheme::Stripe => {
             verify_stripe(&hmac_keys(), headers, body, now_secs)?;
@@ -168,6 +170,20 @@ fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
 
 fn body_hash(body: &[u8]) -> String {
     format!("sha256_{}", hex::encode(Sha256::digest(body)))
+}
+
+/// The de-duplication id of a verified GitHub delivery: SHA-256 over the signature header and
+/// the body, both signed by the sender (unlike `X-GitHub-Delivery`, which anyone can change).
+fn github_id(headers: &HeaderMap, body: &[u8]) -> String {
+    let sig = headers
+        .get("x-hub-signature-256")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(sig);
+    h.update(b"\n");
+    h.update(body);
+    format!("github_{}", hex::encode(h.finalize()))
 }
 
 fn header_or_hash(headers: &HeaderMap, name: &str, body: &[u8]) -> String {
