@@ -199,6 +199,18 @@ async fn register(State(shim): State<Arc<Shim>>, body: Result<Bytes, BytesReject
                     "deadline must be more than 0s",
                 ));
             }
+            // At most 366 days: no upstream job runs longer, and a time past year 9999
+            // cannot even be written.
+            const MAX_DEADLINE: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
+            if parsed > MAX_DEADLINE {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_deadline",
+                    format!(
+                        "deadline {d:?} is too far away; at most 366 days (\"366d\") is accepted"
+                    ),
+                ));
+            }
             parsed
         }
     };
