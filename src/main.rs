@@ -171,7 +171,17 @@ fn main() -> ExitCode {
                 }
             };
             let report = SledStore::open_unchecked(&config.store.path, config.store.cache_bytes)
-                .and_then(|s| s.verify());
+                .and_then(|s| {
+                    // sled panics on some damaged pages rather than returning an error.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.verify()))
+                        .unwrap_or_else(|_| {
+                            Err(StoreError::Damaged(
+                                "sled failed reading a record (see the panic above): the store \
+                                 is damaged"
+                                    .into(),
+                            ))
+                        })
+                });
             match report {
                 Ok(r) => {
                     for line in &r.lines {

@@ -193,6 +193,26 @@ impl SledStore {
     /// Open without comparing the store with its mark (for `store verify` and for accepting a
     /// loss).
     pub fn open_unchecked(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
+        // sled 0.34 panics on some damaged files ("tried to serialize Uninitialized") instead
+        // of returning an error: that is a damaged store too, not a crash.
+        std::panic::catch_unwind(|| SledStore::open_inner(path, cache_bytes)).unwrap_or_else(
+            |panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Err(StoreError::Damaged(format!(
+                    "the store at {} is damaged: sled failed reading its files ({why}). Restore \
+                     the data directory from a backup; to start empty instead, move the data \
+                     directory aside (every operation it held is forgotten)",
+                    path.display()
+                )))
+            },
+        )
+    }
+
+    fn open_inner(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
         let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
             path: path.display().to_string(),
             message: e.to_string(),
