@@ -11,7 +11,10 @@
 //! - if sled lost part of its log (truncated or damaged file), the generation it reads back is
 //!   older than the mark's: acknowledged writes are gone, and hookshim refuses to start.
 //!
-//! The mark costs one small file write per flush (not per write) and nothing on reads. It also
+//! The mark costs one small file write per flush at most (not per write), made on its own
+//! thread at most every [`MARK_INTERVAL`] so that no acknowledgement waits for it, and nothing
+//! on reads; it may lag the store by about that interval (never lead it), so a loss confined to
+//! the last fraction of a second before a crash can go unnoticed. It also
 //! carries the number of operations at that flush (informational, for the message) and a
 //! checksum of its own text. `hookshim store verify` checks the mark and every record;
 //! `serve --accept-damaged-store` accepts a loss and moves the mark on.
@@ -127,6 +130,110 @@ pub fn write_mark(dir: &Path, mark: &Mark) -> std::io::Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, mark_path(dir))
+}
+
+/// How often at most the mark is rewritten. Each write costs an fsync (several ms on a
+/// virtual disk); the flusher hands marks over and never waits for one.
+pub const MARK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Writes marks on its own thread, off the acknowledgement path: the flusher hands over the
+/// generation it just made durable ([`MarkWriter::offer`]); the thread writes the latest one,
+/// at most every [`MARK_INTERVAL`]. The mark may lag the store (by about that interval), never
+/// lead it. Dropping the writer writes the last offered mark before returning.
+pub struct MarkWriter {
+    shared: std::sync::Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    state: std::sync::Mutex<Pending>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    mark: Option<Mark>,
+    stop: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Plain data: a panic elsewhere cannot leave it inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn run(&self) {
+        loop {
+            let mark = {
+                let mut p = self.lock();
+                loop {
+                    if let Some(m) = p.mark.take() {
+                        break Some(m);
+                    }
+                    if p.stop {
+                        break None;
+                    }
+                    p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let Some(mark) = mark else { return };
+            if let Err(e) = write_mark(&self.dir, &mark) {
+                // The data is durable; an older mark only makes the check at start weaker.
+                tracing::warn!(error = %e, path = %mark_path(&self.dir).display(), "cannot write the store mark");
+            }
+            let p = self.lock();
+            if !p.stop {
+                let _ = self.wake.wait_timeout(p, MARK_INTERVAL);
+            }
+        }
+    }
+}
+
+impl MarkWriter {
+    pub fn start(dir: &Path) -> MarkWriter {
+        let shared = std::sync::Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            state: std::sync::Mutex::new(Pending::default()),
+            wake: std::sync::Condvar::new(),
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("hookshim-mark".into())
+            .spawn(move || worker.run());
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the store mark writer; marks are written when the store closes");
+                None
+            }
+        };
+        MarkWriter { shared, thread }
+    }
+
+    /// A generation is durable: record it (soon).
+    pub fn offer(&self, mark: Mark) {
+        self.shared.lock().mark = Some(mark);
+        self.shared.wake.notify_all();
+    }
+}
+
+impl Drop for MarkWriter {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_all();
+        match self.thread.take() {
+            // The thread writes what is pending before it stops.
+            Some(t) => {
+                let _ = t.join();
+            }
+            None => {
+                if let Some(m) = self.shared.lock().mark.take() {
+                    let _ = write_mark(&self.shared.dir, &m);
+                }
+            }
+        }
+    }
 }
 
 /// What to tell the operator when a store lost acknowledged data. `held` is how many operations

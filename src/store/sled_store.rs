@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use super::integrity::{self, Mark};
+use super::integrity::{self, Mark, MarkWriter};
 
 use super::{
     Due, ListFilter, OutboxListener, Registered, Store, StoreError, WebhookRecord, delivery_key,
@@ -59,6 +59,8 @@ pub struct SledStore {
     dir: PathBuf,
     /// The last flush generation written; the lock also serialises flushes.
     generation: Mutex<u64>,
+    /// Records each durable generation in the mark file, off the flush path.
+    marks: MarkWriter,
     /// Whether anything was written since the last flush began.
     dirty: AtomicBool,
     /// Operations in `ops` (kept as records are added and removed; recorded with each
@@ -251,6 +253,7 @@ impl SledStore {
             early: tree("early")?,
             meta: tree("meta")?,
             dir: path.to_path_buf(),
+            marks: MarkWriter::start(path),
             generation: Mutex::new(0),
             dirty: AtomicBool::new(false),
             operations: AtomicI64::new(0),
@@ -753,7 +756,7 @@ impl Store for SledStore {
     }
 
     /// Flush; when anything was written since the last flush, write the next generation first
-    /// and record it in the mark file after (see [`integrity`]).
+    /// and hand it to the mark writer after (see [`integrity`]).
     fn flush(&self) -> Result<(), StoreError> {
         let mut generation = self.generation_lock();
         if !self.dirty.swap(false, Ordering::SeqCst) {
@@ -771,14 +774,10 @@ impl Store for SledStore {
             return Err(e);
         }
         *generation = next;
-        let mark = Mark {
+        self.marks.offer(Mark {
             generation: next,
             operations,
-        };
-        if let Err(e) = integrity::write_mark(&self.dir, &mark) {
-            // The data is durable; an older mark only makes the check at start weaker.
-            tracing::warn!(error = %e, path = %integrity::mark_path(&self.dir).display(), "cannot write the store mark");
-        }
+        });
         Ok(())
     }
 
@@ -802,19 +801,25 @@ mod tests {
     #[test]
     fn a_store_behind_its_mark_is_refused_until_the_loss_is_accepted() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let s = SledStore::open(dir.path(), 8 << 20).unwrap();
-            // Nothing written: a flush moves no generation.
-            s.flush().unwrap();
-            assert_eq!(integrity::read_mark(dir.path()).unwrap(), None);
-            s.register(sample(Timestamp(1_000)), Duration::ZERO)
-                .unwrap();
-            s.flush().unwrap();
-            let mark = integrity::read_mark(dir.path()).unwrap().unwrap();
-            assert_eq!((mark.generation, mark.operations), (1, 1));
-            s.flush().unwrap();
-            assert_eq!(integrity::read_mark(dir.path()).unwrap(), Some(mark));
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        // Nothing written: a flush moves no generation.
+        s.flush().unwrap();
+        drop(s);
+        assert_eq!(integrity::read_mark(dir.path()).unwrap(), None);
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        s.register(sample(Timestamp(1_000)), Duration::ZERO)
+            .unwrap();
+        s.flush().unwrap();
+        // Written off the flush path, soon; and before the store is closed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while integrity::read_mark(dir.path()).unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "no mark after 5s");
+            std::thread::sleep(Duration::from_millis(5));
         }
+        s.flush().unwrap();
+        drop(s);
+        let mark = integrity::read_mark(dir.path()).unwrap().unwrap();
+        assert_eq!((mark.generation, mark.operations), (1, 1));
         // Reopening a sound store is fine.
         drop(SledStore::open(dir.path(), 8 << 20).unwrap());
         // A mark ahead of the store: acknowledged writes are missing.
@@ -831,21 +836,15 @@ mod tests {
             Err(e) => panic!("expected Damaged, got {e}"),
             Ok(_) => panic!("a store behind its mark must be refused"),
         }
-        {
-            let s = SledStore::open_unchecked(dir.path(), 8 << 20).unwrap();
-            assert!(!s.verify().unwrap().sound());
-            assert!(s.accept_damage().unwrap().starts_with("accepted: "));
-            // The generation moves on past the mark's, never back.
-            assert_eq!(
-                integrity::read_mark(dir.path())
-                    .unwrap()
-                    .unwrap()
-                    .generation,
-                6
-            );
-            assert!(s.verify().unwrap().sound());
-        }
-        drop(SledStore::open(dir.path(), 8 << 20).unwrap());
+        let s = SledStore::open_unchecked(dir.path(), 8 << 20).unwrap();
+        assert!(!s.verify().unwrap().sound());
+        assert!(s.accept_damage().unwrap().starts_with("accepted: "));
+        drop(s);
+        // The generation moves on past the mark's, never back.
+        let mark = integrity::read_mark(dir.path()).unwrap().unwrap();
+        assert_eq!(mark.generation, 6);
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        assert!(s.verify().unwrap().sound());
     }
 
     #[test]
