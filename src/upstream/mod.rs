@@ -666,7 +666,8 @@ fn dot_segment(seg: &str) -> bool {
         s = decoded;
     }
     s.split(['/', '\\']).any(|part| {
-        let name = part.split(';').next().unwrap_or_default().trim();
+        // Some servers also cut a name at a NUL byte.
+        let name = part.split([';', '\0']).next().unwrap_or_default().trim();
         name == "." || name == ".."
     })
 }
@@ -965,6 +966,8 @@ mod tests {
             "..\\admin",
             "a\\b",
             "x/%2e/y",
+            "..%00/admin",
+            "%2e%2e%3b/admin",
         ] {
             let e = validate_operation_id(bad).unwrap_err();
             assert!(e.starts_with("`operation` must not"), "{bad}: {e}");
