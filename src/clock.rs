@@ -12,6 +12,19 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
+    /// The last millisecond RFC 3339 can write: 9999-12-31T23:59:59.999Z. Later times are
+    /// written as this one (a year has four digits).
+    pub const MAX_RFC3339: Timestamp = Timestamp(253_402_300_799_999);
+    /// 2000-01-01T00:00:00Z: no upstream job is older; an earlier time is a unit mix-up.
+    pub const SANE_MIN: Timestamp = Timestamp(946_684_800_000);
+
+    /// `self` if it lies between 2000-01-01 and 9999-12-31 (what a time read from an upstream
+    /// body may be), else `None`: such a time is ignored rather than scheduled or written.
+    pub fn sane(self) -> Option<Timestamp> {
+        (Self::SANE_MIN..=Self::MAX_RFC3339)
+            .contains(&self)
+            .then_some(self)
+    }
     pub fn from_system(t: SystemTime) -> Self {
         Timestamp(
             t.duration_since(UNIX_EPOCH)
@@ -23,7 +36,8 @@ impl Timestamp {
         UNIX_EPOCH + Duration::from_millis(self.0)
     }
     pub fn plus(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(d.as_millis() as u64))
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Timestamp(self.0.saturating_add(ms))
     }
     /// How long from `self` until `later` (zero if `later` is not after `self`).
     pub fn until(self, later: Timestamp) -> Duration {
@@ -32,8 +46,10 @@ impl Timestamp {
     pub fn unix_seconds(self) -> u64 {
         self.0 / 1000
     }
+    /// RFC 3339 UTC with milliseconds. Never panics: a time past 9999-12-31 (which humantime
+    /// cannot write) is written as [`Timestamp::MAX_RFC3339`].
     pub fn rfc3339(self) -> String {
-        humantime::format_rfc3339_millis(self.to_system()).to_string()
+        humantime::format_rfc3339_millis(self.min(Self::MAX_RFC3339).to_system()).to_string()
     }
 }
 
@@ -100,6 +116,35 @@ mod tests {
         assert_eq!(s, "\"2022-04-07T21:39:13.123Z\"");
         let back: Timestamp = serde_json::from_str(&s).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn far_future_times_are_written_as_the_last_rfc3339_millisecond() {
+        for t in [Timestamp(u64::MAX), Timestamp(99_999_999_999_999_000)] {
+            assert_eq!(t.rfc3339(), "9999-12-31T23:59:59.999Z");
+            assert_eq!(
+                serde_json::to_string(&t).unwrap(),
+                "\"9999-12-31T23:59:59.999Z\""
+            );
+        }
+        assert_eq!(Timestamp::MAX_RFC3339.rfc3339(), "9999-12-31T23:59:59.999Z");
+        // Saturating arithmetic, even with a duration whose milliseconds overflow u64.
+        assert_eq!(
+            Timestamp(5).plus(Duration::from_secs(u64::MAX)),
+            Timestamp(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn sane_times_lie_between_2000_and_9999() {
+        assert_eq!(
+            Timestamp(1_724_265_444_000).sane(),
+            Some(Timestamp(1_724_265_444_000))
+        );
+        assert_eq!(Timestamp(0).sane(), None);
+        assert_eq!(Timestamp(1_000).sane(), None);
+        assert_eq!(Timestamp(99_999_999_999_999_000).sane(), None);
+        assert_eq!(Timestamp::MAX_RFC3339.sane(), Some(Timestamp::MAX_RFC3339));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The `hookshim` command: `serve`, `check`, `demo`.
+//! The `hookshim` command: `serve`, `check`, `demo`, `store verify`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hookshim::clock::{Clock, SystemClock};
 use hookshim::config::Config;
-use hookshim::service::{StartOptions, start};
+use hookshim::service::{StartError, StartOptions, start};
+use hookshim::store::{SledStore, StoreError};
 
 /// glibc's malloc was a fifth of the service's CPU time under load (`perf` on the e2e
 /// benchmark); mimalloc is made for many small, short-lived allocations across threads.
@@ -36,7 +37,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service.
-    Serve,
+    Serve {
+        /// Start even though the store lost data acknowledged before the last shutdown (a
+        /// truncated or damaged data file): accept the loss and record the store as it is now.
+        #[arg(long)]
+        accept_damaged_store: bool,
+    },
+    /// Inspect the store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Validate the config and print it resolved, with secrets redacted.
     Check,
     /// Run a simulated upstream, hookshim and a verifying receiver in one process on loopback,
@@ -46,6 +57,14 @@ enum Command {
         #[arg(long, default_value_t = 6)]
         jobs: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Check the store without changing it: the flush generation against the mark written
+    /// after the last flush, every record, every index entry a record needs. Exit code 0 when
+    /// sound, 1 when damaged, 2 when it cannot be checked (e.g. `serve` is running on it).
+    Verify,
 }
 
 fn init_logging(default: &str) {
@@ -91,7 +110,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Serve => {
+        Command::Serve {
+            accept_damaged_store,
+        } => {
             init_logging("info");
             let config = match Config::load(&cli.config) {
                 Ok(c) => c,
@@ -102,6 +123,18 @@ fn main() -> ExitCode {
             };
             for w in warnings(&config) {
                 tracing::warn!("{w}");
+            }
+            if accept_damaged_store {
+                let accepted =
+                    SledStore::open_unchecked(&config.store.path, config.store.cache_bytes)
+                        .and_then(|s| s.accept_damage());
+                match accepted {
+                    Ok(what) => tracing::warn!("--accept-damaged-store: {what}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
             }
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -116,12 +149,69 @@ fn main() -> ExitCode {
                         running.run_until_signal().await;
                         ExitCode::SUCCESS
                     }
+                    Err(StartError::Store(e @ StoreError::Damaged(_))) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(2)
+                    }
                     Err(e) => {
                         eprintln!("error: {e}");
                         ExitCode::FAILURE
                     }
                 }
             })
+        }
+        Command::Store {
+            command: StoreCommand::Verify,
+        } => {
+            let config = match Config::load(&cli.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let report = SledStore::open_unchecked(&config.store.path, config.store.cache_bytes)
+                .and_then(|s| {
+                    // sled panics on some damaged pages rather than returning an error.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.verify()))
+                        .unwrap_or_else(|_| {
+                            Err(StoreError::Damaged(
+                                "sled failed reading a record (see the panic above): the store \
+                                 is damaged"
+                                    .into(),
+                            ))
+                        })
+                });
+            match report {
+                Ok(r) => {
+                    for line in &r.lines {
+                        println!("{line}");
+                    }
+                    for p in &r.problems {
+                        println!("DAMAGED: {p}");
+                    }
+                    if r.sound() {
+                        println!("store OK: {}", config.store.path.display());
+                        ExitCode::SUCCESS
+                    } else {
+                        println!(
+                            "store DAMAGED: {} ({} problems)",
+                            config.store.path.display(),
+                            r.problems.len()
+                        );
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e @ StoreError::Damaged(_)) => {
+                    println!("DAMAGED: {e}");
+                    println!("store DAMAGED: {}", config.store.path.display());
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("error: cannot check the store: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Demo { jobs } => {
             init_logging("warn");

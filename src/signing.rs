@@ -1,6 +1,9 @@
 //! Webhook signatures, both directions: Standard Webhooks `v1` (what hookshim signs callbacks
 //! with and what most upstreams send) and `v1a` (Ed25519), GitHub's `X-Hub-Signature-256` and
-//! Stripe's `Stripe-Signature`. HMAC comparisons are constant-time (`Mac::verify_slice`).
+//! Stripe's `Stripe-Signature`. HMAC comparisons are constant-time. Each HMAC is computed once per key and compared
+//! with every entry, and the entries considered are capped ([`MAX_SIGNATURE_ENTRIES`],
+//! [`MAX_V1A_ENTRIES`], [`MAX_SIGNATURE_HEADER`]): the work a request costs does not grow with
+//! the number of signatures it lists.
 //! Gemini's JWT-signed webhooks live in [`crate::ingest::jwks`]: they need a key set fetched
 //! over HTTP.
 
@@ -16,6 +19,19 @@ type HmacSha256 = Hmac<Sha256>;
 /// How far a webhook's timestamp may be from now (Standard Webhooks: ±5 minutes).
 pub const TIMESTAMP_TOLERANCE_SECS: u64 = 300;
 
+/// At most this many signature entries are considered in one `webhook-signature` or
+/// `Stripe-Signature` header; a header with more is refused. A sender lists one signature per
+/// active secret (two or three during a rotation), so 16 is generous; without a cap every entry
+/// would cost work over the whole body.
+pub const MAX_SIGNATURE_ENTRIES: usize = 16;
+
+/// At most this many Ed25519 (`v1a`) entries are verified per key: unlike HMAC, each Ed25519
+/// verification hashes the whole body again, so they cannot share one computation.
+pub const MAX_V1A_ENTRIES: usize = 4;
+
+/// A signature header longer than this (bytes) is refused before it is parsed.
+pub const MAX_SIGNATURE_HEADER: usize = 4096;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
     #[error("missing header {0}")]
@@ -26,6 +42,20 @@ pub enum VerifyError {
     StaleTimestamp,
     #[error("no signature matched")]
     BadSignature,
+    #[error(
+        "header {header} lists {found} signatures; at most {max} are considered: send one per active secret"
+    )]
+    TooManySignatures {
+        header: &'static str,
+        found: usize,
+        max: usize,
+    },
+    #[error("header {header} is {len} bytes; at most {max} are accepted")]
+    HeaderTooLong {
+        header: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("{0}")]
     MalformedToken(String),
     #[error("JWT algorithm {0:?} is not accepted (only RS256)")]
@@ -42,7 +72,21 @@ pub enum VerifyError {
     KeysUnavailable(String),
 }
 
+#[cfg(test)]
+thread_local! {
+    /// HMAC computations started on this thread (tests count the work a request costs).
+    static MACS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many HMACs this thread has started (tests only).
+#[cfg(test)]
+pub(crate) fn macs_computed() -> usize {
+    MACS.with(|c| c.get())
+}
+
 fn mac(key: &[u8]) -> HmacSha256 {
+    #[cfg(test)]
+    MACS.with(|c| c.set(c.get() + 1));
     // HMAC accepts keys of any length; new_from_slice cannot fail for it.
     <HmacSha256 as KeyInit>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
@@ -60,10 +104,29 @@ pub fn sign_v1(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &'static str) -> Result<&'a str, VerifyError> {
-    h.get(name)
-        .ok_or(VerifyError::MissingHeader(name))?
+    let value = h.get(name).ok_or(VerifyError::MissingHeader(name))?;
+    if value.len() > MAX_SIGNATURE_HEADER {
+        return Err(VerifyError::HeaderTooLong {
+            header: name,
+            len: value.len(),
+            max: MAX_SIGNATURE_HEADER,
+        });
+    }
+    value
         .to_str()
         .map_err(|_| VerifyError::MalformedHeader(name))
+}
+
+/// Refuse a signature list with more than [`MAX_SIGNATURE_ENTRIES`] entries.
+fn check_entries(header: &'static str, found: usize) -> Result<(), VerifyError> {
+    if found > MAX_SIGNATURE_ENTRIES {
+        return Err(VerifyError::TooManySignatures {
+            header,
+            found,
+            max: MAX_SIGNATURE_ENTRIES,
+        });
+    }
+    Ok(())
 }
 
 /// A key that verifies one kind of Standard Webhooks signature entry.
@@ -110,40 +173,75 @@ pub fn verify_standard_keys(
         return Err(VerifyError::StaleTimestamp);
     }
     let ts_text = ts_text.trim();
-    for entry in sigs.split(' ').filter(|s| !s.is_empty()) {
-        let (version, sig) = entry.split_once(',').unwrap_or((entry, ""));
-        let Ok(sig) = B64.decode(sig) else { continue };
-        for key in keys {
-            let ok = match (version, key) {
-                ("v1", StandardKey::V1(secret)) => {
-                    let mut m = mac(secret);
-                    m.update(id.as_bytes());
-                    m.update(b".");
-                    m.update(ts_text.as_bytes());
-                    m.update(b".");
-                    m.update(body);
-                    m.verify_slice(&sig).is_ok()
+    let entries: Vec<(&str, Vec<u8>)> = sigs
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(|entry| entry.split_once(',').unwrap_or((entry, "")))
+        .filter_map(|(version, sig)| B64.decode(sig).ok().map(|sig| (version, sig)))
+        .collect();
+    check_entries("webhook-signature", entries.len())?;
+    for key in keys {
+        match key {
+            StandardKey::V1(secret) => {
+                if !entries.iter().any(|(v, _)| *v == "v1") {
+                    continue;
                 }
-                ("v1a", StandardKey::V1a(public)) => {
-                    let Ok(sig) = Signature::from_slice(&sig) else {
+                // One HMAC per key, compared (in constant time) with every `v1` entry.
+                let mut m = mac(secret);
+                m.update(id.as_bytes());
+                m.update(b".");
+                m.update(ts_text.as_bytes());
+                m.update(b".");
+                m.update(body);
+                let expected = m.finalize().into_bytes();
+                let matched = entries
+                    .iter()
+                    .filter(|(v, _)| *v == "v1")
+                    .fold(false, |found, (_, sig)| found | ct_eq(&expected, sig));
+                if matched {
+                    return Ok(id.to_string());
+                }
+            }
+            StandardKey::V1a(public) => {
+                let mut signed: Option<Vec<u8>> = None;
+                for (_, sig) in entries
+                    .iter()
+                    .filter(|(v, _)| *v == "v1a")
+                    .take(MAX_V1A_ENTRIES)
+                {
+                    let Ok(sig) = Signature::from_slice(sig) else {
                         continue;
                     };
-                    let mut signed = Vec::with_capacity(id.len() + ts_text.len() + body.len() + 2);
-                    signed.extend_from_slice(id.as_bytes());
-                    signed.push(b'.');
-                    signed.extend_from_slice(ts_text.as_bytes());
-                    signed.push(b'.');
-                    signed.extend_from_slice(body);
-                    public.verify_strict(&signed, &sig).is_ok()
+                    let signed = signed.get_or_insert_with(|| {
+                        let mut m = Vec::with_capacity(id.len() + ts_text.len() + body.len() + 2);
+                        m.extend_from_slice(id.as_bytes());
+                        m.push(b'.');
+                        m.extend_from_slice(ts_text.as_bytes());
+                        m.push(b'.');
+                        m.extend_from_slice(body);
+                        m
+                    });
+                    if public.verify_strict(signed, &sig).is_ok() {
+                        return Ok(id.to_string());
+                    }
                 }
-                _ => false,
-            };
-            if ok {
-                return Ok(id.to_string());
             }
         }
     }
     Err(VerifyError::BadSignature)
+}
+
+/// Constant-time equality of a computed tag and a received signature (a length mismatch
+/// returns early: the length of a tag is no secret).
+fn ct_eq(expected: &[u8], got: &[u8]) -> bool {
+    if expected.len() != got.len() {
+        return false;
+    }
+    expected
+        .iter()
+        .zip(got)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 /// Verify GitHub's `X-Hub-Signature-256: sha256=<hex>` against any of `keys`.
@@ -193,6 +291,7 @@ pub fn verify_stripe(
             _ => {}
         }
     }
+    check_entries(NAME, sigs.len())?;
     let t_text = t.ok_or(VerifyError::MalformedHeader(NAME))?;
     let ts: u64 = t_text
         .parse()
@@ -201,14 +300,17 @@ pub fn verify_stripe(
         return Err(VerifyError::StaleTimestamp);
     }
     for key in keys {
-        for sig in &sigs {
-            let mut m = mac(key);
-            m.update(t_text.as_bytes());
-            m.update(b".");
-            m.update(body);
-            if m.verify_slice(sig).is_ok() {
-                return Ok(());
-            }
+        // One HMAC per key, compared (in constant time) with every `v1` entry.
+        let mut m = mac(key);
+        m.update(t_text.as_bytes());
+        m.update(b".");
+        m.update(body);
+        let expected = m.finalize().into_bytes();
+        if sigs
+            .iter()
+            .fold(false, |found, sig| found | ct_eq(&expected, sig))
+        {
+            return Ok(());
         }
     }
     Err(VerifyError::BadSignature)
@@ -392,6 +494,96 @@ mod tests {
         assert_eq!(
             verify_github(&[key], &h, b"Hello, World?"),
             Err(VerifyError::BadSignature)
+        );
+    }
+
+    /// A header listing many `v1` entries costs one HMAC per key, not one per entry; more than
+    /// MAX_SIGNATURE_ENTRIES entries are refused (with the limit in the message).
+    #[test]
+    fn signature_work_does_not_grow_with_the_entries() {
+        let key = Secret::from_whsec(SECRET).unwrap();
+        let other: &[u8] = b"another secret";
+        let good = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
+        let junk = "v1,bm9wZQ==";
+        let mut list = vec![junk; MAX_SIGNATURE_ENTRIES - 1];
+        list.push(good);
+        let h = headers(&list.join(" "), TS);
+        let before = macs_computed();
+        assert_eq!(verify_standard(&[other, &key.0], &h, BODY, TS).unwrap(), ID);
+        assert_eq!(macs_computed() - before, 2, "one HMAC per key");
+        // 1,000 entries: refused before any HMAC is computed, saying why.
+        let many = vec![junk; 1000].join(" ");
+        let mut h = headers("v1,x", TS);
+        h.insert("webhook-signature", HeaderValue::from_str(&many).unwrap());
+        let before = macs_computed();
+        let err = verify_standard(&[&key.0], &h, BODY, TS).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VerifyError::HeaderTooLong { .. } | VerifyError::TooManySignatures { .. }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(macs_computed(), before);
+        let seventeen = vec![junk; MAX_SIGNATURE_ENTRIES + 1].join(" ");
+        let err = verify_standard(&[&key.0], &headers(&seventeen, TS), BODY, TS).unwrap_err();
+        assert_eq!(
+            err,
+            VerifyError::TooManySignatures {
+                header: "webhook-signature",
+                found: 17,
+                max: 16
+            }
+        );
+        assert!(err.to_string().contains("at most 16"), "{err}");
+        assert_eq!(macs_computed(), before);
+    }
+
+    #[test]
+    fn stripe_work_does_not_grow_with_the_entries() {
+        let secret = "whsec_test_secret";
+        let body = br#"{"id":"evt_1","object":"event"}"#;
+        let t = 1_700_000_000u64;
+        let sig = "0c8670ed117751cc551a20e35839447075c42800ea3cf3e8a2fbda99cd1e6edd";
+        let keys: [&[u8]; 2] = [b"old secret", secret.as_bytes()];
+        let mut value = format!("t={t}");
+        for _ in 0..MAX_SIGNATURE_ENTRIES - 1 {
+            value.push_str(",v1=00ff");
+        }
+        value.push_str(&format!(",v1={sig}"));
+        let before = macs_computed();
+        assert_eq!(
+            verify_stripe(&keys, &stripe_headers(&value), body, t),
+            Ok(())
+        );
+        assert_eq!(macs_computed() - before, 2, "one HMAC per key");
+        value.push_str(",v1=00ff");
+        let before = macs_computed();
+        assert!(matches!(
+            verify_stripe(&keys, &stripe_headers(&value), body, t),
+            Err(VerifyError::TooManySignatures { max: 16, .. })
+        ));
+        assert_eq!(macs_computed(), before);
+    }
+
+    #[test]
+    fn v1a_verifications_are_capped() {
+        let signer = rfc8032_key();
+        let public = signer.verifying_key();
+        let good = v1a(&signer, ID, TS, BODY);
+        let junk = format!("v1a,{}", B64.encode([7u8; 64]));
+        // The good entry past the cap is not looked at.
+        let mut list = vec![junk.as_str(); MAX_V1A_ENTRIES];
+        list.push(&good);
+        let keys = [StandardKey::V1a(&public)];
+        assert_eq!(
+            verify_standard_keys(&keys, &headers(&list.join(" "), TS), BODY, TS),
+            Err(VerifyError::BadSignature)
+        );
+        list.remove(0);
+        assert_eq!(
+            verify_standard_keys(&keys, &headers(&list.join(" "), TS), BODY, TS).unwrap(),
+            ID
         );
     }
 }

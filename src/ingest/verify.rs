@@ -16,13 +16,56 @@ pub use crate::signing::VerifyError;
 /// Verify `body` and `headers` per `wh.scheme` at `now`, with the keys active then (a previous
 /// secret stops counting at its `until`). Returns the webhook id:
 /// - `standard-webhooks`: the `webhook-id` header (signed);
-/// - `github`: `X-GitHub-Delivery`, else a hash of the body;
+/// - `github`: a hash of the signed body and its signature (`github_<hex>`), never the unsigned
+///   `X-GitHub-Delivery` header: GitHub signatures carry no timestamp, so a captured delivery
+///   replayed with a fresh delivery header is still a duplicate (for the inbox retention);
 /// - `stripe`: the body's `id` (`evt_...`), else a hash of the body;
 /// - `gemini-jwt`: the `webhook-id` header, else the token's `jti`, else a hash of the body;
 /// - `none`: the `webhook-id` header, else a hash of the body.
 pub async fn verify(
     wh: &WebhookConfig,
     jwks: &JwksCache,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: Timestamp,
+) -> Result<String, VerifyError> {
+    match wh.scheme {
+        WebhookScheme::GeminiJwt => {
+            let cfg = wh.jwt.as_ref().ok_or_else(|| {
+                VerifyError::KeysUnavailable("no JWKS configured for gemini-jwt".into())
+            })?;
+            let token = headers
+                .get("webhook-signature")
+                .ok_or(VerifyError::MissingHeader("webhook-signature"))?
+                .to_str()
+                .map_err(|_| VerifyError::MalformedHeader("webhook-signature"))?;
+            let jti = jwks.verify(cfg, token, now).await?;
+            Ok(match header_value(headers, "webhook-id").or(jti) {
+                Some(id) => id,
+                None => body_hash(body),
+            })
+        }
+        _ if body.len() > OFFLOAD_BODY => {
+            // Hashing a big body takes milliseconds per key: not on an async worker.
+            let (wh, headers, body) = (wh.clone(), headers.clone(), body.to_vec());
+            tokio::task::spawn_blocking(move || verify_hmac(&wh, &headers, &body, now))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(VerifyError::KeysUnavailable(format!(
+                        "the verification task failed: {e}"
+                    )))
+                })
+        }
+        _ => verify_hmac(wh, headers, body, now),
+    }
+}
+
+/// Bodies larger than this (bytes) are verified on a blocking thread.
+const OFFLOAD_BODY: usize = 64 * 1024;
+
+/// [`verify`] for the schemes that need no I/O (all but `gemini-jwt`).
+fn verify_hmac(
+    wh: &WebhookConfig,
     headers: &HeaderMap,
     body: &[u8],
     now: Timestamp,
@@ -49,7 +92,7 @@ pub async fn verify(
         }
         WebhookScheme::Github => {
             verify_github(&hmac_keys(), headers, body)?;
-            Ok(header_or_hash(headers, "x-github-delivery", body))
+            Ok(github_id(headers, body))
         }
         WebhookScheme::Stripe => {
             verify_stripe(&hmac_keys(), headers, body, now_secs)?;
@@ -64,21 +107,9 @@ pub async fn verify(
                 _ => body_hash(body),
             })
         }
-        WebhookScheme::GeminiJwt => {
-            let cfg = wh.jwt.as_ref().ok_or_else(|| {
-                VerifyError::KeysUnavailable("no JWKS configured for gemini-jwt".into())
-            })?;
-            let token = headers
-                .get("webhook-signature")
-                .ok_or(VerifyError::MissingHeader("webhook-signature"))?
-                .to_str()
-                .map_err(|_| VerifyError::MalformedHeader("webhook-signature"))?;
-            let jti = jwks.verify(cfg, token, now).await?;
-            Ok(match header_value(headers, "webhook-id").or(jti) {
-                Some(id) => id,
-                None => body_hash(body),
-            })
-        }
+        WebhookScheme::GeminiJwt => Err(VerifyError::KeysUnavailable(
+            "gemini-jwt is verified with its JWKS".into(),
+        )),
         WebhookScheme::None => Ok(header_or_hash(headers, "webhook-id", body)),
     }
 }
@@ -95,6 +126,8 @@ impl VerifyError {
             }
             VerifyError::StaleTimestamp => ("stale_timestamp", "stale_timestamp"),
             VerifyError::BadSignature => ("bad_signature", "bad_signature"),
+            VerifyError::TooManySignatures { .. } => ("too_many_signatures", "bad_signature"),
+            VerifyError::HeaderTooLong { .. } => ("malformed_signature", "bad_signature"),
             VerifyError::UnsupportedAlgorithm(_) => ("unsupported_algorithm", "bad_signature"),
             VerifyError::UnknownKey(_) => ("unknown_key", "bad_signature"),
             VerifyError::TokenExpired => ("token_expired", "stale_timestamp"),
@@ -121,6 +154,20 @@ fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
 
 fn body_hash(body: &[u8]) -> String {
     format!("sha256_{}", hex::encode(Sha256::digest(body)))
+}
+
+/// The de-duplication id of a verified GitHub delivery: SHA-256 over the signature header and
+/// the body, both signed by the sender (unlike `X-GitHub-Delivery`, which anyone can change).
+fn github_id(headers: &HeaderMap, body: &[u8]) -> String {
+    let sig = headers
+        .get("x-hub-signature-256")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(sig);
+    h.update(b"\n");
+    h.update(body);
+    format!("github_{}", hex::encode(h.finalize()))
 }
 
 fn header_or_hash(headers: &HeaderMap, name: &str, body: &[u8]) -> String {

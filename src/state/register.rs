@@ -19,6 +19,9 @@ use crate::upstream::prepare_operation;
 /// Largest `metadata` kept with an operation, in bytes of JSON.
 pub const MAX_METADATA: usize = 16 * 1024;
 
+/// The furthest deadline a registration may ask for.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(366 * 86_400);
+
 /// What the app asks to track.
 #[derive(Debug, Clone, Default)]
 pub struct Registration {
@@ -136,6 +139,13 @@ fn parse_deadline(d: &str) -> Result<Duration, RegisterError> {
         return Err(RegisterError::InvalidDeadline(
             "deadline must be more than 0s".into(),
         ));
+    }
+    // At most 366 days: no upstream job runs longer, and a time past year 9999 cannot even be
+    // written.
+    if parsed > MAX_DEADLINE {
+        return Err(RegisterError::InvalidDeadline(format!(
+            "deadline {d:?} is too far away; at most 366 days (\"366d\") is accepted"
+        )));
     }
     Ok(parsed)
 }

@@ -5,6 +5,7 @@
 //! [`GroupCommit::flushed`] returns (invariant 1).
 
 mod commit;
+pub mod integrity;
 mod sled_store;
 
 pub use commit::GroupCommit;
@@ -26,6 +27,9 @@ pub enum StoreError {
     Corrupt { key: String, message: String },
     #[error("cannot open the store at {path}: {message}")]
     Open { path: String, message: String },
+    /// The store lost acknowledged data (see [`integrity`]); the message says what to do.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 /// The result of registering an operation.

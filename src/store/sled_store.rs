@@ -19,6 +19,10 @@
 //! extra index entry (harmless: the poller and the deliverer read the record and skip it) but
 //! never a terminal record without its outbox entry.
 //!
+//! - `meta`:     `generation` → flush generation (u64 BE) + operations then (u64 BE): written by
+//!   each flush that covers new writes, before the flush, and recorded in the mark file beside
+//!   the data after it ([`super::integrity`]): how a store that lost acknowledged data is noticed.
+//!
 //! Why not multi-tree transactions: in sled 0.34 every transaction (and every batch) seals the
 //! current IO buffer and writes it with `sync_file_range` before it returns (`pin_log`), so each
 //! one costs a synchronous disk write on the calling (async) thread and group commit cannot
@@ -29,10 +33,12 @@
 
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::integrity::{self, Mark, MarkWriter};
 use super::{ListFilter, OutboxEntry, Registered, Store, StoreError, Updated, WebhookRecord};
 use crate::clock::Timestamp;
 use crate::ids::{DeliveryKey, OperationId};
@@ -46,6 +52,18 @@ pub struct SledStore {
     outbox: sled::Tree,
     inbox: sled::Tree,
     early: sled::Tree,
+    meta: sled::Tree,
+    /// The data directory (the mark file lives there).
+    dir: PathBuf,
+    /// The last flush generation written; the lock also serialises flushes.
+    generation: Mutex<u64>,
+    /// Records each durable generation in the mark file, off the flush path.
+    marks: MarkWriter,
+    /// Whether anything was written since the last flush began.
+    dirty: AtomicBool,
+    /// Operations in `ops` (kept as records are added and removed; recorded with each
+    /// generation, for the damage message).
+    operations: AtomicI64,
     /// Serialise writers of one operation id (read-modify-write of its record and indexes).
     id_locks: Stripes,
     /// Serialise registration and webhooks for one `(upstream, operation)` pair. Always taken
@@ -142,8 +160,58 @@ fn early_outcome(value: &[u8]) -> Option<EventOutcome> {
     }
 }
 
+/// sled found its files unreadable: say so, and what to do.
+fn corrupt(dir: &Path, e: &sled::Error) -> StoreError {
+    StoreError::Damaged(format!(
+        "the store at {} is damaged: sled cannot read its files ({e}). Restore the data \
+         directory from a backup; `hookshim store verify` shows what can be read; to start empty \
+         instead, move the data directory aside (every operation it held is forgotten)",
+        dir.display()
+    ))
+}
+
+/// The key of the flush generation in the `meta` tree.
+const GENERATION: &[u8] = b"generation";
+
+fn generation_value(generation: u64, operations: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&generation.to_be_bytes());
+    v[8..].copy_from_slice(&operations.to_be_bytes());
+    v
+}
+
 impl SledStore {
+    /// Open the store at `path`, refusing ([`StoreError::Damaged`]) one that lost data
+    /// acknowledged before the last shutdown (see [`integrity`]).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
+        let store = SledStore::open_unchecked(path, cache_bytes)?;
+        store.check()?;
+        Ok(store)
+    }
+
+    /// Open without comparing the store with its mark (for `store verify` and for accepting a
+    /// loss).
+    pub fn open_unchecked(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
+        // sled 0.34 panics on some damaged files ("tried to serialize Uninitialized") instead
+        // of returning an error: that is a damaged store too, not a crash.
+        std::panic::catch_unwind(|| SledStore::open_inner(path, cache_bytes)).unwrap_or_else(
+            |panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Err(StoreError::Damaged(format!(
+                    "the store at {} is damaged: sled failed reading its files ({why}). Restore \
+                     the data directory from a backup; to start empty instead, move the data \
+                     directory aside (every operation it held is forgotten)",
+                    path.display()
+                )))
+            },
+        )
+    }
+
+    fn open_inner(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
         let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
             path: path.display().to_string(),
             message: e.to_string(),
@@ -164,26 +232,203 @@ impl SledStore {
                         "{e}; is another hookshim process using this data directory?"
                     ))
                 }
+                e @ sled::Error::Corruption { .. } => corrupt(path, &e),
                 other => open_err(&other),
             })?;
-        let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(&e));
-        Ok(SledStore {
+        let tree = |name: &str| {
+            db.open_tree(name).map_err(|e| match e {
+                sled::Error::Corruption { .. } => corrupt(path, &e),
+                other => open_err(&other),
+            })
+        };
+        let store = SledStore {
             ops: tree("ops")?,
             keys: tree("keys")?,
             active: tree("active")?,
             outbox: tree("outbox")?,
             inbox: tree("inbox")?,
             early: tree("early")?,
+            meta: tree("meta")?,
+            dir: path.to_path_buf(),
+            marks: MarkWriter::start(path),
+            generation: Mutex::new(0),
+            dirty: AtomicBool::new(false),
+            operations: AtomicI64::new(0),
             db,
             id_locks: Stripes::new(),
             pair_locks: Stripes::new(),
-        })
+        };
+        let (generation, operations) = match store.stored_generation()? {
+            Some(g) => g,
+            // A new store, or one written before generations: count once.
+            None => (0, store.ops.len() as u64),
+        };
+        // Never reuse a generation the mark has seen (after an accepted loss, sled's is older).
+        let marked = integrity::read_mark(path)
+            .ok()
+            .flatten()
+            .map_or(0, |m| m.generation);
+        *store.generation_lock() = generation.max(marked);
+        store
+            .operations
+            .store(operations.min(i64::MAX as u64) as i64, Ordering::SeqCst);
+        Ok(store)
+    }
+
+    fn generation_lock(&self) -> MutexGuard<'_, u64> {
+        // The guarded value is a plain counter: a panic elsewhere cannot leave it inconsistent.
+        self.generation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The flush generation and operation count sled holds, if any.
+    fn stored_generation(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let value = self.meta.get(GENERATION).map_err(|e| match e {
+            sled::Error::Corruption { .. } => corrupt(&self.dir, &e),
+            other => io(other),
+        })?;
+        Ok(value.map(|v| {
+            let generation = ts_from(&v).0;
+            let operations = ts_from(v.get(8..).unwrap_or_default()).0;
+            (generation, operations)
+        }))
+    }
+
+    /// Compare what sled holds with the mark written after the last flush.
+    fn check(&self) -> Result<(), StoreError> {
+        let found = self.stored_generation()?.map_or(0, |(g, _)| g);
+        match integrity::read_mark(&self.dir) {
+            Ok(None) => Ok(()),
+            Ok(Some(mark)) if mark.generation > found => Err(StoreError::Damaged(
+                integrity::lost_data_message(&self.dir, &mark, found, self.ops.len() as u64),
+            )),
+            Ok(Some(_)) => Ok(()),
+            Err(e) => Err(StoreError::Damaged(format!(
+                "{e}: hookshim cannot tell whether the store at {} lost data. Run `hookshim store \
+                 verify`, restore the data directory from a backup, or start with `hookshim serve \
+                 --accept-damaged-store` to write a new mark",
+                self.dir.display()
+            ))),
+        }
+    }
+
+    /// Accept whatever the store holds now: record it in a new mark (for
+    /// `serve --accept-damaged-store`). Returns what was accepted, for the log.
+    pub fn accept_damage(&self) -> Result<String, StoreError> {
+        let what = match self.check() {
+            Ok(()) => "the store is sound; nothing to accept".to_string(),
+            Err(e) => format!("accepted: {e}"),
+        };
+        self.operations.store(
+            self.ops.len().min(i64::MAX as usize) as i64,
+            Ordering::SeqCst,
+        );
+        self.dirty.store(true, Ordering::SeqCst);
+        self.flush()?;
+        Ok(what)
+    }
+
+    /// Check everything `hookshim store verify` checks: the mark against sled's generation,
+    /// that every record decodes, and that every index entry a record needs exists.
+    pub fn verify(&self) -> Result<integrity::Report, StoreError> {
+        let mut r = integrity::Report::default();
+        let found = self.stored_generation()?;
+        r.lines.push(format!(
+            "data directory: {} ({} bytes on disk)",
+            self.dir.display(),
+            self.size_on_disk()?
+        ));
+        match found {
+            Some((g, n)) => r.lines.push(format!(
+                "flush generation in the store: {g} ({n} operations at that flush)"
+            )),
+            None => r.lines.push("flush generation in the store: none".into()),
+        }
+        let found = found.map_or(0, |(g, _)| g);
+        match integrity::read_mark(&self.dir) {
+            Ok(None) => r.lines.push(format!(
+                "mark {}: none (a new store, or one from before marks)",
+                integrity::mark_path(&self.dir).display()
+            )),
+            Ok(Some(m)) => {
+                r.lines.push(format!(
+                    "mark {}: generation {} ({} operations)",
+                    integrity::mark_path(&self.dir).display(),
+                    m.generation,
+                    m.operations
+                ));
+                if m.generation > found {
+                    r.problems.push(integrity::lost_data_message(
+                        &self.dir,
+                        &m,
+                        found,
+                        self.ops.len() as u64,
+                    ));
+                }
+            }
+            Err(e) => r.problems.push(e.to_string()),
+        }
+        let (mut records, mut running, mut unreadable) = (0u64, 0u64, 0u64);
+        for item in self.ops.iter() {
+            let (k, v) = item.map_err(io)?;
+            records += 1;
+            let op = match decode(&k, &v) {
+                Ok(op) => op,
+                Err(e) => {
+                    unreadable += 1;
+                    r.problems.push(e.to_string());
+                    continue;
+                }
+            };
+            if !op.status.is_terminal() {
+                running += 1;
+                if !self.active.contains_key(&k).map_err(io)? {
+                    r.problems.push(format!(
+                        "operation {} is {:?} but not scheduled (no `active` entry)",
+                        op.id, op.status
+                    ));
+                }
+            }
+            if op.in_outbox() && !self.outbox.contains_key(&k).map_err(io)? {
+                r.problems.push(format!(
+                    "operation {} has a callback to send but no `outbox` entry",
+                    op.id
+                ));
+            }
+        }
+        r.lines.push(format!(
+            "operations: {records} ({running} not finished, {unreadable} unreadable)"
+        ));
+        let mut dangling = 0u64;
+        for item in self.keys.iter() {
+            let (_, id) = item.map_err(io)?;
+            if !self.ops.contains_key(&id).map_err(io)? {
+                dangling += 1;
+            }
+        }
+        r.lines.push(format!(
+            "registration keys: {} ({dangling} without a record: left by a crash before the \
+             registration was acknowledged; harmless)",
+            self.keys.len()
+        ));
+        r.lines.push(format!(
+            "schedule entries: {}, outbox entries: {}, webhook ids: {}, early webhooks: {}",
+            self.active.len(),
+            self.outbox.len(),
+            self.inbox.len(),
+            self.early.len()
+        ));
+        Ok(r)
+    }
+
+    fn touch(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
     }
 
     /// Write `new` over `old` (the record as read under the id lock; `None` for a new record),
     /// keeping the indexes a superset: entries `new` needs first, then the record, then removal
     /// of the entries only `old` needed. The caller holds the id lock.
     fn write(&self, old: Option<&Operation>, new: &Operation) -> Result<(), StoreError> {
+        self.touch();
         let id = new.id.as_bytes();
         if !new.status.is_terminal() {
             self.active.insert(id, active_value(new)).map_err(io)?;
@@ -276,6 +521,7 @@ impl Store for SledStore {
             .insert(key.as_slice(), op.id.as_bytes())
             .map_err(io)?;
         self.write(None, &op)?;
+        self.operations.fetch_add(1, Ordering::SeqCst);
         if early.is_some() {
             // After the record that carries its effect.
             self.early.remove(&key).map_err(io)?;
@@ -333,7 +579,9 @@ impl Store for SledStore {
             return Ok(None);
         };
         // Record first: whatever a crash leaves behind is an index entry without a record.
+        self.touch();
         self.ops.remove(id.as_bytes()).map_err(io)?;
+        self.operations.fetch_sub(1, Ordering::SeqCst);
         // Only if the key still names this record (a registration may have replaced it).
         let _ = self
             .keys
@@ -372,6 +620,7 @@ impl Store for SledStore {
         if self.inbox.get(&inbox_key).map_err(io)?.is_some() {
             return Ok(WebhookRecord::Duplicate);
         }
+        self.touch();
         let id = self
             .keys
             .get(&op_key)
@@ -466,6 +715,7 @@ impl Store for SledStore {
         early_before: Timestamp,
     ) -> Result<usize, StoreError> {
         let mut removed = 0;
+        self.touch();
         for (tree, before) in [(&self.inbox, inbox_before), (&self.early, early_before)] {
             for item in tree.iter() {
                 let (k, v) = item.map_err(io)?;
@@ -484,8 +734,30 @@ impl Store for SledStore {
         Ok(removed)
     }
 
+    /// Flush; when anything was written since the last flush, write the next generation first
+    /// and hand it to the mark writer after (see [`integrity`]).
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(io)
+        let mut generation = self.generation_lock();
+        if !self.dirty.swap(false, Ordering::SeqCst) {
+            return self.db.flush().map(|_| ()).map_err(io);
+        }
+        let next = *generation + 1;
+        let operations = self.operations.load(Ordering::SeqCst).max(0) as u64;
+        let flushed = self
+            .meta
+            .insert(GENERATION, &generation_value(next, operations))
+            .and_then(|_| self.db.flush())
+            .map_err(io);
+        if let Err(e) = flushed {
+            self.dirty.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
+        *generation = next;
+        self.marks.offer(Mark {
+            generation: next,
+            operations,
+        });
+        Ok(())
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
@@ -503,6 +775,55 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path(), 8 << 20).unwrap();
         (dir, s)
+    }
+
+    #[test]
+    fn a_store_behind_its_mark_is_refused_until_the_loss_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        // Nothing written: a flush moves no generation.
+        s.flush().unwrap();
+        drop(s);
+        assert_eq!(integrity::read_mark(dir.path()).unwrap(), None);
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        s.register(sample(Timestamp(1_000)), Duration::ZERO)
+            .unwrap();
+        s.flush().unwrap();
+        // Written off the flush path, soon; and before the store is closed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while integrity::read_mark(dir.path()).unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "no mark after 5s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        s.flush().unwrap();
+        drop(s);
+        let mark = integrity::read_mark(dir.path()).unwrap().unwrap();
+        assert_eq!((mark.generation, mark.operations), (1, 1));
+        // Reopening a sound store is fine.
+        drop(SledStore::open(dir.path(), 8 << 20).unwrap());
+        // A mark ahead of the store: acknowledged writes are missing.
+        let ahead = integrity::Mark {
+            generation: 5,
+            operations: 3,
+        };
+        integrity::write_mark(dir.path(), &ahead).unwrap();
+        match SledStore::open(dir.path(), 8 << 20) {
+            Err(StoreError::Damaged(m)) => {
+                assert!(m.contains("holds 1 operations"), "{m}");
+                assert!(m.contains("3 operations were acknowledged"), "{m}");
+            }
+            Err(e) => panic!("expected Damaged, got {e}"),
+            Ok(_) => panic!("a store behind its mark must be refused"),
+        }
+        let s = SledStore::open_unchecked(dir.path(), 8 << 20).unwrap();
+        assert!(!s.verify().unwrap().sound());
+        assert!(s.accept_damage().unwrap().starts_with("accepted: "));
+        drop(s);
+        // The generation moves on past the mark's, never back.
+        let mark = integrity::read_mark(dir.path()).unwrap().unwrap();
+        assert_eq!(mark.generation, 6);
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        assert!(s.verify().unwrap().sound());
     }
 
     #[test]

@@ -301,18 +301,24 @@ fn read_progress(body: &Value, pointer: &str) -> Option<f64> {
     Some(if n > 1.0 { (n / 100.0).min(1.0) } else { n })
 }
 
-/// An RFC 3339 time (UTC, as the upstreams send them).
+/// An RFC 3339 time (UTC, as the upstreams send them); ignored outside 2000..=9999
+/// ([`Timestamp::sane`]).
 fn rfc3339(v: Option<&Value>) -> Option<Timestamp> {
     let s = v?.as_str()?;
     humantime::parse_rfc3339_weak(s)
         .ok()
         .map(Timestamp::from_system)
+        .and_then(Timestamp::sane)
 }
 
-/// Unix seconds, as a number or a string.
+/// Unix seconds, as a number or a string; ignored outside 2000..=9999 ([`Timestamp::sane`]).
 fn unix_seconds(v: Option<&Value>) -> Option<Timestamp> {
     let secs = count(v)?;
-    (secs > 0.0).then_some(Timestamp((secs * 1000.0) as u64))
+    let ms = secs * 1000.0;
+    // `as` saturates; the range check keeps only times an upstream can mean.
+    (ms.is_finite() && ms > 0.0)
+        .then_some(Timestamp(ms as u64))
+        .and_then(Timestamp::sane)
 }
 
 /// The error hookshim reports when the upstream ended a job unsuccessfully without saying why.
@@ -348,6 +354,27 @@ const PATH_ESCAPE: &AsciiSet = &CONTROLS
     .add(b'^')
     .add(b'|');
 
+/// Whether a path segment means "this" or "parent" directory to some server: `.` or `..` once
+/// percent-decoded (up to three times: `%252e` too), and with any `;` matrix parameters removed
+/// (Tomcat and Spring read `..;` as `..`); a decoded `/` or `\\` splits it further.
+fn dot_segment(seg: &str) -> bool {
+    let mut s = seg.to_string();
+    for _ in 0..3 {
+        let decoded = percent_encoding::percent_decode_str(&s)
+            .decode_utf8_lossy()
+            .into_owned();
+        if decoded == s {
+            break;
+        }
+        s = decoded;
+    }
+    s.split(['/', '\\']).any(|part| {
+        // Some servers also cut a name at a NUL byte.
+        let name = part.split([';', '\0']).next().unwrap_or_default().trim();
+        name == "." || name == ".."
+    })
+}
+
 /// Check an operation id an app registers: it is placed in a URL path, so it must not escape
 /// the upstream's base URL.
 pub fn validate_operation_id(op: &str) -> Result<(), String> {
@@ -357,10 +384,15 @@ pub fn validate_operation_id(op: &str) -> Result<(), String> {
     if op.len() > 1024 {
         return Err("`operation` must be at most 1024 bytes".into());
     }
-    if op.starts_with('/') || op.split('/').any(|seg| seg == ".." || seg == ".") {
+    if op.starts_with('/') || op.split('/').any(dot_segment) {
         return Err(
-            "`operation` must not start with \"/\" or contain \".\" or \"..\" path segments".into(),
+            "`operation` must not start with \"/\" or contain \".\" or \"..\" path segments \
+             (also percent-encoded, or with \";\" parameters such as \"..;\")"
+                .into(),
         );
+    }
+    if op.contains('\\') {
+        return Err("`operation` must not contain backslashes".into());
     }
     if op.chars().any(|c| c.is_control()) {
         return Err("`operation` must not contain control characters".into());
@@ -404,6 +436,8 @@ fn ensure_under(base: &Url, url: &Url) -> Result<(), String> {
         Some("it carries user info")
     } else if !url.path().starts_with(base.path()) {
         Some("its path is outside the base URL's path")
+    } else if url.path().split('/').any(dot_segment) {
+        Some("its path has a \".\" or \"..\" segment in a form some servers resolve")
     } else {
         None
     };
@@ -556,6 +590,24 @@ mod tests {
     }
 
     #[test]
+    fn upstream_times_out_of_range_are_ignored() {
+        for v in [
+            json!(99_999_999_999_999u64),
+            json!(1e300),
+            json!("99999999999999"),
+            json!(12),
+            json!(-5),
+        ] {
+            assert_eq!(unix_seconds(Some(&v)), None, "{v}");
+        }
+        assert_eq!(rfc3339(Some(&json!("1970-01-01T00:00:01Z"))), None);
+        assert_eq!(
+            rfc3339(Some(&json!("9999-12-31T23:59:59Z"))),
+            Some(Timestamp(253_402_300_799_000))
+        );
+    }
+
+    #[test]
     fn canonical_operations_meet_webhook_ids() {
         let b = preset("gemini-batch");
         assert_eq!(b.canonical_operation("abc"), "batches/abc");
@@ -589,12 +641,55 @@ mod tests {
             "https://api.example.com:8443/v1/batches/x",
             "https://user:pw@api.example.com/v1/batches/x",
             "https://api.example.com/v2/batches/x",
+            "https://api.example.com/v1/batches/..;/admin",
+            "https://api.example.com/v1/%2e%2e;/admin",
+            "https://api.example.com/v1/x/.;/admin",
         ] {
             let e = ensure_under(&base, &Url::parse(bad).unwrap()).unwrap_err();
             assert!(
                 e.contains("is not under the upstream's base_url"),
                 "{bad}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn operation_ids_with_disguised_dot_segments_are_refused() {
+        for bad in [
+            "..",
+            "a/../b",
+            "..;",
+            "..;/admin",
+            "x/..;jsessionid=1/admin",
+            ".;/admin",
+            ".;x",
+            "%2e%2e",
+            "%2E%2E/admin",
+            "%2e%2e;/admin",
+            "%2E.",
+            ".%2e;x",
+            "%252e%252e",
+            "%2e%2e%2fadmin",
+            "..\\admin",
+            "a\\b",
+            "x/%2e/y",
+            "..%00/admin",
+            "%2e%2e%3b/admin",
+        ] {
+            let e = validate_operation_id(bad).unwrap_err();
+            assert!(e.starts_with("`operation` must not"), "{bad}: {e}");
+        }
+        for good in [
+            "job-1",
+            "a.b",
+            "...",
+            "a..b",
+            "v1;x",
+            "batches/abc",
+            "%41bc",
+            ".hidden",
+        ] {
+            assert!(validate_operation_id(good).is_ok(), "{good}");
         }
     }
 }
