@@ -7,12 +7,14 @@
 //! cargo run --release --bin hookshim-bench -- policy              # benchmark 1
 //! cargo run --release --bin hookshim-bench -- e2e                 # benchmark 2
 //! cargo run --release --bin hookshim-bench -- scale --ops 1000000 # benchmark 3
+//! cargo run --release --bin hookshim-bench -- soak --minutes 30    # soak (issue 12)
 //! ```
 
 mod e2e;
 mod harness;
 mod policy;
 mod scale;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -39,6 +41,9 @@ enum Scenario {
     /// Many operations tracked at once: memory, disk, registration throughput, restart time,
     /// and CPU per poll as the number of tracked operations grows.
     Scale(scale::ScaleArgs),
+    /// Soak: mixed and hostile load for `--minutes` (polls, webhooks, a flaky receiver, a
+    /// hanging upstream, bad input); RSS, fds, threads and latency per minute.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
             Scenario::Policy(a) => policy::run(a).await,
             Scenario::E2e(a) => e2e::run(a).await,
             Scenario::Scale(a) => scale::run(a).await,
+            Scenario::Soak(a) => soak::run(a).await,
         }
     });
     match result {
