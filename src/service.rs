@@ -92,12 +92,17 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         }
     }
 
+    // No proxy from the environment (HTTP_PROXY, ALL_PROXY, ...): the upstream's credentials
+    // and the callbacks go straight to their hosts, never to a proxy (the JWKS fetch shares
+    // this client).
     let upstream_http = reqwest::Client::builder()
+        .no_proxy()
         .redirect(same_origin_redirects(3))
         .user_agent(concat!("hookshim/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| StartError::Http(e.to_string()))?;
     let callback_http = reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(config.callbacks.timeout)
         .user_agent(concat!("hookshim/", env!("CARGO_PKG_VERSION")))

@@ -13,6 +13,7 @@ mod crash;
 mod delivery;
 mod disk_full;
 mod docs;
+mod hostile;
 mod lifecycle;
 mod polling;
 mod presets;

@@ -1,0 +1,108 @@
+//! Hostile peers and environments (issue 12): an endless or slow-dripping upstream body, random
+//! webhook names, one upstream or receiver that hangs, a proxy in the environment, malformed
+//! requests, idle and slowloris connections. Everything runs over loopback.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::{Value, json};
+
+/// A loopback listener that counts the connections made to it (and answers none of them).
+async fn connection_counter() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(sock);
+        }
+    });
+    (format!("http://{addr}"), hits)
+}
+
+// ---------------------------------------------------------------------------------------------
+// D10: a proxy in the environment is not used.
+
+const PROC_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:{PORT}"
+
+[store]
+path = "{DATA}"
+cache = "8MiB"
+
+[callbacks]
+default_url = "{RECV}/callback"
+timeout = "2s"
+retry_schedule = ["100ms", "200ms"]
+
+[upstreams.jobs]
+base_url = "{UP}/"
+status_path = "jobs/{operation}"
+headers = { Authorization = "Bearer upstream-secret" }
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+timeout = "2s"
+rate = { per_second = 1000, burst = 100 }
+poll = { initial = "20ms", multiplier = 1.5, max = "100ms", jitter = 0.1, deadline = "1h" }
+"#;
+
+#[tokio::test]
+async fn proxy_in_the_environment_is_not_used() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let (proxy, proxy_hits) = connection_counter().await;
+    let mut setup = ProcSetup::new(
+        &PROC_CONFIG
+            .replace("{UP}", &up.url)
+            .replace("{RECV}", &recv.url),
+    );
+    let p = proxy.as_str();
+    let mut proc = setup.spawn_with_env(&[
+        ("NO_PROXY", ""),
+        ("no_proxy", ""),
+        ("HTTP_PROXY", p),
+        ("http_proxy", p),
+        ("HTTPS_PROXY", p),
+        ("ALL_PROXY", p),
+        ("all_proxy", p),
+    ]);
+    // The test's own client must not use a proxy either.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    proc.wait_healthy(&http, &setup.url).await;
+
+    up.set("jobs/p1", json!({"state": "done"}));
+    let r = http
+        .post(format!("{}/v1/operations", setup.url))
+        .json(&json!({"upstream": "jobs", "operation": "p1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let id = id_of(&r.json::<Value>().await.unwrap());
+
+    // Either the callback arrives (straight from the upstream's answer) or the proxy is used.
+    eventually(
+        Duration::from_secs(10),
+        "the callback, or a connection to the proxy",
+        || async {
+            (!recv.calls_for(&id).is_empty() || proxy_hits.load(Ordering::SeqCst) > 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        proxy_hits.load(Ordering::SeqCst),
+        0,
+        "hookshim connected to the proxy named in the environment"
+    );
+    assert!(!up.requests_for("jobs/p1").is_empty());
+    assert_eq!(
+        up.header_values("jobs/p1", "authorization")[0],
+        "Bearer upstream-secret"
+    );
+}
