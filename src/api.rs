@@ -315,14 +315,25 @@ async fn webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
+    // Only configured upstream names become label values: anyone can POST to any name, and a
+    // series per name would grow `/metrics` without bound.
+    let label = if shim.config.upstreams.contains_key(&upstream) {
+        upstream.as_str()
+    } else {
+        crate::metrics::UNKNOWN_UPSTREAM
+    };
     let body = match body {
         Ok(b) => b,
         Err(r) => {
-            shim.metrics.webhook(&upstream, "too_large");
+            shim.metrics.webhook(label, "too_large");
             return Err(r.into());
         }
     };
-    let (status, value) = match crate::ingest::receive(&shim, &upstream, &headers, &body).await? {
+    let received = crate::ingest::receive(&shim, &upstream, &headers, &body).await;
+    if let Err(IngestError::UnknownUpstream(_)) = &received {
+        shim.metrics.webhook(label, "unknown_upstream");
+    }
+    let (status, value) = match received? {
         Ingested::Ignored { webhook_id, reason } => (
             StatusCode::OK,
             json!({"result": "ignored", "webhook_id": webhook_id, "reason": reason}),

@@ -8,6 +8,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+/// The `upstream` label of anything about a name that is not a configured upstream (e.g. a
+/// webhook POSTed to `/webhooks/<random>`): one series for all of them, so unauthenticated
+/// requests cannot add series.
+pub const UNKNOWN_UPSTREAM: &str = "_unknown";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabel {
     pub upstream: String,
@@ -89,7 +94,7 @@ impl Metrics {
         );
         registry.register(
             "hookshim_webhooks_received",
-            "Inbound upstream webhooks by result (accepted, kept, duplicate, bad_signature, stale_timestamp, jwks_unavailable, malformed, too_large)",
+            "Inbound upstream webhooks by result (accepted, kept, duplicate, bad_signature, stale_timestamp, jwks_unavailable, malformed, too_large, unknown_upstream); upstream _unknown for names not in the config",
             webhooks.clone(),
         );
         registry.register(

@@ -9,6 +9,30 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::{Value, json};
 
+const CONFIG: &str = r#"
+[server]
+max_body = "1KiB"
+
+[store]
+path = "{DATA}"
+cache = "8MiB"
+
+[callbacks]
+default_url = "{RECV}/callback"
+timeout = "2s"
+retry_schedule = ["100ms", "200ms"]
+
+[upstreams.jobs]
+base_url = "{UP}/"
+status_path = "jobs/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+timeout = "2s"
+rate = { per_second = 1000, burst = 100 }
+poll = { initial = "20ms", multiplier = 1.5, max = "100ms", jitter = 0.1, deadline = "1h" }
+"#;
+
 /// A loopback listener that counts the connections made to it (and answers none of them).
 async fn connection_counter() -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -105,4 +129,64 @@ async fn proxy_in_the_environment_is_not_used() {
         up.header_values("jobs/p1", "authorization")[0],
         "Bearer upstream-secret"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// D5: webhooks to names that are not configured upstreams add no metric series.
+
+#[tokio::test]
+async fn webhooks_to_random_names_add_no_metric_series() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(CONFIG, &up, &recv).await;
+    let big = vec![b'x'; 2048];
+    let send = |name: String, oversized: bool| {
+        let body = if oversized {
+            big.clone()
+        } else {
+            b"{}".to_vec()
+        };
+        let shim = &shim;
+        async move { post_raw(shim, &format!("/webhooks/{name}"), &[], body).await }
+    };
+    // One of each kind first, so the fixed series exist before measuring.
+    assert_eq!(send("first-unknown".into(), false).await.0, 404);
+    assert_eq!(send("first-big".into(), true).await.0, 413);
+    let before = shim.metrics().await;
+    let mut names = Vec::new();
+    for i in 0..200 {
+        let name = format!("rnd{}x{i}", rand_suffix(i));
+        let (status, body) = send(name.clone(), i % 2 == 0).await;
+        assert!(status == 404 || status == 413, "{name}: {status} {body}");
+        names.push(name);
+    }
+    let after = shim.metrics().await;
+    for name in names
+        .iter()
+        .chain([&"first-unknown".to_string(), &"first-big".to_string()])
+    {
+        assert!(
+            !after.contains(name.as_str()),
+            "/metrics has a series for {name}"
+        );
+    }
+    assert!(
+        after.len() <= before.len() + 16,
+        "/metrics grew from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+    assert!(
+        after.contains(r#"upstream="_unknown",result="too_large""#),
+        "{after}"
+    );
+    assert!(
+        after.contains(r#"upstream="_unknown",result="unknown_upstream""#),
+        "{after}"
+    );
+}
+
+fn rand_suffix(i: usize) -> u64 {
+    // Distinct, unpredictable-looking names without a random-number dependency.
+    (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40
 }
