@@ -190,3 +190,106 @@ fn rand_suffix(i: usize) -> u64 {
     // Distinct, unpredictable-looking names without a random-number dependency.
     (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40
 }
+
+// ---------------------------------------------------------------------------------------------
+// D11: every error the router answers is JSON.
+
+/// Send `method path` and check the answer is `status` with a JSON error body of `code`;
+/// returns the message.
+async fn json_error(shim: &TestShim, method: &str, path: &str, status: u16, code: &str) -> String {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let r = shim
+        .http
+        .request(method.clone(), format!("{}{path}", shim.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), status, "{method} {path}");
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        ct.starts_with("application/json"),
+        "{method} {path}: content-type {ct:?}"
+    );
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
+    let msg = body["error"]["message"].as_str().unwrap_or("").to_string();
+    assert!(!msg.is_empty(), "{method} {path}: empty message in {body}");
+    msg
+}
+
+#[tokio::test]
+async fn invalid_utf8_path_is_a_json_error() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(CONFIG, &up, &recv).await;
+    json_error(&shim, "GET", "/v1/operations/%FF%FE", 400, "invalid_path").await;
+    json_error(
+        &shim,
+        "DELETE",
+        "/v1/operations/%C3%28",
+        400,
+        "invalid_path",
+    )
+    .await;
+    json_error(
+        &shim,
+        "POST",
+        "/v1/operations/%FF/redeliver",
+        400,
+        "invalid_path",
+    )
+    .await;
+    json_error(&shim, "POST", "/webhooks/%FF", 400, "invalid_path").await;
+}
+
+#[tokio::test]
+async fn method_not_allowed_is_a_json_error() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(CONFIG, &up, &recv).await;
+    let msg = json_error(&shim, "PUT", "/v1/operations", 405, "method_not_allowed").await;
+    assert!(msg.contains("PUT"), "{msg}");
+    json_error(&shim, "DELETE", "/healthz", 405, "method_not_allowed").await;
+    json_error(&shim, "GET", "/webhooks/jobs", 405, "method_not_allowed").await;
+    // The Allow header survives the rewrite.
+    let r = shim
+        .http
+        .put(format!("{}/v1/operations", shim.url))
+        .send()
+        .await
+        .unwrap();
+    let allow = r
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(
+        allow.contains("GET") && allow.contains("POST"),
+        "allow: {allow:?}"
+    );
+}
+
+#[tokio::test]
+async fn list_limit_out_of_range_is_invalid_query() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(CONFIG, &up, &recv).await;
+    for limit in ["0", "1001"] {
+        let msg = json_error(
+            &shim,
+            "GET",
+            &format!("/v1/operations?limit={limit}"),
+            400,
+            "invalid_query",
+        )
+        .await;
+        assert!(msg.contains("1..=1000"), "{msg}");
+    }
+    let (code, _) = shim.get("/v1/operations?limit=1").await;
+    assert_eq!(code, 200);
+}
