@@ -90,6 +90,11 @@ struct RawServer {
     api_token_env: String,
     #[serde(default = "d_max_body")]
     max_body: Size,
+    #[serde(default = "d_max_upstream_body")]
+    max_upstream_body: Size,
+}
+fn d_max_upstream_body() -> Size {
+    Size(4 << 20)
 }
 fn d_listen() -> String {
     "127.0.0.1:8680".into()
@@ -106,6 +111,7 @@ impl Default for RawServer {
             listen: d_listen(),
             api_token_env: d_token_env(),
             max_body: d_max_body(),
+            max_upstream_body: d_max_upstream_body(),
         }
     }
 }
@@ -307,6 +313,8 @@ pub struct ServerConfig {
     /// `Some` when the environment variable named by `api_token_env` is set.
     pub api_token: Option<Secret>,
     pub max_body: usize,
+    /// Largest response body read from an upstream (status responses, JWKS).
+    pub max_upstream_body: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -716,6 +724,7 @@ impl Config {
                 "api_token_env": self.server.api_token_env,
                 "api_token": if self.server.api_token.is_some() { "<redacted, set>" } else { "<unset: API is open>" },
                 "max_body": self.server.max_body,
+                "max_upstream_body": self.server.max_upstream_body,
             },
             "store": {"path": self.store.path.display().to_string(), "cache_bytes": self.store.cache_bytes},
             "callbacks": {
@@ -777,6 +786,9 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
     if raw.server.max_body.0 < 1024 {
         return Err("`server.max_body`: must be at least 1KiB".into());
     }
+    if raw.server.max_upstream_body.0 < 1024 {
+        return Err("`server.max_upstream_body`: must be at least 1KiB (e.g. \"4MiB\")".into());
+    }
 
     if raw.store.cache.0 < (1 << 20) {
         return Err("`store.cache`: must be at least 1MiB".into());
@@ -836,6 +848,7 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             api_token_env: raw.server.api_token_env,
             api_token,
             max_body: raw.server.max_body.0 as usize,
+            max_upstream_body: raw.server.max_upstream_body.0 as usize,
         },
         store: StoreConfig {
             path: raw.store.path,

@@ -12,11 +12,13 @@
 //! - [`ingest`]: inbound webhooks.
 //! - [`delivery`]: signed callbacks with retries.
 //! - [`signing`]: Standard Webhooks and GitHub signatures.
+//! - [`body`]: bounded (size-capped) reads of response bodies.
 //! - [`api`]: HTTP routes and error mapping.
 //! - [`service`]: wiring, start-up and graceful shutdown.
 //! - [`demo`]: `hookshim demo`, the whole loop in one process.
 
 pub mod api;
+pub mod body;
 pub mod clock;
 pub mod config;
 pub mod delivery;

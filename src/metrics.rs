@@ -89,7 +89,7 @@ impl Metrics {
         );
         registry.register(
             "hookshim_upstream_requests",
-            "Status requests to upstreams by outcome (ok, not_modified, not_found, rate_limited, server_error, client_error, invalid_body, timeout, network_error)",
+            "Status requests to upstreams by outcome (ok, not_modified, not_found, rate_limited, server_error, client_error, invalid_body, body_too_large, timeout, network_error)",
             upstream_requests.clone(),
         );
         registry.register(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER};
 
+use crate::body::{BodyError, read_capped};
 use crate::clock::Timestamp;
 use crate::config::UpstreamConfig;
 use crate::errors::error_chain;
@@ -114,6 +115,9 @@ async fn request(
     url: reqwest::Url,
     etag: Option<&str>,
 ) -> Reading {
+    // The whole exchange, body included, ends within the upstream's timeout (reqwest's
+    // per-request timeout covers the body as well; this deadline does not rely on it).
+    let deadline = tokio::time::Instant::now() + up.timeout;
     let mut req = shim
         .upstream_http
         .get(url)
@@ -147,15 +151,32 @@ async fn request(
         .get(ETAG)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = match resp.bytes().await {
+    let limit = shim.config.server.max_upstream_body;
+    let read = tokio::time::timeout_at(deadline, read_capped(resp, limit))
+        .await
+        .unwrap_or(Err(BodyError::TimedOut));
+    let body = match read {
         Ok(b) => b,
         Err(e) => {
-            shim.metrics.upstream_request(&up.name, "network_error");
-            return Reading::new(PollOutcome::Transient(format!(
-                "reading the status response failed: {}",
-                error_chain(&e)
-            )))
-            .with_hint(hint);
+            let (kind, msg) = match e {
+                BodyError::TooLarge { limit } => (
+                    "body_too_large",
+                    format!("status response larger than {limit} bytes (server.max_upstream_body)"),
+                ),
+                BodyError::TimedOut => (
+                    "timeout",
+                    format!(
+                        "status request timed out after {:?} (reading the body)",
+                        up.timeout
+                    ),
+                ),
+                BodyError::Read(e) => (
+                    "network_error",
+                    format!("reading the status response failed: {e}"),
+                ),
+            };
+            shim.metrics.upstream_request(&up.name, kind);
+            return Reading::new(PollOutcome::Transient(msg)).with_hint(hint);
         }
     };
     let (outcome, label) = classify(status, &body, |v| up.mapping.read(v));

@@ -293,3 +293,120 @@ async fn list_limit_out_of_range_is_invalid_query() {
     let (code, _) = shim.get("/v1/operations?limit=1").await;
     assert_eq!(code, 200);
 }
+
+// ---------------------------------------------------------------------------------------------
+// D1: upstream bodies are capped in size and time.
+
+/// A loopback upstream that answers every request with `200`, a chunked JSON content type, and
+/// then `body`: writes `chunk` after waiting `gap`, forever (until the client hangs up).
+async fn misbehaving_upstream(chunk: &'static str, gap: Duration) -> FakeUpstream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+                loop {
+                    if !gap.is_zero() {
+                        tokio::time::sleep(gap).await;
+                    }
+                    if sock.write_all(framed.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    FakeUpstream {
+        url: format!("http://{addr}"),
+        state: Default::default(),
+    }
+}
+
+const BODY_CONFIG: &str = r#"
+[server]
+max_upstream_body = "64KiB"
+
+[store]
+path = "{DATA}"
+cache = "8MiB"
+
+[callbacks]
+default_url = "{RECV}/callback"
+
+[upstreams.jobs]
+base_url = "{UP}/"
+status_path = "jobs/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+timeout = "1s"
+rate = { per_second = 1000, burst = 100 }
+poll = { initial = "50ms", multiplier = 1.5, max = "200ms", jitter = 0.1, deadline = "1h" }
+"#;
+
+/// Not ended by a poll error: still pending or running, with a next poll.
+fn assert_still_tracked(op: &Value) {
+    assert!(
+        op["status"] == "pending" || op["status"] == "running",
+        "the operation ended: {op}"
+    );
+    assert!(op["next_poll_at"].is_string(), "no next poll: {op}");
+}
+
+/// Register one operation against `up` and wait for a poll error containing `want`.
+async fn poll_error_of(up: &FakeUpstream, want: &str) -> (TestShim, Value) {
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(BODY_CONFIG, up, &recv).await;
+    let (code, op) = shim
+        .register(json!({"upstream": "jobs", "operation": "big"}))
+        .await;
+    assert_eq!(code, 201, "{op}");
+    let id = id_of(&op);
+    let op = eventually(
+        Duration::from_secs(15),
+        &format!("a poll error containing {want:?}"),
+        || async {
+            let o = shim.op(&id).await;
+            o["last_poll_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(want))
+                .then_some(o)
+        },
+    )
+    .await;
+    (shim, op)
+}
+
+#[tokio::test]
+async fn an_endless_status_body_is_a_transient_error() {
+    let up = misbehaving_upstream(
+        "{\"state\": \"running\", \"pad\": \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}",
+        Duration::ZERO,
+    )
+    .await;
+    let (shim, op) = poll_error_of(&up, "status response larger than 65536 bytes").await;
+    assert_still_tracked(&op);
+    let metrics = shim.metrics().await;
+    assert!(
+        metrics.contains(r#"upstream="jobs",outcome="body_too_large""#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_drip_status_body_is_cut_by_the_timeout() {
+    let up = misbehaving_upstream(" ", Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let (_shim, op) = poll_error_of(&up, "timed out").await;
+    assert_still_tracked(&op);
+    // The first read was cut at the 1 s timeout, not after the body ended (it never does).
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
