@@ -186,6 +186,14 @@ struct RawWorkers {
     polls_in_flight: usize,
     #[serde(default = "d_deliveries")]
     deliveries_in_flight: usize,
+    /// Default: three quarters of `polls_in_flight` (at least 1).
+    polls_in_flight_per_upstream: Option<usize>,
+    /// Default: three quarters of `deliveries_in_flight` (at least 1).
+    deliveries_in_flight_per_host: Option<usize>,
+}
+/// The default share of the in-flight slots one upstream (or callback host) may hold.
+fn share(total: usize) -> usize {
+    (total * 3 / 4).max(1)
 }
 fn d_polls() -> usize {
     64
@@ -198,6 +206,8 @@ impl Default for RawWorkers {
         RawWorkers {
             polls_in_flight: d_polls(),
             deliveries_in_flight: d_deliveries(),
+            polls_in_flight_per_upstream: None,
+            deliveries_in_flight_per_host: None,
         }
     }
 }
@@ -339,6 +349,10 @@ pub struct CallbackConfig {
 pub struct WorkerConfig {
     pub polls_in_flight: usize,
     pub deliveries_in_flight: usize,
+    /// Of `polls_in_flight`, at most this many for one upstream.
+    pub polls_in_flight_per_upstream: usize,
+    /// Of `deliveries_in_flight`, at most this many to one callback host and port.
+    pub deliveries_in_flight_per_host: usize,
 }
 
 /// Bytes that must never be printed. `Debug` shows only their length.
@@ -735,7 +749,8 @@ impl Config {
                 "timeout": ms(self.callbacks.timeout),
                 "retry_schedule": self.callbacks.retry_schedule.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
             },
-            "workers": {"polls_in_flight": self.workers.polls_in_flight, "deliveries_in_flight": self.workers.deliveries_in_flight},
+            "workers": {"polls_in_flight": self.workers.polls_in_flight, "deliveries_in_flight": self.workers.deliveries_in_flight,
+                "polls_in_flight_per_upstream": self.workers.polls_in_flight_per_upstream, "deliveries_in_flight_per_host": self.workers.deliveries_in_flight_per_host},
             "upstreams": ups,
         })
     }
@@ -825,6 +840,13 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             "`workers`: polls_in_flight and deliveries_in_flight must be at least 1".into(),
         );
     }
+    if raw.workers.polls_in_flight_per_upstream == Some(0)
+        || raw.workers.deliveries_in_flight_per_host == Some(0)
+    {
+        return Err(
+            "`workers`: polls_in_flight_per_upstream and deliveries_in_flight_per_host must be at least 1 (or left out for three quarters of the total)".into(),
+        );
+    }
 
     let mut upstreams = BTreeMap::new();
     for (name, u) in raw.upstreams {
@@ -865,6 +887,14 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
         workers: WorkerConfig {
             polls_in_flight: raw.workers.polls_in_flight,
             deliveries_in_flight: raw.workers.deliveries_in_flight,
+            polls_in_flight_per_upstream: raw
+                .workers
+                .polls_in_flight_per_upstream
+                .unwrap_or(share(raw.workers.polls_in_flight)),
+            deliveries_in_flight_per_host: raw
+                .workers
+                .deliveries_in_flight_per_host
+                .unwrap_or(share(raw.workers.deliveries_in_flight)),
         },
         upstreams,
     })

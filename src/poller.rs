@@ -15,7 +15,9 @@ use crate::config::UpstreamConfig;
 use crate::errors::error_chain;
 use crate::ids::OperationId;
 use crate::operation::Operation;
-use crate::schedule::{PollOutcome, Reading, apply_outcome, classify, parse_hint, time_out};
+use crate::schedule::{
+    GROUP_FULL_RETRY, PollOutcome, Reading, apply_outcome, classify, parse_hint, time_out,
+};
 use crate::state::{SHUTDOWN_GRACE, Shim};
 use crate::upstream::status_url;
 
@@ -56,6 +58,14 @@ pub async fn poll_once(shim: &Shim, id: OperationId) {
         .await;
         return;
     }
+    // At most `workers.polls_in_flight_per_upstream` of the in-flight polls per upstream (the
+    // budget wait below included): if this upstream has them all (slow or hanging), try again
+    // a little later and give the global slot to another upstream's poll.
+    let Some(_slot) = shim.poll_slots.try_take(&op.upstream) else {
+        shim.polls
+            .schedule(id, shim.clock.now().plus(GROUP_FULL_RETRY));
+        return;
+    };
     // Waiting for the budget is abandoned at once on shutdown, a request in flight gets a grace
     // period; either way the operation stays scheduled in the store and resumes at restart.
     if let Some(limiter) = shim.limiters.get(&op.upstream) {

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::schedule::{DueQueue, QueueId, UpstreamLimiter};
+use crate::schedule::{DueQueue, GroupSlots, QueueId, UpstreamLimiter};
 use crate::state::{EARLY_WEBHOOK_WINDOW, INBOX_RETENTION, Shim};
 use crate::store::{GroupCommit, SledStore, Store};
 
@@ -121,6 +121,8 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         polls: DueQueue::new(),
         deliveries: DueQueue::new(),
         limiters,
+        poll_slots: GroupSlots::new(config.workers.polls_in_flight_per_upstream),
+        delivery_slots: GroupSlots::new(config.workers.deliveries_in_flight_per_host),
         jwks: crate::ingest::jwks::JwksCache::new(upstream_http.clone()),
         upstream_http,
         callback_http,

@@ -6,6 +6,7 @@ mod limit;
 pub mod outcome;
 pub mod policy;
 mod queue;
+pub mod slots;
 
 pub use crate::config::PollConfig;
 pub use limit::UpstreamLimiter;
@@ -17,3 +18,4 @@ pub use policy::{
     Aimd, HINT_MAX, Pace, Rule, backoff, callback_retry_delay, interval, next_poll_at, parse_hint,
 };
 pub use queue::{DueQueue, QueueId};
+pub use slots::{GROUP_FULL_RETRY, GroupSlot, GroupSlots};

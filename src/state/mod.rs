@@ -29,7 +29,7 @@ use crate::config::{Config, Secret};
 use crate::ids::{DeliveryKey, OperationId};
 use crate::metrics::{CompletedLabels, Metrics};
 use crate::operation::Operation;
-use crate::schedule::{DueQueue, UpstreamLimiter};
+use crate::schedule::{DueQueue, GroupSlots, UpstreamLimiter};
 use crate::store::{GroupCommit, Store, Updated};
 
 /// How long a webhook for an unregistered operation is kept.
@@ -50,6 +50,11 @@ pub struct Shim {
     /// Outbox entries by next attempt time.
     pub deliveries: DueQueue<DeliveryKey>,
     pub limiters: HashMap<String, UpstreamLimiter>,
+    /// Status requests in flight per upstream (`workers.polls_in_flight_per_upstream`).
+    pub poll_slots: Arc<GroupSlots>,
+    /// Callback attempts in flight per destination host and port
+    /// (`workers.deliveries_in_flight_per_host`).
+    pub delivery_slots: Arc<GroupSlots>,
     /// For status requests: rustls, follows a few redirects (status endpoints may move) but only
     /// on the same origin: the upstream's credentials (`x-api-key`, `api-key`, ... which
     /// reqwest does not strip) must not follow a redirect to another host.

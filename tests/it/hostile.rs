@@ -410,3 +410,137 @@ async fn a_slow_drip_status_body_is_cut_by_the_timeout() {
     // The first read was cut at the 1 s timeout, not after the body ended (it never does).
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+// ---------------------------------------------------------------------------------------------
+// D7: a hanging upstream or receiver holds only its share of the in-flight slots.
+
+/// A loopback server that accepts every connection, reads the request, and never answers.
+/// Returns its URL and the number of requests it is sitting on.
+async fn hanging_server() -> (String, Arc<AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = Arc::new(AtomicUsize::new(0));
+    let counted = held.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+                // Hold the connection open without answering until the client gives up.
+                while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
+                counted.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (format!("http://{addr}"), held)
+}
+
+const FAIRNESS_CONFIG: &str = r#"
+[store]
+path = "{DATA}"
+cache = "8MiB"
+
+[callbacks]
+default_url = "{RECV}/callback"
+timeout = "60s"
+retry_schedule = ["1s"]
+
+[workers]
+polls_in_flight = 16
+deliveries_in_flight = 16
+
+[upstreams.slow]
+base_url = "{SLOW}/"
+status_path = "jobs/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+timeout = "60s"
+rate = { per_second = 1000, burst = 1000 }
+poll = { initial = "10ms", multiplier = 1.5, max = "100ms", jitter = 0.1, deadline = "1h" }
+
+[upstreams.jobs]
+base_url = "{UP}/"
+status_path = "jobs/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+timeout = "60s"
+rate = { per_second = 1000, burst = 1000 }
+poll = { initial = "10ms", multiplier = 1.5, max = "100ms", jitter = 0.1, deadline = "1h" }
+"#;
+
+#[tokio::test]
+async fn a_hanging_upstream_does_not_starve_the_others() {
+    let (slow, held) = hanging_server().await;
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(&FAIRNESS_CONFIG.replace("{SLOW}", &slow), &up, &recv).await;
+    for i in 0..100 {
+        let (code, op) = shim
+            .register(json!({"upstream": "slow", "operation": format!("s{i}")}))
+            .await;
+        assert_eq!(code, 201, "{op}");
+    }
+    // The hanging upstream holds as many requests as it may (¾ of 16 = 12).
+    eventually(
+        Duration::from_secs(10),
+        "the slow upstream to hold its share of the slots",
+        || async { (held.load(Ordering::SeqCst) >= 12).then_some(()) },
+    )
+    .await;
+    up.set("jobs/quick", json!({"state": "done"}));
+    let (_, op) = shim
+        .register(json!({"upstream": "jobs", "operation": "quick"}))
+        .await;
+    let id = id_of(&op);
+    let start = std::time::Instant::now();
+    wait_calls(&recv, &id, 1).await;
+    assert!(start.elapsed() < Duration::from_secs(10));
+    // The slow upstream's requests are all still in flight, and held to its share.
+    let now_held = held.load(Ordering::SeqCst);
+    assert!(
+        (12..=12).contains(&now_held),
+        "slow upstream holds {now_held}"
+    );
+    let (_, list) = shim.get("/v1/operations?upstream=slow&limit=1000").await;
+    let ops = list["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 100);
+    assert!(ops.iter().all(|o| o["status"] == "pending"), "{list}");
+}
+
+#[tokio::test]
+async fn a_dead_receiver_does_not_delay_other_callbacks() {
+    let (dead, held) = hanging_server().await;
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(&FAIRNESS_CONFIG.replace("{SLOW}", &up.url), &up, &recv).await;
+    for i in 0..40 {
+        up.set(&format!("jobs/d{i}"), json!({"state": "done"}));
+        let (code, op) = shim
+            .register(json!({"upstream": "jobs", "operation": format!("d{i}"),
+                "callback_url": format!("{dead}/callback")}))
+            .await;
+        assert_eq!(code, 201, "{op}");
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the dead receiver to hold its share of the slots",
+        || async { (held.load(Ordering::SeqCst) >= 12).then_some(()) },
+    )
+    .await;
+    up.set("jobs/alive", json!({"state": "done"}));
+    let (_, op) = shim
+        .register(json!({"upstream": "jobs", "operation": "alive"}))
+        .await;
+    let id = id_of(&op);
+    let start = std::time::Instant::now();
+    wait_calls(&recv, &id, 1).await;
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let now_held = held.load(Ordering::SeqCst);
+    assert_eq!(now_held, 12, "the dead receiver holds {now_held} attempts");
+}
