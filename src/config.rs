@@ -92,6 +92,16 @@ struct RawServer {
     max_body: Size,
     #[serde(default = "d_max_upstream_body")]
     max_upstream_body: Size,
+    #[serde(default = "d_max_connections")]
+    max_connections: usize,
+    #[serde(default = "d_header_read_timeout")]
+    header_read_timeout: Dur,
+}
+fn d_max_connections() -> usize {
+    1024
+}
+fn d_header_read_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 fn d_max_upstream_body() -> Size {
     Size(4 << 20)
@@ -112,6 +122,8 @@ impl Default for RawServer {
             api_token_env: d_token_env(),
             max_body: d_max_body(),
             max_upstream_body: d_max_upstream_body(),
+            max_connections: d_max_connections(),
+            header_read_timeout: d_header_read_timeout(),
         }
     }
 }
@@ -325,6 +337,11 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// Largest response body read from an upstream (status responses, JWKS).
     pub max_upstream_body: usize,
+    /// Client connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head within this long (a new one, or an
+    /// idle keep-alive one) is closed.
+    pub header_read_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -739,6 +756,8 @@ impl Config {
                 "api_token": if self.server.api_token.is_some() { "<redacted, set>" } else { "<unset: API is open>" },
                 "max_body": self.server.max_body,
                 "max_upstream_body": self.server.max_upstream_body,
+                "max_connections": self.server.max_connections,
+                "header_read_timeout": ms(self.server.header_read_timeout),
             },
             "store": {"path": self.store.path.display().to_string(), "cache_bytes": self.store.cache_bytes},
             "callbacks": {
@@ -800,6 +819,12 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
     let api_token = env(&raw.server.api_token_env).map(|t| Secret(t.into_bytes()));
     if raw.server.max_body.0 < 1024 {
         return Err("`server.max_body`: must be at least 1KiB".into());
+    }
+    if raw.server.max_connections == 0 {
+        return Err("`server.max_connections`: must be at least 1 (e.g. 1024)".into());
+    }
+    if raw.server.header_read_timeout.0.is_zero() {
+        return Err("`server.header_read_timeout`: must be more than 0s (e.g. \"30s\")".into());
     }
     if raw.server.max_upstream_body.0 < 1024 {
         return Err("`server.max_upstream_body`: must be at least 1KiB (e.g. \"4MiB\")".into());
@@ -871,6 +896,8 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             api_token,
             max_body: raw.server.max_body.0 as usize,
             max_upstream_body: raw.server.max_upstream_body.0 as usize,
+            max_connections: raw.server.max_connections,
+            header_read_timeout: raw.server.header_read_timeout.0,
         },
         store: StoreConfig {
             path: raw.store.path,

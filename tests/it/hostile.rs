@@ -544,3 +544,114 @@ async fn a_dead_receiver_does_not_delay_other_callbacks() {
     let now_held = held.load(Ordering::SeqCst);
     assert_eq!(now_held, 12, "the dead receiver holds {now_held} attempts");
 }
+
+// ---------------------------------------------------------------------------------------------
+// D3: idle and slowloris connections are closed after the header-read timeout; a connection cap.
+
+const CONN_CONFIG: &str = r#"
+[server]
+header_read_timeout = "1s"
+max_connections = 200
+
+[store]
+path = "{DATA}"
+cache = "8MiB"
+
+[callbacks]
+default_url = "{RECV}/callback"
+
+[upstreams.jobs]
+base_url = "{UP}/"
+status_path = "jobs/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+"#;
+
+/// Whether the server closes `sock` within `limit` (EOF or a reset; any answer before is read).
+async fn closed_within(sock: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let start = std::time::Instant::now();
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, sock.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// GET /healthz over a new raw connection; the status line.
+async fn raw_healthz(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test]
+async fn idle_and_slowloris_connections_are_closed_and_healthz_answers() {
+    use tokio::io::AsyncWriteExt;
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(CONN_CONFIG, &up, &recv).await;
+    let addr = shim.url.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // Meanwhile the service answers.
+    assert_eq!(raw_healthz(&addr).await, "HTTP/1.1 200 OK");
+    let (code, _) = shim.get("/healthz").await;
+    assert_eq!(code, 200);
+    // A slowloris that keeps dripping header bytes is cut all the same.
+    for s in slow.iter_mut().take(5) {
+        s.write_all(b"a").await.unwrap();
+    }
+    for (i, s) in idle.iter_mut().chain(slow.iter_mut()).enumerate() {
+        assert!(
+            closed_within(s, Duration::from_secs(10)).await,
+            "connection {i} is still open after the header-read timeout"
+        );
+    }
+    assert_eq!(raw_healthz(&addr).await, "HTTP/1.1 200 OK");
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let config = CONN_CONFIG.replace("max_connections = 200", "max_connections = 4");
+    let shim = TestShim::start(&config, &up, &recv).await;
+    let addr = shim.url.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // A fifth connection is answered only once the idle ones were closed for sitting idle.
+    assert_eq!(raw_healthz(&addr).await, "HTTP/1.1 200 OK");
+    for (i, s) in idle.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, Duration::from_millis(1)).await,
+            "idle connection {i} was still open when the fifth was served"
+        );
+    }
+}
