@@ -348,6 +348,7 @@ async fn delete_one(
         .ok_or_else(|| ApiError::not_found(&id))?;
     shim.commit.flushed().await.map_err(ApiError::store)?;
     shim.polls.remove(&id);
+    shim.reads.cancel(&id);
     shim.deliveries.remove(&DeliveryKey::terminal(id));
     if !op.status.is_terminal() {
         shim.metrics.active(&op.upstream).dec();

@@ -77,15 +77,24 @@ pub async fn poll_once(shim: &Shim, id: OperationId) {
             return;
         }
     }
+    // A DELETE of the operation meanwhile drops the request (and its connection) at once.
+    let in_flight = shim.reads.start(id);
     let read = async {
-        match status_url(up, &op.operation) {
-            Err(e) => Reading::new(PollOutcome::Transient(e)),
-            Ok(url) => request(shim, up, url, op.etag.as_deref()).await,
+        let read = async {
+            match status_url(up, &op.operation) {
+                Err(e) => Reading::new(PollOutcome::Transient(e)),
+                Ok(url) => request(shim, up, url, op.etag.as_deref()).await,
+            }
+        };
+        tokio::select! {
+            r = read => Some(r),
+            _ = in_flight.cancelled.cancelled() => None,
         }
     };
-    let Some(reading) = shim.unless_stopping(SHUTDOWN_GRACE, read).await else {
+    let Some(Some(reading)) = shim.unless_stopping(SHUTDOWN_GRACE, read).await else {
         return;
     };
+    drop(in_flight);
     let (now, sample) = (shim.clock.now(), jitter_sample());
     let rules = up.rules();
     record(shim, id, now, &|o| {

@@ -131,6 +131,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         callback_key,
         shutdown: CancellationToken::new(),
         workers_running: AtomicBool::new(false),
+        reads: Default::default(),
         config,
     });
 

@@ -655,3 +655,38 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// D1 (cont.): DELETE stops the operation's status read in flight.
+
+#[tokio::test]
+async fn delete_stops_a_status_read_in_flight() {
+    let (slow, held) = hanging_server().await;
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(&FAIRNESS_CONFIG.replace("{SLOW}", &slow), &up, &recv).await;
+    let (_, op) = shim
+        .register(json!({"upstream": "slow", "operation": "stuck"}))
+        .await;
+    let id = id_of(&op);
+    eventually(
+        Duration::from_secs(10),
+        "the status read to hang",
+        || async { (held.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+    let r = shim
+        .http
+        .delete(format!("{}/v1/operations/{id}", shim.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // The upstream timeout is 60 s: the request is dropped by the DELETE, not by the timeout.
+    eventually(
+        Duration::from_secs(5),
+        "the hanging status request to be dropped",
+        || async { (held.load(Ordering::SeqCst) == 0).then_some(()) },
+    )
+    .await;
+}
