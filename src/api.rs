@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -132,8 +132,73 @@ pub fn router(shim: Arc<Shim>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|req: Request| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on {}", req.method(), req.uri().path()),
+            )
+        })
         .layer(DefaultBodyLimit::max(shim.config.server.max_body))
+        .layer(middleware::map_response(json_errors))
         .with_state(shim)
+}
+
+/// A path segment that is not valid UTF-8 (or otherwise unparsable) → `400 invalid_path`.
+fn path_param(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(v)| v)
+        .map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", r.body_text()))
+}
+
+/// Largest non-JSON error body [`json_errors`] reads to use as the message.
+const PLAIN_ERROR_MAX: usize = 4096;
+
+/// The last word on the JSON contract: an error answer that is not JSON (an empty body, or a
+/// `text/plain` rejection from axum or tower) becomes `{"error": {"code", "message"}}`, with
+/// the plain text (if any) as the message. Answers hyper writes itself before a request reaches
+/// the router (431 headers too large, 414 URI too long, 400 unparsable request) cannot be seen
+/// here.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, PLAIN_ERROR_MAX)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let reason = status.canonical_reason().unwrap_or("error");
+    let message = if text.is_empty() {
+        reason.to_string()
+    } else {
+        text
+    };
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+        s if s.is_server_error() => "internal_error",
+        _ => "bad_request",
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    // Keep headers such as `Allow` on a 405.
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 async fn require_token(State(shim): State<Arc<Shim>>, req: Request, next: Next) -> Response {
@@ -195,8 +260,11 @@ async fn register(State(shim): State<Arc<Shim>>, body: Result<Bytes, BytesReject
     })
 }
 
-async fn get_one(State(shim): State<Arc<Shim>>, Path(id): Path<String>) -> ApiResult {
-    let id = OperationId::from_text(id);
+async fn get_one(
+    State(shim): State<Arc<Shim>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let id = OperationId::from_text(path_param(id)?);
     let op = shim
         .store
         .get(&id)
@@ -243,11 +311,22 @@ async fn list(
             ));
         }
     };
+    let limit = match q.limit {
+        None => DEFAULT_LIMIT,
+        Some(n @ 1..=MAX_LIMIT) => n,
+        Some(n) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("limit {n} is out of range: write a number in 1..={MAX_LIMIT}"),
+            ));
+        }
+    };
     let filter = ListFilter {
         status,
         upstream: q.upstream.filter(|u| !u.is_empty()),
         delivery_failed,
-        limit: q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+        limit,
         cursor: q
             .cursor
             .filter(|c| !c.is_empty())
@@ -257,8 +336,11 @@ async fn list(
     Ok(Json(json!({"operations": ops, "next_cursor": next})).into_response())
 }
 
-async fn delete_one(State(shim): State<Arc<Shim>>, Path(id): Path<String>) -> ApiResult {
-    let id = OperationId::from_text(id);
+async fn delete_one(
+    State(shim): State<Arc<Shim>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let id = OperationId::from_text(path_param(id)?);
     let op = shim
         .store
         .delete(&id)
@@ -266,6 +348,7 @@ async fn delete_one(State(shim): State<Arc<Shim>>, Path(id): Path<String>) -> Ap
         .ok_or_else(|| ApiError::not_found(&id))?;
     shim.commit.flushed().await.map_err(ApiError::store)?;
     shim.polls.remove(&id);
+    shim.reads.cancel(&id);
     shim.deliveries.remove(&DeliveryKey::terminal(id));
     if !op.status.is_terminal() {
         shim.metrics.active(&op.upstream).dec();
@@ -273,8 +356,11 @@ async fn delete_one(State(shim): State<Arc<Shim>>, Path(id): Path<String>) -> Ap
     Ok(Json(op).into_response())
 }
 
-async fn redeliver(State(shim): State<Arc<Shim>>, Path(id): Path<String>) -> ApiResult {
-    let id = OperationId::from_text(id);
+async fn redeliver(
+    State(shim): State<Arc<Shim>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let id = OperationId::from_text(path_param(id)?);
     let now = shim.clock.now();
     let updated = shim
         .store
@@ -311,18 +397,30 @@ async fn redeliver(State(shim): State<Arc<Shim>>, Path(id): Path<String>) -> Api
 
 async fn webhook(
     State(shim): State<Arc<Shim>>,
-    Path(upstream): Path<String>,
+    upstream: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
+    let upstream = path_param(upstream)?;
+    // Only configured upstream names become label values: anyone can POST to any name, and a
+    // series per name would grow `/metrics` without bound.
+    let label = if shim.config.upstreams.contains_key(&upstream) {
+        upstream.as_str()
+    } else {
+        crate::metrics::UNKNOWN_UPSTREAM
+    };
     let body = match body {
         Ok(b) => b,
         Err(r) => {
-            shim.metrics.webhook(&upstream, "too_large");
+            shim.metrics.webhook(label, "too_large");
             return Err(r.into());
         }
     };
-    let (status, value) = match crate::ingest::receive(&shim, &upstream, &headers, &body).await? {
+    let received = crate::ingest::receive(&shim, &upstream, &headers, &body).await;
+    if let Err(IngestError::UnknownUpstream(_)) = &received {
+        shim.metrics.webhook(label, "unknown_upstream");
+    }
+    let (status, value) = match received? {
         Ingested::Ignored { webhook_id, reason } => (
             StatusCode::OK,
             json!({"result": "ignored", "webhook_id": webhook_id, "reason": reason}),

@@ -53,6 +53,21 @@ struct RawServer {
     api_token_env: String,
     #[serde(default = "d_max_body")]
     max_body: Size,
+    #[serde(default = "d_max_upstream_body")]
+    max_upstream_body: Size,
+    #[serde(default = "d_max_connections")]
+    max_connections: usize,
+    #[serde(default = "d_header_read_timeout")]
+    header_read_timeout: Dur,
+}
+fn d_max_connections() -> usize {
+    1024
+}
+fn d_header_read_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn d_max_upstream_body() -> Size {
+    Size(4 << 20)
 }
 fn d_listen() -> String {
     "127.0.0.1:8680".into()
@@ -69,6 +84,9 @@ impl Default for RawServer {
             listen: d_listen(),
             api_token_env: d_token_env(),
             max_body: d_max_body(),
+            max_upstream_body: d_max_upstream_body(),
+            max_connections: d_max_connections(),
+            header_read_timeout: d_header_read_timeout(),
         }
     }
 }
@@ -143,6 +161,14 @@ struct RawWorkers {
     polls_in_flight: usize,
     #[serde(default = "d_deliveries")]
     deliveries_in_flight: usize,
+    /// Default: three quarters of `polls_in_flight` (at least 1).
+    polls_in_flight_per_upstream: Option<usize>,
+    /// Default: three quarters of `deliveries_in_flight` (at least 1).
+    deliveries_in_flight_per_host: Option<usize>,
+}
+/// The default share of the in-flight slots one upstream (or callback host) may hold.
+fn share(total: usize) -> usize {
+    (total * 3 / 4).max(1)
 }
 fn d_polls() -> usize {
     64
@@ -155,6 +181,8 @@ impl Default for RawWorkers {
         RawWorkers {
             polls_in_flight: d_polls(),
             deliveries_in_flight: d_deliveries(),
+            polls_in_flight_per_upstream: None,
+            deliveries_in_flight_per_host: None,
         }
     }
 }
@@ -181,6 +209,13 @@ pub struct ServerConfig {
     /// `Some` when the environment variable named by `api_token_env` is set.
     pub api_token: Option<Secret>,
     pub max_body: usize,
+    /// Largest response body read from an upstream (status responses, JWKS).
+    pub max_upstream_body: usize,
+    /// Client connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head within this long (a new one, or an
+    /// idle keep-alive one) is closed.
+    pub header_read_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -205,6 +240,10 @@ pub struct CallbackConfig {
 pub struct WorkerConfig {
     pub polls_in_flight: usize,
     pub deliveries_in_flight: usize,
+    /// Of `polls_in_flight`, at most this many for one upstream.
+    pub polls_in_flight_per_upstream: usize,
+    /// Of `deliveries_in_flight`, at most this many to one callback host and port.
+    pub deliveries_in_flight_per_host: usize,
 }
 
 /// Bytes that must never be printed. `Debug` shows only their length.
@@ -302,6 +341,9 @@ impl Config {
                 "api_token_env": self.server.api_token_env,
                 "api_token": if self.server.api_token.is_some() { "<redacted, set>" } else { "<unset: API is open>" },
                 "max_body": self.server.max_body,
+                "max_upstream_body": self.server.max_upstream_body,
+                "max_connections": self.server.max_connections,
+                "header_read_timeout": ms(self.server.header_read_timeout),
             },
             "store": {"path": self.store.path.display().to_string(), "cache_bytes": self.store.cache_bytes},
             "callbacks": {
@@ -312,7 +354,8 @@ impl Config {
                 "timeout": ms(self.callbacks.timeout),
                 "retry_schedule": self.callbacks.retry_schedule.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
             },
-            "workers": {"polls_in_flight": self.workers.polls_in_flight, "deliveries_in_flight": self.workers.deliveries_in_flight},
+            "workers": {"polls_in_flight": self.workers.polls_in_flight, "deliveries_in_flight": self.workers.deliveries_in_flight,
+                "polls_in_flight_per_upstream": self.workers.polls_in_flight_per_upstream, "deliveries_in_flight_per_host": self.workers.deliveries_in_flight_per_host},
             "upstreams": ups,
         })
     }
@@ -328,6 +371,15 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
     let api_token = env(&raw.server.api_token_env).map(|t| Secret(t.into_bytes()));
     if raw.server.max_body.0 < 1024 {
         return Err("`server.max_body`: must be at least 1KiB".into());
+    }
+    if raw.server.max_connections == 0 {
+        return Err("`server.max_connections`: must be at least 1 (e.g. 1024)".into());
+    }
+    if raw.server.header_read_timeout.0.is_zero() {
+        return Err("`server.header_read_timeout`: must be more than 0s (e.g. \"30s\")".into());
+    }
+    if raw.server.max_upstream_body.0 < 1024 {
+        return Err("`server.max_upstream_body`: must be at least 1KiB (e.g. \"4MiB\")".into());
     }
 
     if raw.store.cache.0 < (1 << 20) {
@@ -365,6 +417,13 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             "`workers`: polls_in_flight and deliveries_in_flight must be at least 1".into(),
         );
     }
+    if raw.workers.polls_in_flight_per_upstream == Some(0)
+        || raw.workers.deliveries_in_flight_per_host == Some(0)
+    {
+        return Err(
+            "`workers`: polls_in_flight_per_upstream and deliveries_in_flight_per_host must be at least 1 (or left out for three quarters of the total)".into(),
+        );
+    }
 
     let mut upstreams = BTreeMap::new();
     for (name, u) in raw.upstreams {
@@ -388,6 +447,9 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             api_token_env: raw.server.api_token_env,
             api_token,
             max_body: raw.server.max_body.0 as usize,
+            max_upstream_body: raw.server.max_upstream_body.0 as usize,
+            max_connections: raw.server.max_connections,
+            header_read_timeout: raw.server.header_read_timeout.0,
         },
         store: StoreConfig {
             path: raw.store.path,
@@ -404,6 +466,14 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
         workers: WorkerConfig {
             polls_in_flight: raw.workers.polls_in_flight,
             deliveries_in_flight: raw.workers.deliveries_in_flight,
+            polls_in_flight_per_upstream: raw
+                .workers
+                .polls_in_flight_per_upstream
+                .unwrap_or(share(raw.workers.polls_in_flight)),
+            deliveries_in_flight_per_host: raw
+                .workers
+                .deliveries_in_flight_per_host
+                .unwrap_or(share(raw.workers.deliveries_in_flight)),
         },
         upstreams,
     })

@@ -16,9 +16,10 @@
 //!   upstream and webhook config), [`config`] (loading `shim.toml`, assembling the parts),
 //!   [`metrics`].
 //! - the bottom, pure: [`operation`] (record and transition rules), [`ids`], [`pace`],
-//!   [`signing`], [`clock`], [`values`], [`errors`].
+//!   [`signing`], [`clock`], [`values`], [`errors`], [`body`] (size-capped body reads).
 
 pub mod api;
+pub mod body;
 pub mod clock;
 pub mod config;
 pub mod delivery;

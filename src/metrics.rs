@@ -8,6 +8,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+/// The `upstream` label of anything about a name that is not a configured upstream (e.g. a
+/// webhook POSTed to `/webhooks/<random>`): one series for all of them, so unauthenticated
+/// requests cannot add series.
+pub const UNKNOWN_UPSTREAM: &str = "_unknown";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabel {
     pub upstream: String,
@@ -84,12 +89,12 @@ impl Metrics {
         );
         registry.register(
             "hookshim_upstream_requests",
-            "Status requests to upstreams by outcome (ok, not_modified, not_found, rate_limited, server_error, client_error, invalid_body, timeout, network_error)",
+            "Status requests to upstreams by outcome (ok, not_modified, not_found, rate_limited, server_error, client_error, invalid_body, body_too_large, timeout, network_error)",
             upstream_requests.clone(),
         );
         registry.register(
             "hookshim_webhooks_received",
-            "Inbound upstream webhooks by result (accepted, kept, duplicate, bad_signature, stale_timestamp, jwks_unavailable, malformed, too_large)",
+            "Inbound upstream webhooks by result (accepted, kept, duplicate, bad_signature, stale_timestamp, jwks_unavailable, malformed, too_large, unknown_upstream); upstream _unknown for names not in the config",
             webhooks.clone(),
         );
         registry.register(

@@ -9,11 +9,14 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER};
 
+use crate::body::{BodyError, read_capped};
 use crate::clock::Timestamp;
 use crate::errors::error_chain;
 use crate::ids::OperationId;
 use crate::operation::Operation;
-use crate::schedule::{PollOutcome, Reading, apply_outcome, classify, parse_hint, time_out};
+use crate::schedule::{
+    GROUP_FULL_RETRY, PollOutcome, Reading, apply_outcome, classify, parse_hint, time_out,
+};
 use crate::state::{SHUTDOWN_GRACE, Shim};
 use crate::upstream::UpstreamConfig;
 use crate::upstream::status_url;
@@ -55,6 +58,14 @@ pub async fn poll_once(shim: &Shim, id: OperationId) {
         .await;
         return;
     }
+    // At most `workers.polls_in_flight_per_upstream` of the in-flight polls per upstream (the
+    // budget wait below included): if this upstream has them all (slow or hanging), try again
+    // a little later and give the global slot to another upstream's poll.
+    let Some(_slot) = shim.poll_slots.try_take(&op.upstream) else {
+        shim.polls
+            .schedule(id, shim.clock.now().plus(GROUP_FULL_RETRY));
+        return;
+    };
     // Waiting for the budget is abandoned at once on shutdown, a request in flight gets a grace
     // period; either way the operation stays scheduled in the store and resumes at restart.
     if let Some(limiter) = shim.limiters.get(&op.upstream) {
@@ -66,15 +77,24 @@ pub async fn poll_once(shim: &Shim, id: OperationId) {
             return;
         }
     }
+    // A DELETE of the operation meanwhile drops the request (and its connection) at once.
+    let in_flight = shim.reads.start(id);
     let read = async {
-        match status_url(up, &op.operation) {
-            Err(e) => Reading::new(PollOutcome::Transient(e)),
-            Ok(url) => request(shim, up, url, op.etag.as_deref()).await,
+        let read = async {
+            match status_url(up, &op.operation) {
+                Err(e) => Reading::new(PollOutcome::Transient(e)),
+                Ok(url) => request(shim, up, url, op.etag.as_deref()).await,
+            }
+        };
+        tokio::select! {
+            r = read => Some(r),
+            _ = in_flight.cancelled.cancelled() => None,
         }
     };
-    let Some(reading) = shim.unless_stopping(SHUTDOWN_GRACE, read).await else {
+    let Some(Some(reading)) = shim.unless_stopping(SHUTDOWN_GRACE, read).await else {
         return;
     };
+    drop(in_flight);
     let (now, sample) = (shim.clock.now(), jitter_sample());
     let rules = up.rules();
     record(shim, id, now, &|o| {
@@ -114,6 +134,9 @@ async fn request(
     url: reqwest::Url,
     etag: Option<&str>,
 ) -> Reading {
+    // The whole exchange, body included, ends within the upstream's timeout (reqwest's
+    // per-request timeout covers the body as well; this deadline does not rely on it).
+    let deadline = tokio::time::Instant::now() + up.timeout;
     let mut req = shim
         .upstream_http
         .get(url)
@@ -147,15 +170,32 @@ async fn request(
         .get(ETAG)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = match resp.bytes().await {
+    let limit = shim.config.server.max_upstream_body;
+    let read = tokio::time::timeout_at(deadline, read_capped(resp, limit))
+        .await
+        .unwrap_or(Err(BodyError::TimedOut));
+    let body = match read {
         Ok(b) => b,
         Err(e) => {
-            shim.metrics.upstream_request(&up.name, "network_error");
-            return Reading::new(PollOutcome::Transient(format!(
-                "reading the status response failed: {}",
-                error_chain(&e)
-            )))
-            .with_hint(hint);
+            let (kind, msg) = match e {
+                BodyError::TooLarge { limit } => (
+                    "body_too_large",
+                    format!("status response larger than {limit} bytes (server.max_upstream_body)"),
+                ),
+                BodyError::TimedOut => (
+                    "timeout",
+                    format!(
+                        "status request timed out after {:?} (reading the body)",
+                        up.timeout
+                    ),
+                ),
+                BodyError::Read(e) => (
+                    "network_error",
+                    format!("reading the status response failed: {e}"),
+                ),
+            };
+            shim.metrics.upstream_request(&up.name, kind);
+            return Reading::new(PollOutcome::Transient(msg)).with_hint(hint);
         }
     };
     let (outcome, label) = classify(status, &body, |v| up.mapping.read(v));

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::schedule::{DueQueue, QueueId, UpstreamLimiter};
+use crate::schedule::{DueQueue, GroupSlots, QueueId, UpstreamLimiter};
 use crate::state::{EARLY_WEBHOOK_WINDOW, INBOX_RETENTION, Shim};
 use crate::store::{GroupCommit, SledStore, Store};
 
@@ -92,12 +92,17 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         }
     }
 
+    // No proxy from the environment (HTTP_PROXY, ALL_PROXY, ...): the upstream's credentials
+    // and the callbacks go straight to their hosts, never to a proxy (the JWKS fetch shares
+    // this client).
     let upstream_http = reqwest::Client::builder()
+        .no_proxy()
         .redirect(same_origin_redirects(3))
         .user_agent(concat!("hookshim/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| StartError::Http(e.to_string()))?;
     let callback_http = reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(config.callbacks.timeout)
         .user_agent(concat!("hookshim/", env!("CARGO_PKG_VERSION")))
@@ -116,6 +121,8 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         polls: DueQueue::new(),
         deliveries: DueQueue::new(),
         limiters,
+        poll_slots: GroupSlots::new(config.workers.polls_in_flight_per_upstream),
+        delivery_slots: GroupSlots::new(config.workers.deliveries_in_flight_per_host),
         jwks: crate::ingest::jwks::JwksCache::new(upstream_http.clone()),
         upstream_http,
         callback_http,
@@ -124,6 +131,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         callback_key,
         shutdown: CancellationToken::new(),
         workers_running: AtomicBool::new(false),
+        reads: Default::default(),
         config,
     });
 
@@ -172,12 +180,15 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         source: e,
     })?;
     let app = crate::api::router(shim.clone());
-    let stop = shim.shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    let server = tokio::spawn(serve(
+        listener,
+        app,
+        ServeLimits {
+            max_connections: shim.config.server.max_connections,
+            header_read_timeout: shim.config.server.header_read_timeout,
+        },
+        shim.shutdown.clone(),
+    ));
     tracing::info!(%addr, upstreams = shim.config.upstreams.len(), "hookshim listening");
     Ok(Running {
         addr,
@@ -187,6 +198,83 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         flusher,
         flusher_stop,
     })
+}
+
+/// What one client may hold of the server.
+struct ServeLimits {
+    max_connections: usize,
+    header_read_timeout: Duration,
+}
+
+/// How long accepting pauses after `accept` fails (e.g. at the file-descriptor limit).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Serve `app` on `listener` (HTTP/1.1, hyper) until `stop`: at most `max_connections` at once
+/// (further connections wait in the listen backlog, costing no descriptor here), and a
+/// connection that has not sent a whole request head within `header_read_timeout` — a new one
+/// (slowloris) or an idle keep-alive one — is closed. On `stop`: no more accepts, connections
+/// finish their request in progress and close; returns when all have.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ServeLimits,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    // HTTP/1.1 only (as before), with hyper's own connection builder: hyper-util's `auto`
+    // builder first reads the connection preface to pick a protocol, with no timeout, so an
+    // idle connection would never reach the header-read timeout.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.cancelled() => break,
+        };
+        let sock = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((sock, _)) => sock,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed; pausing accepts briefly");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let (builder, app, stop) = (builder.clone(), app.clone(), stop.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            let service = TowerToHyperService::new(app);
+            let conn = builder.serve_connection(TokioIo::new(sock), service);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }
 
 /// Follow at most `max` redirects, each to the origin (scheme, host, port) it came from; a

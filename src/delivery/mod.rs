@@ -25,7 +25,7 @@ use reqwest::header::CONTENT_TYPE;
 use crate::errors::error_chain;
 use crate::ids::{DeliveryKey, WebhookId};
 use crate::operation::DeliveryState;
-use crate::schedule::parse_hint;
+use crate::schedule::{GROUP_FULL_RETRY, parse_hint};
 use crate::signing::sign_v1;
 use crate::state::{SHUTDOWN_GRACE, Shim};
 use crate::values::Secret;
@@ -103,6 +103,14 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
         return;
     }
     let Some(url) = op.callback_url.clone() else {
+        return;
+    };
+    // At most `workers.deliveries_in_flight_per_host` attempts in flight to one destination:
+    // if a dead or slow receiver has them all, try again a little later and give the global
+    // slot to a callback for someone else.
+    let Some(_slot) = shim.delivery_slots.try_take(&destination(&url)) else {
+        shim.deliveries
+            .schedule(key, shim.clock.now().plus(GROUP_FULL_RETRY));
         return;
     };
     let webhook_id = key.webhook_id();
@@ -186,6 +194,18 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
         _ => {
             tracing::warn!(op = %id, error = d.last_error.as_deref().unwrap_or(""), "callback delivery failed for good; POST /v1/operations/{id}/redeliver to try again")
         }
+    }
+}
+
+/// The host and port a callback goes to (the group its in-flight slots are counted in).
+fn destination(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}:{}",
+            u.host_str().unwrap_or(""),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => url.to_string(),
     }
 }
 

@@ -19,6 +19,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use crate::body::{BodyError, read_capped};
 use crate::clock::Timestamp;
 use crate::signing::VerifyError;
 use crate::upstream::webhook::JwtConfig;
@@ -240,15 +241,20 @@ impl JwksCache {
             .get(reqwest::header::CACHE_CONTROL)
             .and_then(|v| v.to_str().ok())
             .and_then(max_age);
-        let body = resp
-            .bytes()
+        // Read in chunks and given up past the cap (never buffered whole first), within the
+        // fetch timeout.
+        let read = tokio::time::timeout(FETCH_TIMEOUT, read_capped(resp, MAX_JWKS_BYTES))
             .await
-            .map_err(|e| format!("reading the JWKS from {url} failed: {e}"))?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err(format!(
-                "the JWKS from {url} is larger than {MAX_JWKS_BYTES} bytes"
-            ));
-        }
+            .unwrap_or(Err(BodyError::TimedOut));
+        let body = read.map_err(|e| match e {
+            BodyError::TooLarge { limit } => {
+                format!("the JWKS from {url} is larger than {limit} bytes")
+            }
+            BodyError::TimedOut => {
+                format!("reading the JWKS from {url} timed out after {FETCH_TIMEOUT:?}")
+            }
+            BodyError::Read(e) => format!("reading the JWKS from {url} failed: {e}"),
+        })?;
         let keys = parse_jwks(&body).map_err(|e| format!("the JWKS from {url} {e}"))?;
         Ok((keys, max_age))
     }
@@ -312,6 +318,26 @@ fn round_secs(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An endless JWKS body is given up at the cap while streaming, not buffered until the
+    /// fetch timeout.
+    #[tokio::test]
+    async fn an_endless_jwks_is_cut_at_the_cap() {
+        let addr = crate::body::testing::endless_chunked().await;
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let cache = JwksCache::new(http);
+        let cfg = JwtConfig {
+            jwks_url: format!("http://{addr}/jwks").parse().unwrap(),
+            audience: vec!["a".into()],
+            jwks_ttl: Duration::from_secs(60),
+            jwks_min_interval: Duration::from_secs(1),
+        };
+        let got = tokio::time::timeout(Duration::from_secs(5), cache.fetch(&cfg))
+            .await
+            .expect("the fetch ends at the cap, well before its timeout");
+        let err = got.err().unwrap_or_default();
+        assert!(err.contains("larger than 262144 bytes"), "{err}");
+    }
 
     #[test]
     fn cache_control_max_age() {

@@ -7,6 +7,7 @@ mod limit;
 pub mod outcome;
 pub mod policy;
 mod queue;
+pub mod slots;
 
 pub use config::{PollConfig, RateConfig};
 pub use limit::UpstreamLimiter;
@@ -18,3 +19,4 @@ pub use policy::{
     Aimd, HINT_MAX, Pace, Rule, backoff, callback_retry_delay, interval, next_poll_at, parse_hint,
 };
 pub use queue::{DueQueue, QueueId};
+pub use slots::{GROUP_FULL_RETRY, GroupSlot, GroupSlots};

@@ -18,8 +18,8 @@ mod register;
 pub use register::{MAX_METADATA, RegisterError, Registration, register};
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::ids::{DeliveryKey, OperationId};
 use crate::metrics::{CompletedLabels, Metrics};
 use crate::operation::Operation;
-use crate::schedule::{DueQueue, UpstreamLimiter};
+use crate::schedule::{DueQueue, GroupSlots, UpstreamLimiter};
 use crate::store::{GroupCommit, Store, Updated};
 use crate::values::Secret;
 
@@ -51,6 +51,11 @@ pub struct Shim {
     /// Outbox entries by next attempt time.
     pub deliveries: DueQueue<DeliveryKey>,
     pub limiters: HashMap<String, UpstreamLimiter>,
+    /// Status requests in flight per upstream (`workers.polls_in_flight_per_upstream`).
+    pub poll_slots: Arc<GroupSlots>,
+    /// Callback attempts in flight per destination host and port
+    /// (`workers.deliveries_in_flight_per_host`).
+    pub delivery_slots: Arc<GroupSlots>,
     /// For status requests: rustls, follows a few redirects (status endpoints may move) but only
     /// on the same origin: the upstream's credentials (`x-api-key`, `api-key`, ... which
     /// reqwest does not strip) must not follow a redirect to another host.
@@ -64,6 +69,50 @@ pub struct Shim {
     pub callback_key: Secret,
     pub shutdown: CancellationToken,
     pub workers_running: AtomicBool,
+    /// Status reads in flight: `DELETE` cancels the read of the operation it removes.
+    pub reads: InFlightReads,
+}
+
+/// Status reads in flight, by operation (at most one per operation: the queue holds an id once).
+#[derive(Default)]
+pub struct InFlightReads(Mutex<HashMap<OperationId, CancellationToken>>);
+
+/// One read in flight; unregistered when dropped.
+pub struct InFlightRead<'a> {
+    reads: &'a InFlightReads,
+    id: OperationId,
+    /// Cancelled when the operation is deleted meanwhile.
+    pub cancelled: CancellationToken,
+}
+
+impl InFlightReads {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<OperationId, CancellationToken>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register a read of `id` starting now.
+    pub fn start(&self, id: &OperationId) -> InFlightRead<'_> {
+        let token = CancellationToken::new();
+        self.map().insert(id.clone(), token.clone());
+        InFlightRead {
+            reads: self,
+            id: id.clone(),
+            cancelled: token,
+        }
+    }
+
+    /// Stop the read of `id` in flight, if any (its connection is dropped, nothing recorded).
+    pub fn cancel(&self, id: &OperationId) {
+        if let Some(t) = self.map().remove(id) {
+            t.cancel();
+        }
+    }
+}
+
+impl Drop for InFlightRead<'_> {
+    fn drop(&mut self) {
+        self.reads.map().remove(&self.id);
+    }
 }
 
 impl Shim {

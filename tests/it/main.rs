@@ -14,6 +14,7 @@ mod delivery;
 mod disk_full;
 mod docs;
 mod hardening;
+mod hostile;
 mod lifecycle;
 mod polling;
 mod presets;

@@ -13,13 +13,23 @@ pub fn free_port() -> u16 {
 }
 
 impl Proc {
-    /// Start `hookshim --config <config> serve` with the test callback secret, output to files.
-    pub fn spawn(
+    /// Start `hookshim --config <config> serve` with the test callback secret, output to files,
+    /// and the extra environment variables `env` (`""` as a value removes the variable).
+    pub fn spawn_with_env(
         config: &std::path::Path,
         stdout: &std::path::Path,
         stderr: &std::path::Path,
+        env: &[(&str, &str)],
     ) -> Proc {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hookshim"))
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hookshim"));
+        for (k, v) in env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let child = cmd
             .arg("--config")
             .arg(config)
             .arg("serve")
@@ -129,12 +139,17 @@ impl ProcSetup {
 
     /// Start `hookshim --config <dir>/shim.toml serve`, logs to files in the temp dir.
     pub fn spawn(&mut self) -> Proc {
+        self.spawn_with_env(&[])
+    }
+
+    /// [`ProcSetup::spawn`] with extra environment variables (`""` removes one).
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) -> Proc {
         self.runs += 1;
         let out = self.dir.path().join(format!("run{}.stdout", self.runs));
         let err = self.dir.path().join(format!("run{}.stderr", self.runs));
         self.logs.push(out.clone());
         self.logs.push(err.clone());
-        Proc::spawn(&self.config, &out, &err)
+        Proc::spawn_with_env(&self.config, &out, &err, env)
     }
 
     fn dump_logs(&self) {
