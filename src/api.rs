@@ -119,18 +119,35 @@ impl From<IngestError> for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// The private face (`server.listen`): the API, webhooks, health, readiness and metrics.
 pub fn router(shim: Arc<Shim>) -> Router {
     let v1 = Router::new()
         .route("/v1/operations", post(register).get(list))
         .route("/v1/operations/{id}", get(get_one).delete(delete_one))
         .route("/v1/operations/{id}/redeliver", post(redeliver))
         .route_layer(middleware::from_fn_with_state(shim.clone(), require_token));
-    Router::new()
+    let routes = Router::new()
         .merge(v1)
         .route("/webhooks/{upstream}", post(webhook))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    with_error_contract(routes, shim)
+}
+
+/// The public face (`server.webhook_listen`): what an upstream on the internet needs —
+/// `/webhooks/{upstream}` and `/healthz` — and nothing else (no API, no metrics, no readiness
+/// details).
+pub fn webhook_router(shim: Arc<Shim>) -> Router {
+    let routes = Router::new()
+        .route("/webhooks/{upstream}", post(webhook))
+        .route("/healthz", get(healthz));
+    with_error_contract(routes, shim)
+}
+
+/// Every answer of either face keeps the JSON error contract and the body limit.
+fn with_error_contract(routes: Router<Arc<Shim>>, shim: Arc<Shim>) -> Router {
+    routes
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|req: Request| async move {
             ApiError::new(

@@ -59,6 +59,17 @@ struct RawServer {
     max_connections: usize,
     #[serde(default = "d_header_read_timeout")]
     header_read_timeout: Dur,
+    /// The public face: a second listener serving only `/webhooks/*` and `/healthz`.
+    #[serde(default)]
+    webhook_listen: Option<String>,
+    /// Accept an API listener on a non-loopback address without an API token.
+    #[serde(default)]
+    allow_unauthenticated: bool,
+    #[serde(default = "d_max_connections_per_ip")]
+    max_connections_per_ip: usize,
+}
+fn d_max_connections_per_ip() -> usize {
+    64
 }
 fn d_max_connections() -> usize {
     1024
@@ -87,6 +98,9 @@ impl Default for RawServer {
             max_upstream_body: d_max_upstream_body(),
             max_connections: d_max_connections(),
             header_read_timeout: d_header_read_timeout(),
+            webhook_listen: None,
+            allow_unauthenticated: false,
+            max_connections_per_ip: d_max_connections_per_ip(),
         }
     }
 }
@@ -216,6 +230,12 @@ pub struct ServerConfig {
     /// A connection that has not sent a whole request head within this long (a new one, or an
     /// idle keep-alive one) is closed.
     pub header_read_timeout: Duration,
+    /// The public listener (webhooks and `/healthz` only), when one is configured.
+    pub webhook_listen: Option<SocketAddr>,
+    /// The operator accepted an API listener on a non-loopback address without a token.
+    pub allow_unauthenticated: bool,
+    /// Connections one client address may hold open at once on the public listener.
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -344,6 +364,9 @@ impl Config {
                 "max_upstream_body": self.server.max_upstream_body,
                 "max_connections": self.server.max_connections,
                 "header_read_timeout": ms(self.server.header_read_timeout),
+                "webhook_listen": self.server.webhook_listen.map(|a| a.to_string()),
+                "allow_unauthenticated": self.server.allow_unauthenticated,
+                "max_connections_per_ip": self.server.max_connections_per_ip,
             },
             "store": {"path": self.store.path.display().to_string(), "cache_bytes": self.store.cache_bytes},
             "callbacks": {
@@ -380,6 +403,35 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
     }
     if raw.server.max_upstream_body.0 < 1024 {
         return Err("`server.max_upstream_body`: must be at least 1KiB (e.g. \"4MiB\")".into());
+    }
+    if raw.server.max_connections_per_ip == 0 {
+        return Err("`server.max_connections_per_ip`: must be at least 1 (e.g. 64)".into());
+    }
+    let webhook_listen = match &raw.server.webhook_listen {
+        None => None,
+        Some(text) => {
+            let addr: SocketAddr = text.parse().map_err(|e| {
+                format!(
+                    "`server.webhook_listen`: {text:?} is not an address like \"0.0.0.0:8681\" ({e})"
+                )
+            })?;
+            if addr == listen {
+                return Err(format!(
+                    "`server.webhook_listen`: {addr} is also `server.listen`; the public listener \
+                     needs its own port"
+                ));
+            }
+            Some(addr)
+        }
+    };
+    if api_token.is_none() && !listen.ip().is_loopback() && !raw.server.allow_unauthenticated {
+        let var = &raw.server.api_token_env;
+        return Err(format!(
+            "`server.listen`: {listen} is not a loopback address and {var} is not set, so anyone \
+             who can reach it could register operations, read their results and redeliver \
+             callbacks. Set {var}, listen on 127.0.0.1 (and put webhooks on \
+             `server.webhook_listen`), or set `server.allow_unauthenticated = true`"
+        ));
     }
 
     if raw.store.cache.0 < (1 << 20) {
@@ -450,6 +502,9 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             max_upstream_body: raw.server.max_upstream_body.0 as usize,
             max_connections: raw.server.max_connections,
             header_read_timeout: raw.server.header_read_timeout.0,
+            webhook_listen,
+            allow_unauthenticated: raw.server.allow_unauthenticated,
+            max_connections_per_ip: raw.server.max_connections_per_ip,
         },
         store: StoreConfig {
             path: raw.store.path,

@@ -33,6 +33,8 @@ pub struct StartOptions {
     pub clock: Arc<dyn Clock>,
     /// Use this listener instead of binding `server.listen` (tests bind port 0).
     pub listener: Option<std::net::TcpListener>,
+    /// Use this listener instead of binding `server.webhook_listen`, when that is configured.
+    pub webhook_listener: Option<std::net::TcpListener>,
 }
 
 impl Default for StartOptions {
@@ -40,6 +42,7 @@ impl Default for StartOptions {
         StartOptions {
             clock: Arc::new(SystemClock),
             listener: None,
+            webhook_listener: None,
         }
     }
 }
@@ -47,8 +50,11 @@ impl Default for StartOptions {
 /// A started service.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The public listener's address, when `server.webhook_listen` is configured.
+    pub webhook_addr: Option<SocketAddr>,
     pub shim: Arc<Shim>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    webhook_server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     workers: TaskTracker,
     flusher: tokio::task::JoinHandle<()>,
     flusher_stop: CancellationToken,
@@ -157,53 +163,112 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
     workers.spawn(purge_loop(shim.clone()));
     shim.workers_running.store(true, Ordering::SeqCst);
 
-    let listener = match opts.listener {
-        Some(l) => {
-            l.set_nonblocking(true).map_err(|e| StartError::Listen {
-                addr: "given listener".into(),
-                source: e,
-            })?;
-            TcpListener::from_std(l).map_err(|e| StartError::Listen {
-                addr: "given listener".into(),
-                source: e,
-            })?
-        }
-        None => TcpListener::bind(shim.config.server.listen)
-            .await
-            .map_err(|e| StartError::Listen {
-                addr: shim.config.server.listen.to_string(),
-                source: e,
-            })?,
-    };
-    let addr = listener.local_addr().map_err(|e| StartError::Listen {
-        addr: "listener".into(),
-        source: e,
-    })?;
-    let app = crate::api::router(shim.clone());
+    let server_cfg = &shim.config.server;
+    let (listener, addr) = listen(opts.listener, server_cfg.listen).await?;
     let server = tokio::spawn(serve(
         listener,
-        app,
+        crate::api::router(shim.clone()),
         ServeLimits {
-            max_connections: shim.config.server.max_connections,
-            header_read_timeout: shim.config.server.header_read_timeout,
+            max_connections: server_cfg.max_connections,
+            header_read_timeout: server_cfg.header_read_timeout,
+            per_ip: None,
         },
         shim.shutdown.clone(),
     ));
+    let (webhook_addr, webhook_server) = match server_cfg.webhook_listen {
+        None => (None, None),
+        Some(at) => {
+            let (listener, addr) = listen(opts.webhook_listener, at).await?;
+            let server = tokio::spawn(serve(
+                listener,
+                crate::api::webhook_router(shim.clone()),
+                ServeLimits {
+                    max_connections: server_cfg.max_connections,
+                    header_read_timeout: server_cfg.header_read_timeout,
+                    per_ip: Some(server_cfg.max_connections_per_ip),
+                },
+                shim.shutdown.clone(),
+            ));
+            tracing::info!(%addr, "public listener: webhooks and /healthz only");
+            (Some(addr), Some(server))
+        }
+    };
     tracing::info!(%addr, upstreams = shim.config.upstreams.len(), "hookshim listening");
     Ok(Running {
         addr,
+        webhook_addr,
         shim,
         server,
+        webhook_server,
         workers,
         flusher,
         flusher_stop,
     })
 }
 
-/// What one client may hold of the server.
+/// Use the given listener (tests bind port 0) or bind `at`.
+async fn listen(
+    given: Option<std::net::TcpListener>,
+    at: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let err = |addr: String| move |source| StartError::Listen { addr, source };
+    let listener = match given {
+        Some(l) => {
+            l.set_nonblocking(true)
+                .map_err(err("given listener".into()))?;
+            TcpListener::from_std(l).map_err(err("given listener".into()))?
+        }
+        None => TcpListener::bind(at).await.map_err(err(at.to_string()))?,
+    };
+    let addr = listener.local_addr().map_err(err("listener".into()))?;
+    Ok((listener, addr))
+}
+
+/// What clients may hold of one listener.
 struct ServeLimits {
     max_connections: usize,
     header_read_timeout: Duration,
+    /// Connections one client address may hold open at once (the public listener).
+    per_ip: Option<usize>,
+}
+
+/// Open connections per client address, for [`ServeLimits::per_ip`].
+struct PerIp {
+    limit: usize,
+    open: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One open connection counted against its address; uncounted when dropped.
+struct IpSlot {
+    table: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn take(self: &Arc<PerIp>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// How long accepting pauses after `accept` fails (e.g. at the file-descriptor limit).
@@ -233,6 +298,12 @@ async fn serve(
         .keep_alive(true);
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = limits.per_ip.map(|limit| {
+        Arc::new(PerIp {
+            limit,
+            open: Default::default(),
+        })
+    });
     let connections = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -242,9 +313,9 @@ async fn serve(
             },
             _ = stop.cancelled() => break,
         };
-        let sock = tokio::select! {
+        let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((sock, _)) => sock,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a connection failed; pausing accepts briefly");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -253,9 +324,22 @@ async fn serve(
             },
             _ = stop.cancelled() => break,
         };
+        let ip_slot = match &per_ip {
+            None => None,
+            Some(table) => match table.take(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    // Over this address's share: closed at once, the slot stays free for others.
+                    tracing::debug!(peer = %peer.ip(), "connection refused: too many open from this address");
+                    drop(sock);
+                    continue;
+                }
+            },
+        };
         let (builder, app, stop) = (builder.clone(), app.clone(), stop.clone());
         connections.spawn(async move {
             let _permit = permit;
+            let _ip_slot = ip_slot;
             let service = TowerToHyperService::new(app);
             let conn = builder.serve_connection(TokioIo::new(sock), service);
             tokio::pin!(conn);
@@ -394,10 +478,12 @@ impl Running {
     pub async fn stop(self) {
         self.shim.shutdown.cancel();
         self.shim.workers_running.store(false, Ordering::SeqCst);
-        match self.server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server ended with an error"),
-            Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        for server in std::iter::once(self.server).chain(self.webhook_server) {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "HTTP server ended with an error"),
+                Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+            }
         }
         self.workers.close();
         self.workers.wait().await;

@@ -16,6 +16,7 @@ mod docs;
 mod hardening;
 mod hostile;
 mod lifecycle;
+mod listeners;
 mod polling;
 mod presets;
 mod schemes;

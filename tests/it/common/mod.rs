@@ -383,6 +383,8 @@ pub fn env_lookup(extra: Vec<(String, String)>) -> impl Fn(&str) -> Option<Strin
 
 pub struct TestShim {
     pub url: String,
+    /// The public listener (`server.webhook_listen`), when the config has one.
+    pub webhook_url: Option<String>,
     pub http: reqwest::Client,
     /// Holds the data directory (removed when the shim is dropped).
     _dir: tempfile::TempDir,
@@ -423,6 +425,7 @@ impl TestShim {
             .replace("{DATA}", &dir.path().join("data").display().to_string());
         let mut s = TestShim {
             url: String::new(),
+            webhook_url: None,
             http: reqwest::Client::new(),
             _dir: dir,
             config_text: text,
@@ -439,16 +442,22 @@ impl TestShim {
         let config =
             Config::parse(&self.config_text, "test.toml", &lookup).expect("test config is valid");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let webhook_listener = config
+            .server
+            .webhook_listen
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
         let running = start(
             config,
             StartOptions {
                 listener: Some(listener),
+                webhook_listener,
                 clock: self.clock.clone(),
             },
         )
         .await
         .unwrap();
         self.url = format!("http://{}", running.addr);
+        self.webhook_url = running.webhook_addr.map(|a| format!("http://{a}"));
         self.running = Some(running);
     }
 
