@@ -19,3 +19,4 @@ mod polling;
 mod presets;
 mod schemes;
 mod store_damage;
+mod vetting;
