@@ -1096,6 +1096,63 @@ mod tests {
     }
 
     #[test]
+    fn dropping_settled_event_callbacks_at_the_bound_keeps_the_outbox_exact() {
+        use crate::operation::MAX_EVENT_CALLBACKS;
+        use crate::upstream::{Observation, ObservedState};
+        let (_d, s) = store();
+        let op = pausing_op();
+        s.register(op.clone(), Duration::ZERO).unwrap();
+        let running = Observation::new(ObservedState::Running, serde_json::json!("running"));
+        let pause_once = |t: u64| {
+            s.update(&op.id, &|o| {
+                o.apply_observation(&pause(), Timestamp(t));
+                o.apply_observation(&running, Timestamp(t + 1));
+                true
+            })
+            .unwrap()
+            .unwrap()
+        };
+        for i in 0..MAX_EVENT_CALLBACKS as u64 {
+            pause_once(2_000 + 10 * i);
+        }
+        assert_eq!(s.outbox().unwrap().len(), MAX_EVENT_CALLBACKS);
+        // All pending: one more pause adds nothing to the record or the outbox.
+        let full = pause_once(10_000);
+        assert!(full.new_callbacks.is_empty());
+        assert_eq!(s.outbox().unwrap().len(), MAX_EVENT_CALLBACKS);
+        // The first one is delivered: its outbox entry goes, and the next pause takes its place.
+        s.update(&op.id, &|o| {
+            o.events[0].delivery.state = DeliveryState::Delivered;
+            o.events[0].delivery.next_attempt_at = None;
+            true
+        })
+        .unwrap();
+        let first = DeliveryKey::event(op.id.clone(), "requires_action_1");
+        let outbox = |s: &SledStore| -> Vec<DeliveryKey> {
+            s.outbox().unwrap().into_iter().map(|d| d.key).collect()
+        };
+        assert!(!outbox(&s).contains(&first));
+        let next = pause_once(20_000);
+        assert_eq!(next.new_callbacks.len(), 1);
+        let now = outbox(&s);
+        assert_eq!(now.len(), MAX_EVENT_CALLBACKS);
+        assert!(now.contains(&DeliveryKey::event(op.id.clone(), "requires_action_34")));
+        let rec = s.get(&op.id).unwrap().unwrap();
+        assert_eq!(rec.events.len(), MAX_EVENT_CALLBACKS);
+        assert!(rec.events.iter().all(|e| e.name != "requires_action_1"));
+        // Every pending event has its entry and every entry its pending event.
+        for e in &rec.events {
+            assert!(now.contains(&DeliveryKey::event(op.id.clone(), &e.name)));
+        }
+        // The end supersedes them all and takes every entry out but the terminal one.
+        s.update(&op.id, &|o| {
+            o.finish(Status::Succeeded, DetectedVia::Poll, Timestamp(30_000))
+        })
+        .unwrap();
+        assert_eq!(outbox(&s), vec![DeliveryKey::terminal(op.id.clone())]);
+    }
+
+    #[test]
     fn delete_removes_pending_event_callbacks() {
         let (_d, s) = store();
         let op = pausing_op();
