@@ -16,8 +16,9 @@
 //!   upstream and webhook config), [`config`] (loading `shim.toml`, assembling the parts),
 //!   [`metrics`].
 //! - the bottom, pure: [`operation`] (record and transition rules), [`ids`], [`pace`],
-//!   [`signing`], [`clock`], [`values`], [`errors`].
+//!   [`signing`], [`clock`], [`values`], [`errors`], [`address`] (where a callback may go).
 
+pub mod address;
 pub mod api;
 pub mod clock;
 pub mod config;
