@@ -83,6 +83,12 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         opts.mode(0o600);
     }
     let mut f = opts.open(path)?;
+    // The mode given to open is cut by the umask; set it explicitly.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     f.write_all(data)?;
     f.write_all(b"\n")?;
     f.sync_all()
