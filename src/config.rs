@@ -11,8 +11,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::ops::RangeInclusive;
+
+use ipnet::IpNet;
 use reqwest::Url;
 use serde::Deserialize;
+
+use crate::address::{Rules, check_callback_url, parse_port_range};
 
 use crate::upstream::UpstreamConfig;
 use crate::upstream::config::{RawUpstream, resolve_upstream};
@@ -136,11 +141,23 @@ struct RawCallbacks {
     secret_env: String,
     #[serde(default = "d_allowed")]
     allowed_hosts: Vec<String>,
+    #[serde(default)]
+    allowed_networks: Vec<String>,
+    allowed_ports: Option<Vec<RawPort>>,
     #[serde(default = "d_cb_timeout")]
     timeout: Dur,
     #[serde(default = "d_retry")]
     retry_schedule: Vec<Dur>,
 }
+
+/// An entry of `callbacks.allowed_ports`: `443` or `"8000-8999"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    One(u16),
+    Range(String),
+}
+
 fn d_secret_env() -> String {
     "HOOKSHIM_CALLBACK_SECRET".into()
 }
@@ -162,6 +179,8 @@ impl Default for RawCallbacks {
             default_url: None,
             secret_env: d_secret_env(),
             allowed_hosts: d_allowed(),
+            allowed_networks: Vec::new(),
+            allowed_ports: None,
             timeout: d_cb_timeout(),
             retry_schedule: d_retry(),
         }
@@ -251,9 +270,26 @@ pub struct CallbackConfig {
     /// The signing key when the environment provides one; otherwise the store's generated key
     /// is used (see [`crate::delivery::load_or_create_secret`]).
     pub secret: Option<Secret>,
+    /// Lower-case, without brackets: exact hosts, `*.suffix` patterns, or `*`
+    /// (see [`crate::address`]).
     pub allowed_hosts: Vec<String>,
+    /// Networks whose non-public addresses a host admitted by a pattern may resolve to.
+    pub allowed_networks: Vec<IpNet>,
+    /// `None`: not set (hosts named exactly use any port, pattern hosts 80, 443, 8000-8999).
+    pub allowed_ports: Option<Vec<RangeInclusive<u16>>>,
     pub timeout: Duration,
     pub retry_schedule: Vec<Duration>,
+}
+
+impl CallbackConfig {
+    /// The destination rules, for [`crate::address::check_callback_url`] and the resolver.
+    pub fn rules(&self) -> Rules<'_> {
+        Rules {
+            hosts: &self.allowed_hosts,
+            networks: &self.allowed_networks,
+            ports: self.allowed_ports.as_deref(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -374,6 +410,8 @@ impl Config {
                 "secret_env": self.callbacks.secret_env,
                 "secret": if self.callbacks.secret.is_some() { "<redacted, from environment>" } else { "<generated in the data directory on first start>" },
                 "allowed_hosts": self.callbacks.allowed_hosts,
+                "allowed_networks": self.callbacks.allowed_networks.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                "allowed_ports": self.callbacks.allowed_ports.as_ref().map(|ps| ps.iter().map(|r| if r.start() == r.end() { r.start().to_string() } else { format!("{}-{}", r.start(), r.end()) }).collect::<Vec<_>>()),
                 "timeout": ms(self.callbacks.timeout),
                 "retry_schedule": self.callbacks.retry_schedule.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
             },
@@ -444,11 +482,49 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
         .iter()
         .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
         .collect();
+    for h in &allowed_hosts {
+        let pattern_ok = h == "*" || h.strip_prefix("*.").is_some_and(|s| !s.contains('*'));
+        if h.is_empty() || h.contains('/') || (h.contains('*') && !pattern_ok) {
+            return Err(format!(
+                "`callbacks.allowed_hosts`: {h:?} is not a host (\"hooks.example.com\"), a \
+                 pattern (\"*.example.com\") or \"*\""
+            ));
+        }
+    }
+    let allowed_networks = cb
+        .allowed_networks
+        .iter()
+        .map(|n| {
+            n.trim().parse::<IpNet>().map_err(|_| {
+                format!(
+                    "`callbacks.allowed_networks`: {n:?} is not a network in CIDR form \
+                     (\"10.1.0.0/16\", \"fd00::/8\")"
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let allowed_ports = match cb.allowed_ports {
+        None => None,
+        Some(list) => Some(
+            list.into_iter()
+                .map(|p| match p {
+                    RawPort::One(0) => Err("0 is not a port".to_string()),
+                    RawPort::One(n) => Ok(n..=n),
+                    RawPort::Range(t) => parse_port_range(&t),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("`callbacks.allowed_ports`: {e}"))?,
+        ),
+    };
+    let rules = Rules {
+        hosts: &allowed_hosts,
+        networks: &allowed_networks,
+        ports: allowed_ports.as_deref(),
+    };
     let default_url = match cb.default_url {
         None => None,
         Some(u) => Some(
-            check_callback_url(&u, &allowed_hosts)
-                .map_err(|e| format!("`callbacks.default_url`: {e}"))?,
+            check_callback_url(&u, rules).map_err(|e| format!("`callbacks.default_url`: {e}"))?,
         ),
     };
     let secret =
@@ -515,6 +591,8 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             secret_env: cb.secret_env,
             secret,
             allowed_hosts,
+            allowed_networks,
+            allowed_ports,
             timeout: cb.timeout.0,
             retry_schedule: cb.retry_schedule.into_iter().map(|d| d.0).collect(),
         },
@@ -532,26 +610,6 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
         },
         upstreams,
     })
-}
-
-/// Parse a callback URL and check its scheme and host against `allowed_hosts`.
-pub fn check_callback_url(url: &str, allowed_hosts: &[String]) -> Result<Url, String> {
-    let parsed = Url::parse(url).map_err(|e| format!("{url:?} is not a valid URL ({e})"))?;
-    if parsed.scheme() != "http" && parsed.scheme() != "https" {
-        return Err(format!("{url:?} must use http or https"));
-    }
-    let host = parsed
-        .host_str()
-        .unwrap_or("")
-        .trim_matches(['[', ']'])
-        .to_ascii_lowercase();
-    if !allowed_hosts.iter().any(|h| h == &host) {
-        return Err(format!(
-            "host {host:?} is not in callbacks.allowed_hosts ({})",
-            allowed_hosts.join(", ")
-        ));
-    }
-    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -607,6 +665,66 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn callback_networks_ports_and_host_patterns_are_read_and_checked() {
+        let with = |extra: &str| GOOD.replace("[callbacks]\n", &format!("[callbacks]\n{extra}\n"));
+        let c = Config::parse(
+            &with(
+                "allowed_hosts = [\"127.0.0.1\", \"*.example.com\", \"*\"]\n\
+                 allowed_networks = [\"127.0.0.0/8\", \"10.1.0.0/16\", \"fd00::/8\"]\n\
+                 allowed_ports = [443, \"8000-8999\"]",
+            ),
+            "shim.toml",
+            &env,
+        );
+        // The default_url's port 9000 is not in allowed_ports.
+        let e = c.unwrap_err().to_string();
+        assert!(e.contains("`callbacks.default_url`: port 9000"), "{e}");
+        let c = Config::parse(
+            &with(
+                "allowed_networks = [\"127.0.0.0/8\", \"10.1.0.0/16\"]\n\
+                 allowed_ports = [443, \"8000-9000\"]",
+            ),
+            "shim.toml",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.callbacks.allowed_networks.len(), 2);
+        assert_eq!(
+            c.callbacks.allowed_ports,
+            Some(vec![443..=443, 8000..=9000])
+        );
+        let view = c.redacted();
+        assert_eq!(
+            view["callbacks"]["allowed_ports"],
+            serde_json::json!(["443", "8000-9000"])
+        );
+        assert_eq!(view["callbacks"]["allowed_networks"][1], "10.1.0.0/16");
+        let d = Config::parse(GOOD, "shim.toml", &env).unwrap();
+        assert!(d.callbacks.allowed_networks.is_empty());
+        assert_eq!(d.callbacks.allowed_ports, None);
+
+        let e = err_of(&with("allowed_networks = [\"10.1.0.0/33\"]"));
+        assert!(
+            e.contains(
+                "`callbacks.allowed_networks`: \"10.1.0.0/33\" is not a network in CIDR form"
+            ),
+            "{e}"
+        );
+        let e = err_of(&with("allowed_ports = [\"9-1\"]"));
+        assert!(
+            e.contains("`callbacks.allowed_ports`: \"9-1\" is not a port"),
+            "{e}"
+        );
+        let e = err_of(&with("allowed_hosts = [\"a*.example.com\"]"));
+        assert!(
+            e.contains("`callbacks.allowed_hosts`: \"a*.example.com\" is not a host"),
+            "{e}"
+        );
+        let e = err_of(&with("allowed_hosts = [\"http://x/\"]"));
+        assert!(e.contains("`callbacks.allowed_hosts`"), "{e}");
     }
 
     #[test]

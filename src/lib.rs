@@ -16,8 +16,10 @@
 //!   upstream and webhook config), [`config`] (loading `shim.toml`, assembling the parts),
 //!   [`metrics`].
 //! - the bottom, pure: [`operation`] (record and transition rules), [`ids`], [`pace`],
-//!   [`signing`], [`clock`], [`values`], [`errors`], [`body`] (size-capped body reads).
+//!   [`signing`], [`clock`], [`values`], [`errors`], [`body`] (size-capped body reads),
+//!   [`address`] (where a callback may go).
 
+pub mod address;
 pub mod api;
 pub mod body;
 pub mod clock;

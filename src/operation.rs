@@ -212,6 +212,11 @@ pub struct EventOutcome {
 /// The callback event announcing a pause.
 pub const REQUIRES_ACTION: &str = "requires_action";
 
+/// Most event callbacks one record keeps. Past it a new pause makes room by dropping the oldest
+/// one no longer pending (delivered, failed or superseded: it has no outbox entry); if all are
+/// still pending, the pause is counted in `pauses` but gets no callback.
+pub const MAX_EVENT_CALLBACKS: usize = 32;
+
 /// Status reads granted to one webhook before the operation falls back to its safety poll.
 pub const WEBHOOK_READS: u32 = 5;
 
@@ -385,6 +390,26 @@ impl Operation {
         data["error"] = Value::Null;
         data["pause"] = serde_json::json!(self.pauses);
         data["paused_at"] = serde_json::json!(now);
+        if self.events.len() >= MAX_EVENT_CALLBACKS {
+            match self
+                .events
+                .iter()
+                .position(|e| e.delivery.state != DeliveryState::Pending)
+            {
+                Some(oldest) => {
+                    self.events.remove(oldest);
+                }
+                None => {
+                    tracing::warn!(
+                        op = %self.id,
+                        pause = self.pauses,
+                        "{MAX_EVENT_CALLBACKS} requires_action callbacks are still pending; this \
+                         pause is counted but gets no callback (is the receiver up?)"
+                    );
+                    return;
+                }
+            }
+        }
         self.events.push(EventCallback {
             name: format!("{REQUIRES_ACTION}_{}", self.pauses),
             body: serde_json::json!({
@@ -536,6 +561,46 @@ mod tests {
             format!("{}_requires_action_2", op.id)
         );
         assert!(!op.in_outbox(), "the terminal callback is not touched");
+    }
+
+    /// `n` pauses, each followed by a running reading.
+    fn pause_times(op: &mut Operation, from: u64, n: u64) {
+        for t in from..from + n {
+            op.apply_observation(&pause(), Timestamp(2 * t));
+            op.apply_observation(&obs(ObservedState::Running), Timestamp(2 * t + 1));
+        }
+    }
+
+    #[test]
+    fn event_callbacks_are_bounded_dropping_the_oldest_settled_first() {
+        let mut op = sample(Timestamp(0));
+        op.callback_events = vec![REQUIRES_ACTION.into()];
+        pause_times(&mut op, 1, MAX_EVENT_CALLBACKS as u64);
+        assert_eq!(op.events.len(), MAX_EVENT_CALLBACKS);
+        // All pending: the next pause is counted but gets no callback.
+        pause_times(&mut op, 100, 1);
+        assert_eq!(op.pauses, MAX_EVENT_CALLBACKS as u32 + 1);
+        assert_eq!(op.events.len(), MAX_EVENT_CALLBACKS);
+        assert_eq!(op.events[0].name, "requires_action_1");
+        assert!(op.events.iter().all(|e| e.name != "requires_action_33"));
+        // Two settle (the 3rd and the 5th): the next two pauses take their places, oldest first.
+        op.events[4].delivery.state = DeliveryState::Failed;
+        op.events[2].delivery.state = DeliveryState::Delivered;
+        pause_times(&mut op, 200, 1);
+        assert_eq!(op.events.len(), MAX_EVENT_CALLBACKS);
+        assert!(op.events.iter().all(|e| e.name != "requires_action_3"));
+        assert!(op.events.iter().any(|e| e.name == "requires_action_5"));
+        assert_eq!(op.events.last().unwrap().name, "requires_action_34");
+        pause_times(&mut op, 300, 2);
+        assert!(op.events.iter().all(|e| e.name != "requires_action_5"));
+        assert_eq!(op.events.last().unwrap().name, "requires_action_35");
+        assert_eq!(op.pauses, 36);
+        assert!(
+            op.events
+                .iter()
+                .all(|e| e.delivery.state == DeliveryState::Pending)
+        );
+        assert_eq!(op.events.len(), MAX_EVENT_CALLBACKS);
     }
 
     #[test]

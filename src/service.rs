@@ -107,7 +107,14 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         .user_agent(concat!("hookshim/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| StartError::Http(e.to_string()))?;
+    // Callbacks connect only to addresses the resolver vetted; no proxy (it would resolve the
+    // name itself, out of the vetting's reach).
     let callback_http = reqwest::Client::builder()
+        .dns_resolver(crate::delivery::vet::VettingResolver::new(
+            &config.callbacks.allowed_hosts,
+            &config.callbacks.allowed_networks,
+            Arc::new(crate::delivery::vet::SystemLookup),
+        ))
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(config.callbacks.timeout)

@@ -17,7 +17,8 @@ pub enum AttemptResult {
     Delivered(u16),
     /// 410 Gone: the receiver does not want it; stop.
     Gone,
-    /// Not sent: the callback URL's host is no longer in `callbacks.allowed_hosts`.
+    /// Not sent: the callback URL or the address its host resolved to is refused by the
+    /// `callbacks` rules (host, port, address; see [`crate::address`]). Not retried.
     Refused(String),
     /// Anything else: retry. `label` is the metrics label.
     Retry {

@@ -10,9 +10,14 @@
 //! operation ends, event callbacks not yet delivered are superseded, never sent after it.
 //!
 //! The rules of an attempt (what an answer means, when to retry) are pure and live in
-//! [`attempt`]; this file is the I/O.
+//! [`attempt`]; this file is the I/O. Where a callback may connect is vetted at each attempt:
+//! the URL by [`crate::address::check_callback_url`] (host, port, IP literals), and the
+//! addresses a name resolves to by the callback client's resolver ([`vet`]). A refused
+//! address ends the delivery `failed` at once (not retried: the app or the config must change;
+//! `POST /v1/operations/{id}/redeliver` tries again).
 
 pub mod attempt;
+pub mod vet;
 
 pub use attempt::{AttemptResult, classify, record_attempt, record_attempt_on};
 
@@ -78,6 +83,12 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         opts.mode(0o600);
     }
     let mut f = opts.open(path)?;
+    // The mode given to open is cut by the umask; set it explicitly.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     f.write_all(data)?;
     f.write_all(b"\n")?;
     f.sync_all()
@@ -136,9 +147,9 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
         sign_v1(&shim.callback_key.0, webhook_id.as_str(), ts, &body)
     );
 
-    // A host removed from the allow-list since registration is not called.
-    let result = match crate::config::check_callback_url(&url, &shim.config.callbacks.allowed_hosts)
-    {
+    // A host removed from the allow-list since registration (or a port or address the rules
+    // refuse now) is not called.
+    let result = match crate::address::check_callback_url(&url, shim.config.callbacks.rules()) {
         Err(e) => AttemptResult::Refused(format!("not sent: callback_url {e}")),
         Ok(_) => match call(shim, &url, &webhook_id, signature, ts, body).await {
             Some(r) => r,
@@ -244,6 +255,10 @@ async fn call(
             hint: None,
             label: "timeout",
         },
+        Err(e) if vet::refusal(&e).is_some() => {
+            let why = vet::refusal(&e).map(|r| r.0.clone()).unwrap_or_default();
+            AttemptResult::Refused(format!("not sent: {why}"))
+        }
         Err(e) => AttemptResult::Retry {
             status: None,
             error: format!("callback request failed: {}", error_chain(&e)),

@@ -103,10 +103,12 @@ impl Updated {
     /// Compare the record before and after a write: what became due.
     pub fn from_change(old: &Operation, op: Operation, written: bool) -> Updated {
         let new_callbacks = if written {
+            // By name, not by position: at the bound the oldest settled events are dropped
+            // (`operation::MAX_EVENT_CALLBACKS`), so the list is not append-only.
             op.events
                 .iter()
-                .skip(old.events.len())
                 .filter(|e| e.delivery.state == crate::operation::DeliveryState::Pending)
+                .filter(|e| !old.events.iter().any(|o| o.name == e.name))
                 .map(|e| OutboxEntry {
                     key: DeliveryKey::event(op.id.clone(), e.name.clone()),
                     at: e.delivery.next_attempt_at.unwrap_or(op.updated_at),

@@ -216,7 +216,9 @@ impl SledStore {
             path: path.display().to_string(),
             message: e.to_string(),
         };
+        let created = !path.exists();
         std::fs::create_dir_all(path).map_err(|e| open_err(&e))?;
+        private_dir(path, created).map_err(|e| open_err(&e))?;
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
@@ -235,6 +237,7 @@ impl SledStore {
                 e @ sled::Error::Corruption { .. } => corrupt(path, &e),
                 other => open_err(&other),
             })?;
+        private_files(path);
         let tree = |name: &str| {
             db.open_tree(name).map_err(|e| match e {
                 sled::Error::Corruption { .. } => corrupt(path, &e),
@@ -765,6 +768,59 @@ impl Store for SledStore {
     }
 }
 
+/// The data directory holds the callback secret and every record: mode 0700, set explicitly
+/// so the umask does not matter. A directory made here must get it (else the open fails); an
+/// existing one is tightened if we may, with a warning if not (another owner, a read-only mount).
+fn private_dir(path: &Path, created: bool) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)) {
+            Ok(()) => {}
+            Err(e) if created => return Err(e),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot make the data directory private (mode 0700); make it owned by the user hookshim runs as")
+            }
+        }
+    }
+    let _ = (path, created);
+    Ok(())
+}
+
+/// sled creates its files with the umask's mode: make every file it has made so far (`conf`,
+/// `db`, `blobs/`, snapshots) 0600 (directories 0700). Files it makes later sit inside the
+/// private directory.
+fn private_files(dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let mode = if kind.is_dir() {
+                0o700
+            } else if kind.is_file() {
+                0o600
+            } else {
+                continue;
+            };
+            if let Err(e) =
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))
+            {
+                tracing::warn!(path = %entry.path().display(), error = %e, "cannot make a store file private");
+            }
+            if kind.is_dir() {
+                private_files(&entry.path());
+            }
+        }
+    }
+    let _ = dir;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -775,6 +831,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path(), 8 << 20).unwrap();
         (dir, s)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_data_directory_is_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let s = SledStore::open(&data, 8 << 20).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("db")), 0o600);
+        assert_eq!(mode(&data.join("conf")), 0o600);
+        drop(s);
+        // An existing directory left open to others is tightened at the next open.
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(data.join("db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _s = SledStore::open(&data, 8 << 20).unwrap();
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("db")), 0o600);
     }
 
     #[test]
@@ -1017,6 +1093,63 @@ mod tests {
         assert_eq!(outbox, vec![DeliveryKey::terminal(op.id.clone())]);
         s.delete(&op.id).unwrap();
         assert!(s.outbox().unwrap().is_empty());
+    }
+
+    #[test]
+    fn dropping_settled_event_callbacks_at_the_bound_keeps_the_outbox_exact() {
+        use crate::operation::MAX_EVENT_CALLBACKS;
+        use crate::upstream::{Observation, ObservedState};
+        let (_d, s) = store();
+        let op = pausing_op();
+        s.register(op.clone(), Duration::ZERO).unwrap();
+        let running = Observation::new(ObservedState::Running, serde_json::json!("running"));
+        let pause_once = |t: u64| {
+            s.update(&op.id, &|o| {
+                o.apply_observation(&pause(), Timestamp(t));
+                o.apply_observation(&running, Timestamp(t + 1));
+                true
+            })
+            .unwrap()
+            .unwrap()
+        };
+        for i in 0..MAX_EVENT_CALLBACKS as u64 {
+            pause_once(2_000 + 10 * i);
+        }
+        assert_eq!(s.outbox().unwrap().len(), MAX_EVENT_CALLBACKS);
+        // All pending: one more pause adds nothing to the record or the outbox.
+        let full = pause_once(10_000);
+        assert!(full.new_callbacks.is_empty());
+        assert_eq!(s.outbox().unwrap().len(), MAX_EVENT_CALLBACKS);
+        // The first one is delivered: its outbox entry goes, and the next pause takes its place.
+        s.update(&op.id, &|o| {
+            o.events[0].delivery.state = DeliveryState::Delivered;
+            o.events[0].delivery.next_attempt_at = None;
+            true
+        })
+        .unwrap();
+        let first = DeliveryKey::event(op.id.clone(), "requires_action_1");
+        let outbox = |s: &SledStore| -> Vec<DeliveryKey> {
+            s.outbox().unwrap().into_iter().map(|d| d.key).collect()
+        };
+        assert!(!outbox(&s).contains(&first));
+        let next = pause_once(20_000);
+        assert_eq!(next.new_callbacks.len(), 1);
+        let now = outbox(&s);
+        assert_eq!(now.len(), MAX_EVENT_CALLBACKS);
+        assert!(now.contains(&DeliveryKey::event(op.id.clone(), "requires_action_34")));
+        let rec = s.get(&op.id).unwrap().unwrap();
+        assert_eq!(rec.events.len(), MAX_EVENT_CALLBACKS);
+        assert!(rec.events.iter().all(|e| e.name != "requires_action_1"));
+        // Every pending event has its entry and every entry its pending event.
+        for e in &rec.events {
+            assert!(now.contains(&DeliveryKey::event(op.id.clone(), &e.name)));
+        }
+        // The end supersedes them all and takes every entry out but the terminal one.
+        s.update(&op.id, &|o| {
+            o.finish(Status::Succeeded, DetectedVia::Poll, Timestamp(30_000))
+        })
+        .unwrap();
+        assert_eq!(outbox(&s), vec![DeliveryKey::terminal(op.id.clone())]);
     }
 
     #[test]

@@ -19,8 +19,20 @@ pub static ASYNC: PresetSpec = PresetSpec {
     reads: "status (Succeeded / Failed / Canceled, any case), percentComplete, error; result is the whole body",
     read: Some(read_status),
     operation_url: Some(operation_url),
+    canonical_operation: canonical_url,
     ..PresetSpec::BASE
 };
+
+/// The registration key of an Azure operation is its status URL as `url` writes it, so two
+/// spellings of one URL (`127.1` and `127.0.0.1`, an explicit default port, upper-case scheme or
+/// host) are one operation. What does not parse is kept as given and refused by
+/// [`operation_url`].
+fn canonical_url(operation: &str) -> String {
+    match Url::parse(operation) {
+        Ok(url) => url.to_string(),
+        Err(_) => operation.to_string(),
+    }
+}
 
 /// Parse a registered operation as the absolute status URL it must be.
 pub fn operation_url(operation: &str) -> Result<Url, String> {
@@ -73,6 +85,24 @@ pub fn read_status(body: &Value) -> Result<Observation, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn one_status_url_in_two_spellings_is_one_key() {
+        let a = canonical_url(
+            "https://management.azure.com/subscriptions/s/operations/x?api-version=1",
+        );
+        for other in [
+            "https://management.azure.com:443/subscriptions/s/operations/x?api-version=1",
+            "HTTPS://Management.Azure.COM/subscriptions/s/operations/x?api-version=1",
+        ] {
+            assert_eq!(canonical_url(other), a);
+        }
+        assert_eq!(
+            canonical_url("http://127.1:8080/a/b"),
+            "http://127.0.0.1:8080/a/b"
+        );
+        assert_eq!(canonical_url("not a url"), "not a url");
+    }
 
     #[test]
     fn statuses_any_case() {

@@ -21,3 +21,4 @@ mod polling;
 mod presets;
 mod schemes;
 mod store_damage;
+mod vetting;
