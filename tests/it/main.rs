@@ -18,4 +18,5 @@ mod lifecycle;
 mod polling;
 mod presets;
 mod schemes;
+mod sdk;
 mod store_damage;
