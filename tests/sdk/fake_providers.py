@@ -27,6 +27,10 @@ Anthropic Message Batches (anthropic 2.14.0)
   GET  /v1/messages/batches/{id}      "in_progress" until the job ends, then "ended" with
                                       request_counts.succeeded and results_url
 
+Other
+  GET  /v1/models                     OpenAI's model list (openai/types/model.py), a request no
+                                      proxy recognises: used to measure pass-through
+
 Control (not part of any provider):
   GET  /_counts                       {"jobs": {id: {"provider", "creates", "status_reads",
                                       "unauthorized"}}, "requests": n}; `id` is the id the SDK
@@ -271,6 +275,7 @@ class FakeProviders:
 class Handler_(BaseHTTPRequestHandler):
     owner: FakeProviders
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go in two writes: no 40 ms delayed-ACK stall
 
     def log_message(self, format, *args):  # noqa: A002 - quiet
         pass
@@ -358,6 +363,13 @@ class Handler_(BaseHTTPRequestHandler):
             self._send(200, self.owner.counts())
             return
         self._count()
+        if path == "/v1/models":
+            # A plain list (openai/types/model.py: Model), for pass-through measurements.
+            if not self._authorized("openai"):
+                return
+            self._send(200, {"object": "list", "data": [
+                {"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"}]})
+            return
         # OpenAI and google-genai 3.x read a batch at the same path, /v1/batches/{id}: the job's
         # id decides (then the credential header, for an unknown id).
         m = R_GEMINI_GET.match(path)
