@@ -4,7 +4,8 @@
         [--replicas 10] [--rate 10] [--job-seconds 600] [--requests 2000] [--concurrency 4]
 
 It starts the loopback fake providers (fake_providers.py) and the hookshim binary (the batch
-preset's own polling schedule, config in a temp dir), then:
+preset's own polling schedule, config in a temp dir; the upstream's request budget lifted to
+--budget, since every forwarded request waits for it), then:
 
 1. Upstream requests: one OpenAI-shaped batch job that runs --job-seconds (default 600: a
    10-minute batch); --replicas app replicas each read its status --rate times a second until it is
@@ -155,14 +156,17 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=2000, help="sequential requests per latency row")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of each requests/s row")
+    ap.add_argument("--budget", type=int, default=100000,
+                    help="the upstream's rate.per_second (= burst): every forwarded request waits for it, "
+                         "so the default lifts it to measure the proxy itself (hookshim's default is 10)")
     ap.add_argument("--json", default="target/bench/proxy.json")
     a = ap.parse_args()
 
     fake = FakeProviders(job_seconds=a.job_seconds).start()
-    hs = Hookshim(a.hookshim, fake.url, a.mode, fast_poll=False)
+    hs = Hookshim(a.hookshim, fake.url, a.mode, fast_poll=False, rate=a.budget)
     direct_base = f"{fake.url}/v1"
     proxy_base = f"{hs.url}/proxy/openai/v1"
-    result: dict = {"replicas": a.replicas, "rate": a.rate, "job_seconds": a.job_seconds, "mode": a.mode}
+    result: dict = {"budget_per_second": a.budget, "replicas": a.replicas, "rate": a.rate, "job_seconds": a.job_seconds, "mode": a.mode}
     try:
         # 1. upstream requests, with and without the proxy, side by side.
         print(f"1. {a.replicas} replicas x {a.rate:g} reads/s on a {a.job_seconds:g} s batch job ...", flush=True)

@@ -112,8 +112,12 @@ class Receiver:
 # -- hookshim, the child process --------------------------------------------------------------------
 
 
-def config_text(port: int, data_dir: str, fake_url: str, mode: str, fast_poll: bool = True) -> str:
+def config_text(port: int, data_dir: str, fake_url: str, mode: str, fast_poll: bool = True,
+                rate: int | None = None) -> str:
     proxy = "proxy = { enabled = true }\n" if mode == "proxy" else ""
+    # bench_proxy.py lifts the request budget (10/s by default), which every forwarded request
+    # passes, so that it measures the proxy and not the budget.
+    proxy += f"rate = {{ per_second = {rate}, burst = {rate} }}\n" if rate else ""
     # Jobs here end after a few seconds: poll them at least every 2 s (the batch presets' own
     # schedule starts at 10 s). bench_proxy.py keeps the presets' schedule (fast_poll=False).
     poll = 'poll = { initial = "1s", max = "2s", finalizing = "1s", eta_max = "2s", jitter = 0.05 }\n'
@@ -147,13 +151,14 @@ base_url = "{fake_url}/v1/"
 
 
 class Hookshim:
-    def __init__(self, binary: str, fake_url: str, mode: str, fast_poll: bool = True) -> None:
+    def __init__(self, binary: str, fake_url: str, mode: str, fast_poll: bool = True,
+                 rate: int | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="hookshim-sdk-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = os.path.join(self.dir, "shim.toml")
         with open(self.config, "w") as f:
-            f.write(config_text(self.port, os.path.join(self.dir, "data"), fake_url, mode, fast_poll))
+            f.write(config_text(self.port, os.path.join(self.dir, "data"), fake_url, mode, fast_poll, rate))
         env = {k: v for k, v in os.environ.items() if k not in ("HOOKSHIM_API_TOKEN", "HOOKSHIM_CONFIG")}
         env.update(
             HOOKSHIM_CALLBACK_SECRET=CALLBACK_SECRET,
