@@ -11,10 +11,11 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-/// How the SDKs reach the fakes: `"direct"` (base URL = the fake; the app registers each job with
-/// `POST /v1/operations`) or `"proxy"` (base URL = `/proxy/<upstream>/…`, issue 9's proxy). Flip
-/// to `"proxy"` once the proxy is merged; `HOOKSHIM_SDK_MODE` overrides it for one run.
-const SDK_MODE: &str = "direct";
+/// Whether the proxy (`/proxy/<upstream>/…`, issue 9) is in this build: flip to `true` when the
+/// `proxy` branch is merged. The script then runs twice: `direct` (the SDK's base URL is the fake;
+/// the app registers each job with `POST /v1/operations`) and `proxy` (the base URL is the proxy;
+/// reads must be `Hookshim-Cache` hits). `HOOKSHIM_SDK_MODE=direct|proxy` runs one mode only.
+const PROXY_MODE: bool = false;
 
 #[test]
 fn real_sdks_create_and_poll_through_hookshim() {
@@ -33,30 +34,36 @@ fn real_sdks_create_and_poll_through_hookshim() {
         );
         return;
     };
-    let mode = std::env::var("HOOKSHIM_SDK_MODE").unwrap_or_else(|_| SDK_MODE.to_string());
+    let modes: Vec<String> = match std::env::var("HOOKSHIM_SDK_MODE") {
+        Ok(m) => vec![m],
+        Err(_) if PROXY_MODE => vec!["direct".into(), "proxy".into()],
+        Err(_) => vec!["direct".into()],
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/run_sdks.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg("--hookshim")
-        .arg(env!("CARGO_BIN_EXE_hookshim"))
-        .arg("--mode")
-        .arg(&mode)
-        .env_remove("HOOKSHIM_API_TOKEN")
-        .env_remove("HOOKSHIM_CONFIG")
-        .output()
-        .unwrap_or_else(|e| panic!("could not run {python:?} {}: {e}", script.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "{} --mode {mode} failed ({}):\n{stdout}\n{stderr}",
-        script.display(),
-        out.status
-    );
-    // The script's own summary: every SDK passed.
-    assert!(
-        stdout.contains("sdk: 3 passed, 0 failed"),
-        "unexpected summary:\n{stdout}"
-    );
+    for mode in modes {
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg("--hookshim")
+            .arg(env!("CARGO_BIN_EXE_hookshim"))
+            .arg("--mode")
+            .arg(&mode)
+            .env_remove("HOOKSHIM_API_TOKEN")
+            .env_remove("HOOKSHIM_CONFIG")
+            .output()
+            .unwrap_or_else(|e| panic!("could not run {python:?} {}: {e}", script.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!("{stdout}");
+        assert!(
+            out.status.success(),
+            "{} --mode {mode} failed ({}):\n{stdout}\n{stderr}",
+            script.display(),
+            out.status
+        );
+        // The script's own summary: every SDK passed.
+        assert!(
+            stdout.contains("sdk: 3 passed, 0 failed"),
+            "--mode {mode}: unexpected summary:\n{stdout}"
+        );
+    }
 }
