@@ -20,5 +20,6 @@ mod listeners;
 mod polling;
 mod presets;
 mod schemes;
+mod sdk;
 mod store_damage;
 mod vetting;
