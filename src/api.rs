@@ -494,13 +494,30 @@ async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics(State(shim): State<Arc<Shim>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        shim.metrics.render(),
-    )
-        .into_response()
+/// Content negotiation: OpenMetrics when the scraper asks for it (Prometheus does, in its
+/// `Accept`), the classic text format 0.0.4 otherwise.
+async fn metrics(State(shim): State<Arc<Shim>>, headers: HeaderMap) -> Response {
+    shim.metrics
+        .deliveries("pending")
+        .set(shim.deliveries.len() as i64);
+    if let Ok(failed) = shim.store.failed_deliveries() {
+        shim.metrics.deliveries("failed").set(failed as i64);
+    }
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (content_type, body) = if openmetrics {
+        (
+            crate::metrics::OPENMETRICS_CONTENT_TYPE,
+            shim.metrics.render(),
+        )
+    } else {
+        (
+            crate::metrics::TEXT_CONTENT_TYPE,
+            shim.metrics.render_text(),
+        )
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }

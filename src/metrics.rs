@@ -13,6 +13,52 @@ use std::sync::atomic::AtomicU64;
 /// requests cannot add series.
 pub const UNKNOWN_UPSTREAM: &str = "_unknown";
 
+/// Every value of the bounded labels, so each series exists (at zero) from start.
+pub const TERMINAL_STATUSES: [&str; 5] =
+    ["succeeded", "failed", "cancelled", "expired", "timed_out"];
+pub const DETECTED_VIA: [&str; 3] = ["poll", "webhook", "deadline"];
+pub const UPSTREAM_OUTCOMES: [&str; 10] = [
+    "ok",
+    "not_modified",
+    "not_found",
+    "rate_limited",
+    "server_error",
+    "client_error",
+    "invalid_body",
+    "body_too_large",
+    "timeout",
+    "network_error",
+];
+pub const WEBHOOK_RESULTS: [&str; 10] = [
+    "accepted",
+    "kept",
+    "duplicate",
+    "ignored",
+    "bad_signature",
+    "stale_timestamp",
+    "jwks_unavailable",
+    "malformed",
+    "too_large",
+    "unknown_upstream",
+];
+pub const CALLBACK_RESULTS: [&str; 8] = [
+    "delivered",
+    "gone",
+    "refused",
+    "redirect",
+    "http_error",
+    "rate_limited",
+    "timeout",
+    "network_error",
+];
+pub const DELIVERY_STATES: [&str; 2] = ["pending", "failed"];
+
+/// The content type of the classic Prometheus text format (what `/metrics` answers unless the
+/// scraper asks for OpenMetrics).
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabel {
     pub upstream: String,
@@ -42,6 +88,11 @@ pub struct CallbackLabel {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub registered: Family<UpstreamLabel, Counter>,
@@ -52,6 +103,10 @@ pub struct Metrics {
     pub callback_attempts: Family<CallbackLabel, Counter>,
     pub delivery_latency: Histogram,
     pub upstream_rate: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
+    /// Registration → successful delivery of the terminal callback.
+    pub end_to_end: Histogram,
+    /// Callbacks by delivery state: `pending` (in the outbox), `failed` (redeliver to retry).
+    pub deliveries: Family<StateLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -70,8 +125,10 @@ impl Metrics {
         let webhooks = Family::<ResultLabels, Counter>::default();
         let callback_attempts = Family::<CallbackLabel, Counter>::default();
         let upstream_rate = Family::<UpstreamLabel, Gauge<f64, AtomicU64>>::default();
-        // 1 ms .. ~33 s, doubling.
-        let delivery_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        // 10 ms .. ~11.6 h, doubling: retries run for hours.
+        let delivery_latency = Histogram::new(exponential_buckets(0.01, 2.0, 23));
+        let end_to_end = Histogram::new(exponential_buckets(0.01, 2.0, 23));
+        let deliveries = Family::<StateLabel, Gauge>::default();
         registry.register(
             "hookshim_operations_registered",
             "Operations registered by the app",
@@ -112,7 +169,19 @@ impl Metrics {
             "Status requests per second currently allowed to each upstream (lowered after 429/503, recovers to rate.per_second)",
             upstream_rate.clone(),
         );
+        registry.register(
+            "hookshim_operation_end_to_end_seconds",
+            "Time from registration to the successful delivery of the terminal callback",
+            end_to_end.clone(),
+        );
+        registry.register(
+            "hookshim_callbacks",
+            "Callbacks by delivery state: pending (in the outbox, being sent or waiting for a retry), failed (every attempt failed; redeliver to retry)",
+            deliveries.clone(),
+        );
         Metrics {
+            end_to_end,
+            deliveries,
             upstream_rate,
             registry,
             registered,
@@ -167,10 +236,182 @@ impl Metrics {
             .clone()
     }
 
+    /// Create every series with a bounded label set at zero, so dashboards and alerts see them
+    /// from start: per configured upstream, and for names that are not upstreams.
+    pub fn init_series<'a>(&self, upstreams: impl IntoIterator<Item = &'a str>) {
+        for upstream in upstreams {
+            let label = UpstreamLabel {
+                upstream: upstream.into(),
+            };
+            let _ = self.registered.get_or_create(&label);
+            let _ = self.active.get_or_create(&label);
+            for status in TERMINAL_STATUSES {
+                for via in DETECTED_VIA {
+                    let _ = self.completed.get_or_create(&CompletedLabels {
+                        upstream: upstream.into(),
+                        status: status.into(),
+                        detected_via: via.into(),
+                    });
+                }
+            }
+            for outcome in UPSTREAM_OUTCOMES {
+                let _ = self.upstream_requests.get_or_create(&OutcomeLabels {
+                    upstream: upstream.into(),
+                    outcome: outcome.into(),
+                });
+            }
+            for result in WEBHOOK_RESULTS {
+                let _ = self.webhooks.get_or_create(&ResultLabels {
+                    upstream: upstream.into(),
+                    result: result.into(),
+                });
+            }
+        }
+        for result in ["too_large", "unknown_upstream"] {
+            let _ = self.webhooks.get_or_create(&ResultLabels {
+                upstream: UNKNOWN_UPSTREAM.into(),
+                result: result.into(),
+            });
+        }
+        for result in CALLBACK_RESULTS {
+            let _ = self.callback_attempts.get_or_create(&CallbackLabel {
+                result: result.into(),
+            });
+        }
+        for state in DELIVERY_STATES {
+            let _ = self.deliveries.get_or_create(&StateLabel {
+                state: state.into(),
+            });
+        }
+    }
+
+    pub fn deliveries(&self, state: &str) -> Gauge {
+        self.deliveries
+            .get_or_create(&StateLabel {
+                state: state.into(),
+            })
+            .clone()
+    }
+
+    /// The classic Prometheus text format (0.0.4), which Prometheus' own text parser and
+    /// `prometheus_client.parser` read: see [`openmetrics_to_text`].
+    pub fn render_text(&self) -> String {
+        openmetrics_to_text(&self.render())
+    }
+
+    /// OpenMetrics 1.0 text.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Convert the OpenMetrics text `prometheus_client` (the crate) writes to the classic
+/// Prometheus text format 0.0.4. The differences for what this crate emits: a counter's
+/// `# HELP`/`# TYPE` name the sample (`x_total`, the classic parser types a family by its
+/// sample names), no `_created` samples, no `# UNIT`, no `# EOF`, `unknown` is `untyped`.
+pub fn openmetrics_to_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            let suffix = if counters.contains(name) {
+                "_total"
+            } else {
+                ""
+            };
+            // OpenMetrics escapes `"` in HELP; the classic format does not.
+            let help = help.replace("\\\"", "\"");
+            out.push_str(&format!("# HELP {name}{suffix} {help}\n"));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (suffix, kind) = match kind {
+                "counter" => ("_total", "counter"),
+                "unknown" => ("", "untyped"),
+                k => ("", k),
+            };
+            out.push_str(&format!("# TYPE {name}{suffix} {kind}\n"));
+            continue;
+        }
+        let sample = line.split(['{', ' ']).next().unwrap_or("");
+        if sample
+            .strip_suffix("_created")
+            .is_some_and(|base| counters.contains(base))
+        {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counters_by_their_samples() {
+        let m = Metrics::new();
+        m.init_series(["a"]);
+        m.callback("delivered");
+        let om = m.render();
+        assert!(
+            om.contains("# TYPE hookshim_callback_attempts counter"),
+            "{om}"
+        );
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        let text = m.render_text();
+        assert!(
+            text.contains("# TYPE hookshim_callback_attempts_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP hookshim_callback_attempts_total "),
+            "{text}"
+        );
+        assert!(
+            text.contains("hookshim_callback_attempts_total{result=\"delivered\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "hookshim_upstream_requests_total{upstream=\"a\",outcome=\"timeout\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE hookshim_operations_active gauge\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(!text.contains("_created"), "{text}");
+    }
+
+    #[test]
+    fn latency_buckets_cover_hours() {
+        let m = Metrics::new();
+        m.delivery_latency.observe(3.0 * 3600.0);
+        let text = m.render_text();
+        assert!(
+            text.contains("hookshim_callback_delivery_latency_seconds_bucket{le=\"41943.04\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hookshim_operation_end_to_end_seconds_bucket{le=\"0.01\"} 0"),
+            "{text}"
+        );
     }
 }

@@ -148,6 +148,8 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         config,
     });
 
+    shim.metrics
+        .init_series(shim.config.upstreams.keys().map(String::as_str));
     rebuild(&shim)?;
 
     let flusher_stop = CancellationToken::new();
@@ -417,6 +419,9 @@ fn rebuild(shim: &Shim) -> Result<(), StartError> {
     let spread = RESTART_SPREAD_MAX.min(Duration::from_millis(overdue as u64 * 2));
     shim.polls.spread_due(now, spread);
     let outbox = shim.store.outbox()?;
+    // Builds the failed-deliveries index of a store written before it (once).
+    let failed = shim.store.failed_deliveries()?;
+    shim.metrics.deliveries("failed").set(failed as i64);
     for entry in &outbox {
         shim.deliveries.schedule(&entry.key, entry.at.max(now));
     }

@@ -186,6 +186,9 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
                 shim.metrics
                     .delivery_latency
                     .observe(done.until(now).as_secs_f64());
+                shim.metrics
+                    .end_to_end
+                    .observe(op.created_at.until(now).as_secs_f64());
             }
             tracing::debug!(
                 op = %id,

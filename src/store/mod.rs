@@ -187,6 +187,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<usize, StoreError>;
     /// Make every write so far durable. Blocking; call it through [`GroupCommit`].
     fn flush(&self) -> Result<(), StoreError>;
+    /// How many operations' terminal callbacks failed for good (cheap: an index, not a scan of
+    /// every record; the first call on a store written before the index builds it).
+    fn failed_deliveries(&self) -> Result<u64, StoreError>;
     /// Bytes on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
 }

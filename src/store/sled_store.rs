@@ -19,6 +19,9 @@
 //! extra index entry (harmless: the poller and the deliverer read the record and skip it) but
 //! never a terminal record without its outbox entry.
 //!
+//! - `failed`:   `op_<ULID>` → empty: operations whose terminal callback failed (a superset like
+//!   the other indexes), so the failed deliveries can be counted without reading every record.
+//!   Built once from the records when missing (`meta` `failed_index` marks it built).
 //! - `meta`:     `generation` → flush generation (u64 BE) + operations then (u64 BE): written by
 //!   each flush that covers new writes, before the flush, and recorded in the mark file beside
 //!   the data after it ([`super::integrity`]): how a store that lost acknowledged data is noticed.
@@ -53,6 +56,9 @@ pub struct SledStore {
     inbox: sled::Tree,
     early: sled::Tree,
     meta: sled::Tree,
+    failed: sled::Tree,
+    /// Entries in `failed` (kept as entries are added and removed).
+    failed_count: AtomicI64,
     /// The data directory (the mark file lives there).
     dir: PathBuf,
     /// The last flush generation written; the lock also serialises flushes.
@@ -170,6 +176,9 @@ fn corrupt(dir: &Path, e: &sled::Error) -> StoreError {
     ))
 }
 
+/// The key in `meta` that says the `failed` index was built.
+const FAILED_INDEX: &[u8] = b"failed_index";
+
 /// The key of the flush generation in the `meta` tree.
 const GENERATION: &[u8] = b"generation";
 
@@ -252,6 +261,8 @@ impl SledStore {
             inbox: tree("inbox")?,
             early: tree("early")?,
             meta: tree("meta")?,
+            failed: tree("failed")?,
+            failed_count: AtomicI64::new(0),
             dir: path.to_path_buf(),
             marks: MarkWriter::start(path),
             generation: Mutex::new(0),
@@ -275,6 +286,9 @@ impl SledStore {
         store
             .operations
             .store(operations.min(i64::MAX as u64) as i64, Ordering::SeqCst);
+        store
+            .failed_count
+            .store(store.failed.len() as i64, Ordering::SeqCst);
         Ok(store)
     }
 
@@ -448,7 +462,15 @@ impl SledStore {
                 .insert(pair_key(&new.id, &e.name), ts_bytes(at).to_vec())
                 .map_err(io)?;
         }
+        let failed = |o: &Operation| o.delivery.state == DeliveryState::Failed;
+        if failed(new) && self.failed.insert(id, &[]).map_err(io)?.is_none() {
+            self.failed_count.fetch_add(1, Ordering::SeqCst);
+        }
         self.ops.insert(id, encode(new)).map_err(io)?;
+        if !failed(new) && old.is_some_and(failed) && self.failed.remove(id).map_err(io)?.is_some()
+        {
+            self.failed_count.fetch_sub(1, Ordering::SeqCst);
+        }
         if new.status.is_terminal() && old.is_none_or(|o| !o.status.is_terminal()) {
             self.active.remove(id).map_err(io)?;
         }
@@ -596,6 +618,9 @@ impl Store for SledStore {
             .map_err(io)?;
         self.active.remove(id.as_bytes()).map_err(io)?;
         self.outbox.remove(id.as_bytes()).map_err(io)?;
+        if self.failed.remove(id.as_bytes()).map_err(io)?.is_some() {
+            self.failed_count.fetch_sub(1, Ordering::SeqCst);
+        }
         for e in &op.events {
             self.outbox.remove(pair_key(id, &e.name)).map_err(io)?;
         }
@@ -761,6 +786,24 @@ impl Store for SledStore {
             operations,
         });
         Ok(())
+    }
+
+    fn failed_deliveries(&self) -> Result<u64, StoreError> {
+        if !self.meta.contains_key(FAILED_INDEX).map_err(io)? {
+            // A store written before the index: build it once from the records.
+            self.touch();
+            self.failed.clear().map_err(io)?;
+            for item in self.ops.iter() {
+                let (k, v) = item.map_err(io)?;
+                if decode(&k, &v)?.delivery.state == DeliveryState::Failed {
+                    self.failed.insert(k, &[]).map_err(io)?;
+                }
+            }
+            self.meta.insert(FAILED_INDEX, &[]).map_err(io)?;
+            self.failed_count
+                .store(self.failed.len() as i64, Ordering::SeqCst);
+        }
+        Ok(self.failed_count.load(Ordering::SeqCst).max(0) as u64)
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {

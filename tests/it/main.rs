@@ -17,6 +17,7 @@ mod hardening;
 mod hostile;
 mod lifecycle;
 mod listeners;
+mod ops;
 mod polling;
 mod presets;
 mod schemes;

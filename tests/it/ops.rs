@@ -1,0 +1,252 @@
+//! Operating hookshim (issue 14): `/metrics` read by the official Prometheus parsers in both
+//! formats, series present from start, delivery gauges kept across a restart.
+//!
+//! The parsers are Python's `prometheus_client` (pinned in `tests/sdk/requirements.txt`), run
+//! from the venv `HOOKSHIM_SDK_PYTHON` names (`bash .ci/run` sets it). Without it the parser
+//! check says it is skipped, except under `CI=true`, where that is a failure.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::{Value, json};
+
+/// The Python interpreter with `prometheus_client`, or `None` (skipped, said on stderr).
+fn python(test: &str) -> Option<std::ffi::OsString> {
+    match std::env::var_os("HOOKSHIM_SDK_PYTHON") {
+        Some(p) => Some(p),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
+            "HOOKSHIM_SDK_PYTHON is not set but CI=true: the Prometheus parser check must run in \
+             CI; run `bash .ci/run`, which creates the venv from tests/sdk/requirements.txt and \
+             exports HOOKSHIM_SDK_PYTHON=<venv>/bin/python"
+        ),
+        None => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "ops::{test} skipped the Prometheus parser check: set HOOKSHIM_SDK_PYTHON (bash .ci/run does)"
+            );
+            None
+        }
+    }
+}
+
+/// Parse `text` with `prometheus_client`'s parser for `format` (`text` = 0.0.4, `openmetrics`);
+/// answers `{family: {"type": t, "samples": [[name, labels, value], ...]}}`.
+fn parse_with_python(python: &std::ffi::OsStr, format: &str, text: &str) -> Value {
+    const SCRIPT: &str = r#"
+import json, sys
+fmt = sys.argv[1]
+if fmt == "openmetrics":
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+else:
+    from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    if f.name in out:
+        raise SystemExit("family %s twice" % f.name)
+    out[f.name] = {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
+print(json.dumps(out))
+"#;
+    let mut child = Command::new(python)
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(format)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not run {python:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the {format} parser refused /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn scrape(shim: &TestShim, accept: Option<&str>) -> (String, String) {
+    let mut req = shim.http.get(format!("{}/metrics", shim.url));
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let resp = req.send().await.unwrap();
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+    (ct, resp.text().await.unwrap())
+}
+
+/// The value of the sample `name` with exactly `labels` in parsed families.
+fn sample(families: &Value, family: &str, name: &str, labels: Value) -> Option<f64> {
+    families[family]["samples"]
+        .as_array()?
+        .iter()
+        .find(|s| s[0] == name && s[1] == labels)
+        .and_then(|s| s[2].as_f64())
+}
+
+/// A sample line's value in the text, for the checks that need no parser.
+fn line_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_negotiate_the_format_and_parse_with_the_official_parsers() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let mut shim = TestShim::start(CONFIG, &up, &recv).await;
+
+    // From start: classic text by default, every bounded series at zero.
+    let (ct, text) = scrape(&shim, None).await;
+    assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!text.contains("# EOF"), "{text}");
+    assert!(
+        text.contains("# TYPE hookshim_operations_completed_total counter\n"),
+        "{text}"
+    );
+    for series in [
+        r#"hookshim_operations_registered_total{upstream="jobs"}"#,
+        r#"hookshim_operations_active{upstream="jobs"}"#,
+        r#"hookshim_operations_completed_total{upstream="jobs",status="succeeded",detected_via="poll"}"#,
+        r#"hookshim_upstream_requests_total{upstream="jobs",outcome="rate_limited"}"#,
+        r#"hookshim_webhooks_received_total{upstream="jobs",result="accepted"}"#,
+        r#"hookshim_callback_attempts_total{result="gone"}"#,
+        r#"hookshim_callbacks{state="pending"}"#,
+        r#"hookshim_callbacks{state="failed"}"#,
+        r#"hookshim_operation_end_to_end_seconds_count"#,
+    ] {
+        assert_eq!(line_value(&text, series), Some(0.0), "{series}:\n{text}");
+    }
+    // The latency histograms reach hours.
+    assert!(
+        text.contains(r#"hookshim_callback_delivery_latency_seconds_bucket{le="41943.04"} 0"#),
+        "{text}"
+    );
+
+    // One callback delivered, one failed for good (410).
+    up.set("jobs/ok", json!({"state": "done"}));
+    up.set("jobs/gone", json!({"state": "done"}));
+    let (code, ok) = shim
+        .register(json!({"upstream": "jobs", "operation": "ok"}))
+        .await;
+    assert_eq!(code, 201, "{ok}");
+    wait_calls(&recv, &id_of(&ok), 1).await;
+    recv.set_default(Behaviour::Status(410));
+    let (code, gone) = shim
+        .register(json!({"upstream": "jobs", "operation": "gone"}))
+        .await;
+    assert_eq!(code, 201, "{gone}");
+    let gone_id = id_of(&gone);
+    eventually(Duration::from_secs(10), "delivery failed", || async {
+        (shim.op(&gone_id).await["delivery"]["state"] == "failed").then_some(())
+    })
+    .await;
+
+    let (_, text) = scrape(&shim, None).await;
+    assert_eq!(
+        line_value(&text, r#"hookshim_callbacks{state="failed"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        line_value(&text, "hookshim_operation_end_to_end_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    let (ct, om) = scrape(
+        &shim,
+        // What Prometheus sends.
+        Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+    )
+    .await;
+    assert_eq!(
+        ct,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(om.ends_with("# EOF\n"), "{om}");
+
+    if let Some(python) = python("metrics_negotiate_the_format_and_parse_with_the_official_parsers")
+    {
+        for (format, body) in [("text", &text), ("openmetrics", &om)] {
+            let families = parse_with_python(&python, format, body);
+            for (family, kind) in [
+                ("hookshim_operations_registered", "counter"),
+                ("hookshim_operations_completed", "counter"),
+                ("hookshim_callback_attempts", "counter"),
+                ("hookshim_webhooks_received", "counter"),
+                ("hookshim_upstream_requests", "counter"),
+                ("hookshim_operations_active", "gauge"),
+                ("hookshim_callbacks", "gauge"),
+                ("hookshim_upstream_rate_limit", "gauge"),
+                ("hookshim_callback_delivery_latency_seconds", "histogram"),
+                ("hookshim_operation_end_to_end_seconds", "histogram"),
+            ] {
+                assert_eq!(
+                    families[family]["type"], kind,
+                    "{format}: {family} is not a {kind}: {}",
+                    families[family]
+                );
+            }
+            assert!(
+                families
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .all(|f| f["type"] != "unknown"),
+                "{format}: an untyped family: {families}"
+            );
+            assert_eq!(
+                sample(
+                    &families,
+                    "hookshim_callback_attempts",
+                    "hookshim_callback_attempts_total",
+                    json!({"result": "gone"})
+                ),
+                Some(1.0),
+                "{format}: {families}"
+            );
+            assert_eq!(
+                sample(
+                    &families,
+                    "hookshim_callbacks",
+                    "hookshim_callbacks",
+                    json!({"state": "failed"})
+                ),
+                Some(1.0),
+                "{format}"
+            );
+        }
+    }
+
+    // Rebuilt from the store at start.
+    shim.restart().await;
+    let (_, text) = scrape(&shim, None).await;
+    assert_eq!(
+        line_value(&text, r#"hookshim_callbacks{state="failed"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    // A redelivery takes it out of the failed count.
+    recv.set_default(Behaviour::Status(200));
+    let (code, body) = shim
+        .post(&format!("/v1/operations/{gone_id}/redeliver"), &json!({}))
+        .await;
+    assert!(code < 300, "{code} {body}");
+    eventually(Duration::from_secs(10), "redelivered", || async {
+        (shim.op(&gone_id).await["delivery"]["state"] == "delivered").then_some(())
+    })
+    .await;
+    let (_, text) = scrape(&shim, None).await;
+    assert_eq!(
+        line_value(&text, r#"hookshim_callbacks{state="failed"}"#),
+        Some(0.0),
+        "{text}"
+    );
+}
