@@ -158,7 +158,29 @@ fn with_error_contract(routes: Router<Arc<Shim>>, shim: Arc<Shim>) -> Router {
         })
         .layer(DefaultBodyLimit::max(shim.config.server.max_body))
         .layer(middleware::map_response(json_errors))
+        .layer(middleware::from_fn(access_log))
         .with_state(shim)
+}
+
+/// Longest path an access-log line shows (the rest is cut).
+const LOGGED_PATH_MAX: usize = 200;
+
+/// One info line per request of either face, with its final status: method, path (never the
+/// query string nor any header: tokens and signatures travel there), status, duration.
+async fn access_log(req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path: String = req.uri().path().chars().take(LOGGED_PATH_MAX).collect();
+    let response = next.run(req).await;
+    tracing::info!(
+        target: "hookshim::access",
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    response
 }
 
 /// A path segment that is not valid UTF-8 (or otherwise unparsable) → `400 invalid_path`.

@@ -47,6 +47,14 @@ struct RawConfig {
     workers: RawWorkers,
     #[serde(default)]
     upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -233,7 +241,35 @@ pub struct Config {
     pub callbacks: CallbackConfig,
     pub workers: WorkerConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub log: LogConfig,
 }
+
+/// `[log]`: how stderr lines look. The level filter is `HOOKSHIM_LOG` (not in the file).
+#[derive(Clone, Debug, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (fields flattened: `op`, `upstream`, `status`, ...).
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// The environment variable that overrides `log.format`.
+pub const LOG_FORMAT_ENV: &str = "HOOKSHIM_LOG_FORMAT";
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -418,6 +454,7 @@ impl Config {
             "workers": {"polls_in_flight": self.workers.polls_in_flight, "deliveries_in_flight": self.workers.deliveries_in_flight,
                 "polls_in_flight_per_upstream": self.workers.polls_in_flight_per_upstream, "deliveries_in_flight_per_host": self.workers.deliveries_in_flight_per_host},
             "upstreams": ups,
+            "log": {"format": self.log.format.as_str()},
         })
     }
 }
@@ -568,7 +605,23 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
         upstreams.insert(name, resolved);
     }
 
+    let (format, from) = match env(LOG_FORMAT_ENV) {
+        Some(v) => (Some(v), LOG_FORMAT_ENV.to_string()),
+        None => (raw.log.format.clone(), "`log.format`".to_string()),
+    };
+    let log = LogConfig {
+        format: match format.as_deref().map(str::trim) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(format!(
+                    "{from}: {other:?} is not a log format; write \"text\" or \"json\""
+                ));
+            }
+        },
+    };
     Ok(Config {
+        log,
         source: source.to_string(),
         server: ServerConfig {
             listen,

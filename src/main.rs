@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hookshim::clock::{Clock, SystemClock};
-use hookshim::config::Config;
+use hookshim::config::{Config, LogFormat};
 use hookshim::service::{StartError, StartOptions, start};
 use hookshim::store::{SledStore, StoreError};
 
@@ -67,16 +67,42 @@ enum StoreCommand {
     Verify,
 }
 
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKSHIM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+/// The level filter: `HOOKSHIM_LOG` if set, else `default`; sled's own events are off unless
+/// `HOOKSHIM_LOG` names sled (they flood `debug` with its internals).
+fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    let given = std::env::var("HOOKSHIM_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let directives = match given {
+        Some(v) if v.contains("sled") => v,
+        Some(v) => format!("{v},sled=off"),
+        None => format!("{default},sled=off"),
+    };
+    tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("warning: HOOKSHIM_LOG: {e}; using {default:?}");
+        tracing_subscriber::EnvFilter::new(format!("{default},sled=off"))
+    })
+}
+
+fn init_logging(default: &str, format: LogFormat) {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(log_filter(default))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        // One object per line; the event's fields at the top level next to `message`.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_target(true)
+            .init(),
+    }
 }
 
 /// What is valid but probably a mistake, e.g. a previous webhook secret past its `until`.
@@ -113,7 +139,6 @@ fn main() -> ExitCode {
         Command::Serve {
             accept_damaged_store,
         } => {
-            init_logging("info");
             let config = match Config::load(&cli.config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -121,6 +146,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            init_logging("hookshim=info,warn", config.log.format);
             for w in warnings(&config) {
                 tracing::warn!("{w}");
             }
@@ -214,7 +240,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { jobs } => {
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

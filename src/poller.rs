@@ -213,7 +213,7 @@ async fn request(
             l.pause_until(now.plus(wait));
             if l.throttled(now) {
                 let rate = l.current_rate(now);
-                tracing::warn!(upstream = %up.name, %status, wait_ms = wait.as_millis() as u64, rate, "upstream asked us to slow down; pausing it and lowering its rate");
+                tracing::warn!(upstream = %up.name, http_status = %status, wait_ms = wait.as_millis() as u64, rate, "upstream asked us to slow down; pausing it and lowering its rate");
             }
         }
     }

@@ -250,3 +250,208 @@ async fn metrics_negotiate_the_format_and_parse_with_the_official_parsers() {
         "{text}"
     );
 }
+
+const PROC_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:{PORT}"
+
+[store]
+path = "{DATA}"
+
+[callbacks]
+default_url = "{RECV}/callback"
+retry_schedule = ["100ms"]
+
+[upstreams.jobs]
+base_url = "{UP}/"
+status_path = "jobs/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+poll = { initial = "50ms", max = "200ms" }
+"#;
+
+/// The real binary with `env`, stderr to a file in the temp dir.
+fn spawn(setup: &ProcSetup, env: &[(&str, &str)]) -> (std::process::Child, std::path::PathBuf) {
+    let err = setup.dir.path().join("serve.stderr");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookshim"));
+    cmd.arg("--config")
+        .arg(&setup.config)
+        .arg("serve")
+        .env_remove("HOOKSHIM_API_TOKEN")
+        .env_remove("HOOKSHIM_CONFIG")
+        .env_remove("HOOKSHIM_LOG")
+        .env_remove("HOOKSHIM_LOG_FORMAT")
+        .env("HOOKSHIM_CALLBACK_SECRET", CALLBACK_SECRET)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (cmd.spawn().expect("start the hookshim binary"), err)
+}
+
+async fn wait_up(http: &reqwest::Client, url: &str) {
+    eventually(Duration::from_secs(20), "hookshim to listen", || async {
+        http.get(format!("{url}/healthz"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+            .map(|_| ())
+    })
+    .await;
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} failed");
+}
+
+/// Every line of `path` as JSON (panics naming the first line that is not).
+fn json_lines(path: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}\n{text}"))
+        })
+        .collect()
+}
+
+fn access_lines(lines: &[Value]) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter(|l| l["target"] == "hookshim::access")
+        .collect()
+}
+
+#[tokio::test]
+async fn json_logs_one_access_line_per_request_and_no_sled() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let setup = ProcSetup::new(
+        &PROC_CONFIG
+            .replace("{UP}", &up.url)
+            .replace("{RECV}", &recv.url),
+    );
+    // `debug` would show sled's internals if they were not off.
+    let (mut child, err) = spawn(
+        &setup,
+        &[("HOOKSHIM_LOG_FORMAT", "json"), ("HOOKSHIM_LOG", "debug")],
+    );
+    let http = reqwest::Client::new();
+    wait_up(&http, &setup.url).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = access_lines(&json_lines(&err)).len();
+
+    up.set("jobs/a", json!({"state": "done"}));
+    let r = http
+        .post(format!("{}/v1/operations", setup.url))
+        .json(&json!({"upstream": "jobs", "operation": "a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let op: Value = r.json().await.unwrap();
+    let id = id_of(&op);
+    wait_calls(&recv, &id, 1).await;
+    let requests = [
+        ("GET", format!("/v1/operations/{id}"), 200),
+        ("GET", "/metrics".to_string(), 200),
+        ("POST", "/webhooks/nope".to_string(), 404),
+        ("GET", "/no/such/route".to_string(), 404),
+    ];
+    for (method, path, _) in &requests {
+        let url = format!("{}{path}?token=SeCrEt-in-query", setup.url);
+        let req = match *method {
+            "GET" => http.get(url),
+            _ => http.post(url).body("{}"),
+        };
+        req.header("authorization", "Bearer SeCrEt-in-header")
+            .send()
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, "TERM");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+
+    let text = std::fs::read_to_string(&err).unwrap();
+    let lines = json_lines(&err);
+    assert!(
+        !text.contains("SeCrEt"),
+        "a secret from the query or a header was logged:\n{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l["target"].as_str().unwrap_or("").starts_with("sled")),
+        "sled's events are on:\n{text}"
+    );
+    let access = access_lines(&lines);
+    assert_eq!(access.len(), before + 1 + requests.len(), "{text}");
+    let register = access[before];
+    assert_eq!(register["method"], "POST", "{register}");
+    assert_eq!(register["path"], "/v1/operations", "{register}");
+    assert_eq!(register["status"], 201, "{register}");
+    assert!(register["duration_ms"].is_u64(), "{register}");
+    for ((method, path, status), line) in requests.iter().zip(&access[before + 1..]) {
+        assert_eq!(line["method"], *method, "{line}");
+        assert_eq!(line["path"], path.as_str(), "{line}");
+        assert_eq!(line["status"], *status, "{line}");
+        assert_eq!(line["level"], "INFO", "{line}");
+    }
+    // Domain fields are plain values.
+    let finished = lines
+        .iter()
+        .find(|l| l["message"] == "operation finished")
+        .unwrap_or_else(|| panic!("no `operation finished` line:\n{text}"));
+    assert_eq!(finished["op"], id.as_str(), "{finished}");
+    assert_eq!(finished["upstream"], "jobs", "{finished}");
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    assert_eq!(finished["detected_via"], "poll", "{finished}");
+}
+
+#[test]
+fn log_format_is_checked_and_shown() {
+    let setup = ProcSetup::new(
+        &PROC_CONFIG
+            .replace("{UP}", "http://127.0.0.1:9")
+            .replace("{RECV}", "http://127.0.0.1:9"),
+    );
+    let check = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookshim"));
+        cmd.arg("--config")
+            .arg(&setup.config)
+            .arg("check")
+            .env_remove("HOOKSHIM_LOG_FORMAT")
+            .env_remove("HOOKSHIM_CONFIG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, _) = check(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(r#""format": "text""#), "{out}");
+    let (code, out, _) = check(&[("HOOKSHIM_LOG_FORMAT", "json")]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(r#""format": "json""#), "{out}");
+    let (code, _, err) = check(&[("HOOKSHIM_LOG_FORMAT", "yaml")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("HOOKSHIM_LOG_FORMAT") && err.contains(r#"write "text" or "json""#),
+        "{err}"
+    );
+}
