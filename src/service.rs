@@ -77,6 +77,12 @@ pub enum StartError {
 
 /// Open the store, rebuild the schedule, start workers and the HTTP server.
 pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartError> {
+    // Take SIGHUP over before anything listens: tokio keeps the handler for the life of the
+    // process, so a SIGHUP between here and [`Running::run_until_signal`] no longer kills it.
+    #[cfg(unix)]
+    drop(tokio::signal::unix::signal(
+        tokio::signal::unix::SignalKind::hangup(),
+    ));
     let store_path = config.store.path.clone();
     let cache = config.store.cache_bytes;
     let store: Arc<dyn Store> = Arc::new(
@@ -515,24 +521,52 @@ impl Running {
     }
 }
 
+/// Wait for SIGTERM or Ctrl-C. SIGHUP does not stop the process (its default action would):
+/// reloading is not supported yet, which is logged.
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot handle SIGHUP");
+                None
+            }
+        };
+        let hangup = async |hup: &mut Option<tokio::signal::unix::Signal>| match hup {
+            Some(h) => h.recv().await,
+            None => std::future::pending().await,
+        };
         match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+            Ok(mut term) => loop {
                 tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => return,
+                    _ = tokio::signal::ctrl_c() => return,
+                    r = hangup(&mut hup) => sighup(r, &mut hup),
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            },
+            Err(_) => loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return,
+                    r = hangup(&mut hup) => sighup(r, &mut hup),
+                }
+            },
         }
     }
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(unix)]
+fn sighup(received: Option<()>, hup: &mut Option<tokio::signal::unix::Signal>) {
+    match received {
+        Some(()) => {
+            tracing::warn!("SIGHUP: reload is not supported yet; restart to apply config changes")
+        }
+        // No more SIGHUPs can be received: stop listening for them.
+        None => *hup = None,
     }
 }

@@ -455,3 +455,51 @@ fn log_format_is_checked_and_shown() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn sighup_does_not_stop_the_process() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let setup = ProcSetup::new(
+        &PROC_CONFIG
+            .replace("{UP}", &up.url)
+            .replace("{RECV}", &recv.url),
+    );
+    let (mut child, err) = spawn(&setup, &[]);
+    let http = reqwest::Client::new();
+    wait_up(&http, &setup.url).await;
+    for _ in 0..2 {
+        signal(&child, "HUP");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "SIGHUP stopped hookshim:\n{}",
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
+    }
+    // Still serving: a registration goes through to its callback.
+    up.set("jobs/after-hup", json!({"state": "done"}));
+    let r = http
+        .post(format!("{}/v1/operations", setup.url))
+        .json(&json!({"upstream": "jobs", "operation": "after-hup"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let op: Value = r.json().await.unwrap();
+    wait_calls(&recv, &id_of(&op), 1).await;
+    let log = std::fs::read_to_string(&err).unwrap();
+    assert_eq!(
+        log.matches("SIGHUP: reload is not supported yet; restart to apply config changes")
+            .count(),
+        2,
+        "{log}"
+    );
+    signal(&child, "TERM");
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM still stops it cleanly: {status}"
+    );
+}
