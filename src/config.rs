@@ -372,7 +372,43 @@ impl Config {
                 None => msg,
             })
         })?;
-        resolve(raw, source, env).map_err(err)
+        let first = match resolve(raw, source, env) {
+            Ok(c) => return Ok(c),
+            Err(e) => e,
+        };
+        let Some(var) = missing_variable(&first) else {
+            return Err(err(first));
+        };
+        // Report every missing variable at once: resolve again with a stand-in for each one
+        // found, until another is missing or the config resolves (or fails otherwise).
+        let mut missing = vec![(var.to_string(), first.clone())];
+        while missing.len() < 100 {
+            let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
+            let lookup =
+                |k: &str| env(k).or_else(|| names.contains(&k).then(|| "unset".to_string()));
+            let Ok(raw) = toml::from_str::<RawConfig>(text) else {
+                break;
+            };
+            match resolve(raw, source, &lookup) {
+                Err(e) => match missing_variable(&e) {
+                    Some(v) if !names.contains(&v) => {
+                        let v = v.to_string();
+                        missing.push((v, e));
+                    }
+                    _ => break,
+                },
+                Ok(_) => break,
+            }
+        }
+        if missing.len() == 1 {
+            return Err(err(first));
+        }
+        let lines: Vec<String> = missing.into_iter().map(|(_, m)| format!("  {m}")).collect();
+        Err(err(format!(
+            "{} environment variables are not set; set each (or change the key that names it):\n{}",
+            lines.len(),
+            lines.join("\n")
+        )))
     }
 
     /// A human-readable rendering of the resolved config with every secret redacted.
@@ -386,10 +422,7 @@ impl Config {
                 let headers: serde_json::Map<String, serde_json::Value> = u
                     .header_templates
                     .iter()
-                    .map(|(k, v)| {
-                        let shown = if v.contains("${") { format!("<redacted, from {v}>") } else { "<redacted>".to_string() };
-                        (k.clone(), json!(shown))
-                    })
+                    .map(|(k, v)| (k.clone(), json!(shown_header(k, v))))
                     .collect();
                 (
                     u.name.clone(),
@@ -401,10 +434,14 @@ impl Config {
                         "mapping": u.mapping.describe(),
                         "not_found_after": u.not_found_after,
                         "timeout": ms(u.timeout),
-                        "rate": {"per_second": u.rate.per_second, "burst": u.rate.burst},
+                        "rate": {"per_second": u.rate.per_second, "burst": u.rate.burst,
+                            "min_per_second": u.rate.min_per_second, "increase_every": ms(u.rate.increase_every)},
                         "poll": {
+                            "enabled": u.poll.enabled,
                             "initial": ms(u.poll.initial), "multiplier": u.poll.multiplier,
-                            "max": ms(u.poll.max), "jitter": u.poll.jitter, "deadline": ms(u.poll.deadline)
+                            "max": ms(u.poll.max), "jitter": u.poll.jitter, "deadline": ms(u.poll.deadline),
+                            "finalizing": ms(u.poll.finalizing), "eta": u.poll.eta, "eta_max": ms(u.poll.eta_max),
+                            "stall_polls": u.poll.stall_polls, "hint_max": ms(u.poll.hint_max),
                         },
                         "webhook": u.webhook.as_ref().map(|w| json!({
                             "scheme": w.scheme.name(),
@@ -457,6 +494,35 @@ impl Config {
             "log": {"format": self.log.format.as_str()},
         })
     }
+}
+
+/// Headers whose values are credentials whatever they are written as (any case).
+const AUTH_HEADERS: [&str; 6] = [
+    "authorization",
+    "x-api-key",
+    "x-goog-api-key",
+    "api-key",
+    "cookie",
+    "proxy-authorization",
+];
+
+/// How `check` shows a header: a value expanded from `${VAR}` (it may hold a secret) as its
+/// template, a credential header as `<redacted>`, anything else as written.
+fn shown_header(name: &str, template: &str) -> String {
+    if template.contains("${") {
+        format!("<redacted, from {template}>")
+    } else if AUTH_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+        "<redacted>".to_string()
+    } else {
+        template.to_string()
+    }
+}
+
+/// The variable a "`key`: environment variable NAME is not set" error names.
+fn missing_variable(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once("environment variable ")?;
+    rest.strip_suffix(" is not set")
+        .filter(|n| !n.is_empty() && !n.contains(' '))
 }
 
 fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, String> {

@@ -503,3 +503,135 @@ async fn sighup_does_not_stop_the_process() {
         "SIGTERM still stops it cleanly: {status}"
     );
 }
+
+/// `hookshim -c <config> check` with `env` (and nothing else from this process's HOOKSHIM_*).
+fn check(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shim.toml");
+    std::fs::write(
+        &path,
+        config.replace("{DATA}", &dir.path().join("data").display().to_string()),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookshim"));
+    cmd.arg("--config")
+        .arg(&path)
+        .arg("check")
+        .env_remove("HOOKSHIM_LOG_FORMAT")
+        .env_remove("HOOKSHIM_CONFIG")
+        .env_remove("HOOKSHIM_API_TOKEN")
+        .env_remove("HOOKSHIM_CALLBACK_SECRET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+const CHECK_CONFIG: &str = r#"
+[store]
+path = "{DATA}"
+
+[upstreams.jobs]
+base_url = "http://127.0.0.1:9/"
+status_path = "jobs/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+headers = { Authorization = "Bearer LiTeRaL-token", x-api-key = "LiTeRaL-key", Cookie = "session=LiTeRaL-cookie", x-tenant = "acme", x-signed = "${OPS_TEST_TENANT_KEY}" }
+poll = { stall_polls = 7, hint_max = "2h" }
+
+[upstreams.claude]
+preset = "anthropic-batch"
+"#;
+
+#[test]
+fn check_shows_every_key_and_redacts_only_secrets() {
+    let (code, out, err) = check(
+        CHECK_CONFIG,
+        &[
+            ("OPS_TEST_TENANT_KEY", "EnV-secret-value"),
+            ("ANTHROPIC_API_KEY", "EnV-anthropic-key"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    for secret in ["LiTeRaL", "EnV-"] {
+        assert!(!out.contains(secret), "{secret} shown:\n{out}");
+    }
+    let json_end = out.rfind("\nconfig OK").unwrap();
+    let resolved: Value = serde_json::from_str(&out[..json_end]).unwrap();
+    let jobs = &resolved["upstreams"]["jobs"];
+    let headers = &jobs["headers"];
+    assert_eq!(headers["Authorization"], "<redacted>", "{headers}");
+    assert_eq!(headers["x-api-key"], "<redacted>", "{headers}");
+    assert_eq!(headers["Cookie"], "<redacted>", "{headers}");
+    assert_eq!(headers["x-tenant"], "acme", "{headers}");
+    assert_eq!(
+        headers["x-signed"], "<redacted, from ${OPS_TEST_TENANT_KEY}>",
+        "{headers}"
+    );
+    let claude = &resolved["upstreams"]["claude"]["headers"];
+    assert_eq!(claude["anthropic-version"], "2023-06-01", "{claude}");
+    assert_eq!(
+        claude["x-api-key"], "<redacted, from ${ANTHROPIC_API_KEY}>",
+        "{claude}"
+    );
+    // Every poll and rate key, with its effective value.
+    let poll = jobs["poll"].as_object().unwrap();
+    for key in [
+        "enabled",
+        "initial",
+        "multiplier",
+        "max",
+        "jitter",
+        "deadline",
+        "finalizing",
+        "eta",
+        "eta_max",
+        "stall_polls",
+        "hint_max",
+    ] {
+        assert!(
+            poll.contains_key(key),
+            "poll.{key} missing: {}",
+            jobs["poll"]
+        );
+    }
+    assert_eq!(jobs["poll"]["stall_polls"], 7);
+    assert_eq!(jobs["poll"]["hint_max"], "2h");
+    assert_eq!(jobs["poll"]["enabled"], true);
+    for key in ["per_second", "burst", "min_per_second", "increase_every"] {
+        assert!(
+            !jobs["rate"][key].is_null(),
+            "rate.{key} missing: {}",
+            jobs["rate"]
+        );
+    }
+    assert_eq!(resolved["log"]["format"], "text");
+}
+
+#[test]
+fn check_reports_every_missing_variable_at_once() {
+    let (code, out, err) = check(CHECK_CONFIG, &[]);
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(err.contains("2 environment variables are not set"), "{err}");
+    for line in [
+        "`upstreams.claude.headers.x-api-key`: environment variable ANTHROPIC_API_KEY is not set",
+        "`upstreams.jobs.headers.x-signed`: environment variable OPS_TEST_TENANT_KEY is not set",
+    ] {
+        assert!(err.contains(line), "missing `{line}` in:\n{err}");
+    }
+    // One missing: the message as before.
+    let (code, _, err) = check(CHECK_CONFIG, &[("ANTHROPIC_API_KEY", "k")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "`upstreams.jobs.headers.x-signed`: environment variable OPS_TEST_TENANT_KEY is not set"
+        ) && !err.contains("environment variables are not set"),
+        "{err}"
+    );
+}
