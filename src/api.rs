@@ -95,6 +95,7 @@ impl From<RegisterError> for ApiError {
             RegisterError::CallbackNotAllowed(_) => (unprocessable, "callback_not_allowed"),
             RegisterError::MetadataTooLarge(_) => (unprocessable, "metadata_too_large"),
             RegisterError::InvalidDeadline(_) => (unprocessable, "invalid_deadline"),
+            RegisterError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             RegisterError::Store(e) => return ApiError::store(e.clone()),
         };
         ApiError::new(status, code, e.to_string())

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::{EARLY_WEBHOOK_WINDOW, Shim};
 use crate::address::check_callback_url;
+use crate::clock::Timestamp;
 use crate::ids::OperationId;
 use crate::metrics::UpstreamLabel;
 use crate::operation::{NewOperation, Operation};
@@ -30,7 +31,8 @@ pub struct Registration {
     pub operation: String,
     pub callback_url: Option<String>,
     pub metadata: Option<Value>,
-    /// A duration such as `"2h"`; the upstream's `poll.deadline` when absent.
+    /// A duration such as `"2h"` or an RFC 3339 time such as `"2026-12-01T18:00:00Z"`; the
+    /// upstream's `poll.deadline` when absent.
     pub deadline: Option<String>,
 }
 
@@ -47,6 +49,9 @@ pub enum RegisterError {
     MetadataTooLarge(usize),
     #[error("{0}")]
     InvalidDeadline(String),
+    /// The same `(upstream, operation)` was registered with another `callback_url`.
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -80,12 +85,12 @@ pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, Regi
             return Err(RegisterError::MetadataTooLarge(size));
         }
     }
+    let now = shim.clock.now();
     let deadline = match &req.deadline {
         None => up.poll.deadline,
-        Some(d) => parse_deadline(d)?,
+        Some(d) => parse_deadline(d, now)?,
     };
 
-    let now = shim.clock.now();
     let deadline_at = now.plus(deadline);
     let sample = rand::random_range(-1.0..=1.0);
     let first = first_poll_at(&up.rules(), now, deadline_at, sample);
@@ -104,7 +109,21 @@ pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, Regi
         deadline_at,
         callback_events: up.callback_events.clone(),
     });
+    let explicit_url = req.callback_url.is_some().then(|| op.callback_url.clone());
     let registered = shim.store.register(op, EARLY_WEBHOOK_WINDOW)?;
+    if let (Registered::Existing(existing), Some(url)) = (&registered, explicit_url) {
+        if existing.callback_url != url {
+            return Err(RegisterError::Conflict(format!(
+                "{} {:?} is already registered (id {}) with callback_url {}; register it with \
+                 the same callback_url, or DELETE /v1/operations/{} first",
+                existing.upstream,
+                existing.operation,
+                existing.id,
+                existing.callback_url.as_deref().unwrap_or("none"),
+                existing.id
+            )));
+        }
+    }
     if let Registered::Created { op, .. } = &registered {
         // Schedule even if the flush below fails: the record is in the store either way.
         shim.metrics
@@ -131,10 +150,30 @@ pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, Regi
     Ok(registered)
 }
 
-fn parse_deadline(d: &str) -> Result<Duration, RegisterError> {
-    let parsed = humantime::parse_duration(d).map_err(|e| {
-        RegisterError::InvalidDeadline(format!("deadline {d:?}: {e}; write e.g. \"2h\""))
-    })?;
+/// A duration (`"2h"`) from now, or an RFC 3339 time (`"2026-12-01T18:00:00Z"`).
+fn parse_deadline(d: &str, now: Timestamp) -> Result<Duration, RegisterError> {
+    let parsed = match humantime::parse_duration(d) {
+        Ok(p) => p,
+        Err(e) => match humantime::parse_rfc3339_weak(d) {
+            Ok(at) => {
+                let at = Timestamp::from_system(at);
+                if at <= now {
+                    return Err(RegisterError::InvalidDeadline(format!(
+                        "deadline {d:?} is in the past (now is {}); write a later time or a \
+                         duration such as \"2h\"",
+                        now.rfc3339()
+                    )));
+                }
+                now.until(at)
+            }
+            Err(_) => {
+                return Err(RegisterError::InvalidDeadline(format!(
+                    "deadline {d:?}: {e}; write a duration such as \"2h\" or an RFC 3339 time \
+                     such as \"2026-12-01T18:00:00Z\""
+                )));
+            }
+        },
+    };
     if parsed.is_zero() {
         return Err(RegisterError::InvalidDeadline(
             "deadline must be more than 0s".into(),

@@ -635,3 +635,79 @@ fn check_reports_every_missing_variable_at_once() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn deadline_takes_a_duration_or_an_rfc3339_time() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(CONFIG, &up, &recv).await;
+    up.set("jobs/d1", json!({"state": "running"}));
+    up.set("jobs/d2", json!({"state": "running"}));
+    let secs = |v: &Value| {
+        humantime::parse_rfc3339(v.as_str().unwrap())
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let now = time_now_secs();
+    let (code, a) = shim
+        .register(json!({"upstream": "jobs", "operation": "d1", "deadline": "2h"}))
+        .await;
+    assert_eq!(code, 201, "{a}");
+    assert!(
+        (secs(&a["deadline_at"]) as i64 - (now + 7200) as i64).abs() <= 5,
+        "{a}"
+    );
+    let at = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs(now + 3 * 3600),
+    )
+    .to_string();
+    let (code, b) = shim
+        .register(json!({"upstream": "jobs", "operation": "d2", "deadline": at}))
+        .await;
+    assert_eq!(code, 201, "{b}");
+    assert!(
+        (secs(&b["deadline_at"]) as i64 - (now + 3 * 3600) as i64).abs() <= 1,
+        "{b}"
+    );
+    for bad in ["2001-01-01T00:00:00Z", "tomorrow", "3000-01-01T00:00:00Z"] {
+        let (code, e) = shim
+            .register(json!({"upstream": "jobs", "operation": "d3", "deadline": bad}))
+            .await;
+        assert_eq!(code, 422, "{bad}: {e}");
+        assert_eq!(e["error"]["code"], "invalid_deadline", "{e}");
+    }
+}
+
+#[tokio::test]
+async fn a_re_registration_with_another_callback_url_is_a_conflict() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(CONFIG, &up, &recv).await;
+    up.set("jobs/c", json!({"state": "running"}));
+    let first = format!("{}/one", recv.url);
+    let (code, op) = shim
+        .register(json!({"upstream": "jobs", "operation": "c", "callback_url": first}))
+        .await;
+    assert_eq!(code, 201, "{op}");
+    // The same again, and without a callback_url: the existing record.
+    let (code, again) = shim
+        .register(json!({"upstream": "jobs", "operation": "c", "callback_url": first}))
+        .await;
+    assert_eq!((code, &again["id"]), (200, &op["id"]), "{again}");
+    let (code, again) = shim
+        .register(json!({"upstream": "jobs", "operation": "c"}))
+        .await;
+    assert_eq!((code, &again["id"]), (200, &op["id"]), "{again}");
+    let (code, e) = shim
+        .register(json!({"upstream": "jobs", "operation": "c", "callback_url": format!("{}/two", recv.url)}))
+        .await;
+    assert_eq!(code, 409, "{e}");
+    assert_eq!(e["error"]["code"], "conflict", "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("/one"),
+        "{e}"
+    );
+    assert_eq!(shim.op(&id_of(&op)).await["callback_url"], first.as_str());
+}
