@@ -523,6 +523,10 @@ async fn metrics(State(shim): State<Arc<Shim>>, headers: HeaderMap) -> Response 
     shim.metrics
         .deliveries("pending")
         .set(shim.deliveries.len() as i64);
+    for (upstream, status, n) in shim.store.active_by_status() {
+        shim.metrics
+            .operations_by_status(&upstream, status.as_str(), n as i64);
+    }
     if let Ok(failed) = shim.store.failed_deliveries() {
         shim.metrics.deliveries("failed").set(failed as i64);
     }

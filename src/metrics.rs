@@ -52,6 +52,7 @@ pub const CALLBACK_RESULTS: [&str; 8] = [
     "network_error",
 ];
 pub const DELIVERY_STATES: [&str; 2] = ["pending", "failed"];
+pub const ACTIVE_STATUSES: [&str; 2] = ["pending", "running"];
 
 /// The content type of the classic Prometheus text format (what `/metrics` answers unless the
 /// scraper asks for OpenMetrics).
@@ -89,6 +90,12 @@ pub struct CallbackLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub upstream: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -107,6 +114,8 @@ pub struct Metrics {
     pub end_to_end: Histogram,
     /// Callbacks by delivery state: `pending` (in the outbox), `failed` (redeliver to retry).
     pub deliveries: Family<StateLabel, Gauge>,
+    /// Operations not finished, by upstream and status (`pending`, `running`).
+    pub by_status: Family<StatusLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -129,6 +138,7 @@ impl Metrics {
         let delivery_latency = Histogram::new(exponential_buckets(0.01, 2.0, 23));
         let end_to_end = Histogram::new(exponential_buckets(0.01, 2.0, 23));
         let deliveries = Family::<StateLabel, Gauge>::default();
+        let by_status = Family::<StatusLabels, Gauge>::default();
         registry.register(
             "hookshim_operations_registered",
             "Operations registered by the app",
@@ -179,7 +189,13 @@ impl Metrics {
             "Callbacks by delivery state: pending (in the outbox, being sent or waiting for a retry), failed (every attempt failed; redeliver to retry)",
             deliveries.clone(),
         );
+        registry.register(
+            "hookshim_operations_by_status",
+            "Operations not finished, by status (pending, running); finished ones are counted by hookshim_operations_completed",
+            by_status.clone(),
+        );
         Metrics {
+            by_status,
             end_to_end,
             deliveries,
             upstream_rate,
@@ -245,6 +261,9 @@ impl Metrics {
             };
             let _ = self.registered.get_or_create(&label);
             let _ = self.active.get_or_create(&label);
+            for status in ACTIVE_STATUSES {
+                self.operations_by_status(upstream, status, 0);
+            }
             for status in TERMINAL_STATUSES {
                 for via in DETECTED_VIA {
                     let _ = self.completed.get_or_create(&CompletedLabels {
@@ -283,6 +302,15 @@ impl Metrics {
                 state: state.into(),
             });
         }
+    }
+
+    pub fn operations_by_status(&self, upstream: &str, status: &str, n: i64) {
+        self.by_status
+            .get_or_create(&StatusLabels {
+                upstream: upstream.into(),
+                status: status.into(),
+            })
+            .set(n);
     }
 
     pub fn deliveries(&self, state: &str) -> Gauge {

@@ -187,6 +187,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<usize, StoreError>;
     /// Make every write so far durable. Blocking; call it through [`GroupCommit`].
     fn flush(&self) -> Result<(), StoreError>;
+    /// Non-terminal operations by upstream and status (`pending`, `running`): counted by
+    /// [`Store::for_each_scheduled`] at start, kept by every write since.
+    fn active_by_status(&self) -> Vec<(String, Status, u64)>;
     /// How many operations' terminal callbacks failed for good (cheap: an index, not a scan of
     /// every record; the first call on a store written before the index builds it).
     fn failed_deliveries(&self) -> Result<u64, StoreError>;

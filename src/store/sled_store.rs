@@ -4,8 +4,9 @@
 //! - `ops`:      `op_<ULID>` → the operation record (JSON). ULIDs sort by creation time, which
 //!   gives the list endpoint a stable cursor.
 //! - `keys`:     `upstream\0operation` → `op_<ULID>`: makes registration idempotent.
-//! - `active`:   `op_<ULID>` → next poll (u64 BE ms) + upstream name: the schedule, rebuilt at start
-//!   without reading every record.
+//! - `active`:   `op_<ULID>` → next poll (u64 BE ms) + upstream name + `\0` + status (`pending` or
+//!   `running`): the schedule, rebuilt at start without reading every record. Entries written
+//!   before the status was added have none; their record is read once at start.
 //! - `outbox`:   `op_<ULID>` → next attempt (u64 BE ms): terminal callbacks still to send;
 //!   `op_<ULID>\0<event>` → next attempt: event callbacks (`requires_action_<n>`) still to send.
 //! - `inbox`:    `upstream\0webhook-id` → received (u64 BE ms): webhook de-duplication.
@@ -45,7 +46,7 @@ use super::integrity::{self, Mark, MarkWriter};
 use super::{ListFilter, OutboxEntry, Registered, Store, StoreError, Updated, WebhookRecord};
 use crate::clock::Timestamp;
 use crate::ids::{DeliveryKey, OperationId};
-use crate::operation::{DeliveryState, EventOutcome, Operation, WEBHOOK_READS};
+use crate::operation::{DeliveryState, EventOutcome, Operation, Status, WEBHOOK_READS};
 
 pub struct SledStore {
     db: sled::Db,
@@ -59,6 +60,9 @@ pub struct SledStore {
     failed: sled::Tree,
     /// Entries in `failed` (kept as entries are added and removed).
     failed_count: AtomicI64,
+    /// Non-terminal operations by upstream and status: counted from `active` by
+    /// [`Store::for_each_scheduled`] at start, then kept by every write and delete.
+    active_counts: Mutex<ActiveCounts>,
     /// The data directory (the mark file lives there).
     dir: PathBuf,
     /// The last flush generation written; the lock also serialises flushes.
@@ -150,7 +154,34 @@ fn encode(op: &Operation) -> Vec<u8> {
 fn active_value(op: &Operation) -> Vec<u8> {
     let mut v = ts_bytes(op.next_poll_at.unwrap_or(op.deadline_at)).to_vec();
     v.extend_from_slice(op.upstream.as_bytes());
+    v.push(0);
+    v.extend_from_slice(op.status.as_str().as_bytes());
     v
+}
+
+/// The upstream and (if recorded) the status of an `active` value.
+fn active_parts(v: &[u8]) -> (String, Option<Status>) {
+    let rest = v.get(8..).unwrap_or_default();
+    match rest.iter().position(|b| *b == 0) {
+        Some(i) => (
+            String::from_utf8_lossy(&rest[..i]).into_owned(),
+            std::str::from_utf8(&rest[i + 1..])
+                .ok()
+                .and_then(Status::parse),
+        ),
+        None => (String::from_utf8_lossy(rest).into_owned(), None),
+    }
+}
+
+/// Non-terminal operations per upstream: `[pending, running]`.
+type ActiveCounts = std::collections::HashMap<String, [i64; 2]>;
+
+fn active_slot(status: Status) -> Option<usize> {
+    match status {
+        Status::Pending => Some(0),
+        Status::Running => Some(1),
+        _ => None,
+    }
 }
 
 /// The outcome kept with an early webhook, if any. A value that cannot be read is treated as
@@ -263,6 +294,7 @@ impl SledStore {
             meta: tree("meta")?,
             failed: tree("failed")?,
             failed_count: AtomicI64::new(0),
+            active_counts: Mutex::new(ActiveCounts::new()),
             dir: path.to_path_buf(),
             marks: MarkWriter::start(path),
             generation: Mutex::new(0),
@@ -446,6 +478,10 @@ impl SledStore {
     /// of the entries only `old` needed. The caller holds the id lock.
     fn write(&self, old: Option<&Operation>, new: &Operation) -> Result<(), StoreError> {
         self.touch();
+        if old.is_none_or(|o| o.status != new.status || o.upstream != new.upstream) {
+            self.count_active(old, -1);
+            self.count_active(Some(new), 1);
+        }
         let id = new.id.as_bytes();
         if !new.status.is_terminal() {
             self.active.insert(id, active_value(new)).map_err(io)?;
@@ -487,6 +523,20 @@ impl SledStore {
             }
         }
         Ok(())
+    }
+
+    fn count_active(&self, op: Option<&Operation>, by: i64) {
+        if let Some((op, slot)) = op.and_then(|o| Some((o, active_slot(o.status)?))) {
+            let mut counts = self.active_counts.lock().unwrap_or_else(|p| p.into_inner());
+            match counts.get_mut(&op.upstream) {
+                Some(c) => c[slot] += by,
+                None => {
+                    let mut c = [0; 2];
+                    c[slot] = by;
+                    counts.insert(op.upstream.clone(), c);
+                }
+            }
+        }
     }
 
     /// Read-modify-write under the id lock (the caller must not hold it).
@@ -617,6 +667,7 @@ impl Store for SledStore {
             )
             .map_err(io)?;
         self.active.remove(id.as_bytes()).map_err(io)?;
+        self.count_active(Some(&op), -1);
         self.outbox.remove(id.as_bytes()).map_err(io)?;
         if self.failed.remove(id.as_bytes()).map_err(io)?.is_some() {
             self.failed_count.fetch_sub(1, Ordering::SeqCst);
@@ -708,15 +759,23 @@ impl Store for SledStore {
         f: &mut dyn FnMut(OperationId, &str, Timestamp),
     ) -> Result<usize, StoreError> {
         let mut n = 0;
+        let mut counts = ActiveCounts::new();
         for item in self.active.iter() {
             let (k, v) = item.map_err(io)?;
-            f(
-                OperationId::from_text(String::from_utf8_lossy(&k)),
-                &String::from_utf8_lossy(v.get(8..).unwrap_or_default()),
-                ts_from(&v),
-            );
+            let id = OperationId::from_text(String::from_utf8_lossy(&k));
+            let (upstream, status) = active_parts(&v);
+            // An entry written before the status was recorded: read it from the record.
+            let status = match status {
+                Some(s) => Some(s),
+                None => self.get(&id)?.map(|o| o.status),
+            };
+            if let Some(slot) = status.and_then(active_slot) {
+                counts.entry(upstream.clone()).or_insert([0; 2])[slot] += 1;
+            }
+            f(id, &upstream, ts_from(&v));
             n += 1;
         }
+        *self.active_counts.lock().unwrap_or_else(|p| p.into_inner()) = counts;
         Ok(n)
     }
 
@@ -786,6 +845,17 @@ impl Store for SledStore {
             operations,
         });
         Ok(())
+    }
+
+    fn active_by_status(&self) -> Vec<(String, Status, u64)> {
+        let counts = self.active_counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts
+            .iter()
+            .flat_map(|(u, c)| {
+                [(Status::Pending, c[0]), (Status::Running, c[1])]
+                    .map(|(s, n)| (u.clone(), s, n.max(0) as u64))
+            })
+            .collect()
     }
 
     fn failed_deliveries(&self) -> Result<u64, StoreError> {
@@ -869,6 +939,19 @@ mod tests {
     use super::*;
     use crate::operation::{DetectedVia, Status, sample};
     use crate::store::WebhookRecord;
+
+    #[test]
+    fn active_values_carry_the_status_and_old_ones_still_read() {
+        let mut v = ts_bytes(Timestamp(5)).to_vec();
+        v.extend_from_slice(b"jobs");
+        assert_eq!(active_parts(&v), ("jobs".to_string(), None));
+        v.extend_from_slice(b"\0running");
+        assert_eq!(
+            active_parts(&v),
+            ("jobs".to_string(), Some(Status::Running))
+        );
+        assert_eq!(ts_from(&v), Timestamp(5));
+    }
 
     fn store() -> (tempfile::TempDir, SledStore) {
         let dir = tempfile::tempdir().unwrap();
