@@ -172,7 +172,7 @@ fn main() -> ExitCode {
             rt.block_on(async {
                 match start(config, StartOptions::default()).await {
                     Ok(running) => {
-                        running.run_until_signal().await;
+                        running.run_until_signal_reloading(cli.config.clone()).await;
                         ExitCode::SUCCESS
                     }
                     Err(StartError::Store(e @ StoreError::Damaged(_))) => {

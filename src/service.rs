@@ -4,9 +4,10 @@
 //! in-flight work → flush → return). Nothing here decides anything about an operation: the
 //! stages do, through the state module below them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -151,6 +152,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         shutdown: CancellationToken::new(),
         workers_running: AtomicBool::new(false),
         reads: Default::default(),
+        allowed_hosts: std::sync::RwLock::new(Arc::new(config.callbacks.allowed_hosts.clone())),
         config,
     });
 
@@ -513,17 +515,104 @@ impl Running {
         tracing::info!("hookshim stopped");
     }
 
-    /// Run until SIGTERM or Ctrl-C, then stop gracefully.
+    /// Run until SIGTERM or Ctrl-C, then stop gracefully. SIGHUP reloads nothing.
     pub async fn run_until_signal(self) {
-        wait_for_signal().await;
+        wait_for_signal(&mut || {
+            tracing::warn!("SIGHUP: reload is not supported here; restart to apply config changes")
+        })
+        .await;
+        tracing::info!("shutdown signal received; finishing in-flight work");
+        self.stop().await;
+    }
+
+    /// [`Running::run_until_signal`], and each SIGHUP re-reads `config` and applies what can
+    /// change without a restart (see [`reload`]).
+    pub async fn run_until_signal_reloading(self, config: PathBuf) {
+        let shim = self.shim.clone();
+        wait_for_signal(&mut || reload(&shim, &config)).await;
         tracing::info!("shutdown signal received; finishing in-flight work");
         self.stop().await;
     }
 }
 
+/// The keys a SIGHUP applies; every other change needs a restart (and is logged as such).
+pub const RELOADABLE: &[&str] = &["callbacks.allowed_hosts"];
+
+/// Re-read the config file: apply `callbacks.allowed_hosts`, log every other key that changed
+/// (they need a restart; secrets are compared by where they come from, not by value). A config
+/// that does not load changes nothing.
+pub fn reload(shim: &Shim, path: &Path) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: config not reloaded; nothing changed");
+            return;
+        }
+    };
+    let (mut old_keys, mut new_keys) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", &shim.config.redacted(), &mut old_keys);
+    // The hosts in force may already differ from the file at start (an earlier reload).
+    old_keys.insert(
+        "callbacks.allowed_hosts".to_string(),
+        serde_json::json!(*shim.allowed_hosts()).to_string(),
+    );
+    flatten("", &new.redacted(), &mut new_keys);
+    let changed: Vec<String> = old_keys
+        .keys()
+        .chain(new_keys.keys())
+        .filter(|k| old_keys.get(*k) != new_keys.get(*k))
+        .map(|k| {
+            // `callbacks.allowed_hosts[1]` and such: name the key.
+            k.split('[').next().unwrap_or(k).to_string()
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let (applied, not): (Vec<String>, Vec<String>) = changed
+        .into_iter()
+        .partition(|k| RELOADABLE.contains(&k.as_str()));
+    if !applied.is_empty() {
+        let hosts = Arc::new(new.callbacks.allowed_hosts.clone());
+        match shim.allowed_hosts.write() {
+            Ok(mut h) => *h = hosts,
+            Err(p) => *p.into_inner() = hosts,
+        }
+    }
+    if !not.is_empty() {
+        tracing::warn!(
+            not_applied = not.join(", "),
+            "SIGHUP: these keys changed but need a restart to apply"
+        );
+    }
+    tracing::info!(
+        applied = applied.join(", "),
+        reloadable = RELOADABLE.join(", "),
+        "SIGHUP: config reloaded"
+    );
+}
+
+/// `value` as `dotted.path` → JSON text of each leaf.
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        serde_json::Value::Object(m) if !m.is_empty() => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
 /// Wait for SIGTERM or Ctrl-C. SIGHUP does not stop the process (its default action would):
-/// reloading is not supported yet, which is logged.
-async fn wait_for_signal() {
+/// `on_hup` runs for each.
+async fn wait_for_signal(on_hup: &mut (dyn FnMut() + Send)) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -543,13 +632,13 @@ async fn wait_for_signal() {
                 tokio::select! {
                     _ = term.recv() => return,
                     _ = tokio::signal::ctrl_c() => return,
-                    r = hangup(&mut hup) => sighup(r, &mut hup),
+                    r = hangup(&mut hup) => sighup(r, &mut hup, on_hup),
                 }
             },
             Err(_) => loop {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => return,
-                    r = hangup(&mut hup) => sighup(r, &mut hup),
+                    r = hangup(&mut hup) => sighup(r, &mut hup, on_hup),
                 }
             },
         }
@@ -561,11 +650,13 @@ async fn wait_for_signal() {
 }
 
 #[cfg(unix)]
-fn sighup(received: Option<()>, hup: &mut Option<tokio::signal::unix::Signal>) {
+fn sighup(
+    received: Option<()>,
+    hup: &mut Option<tokio::signal::unix::Signal>,
+    on_hup: &mut (dyn FnMut() + Send),
+) {
     match received {
-        Some(()) => {
-            tracing::warn!("SIGHUP: reload is not supported yet; restart to apply config changes")
-        }
+        Some(()) => on_hup(),
         // No more SIGHUPs can be received: stop listening for them.
         None => *hup = None,
     }

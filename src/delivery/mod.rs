@@ -149,7 +149,7 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
 
     // A host removed from the allow-list since registration (or a port or address the rules
     // refuse now) is not called.
-    let result = match crate::address::check_callback_url(&url, shim.config.callbacks.rules()) {
+    let result = match shim.check_callback_url(&url) {
         Err(e) => AttemptResult::Refused(format!("not sent: callback_url {e}")),
         Ok(_) => match call(shim, &url, &webhook_id, signature, ts, body).await {
             Some(r) => r,

@@ -71,6 +71,9 @@ pub struct Shim {
     pub workers_running: AtomicBool,
     /// Status reads in flight: `DELETE` cancels the read of the operation it removes.
     pub reads: InFlightReads,
+    /// `callbacks.allowed_hosts` as it is now: the config's at start, replaced by a SIGHUP
+    /// reload. Read it through [`Shim::callback_rules`].
+    pub allowed_hosts: std::sync::RwLock<Arc<Vec<String>>>,
 }
 
 /// Status reads in flight, by operation (at most one per operation: the queue holds an id once).
@@ -116,6 +119,24 @@ impl Drop for InFlightRead<'_> {
 }
 
 impl Shim {
+    /// The hosts callbacks may go to now (`callbacks.allowed_hosts`, reloadable by SIGHUP).
+    pub fn allowed_hosts(&self) -> Arc<Vec<String>> {
+        self.allowed_hosts
+            .read()
+            .map(|h| h.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Check a callback URL against the current rules (hosts as reloaded, the rest as started).
+    pub fn check_callback_url(&self, url: &str) -> Result<reqwest::Url, String> {
+        let hosts = self.allowed_hosts();
+        let rules = crate::address::Rules {
+            hosts: &hosts,
+            ..self.config.callbacks.rules()
+        };
+        crate::address::check_callback_url(url, rules)
+    }
+
     /// Run `f` unless shutdown starts and `grace` passes first (`None` then).
     pub async fn unless_stopping<F: std::future::Future>(
         &self,

@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{EARLY_WEBHOOK_WINDOW, Shim};
-use crate::address::check_callback_url;
 use crate::clock::Timestamp;
 use crate::ids::OperationId;
 use crate::metrics::UpstreamLabel;
@@ -68,7 +67,7 @@ pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, Regi
         prepare_operation(up, &req.operation).map_err(RegisterError::InvalidOperation)?;
     let callback_url = match &req.callback_url {
         Some(u) => Some(
-            check_callback_url(u, shim.config.callbacks.rules())
+            shim.check_callback_url(u)
                 .map_err(RegisterError::CallbackNotAllowed)?
                 .to_string(),
         ),

@@ -457,44 +457,101 @@ fn log_format_is_checked_and_shown() {
 }
 
 #[tokio::test]
-async fn sighup_does_not_stop_the_process() {
+async fn sighup_reloads_allowed_hosts_and_keeps_serving() {
     let up = FakeUpstream::start().await;
     let recv = Receiver::start().await;
-    let setup = ProcSetup::new(
-        &PROC_CONFIG
-            .replace("{UP}", &up.url)
-            .replace("{RECV}", &recv.url),
-    );
+    let base = PROC_CONFIG
+        .replace("{UP}", &up.url)
+        .replace("{RECV}", &recv.url)
+        .replace(
+            "[callbacks]",
+            "[callbacks]\nallowed_hosts = [\"127.0.0.1\"]",
+        );
+    let setup = ProcSetup::new(&base);
+    let written = std::fs::read_to_string(&setup.config).unwrap();
     let (mut child, err) = spawn(&setup, &[]);
     let http = reqwest::Client::new();
     wait_up(&http, &setup.url).await;
-    for _ in 0..2 {
-        signal(&child, "HUP");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = || std::fs::read_to_string(&err).unwrap_or_default();
+    let alive = |child: &mut std::process::Child| {
         assert!(
             child.try_wait().unwrap().is_none(),
             "SIGHUP stopped hookshim:\n{}",
-            std::fs::read_to_string(&err).unwrap_or_default()
+            log()
         );
-    }
-    // Still serving: a registration goes through to its callback.
-    up.set("jobs/after-hup", json!({"state": "done"}));
-    let r = http
-        .post(format!("{}/v1/operations", setup.url))
-        .json(&json!({"upstream": "jobs", "operation": "after-hup"}))
-        .send()
-        .await
+    };
+    let port = recv.url.rsplit(':').next().unwrap().to_string();
+    let register = |name: &'static str| {
+        let (http, url, cb) = (
+            http.clone(),
+            setup.url.clone(),
+            format!("http://localhost:{port}/callback"),
+        );
+        async move {
+            let r = http
+                .post(format!("{url}/v1/operations"))
+                .json(&json!({"upstream": "jobs", "operation": name, "callback_url": cb}))
+                .send()
+                .await
+                .unwrap();
+            let code = r.status().as_u16();
+            (code, r.json::<Value>().await.unwrap())
+        }
+    };
+    up.set("jobs/before", json!({"state": "running"}));
+    up.set("jobs/after", json!({"state": "running"}));
+    let (code, e) = register("before").await;
+    assert_eq!(code, 422, "localhost is not allowed yet: {e}");
+
+    // A config that does not load changes nothing.
+    std::fs::write(&setup.config, format!("{written}\n[nonsense]\n")).unwrap();
+    signal(&child, "HUP");
+    eventually(Duration::from_secs(5), "the reload error", || async {
+        log().contains("SIGHUP: config not reloaded").then_some(())
+    })
+    .await;
+    alive(&mut child);
+
+    // allowed_hosts applies; workers.polls_in_flight is reported as needing a restart.
+    let changed = written
+        .replace(
+            "allowed_hosts = [\"127.0.0.1\"]",
+            "allowed_hosts = [\"127.0.0.1\", \"localhost\"]",
+        )
+        .replace(
+            "[callbacks]",
+            "[workers]\npolls_in_flight = 5\n\n[callbacks]",
+        );
+    assert_ne!(changed, written);
+    std::fs::write(&setup.config, changed).unwrap();
+    signal(&child, "HUP");
+    eventually(Duration::from_secs(5), "the reload", || async {
+        log().contains("SIGHUP: config reloaded").then_some(())
+    })
+    .await;
+    alive(&mut child);
+    let text = log();
+    let reloaded = text
+        .lines()
+        .find(|l| l.contains("SIGHUP: config reloaded"))
         .unwrap();
-    assert_eq!(r.status(), 201);
-    let op: Value = r.json().await.unwrap();
-    wait_calls(&recv, &id_of(&op), 1).await;
-    let log = std::fs::read_to_string(&err).unwrap();
-    assert_eq!(
-        log.matches("SIGHUP: reload is not supported yet; restart to apply config changes")
-            .count(),
-        2,
-        "{log}"
+    assert!(
+        reloaded.contains(r#"applied="callbacks.allowed_hosts""#),
+        "{text}"
     );
+    let restart = text
+        .lines()
+        .find(|l| l.contains("need a restart"))
+        .unwrap_or_else(|| panic!("no restart line:\n{text}"));
+    assert!(restart.contains("workers.polls_in_flight"), "{text}");
+    assert!(!restart.contains("allowed_hosts"), "{text}");
+    let (code, op) = register("after").await;
+    assert_eq!(code, 201, "{op}");
+    assert_eq!(
+        op["callback_url"],
+        format!("http://localhost:{port}/callback")
+    );
+
     signal(&child, "TERM");
     let status = child.wait().unwrap();
     assert_eq!(
