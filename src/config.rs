@@ -80,6 +80,11 @@ struct RawStore {
     path: PathBuf,
     #[serde(default = "d_cache")]
     cache: Size,
+    #[serde(default = "d_max_upstream_body")]
+    max_upstream_body: Size,
+}
+fn d_max_upstream_body() -> Size {
+    Size(256 << 10)
 }
 fn d_path() -> PathBuf {
     "data".into()
@@ -92,6 +97,7 @@ impl Default for RawStore {
         RawStore {
             path: d_path(),
             cache: d_cache(),
+            max_upstream_body: d_max_upstream_body(),
         }
     }
 }
@@ -108,6 +114,8 @@ struct RawCallbacks {
     timeout: Dur,
     #[serde(default = "d_retry")]
     retry_schedule: Vec<Dur>,
+    #[serde(default)]
+    include_upstream_body: bool,
 }
 fn d_secret_env() -> String {
     "HOOKSHIM_CALLBACK_SECRET".into()
@@ -132,6 +140,7 @@ impl Default for RawCallbacks {
             allowed_hosts: d_allowed(),
             timeout: d_cb_timeout(),
             retry_schedule: d_retry(),
+            include_upstream_body: false,
         }
     }
 }
@@ -187,6 +196,9 @@ pub struct ServerConfig {
 pub struct StoreConfig {
     pub path: PathBuf,
     pub cache_bytes: u64,
+    /// The largest upstream status body kept with a record (`upstream_body`); a larger one is
+    /// kept cut to this size and flagged `upstream_body_truncated`.
+    pub max_upstream_body: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -199,6 +211,8 @@ pub struct CallbackConfig {
     pub allowed_hosts: Vec<String>,
     pub timeout: Duration,
     pub retry_schedule: Vec<Duration>,
+    /// Whether callbacks carry the kept upstream status body (`data.upstream_body`).
+    pub include_upstream_body: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -291,6 +305,11 @@ impl Config {
                             "events": w.events.iter().map(|(k, v)| (k.clone(), json!(v.as_str()))).collect::<serde_json::Map<_, _>>(),
                         })),
                         "callback_events": u.callback_events,
+                        "proxy": {
+                            "enabled": u.proxy.enabled, "callback_url": u.proxy.callback_url,
+                            "max_wait": ms(u.proxy.max_wait),
+                            "create": u.proxy.create.as_ref().map(|c| json!({"method": c.method, "path": c.path, "id_field": c.id_field})),
+                        },
                     }),
                 )
             })
@@ -303,7 +322,7 @@ impl Config {
                 "api_token": if self.server.api_token.is_some() { "<redacted, set>" } else { "<unset: API is open>" },
                 "max_body": self.server.max_body,
             },
-            "store": {"path": self.store.path.display().to_string(), "cache_bytes": self.store.cache_bytes},
+            "store": {"path": self.store.path.display().to_string(), "cache_bytes": self.store.cache_bytes, "max_upstream_body": self.store.max_upstream_body},
             "callbacks": {
                 "default_url": self.callbacks.default_url.as_ref().map(|u| u.as_str()),
                 "secret_env": self.callbacks.secret_env,
@@ -311,6 +330,7 @@ impl Config {
                 "allowed_hosts": self.callbacks.allowed_hosts,
                 "timeout": ms(self.callbacks.timeout),
                 "retry_schedule": self.callbacks.retry_schedule.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+                "include_upstream_body": self.callbacks.include_upstream_body,
             },
             "workers": {"polls_in_flight": self.workers.polls_in_flight, "deliveries_in_flight": self.workers.deliveries_in_flight},
             "upstreams": ups,
@@ -332,6 +352,9 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
 
     if raw.store.cache.0 < (1 << 20) {
         return Err("`store.cache`: must be at least 1MiB".into());
+    }
+    if raw.store.max_upstream_body.0 > (16 << 20) {
+        return Err("`store.max_upstream_body`: at most 16MiB (every record carries it); write e.g. \"256KiB\"".into());
     }
 
     let cb = raw.callbacks;
@@ -377,7 +400,12 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
                 "`upstreams.{name}`: upstream names may use only letters, digits, '-' and '_'"
             ));
         }
-        let resolved = resolve_upstream(&name, u, env)?;
+        let mut resolved = resolve_upstream(&name, u, env)?;
+        if let Some(cb) = &resolved.proxy.callback_url {
+            let checked = check_callback_url(cb, &allowed_hosts)
+                .map_err(|e| format!("`upstreams.{name}.proxy.callback_url`: {e}"))?;
+            resolved.proxy.callback_url = Some(checked.to_string());
+        }
         upstreams.insert(name, resolved);
     }
 
@@ -392,6 +420,7 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
         store: StoreConfig {
             path: raw.store.path,
             cache_bytes: raw.store.cache.0,
+            max_upstream_body: raw.store.max_upstream_body.0 as usize,
         },
         callbacks: CallbackConfig {
             default_url,
@@ -400,6 +429,7 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             allowed_hosts,
             timeout: cb.timeout.0,
             retry_schedule: cb.retry_schedule.into_iter().map(|d| d.0).collect(),
+            include_upstream_body: cb.include_upstream_body,
         },
         workers: WorkerConfig {
             polls_in_flight: raw.workers.polls_in_flight,
