@@ -182,6 +182,47 @@ pub struct Operation {
     /// They go through the same outbox as the terminal callback, independently of it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventCallback>,
+    /// The latest upstream status body hookshim holds (from a poll, a proxied create or a
+    /// proxied status read), JSON when it parsed and fit; cut to `store.max_upstream_body`
+    /// (then a string, and `upstream_body_truncated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_body: Option<Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upstream_body_truncated: bool,
+    /// The HTTP status, content type and time of the response `upstream_body` came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_body_meta: Option<BodyMeta>,
+    /// A keyed hash (HMAC) of the credential the app created the operation with through the
+    /// proxy: a status read presenting the same credential is answered from `upstream_body`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_credential: Option<String>,
+}
+
+/// Where a kept upstream body came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BodyMeta {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    pub at: Timestamp,
+}
+
+/// An upstream status response body as read, before it is kept (see [`Operation::keep_body`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamBody {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub bytes: Vec<u8>,
+}
+
+impl UpstreamBody {
+    pub fn new(status: u16, content_type: Option<String>, bytes: Vec<u8>) -> UpstreamBody {
+        UpstreamBody {
+            status,
+            content_type,
+            bytes,
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -268,6 +309,49 @@ impl Operation {
             paused: false,
             pauses: 0,
             events: Vec::new(),
+            upstream_body: None,
+            upstream_body_truncated: false,
+            upstream_body_meta: None,
+            proxy_credential: None,
+        }
+    }
+
+    /// Keep `body` as the latest upstream status body: as JSON when it is JSON of at most `max`
+    /// bytes, else the first `max` bytes as text, flagged truncated.
+    pub fn keep_body(&mut self, body: &UpstreamBody, max: usize, now: Timestamp) {
+        let parsed = (body.bytes.len() <= max)
+            .then(|| serde_json::from_slice::<Value>(&body.bytes).ok())
+            .flatten();
+        match parsed {
+            Some(v) => {
+                self.upstream_body = Some(v);
+                self.upstream_body_truncated = false;
+            }
+            None => {
+                let mut end = body.bytes.len().min(max);
+                let text = loop {
+                    match std::str::from_utf8(&body.bytes[..end]) {
+                        Ok(t) => break t.to_string(),
+                        Err(e) if e.error_len().is_none() => end = e.valid_up_to(),
+                        Err(_) => break String::from_utf8_lossy(&body.bytes[..end]).into_owned(),
+                    }
+                };
+                self.upstream_body_truncated = body.bytes.len() > max;
+                self.upstream_body = Some(Value::String(text));
+            }
+        }
+        self.upstream_body_meta = Some(BodyMeta {
+            status: body.status,
+            content_type: body.content_type.clone(),
+            at: now,
+        });
+    }
+
+    /// The kept body as it can be served in place of a status read: whole JSON only.
+    pub fn servable_body(&self) -> Option<(&Value, &BodyMeta)> {
+        match (&self.upstream_body, &self.upstream_body_meta) {
+            (Some(v), Some(m)) if !self.upstream_body_truncated && !v.is_string() => Some((v, m)),
+            _ => None,
         }
     }
 
@@ -413,6 +497,17 @@ impl Operation {
             "timestamp": completed,
             "data": self.callback_data(),
         })
+    }
+
+    /// The callback body, with the kept upstream body in `data.upstream_body` (and
+    /// `data.upstream_body_truncated`) when `include_upstream_body`.
+    pub fn callback_body_with(&self, include_upstream_body: bool) -> Value {
+        let mut body = self.callback_body();
+        if include_upstream_body {
+            body["data"]["upstream_body"] = self.upstream_body.clone().unwrap_or(Value::Null);
+            body["data"]["upstream_body_truncated"] = Value::Bool(self.upstream_body_truncated);
+        }
+        body
     }
 
     /// The `data` of a callback: the operation as the app sees it.
