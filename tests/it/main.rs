@@ -17,5 +17,6 @@ mod hardening;
 mod lifecycle;
 mod polling;
 mod presets;
+mod proxy;
 mod schemes;
 mod store_damage;
