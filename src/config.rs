@@ -515,6 +515,54 @@ mod tests {
     }
 
     #[test]
+    fn proxy_keys_are_resolved_and_checked() {
+        let c = Config::parse(GOOD, "shim.toml", &env).unwrap();
+        let p = &c.upstreams["jobs"].proxy;
+        assert!(!p.enabled, "off by default");
+        assert_eq!(p.max_wait, Duration::from_secs(5));
+        assert_eq!(c.store.max_upstream_body, 256 << 10);
+        assert!(!c.callbacks.include_upstream_body);
+
+        let on = GOOD.replace(
+            "[upstreams.jobs.webhook]",
+            "proxy = { enabled = true, callback_url = \"http://127.0.0.1:9/cb\", max_wait = \"2s\", create = { path = \"/jobs/\", id_field = \"/id\" } }\n[upstreams.jobs.webhook]",
+        );
+        let c = Config::parse(&on, "shim.toml", &env).unwrap();
+        let p = &c.upstreams["jobs"].proxy;
+        assert!(p.enabled);
+        assert_eq!(p.max_wait, Duration::from_secs(2));
+        assert_eq!(p.callback_url.as_deref(), Some("http://127.0.0.1:9/cb"));
+        let create = p.create.as_ref().unwrap();
+        assert_eq!(
+            (create.method.as_str(), create.path.as_str()),
+            ("POST", "jobs")
+        );
+
+        let e = err_of(&on.replace("127.0.0.1:9/cb", "example.com/cb"));
+        assert!(
+            e.contains("`upstreams.jobs.proxy.callback_url`: host \"example.com\""),
+            "{e}"
+        );
+        let e = err_of(&on.replace("id_field = \"/id\"", "id_field = \"id\""));
+        assert!(e.contains("`upstreams.jobs.proxy.create.id_field`"), "{e}");
+        let e = err_of(&on.replace("path = \"/jobs/\"", "method = \"PO ST\", path = \"jobs\""));
+        assert!(e.contains("`upstreams.jobs.proxy.create.method`"), "{e}");
+        let e = err_of(&on.replace("max_wait = \"2s\"", "max_wait = \"1h\""));
+        assert!(
+            e.contains("`upstreams.jobs.proxy.max_wait`: at most"),
+            "{e}"
+        );
+        let openai = "[upstreams.o]\npreset = \"openai-batch\"\nheaders = { Authorization = \"x\" }\nproxy = { enabled = true, create = { path = \"x\", id_field = \"/id\" } }\n";
+        let e = err_of(openai);
+        assert!(
+            e.contains("`upstreams.o.proxy.create`: preset \"openai-batch\" knows its own"),
+            "{e}"
+        );
+        let e = err_of("[store]\nmax_upstream_body = \"1GiB\"\n");
+        assert!(e.contains("`store.max_upstream_body`"), "{e}");
+    }
+
+    #[test]
     fn redacted_view_has_no_secrets() {
         let c = Config::parse(GOOD, "shim.toml", &env).unwrap();
         let text = serde_json::to_string(&c.redacted()).unwrap();
