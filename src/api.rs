@@ -126,7 +126,6 @@ impl From<ProxyError> for ApiError {
             ProxyError::BudgetExhausted { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "budget_exhausted")
             }
-            ProxyError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ProxyError::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
             ProxyError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
         };

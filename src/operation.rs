@@ -547,6 +547,45 @@ pub(crate) fn sample(now: Timestamp) -> Operation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kept_body_is_json_when_it_fits_else_cut_and_flagged() {
+        let now = Timestamp(5_000);
+        let mut op = sample(now);
+        let json_body = UpstreamBody::new(
+            200,
+            Some("application/json".into()),
+            br#"{"status":"running"}"#.to_vec(),
+        );
+        op.keep_body(&json_body, 1024, now);
+        assert_eq!(
+            op.upstream_body,
+            Some(serde_json::json!({"status": "running"}))
+        );
+        assert!(!op.upstream_body_truncated);
+        let (_, meta) = op.servable_body().unwrap();
+        assert_eq!((meta.status, meta.at), (200, now));
+
+        // Cut at a character boundary, never served.
+        let long = UpstreamBody::new(200, None, "{\"x\":\"ééééé\"}".as_bytes().to_vec());
+        op.keep_body(&long, 9, now);
+        assert!(op.upstream_body_truncated);
+        assert_eq!(op.upstream_body, Some(Value::String("{\"x\":\"é".into())));
+        assert!(op.servable_body().is_none());
+
+        // Not JSON: kept as text, not served.
+        op.keep_body(&UpstreamBody::new(200, None, b"<html>".to_vec()), 1024, now);
+        assert!(!op.upstream_body_truncated);
+        assert!(op.servable_body().is_none());
+
+        let cb = op.callback_body_with(true);
+        assert_eq!(cb["data"]["upstream_body"], "<html>");
+        assert!(
+            op.callback_body_with(false)["data"]
+                .get("upstream_body")
+                .is_none()
+        );
+    }
     use serde_json::json;
 
     fn obs(state: ObservedState) -> Observation {

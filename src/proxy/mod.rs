@@ -59,10 +59,6 @@ pub enum ProxyError {
         wait: Duration,
         retry_after: u64,
     },
-    #[error(
-        "request body is larger than server.max_body ({0} bytes), which bounds the create requests the proxy reads"
-    )]
-    BodyTooLarge(usize),
     #[error("cannot build the upstream URL from the request path: {0}")]
     BadPath(String),
     #[error("the upstream could not be reached: {0}")]
@@ -303,6 +299,31 @@ async fn read_bounded(resp: reqwest::Response, max: usize) -> Result<Bytes, Body
     Ok(Bytes::from(buf))
 }
 
+/// Read at most `max` bytes of a request body: `Ok` with all of it, or `Err` with a body that
+/// gives back what was read and then the rest.
+async fn read_request(body: Body, max: usize) -> Result<Bytes, Body> {
+    let mut stream = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => {
+                buf.extend_from_slice(&c);
+                if buf.len() > max {
+                    let head = futures_util::stream::once(async move {
+                        Ok::<Bytes, axum::Error>(Bytes::from(buf))
+                    });
+                    return Err(Body::from_stream(head.chain(stream)));
+                }
+            }
+            Err(e) => {
+                let head = futures_util::stream::iter(vec![Ok(Bytes::from(buf)), Err(e)]);
+                return Err(Body::from_stream(head));
+            }
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
 fn content_type(headers: &HeaderMap) -> Option<String> {
     header_str(headers, CONTENT_TYPE.as_str()).map(str::to_string)
 }
@@ -320,10 +341,17 @@ async fn create(
     let mut req = req;
     if rule.needs_background {
         let (parts, body) = req.into_parts();
-        let max = shim.config.server.max_body;
-        let bytes = axum::body::to_bytes(body, max)
-            .await
-            .map_err(|_| ProxyError::BodyTooLarge(max))?;
+        let bytes = match read_request(body, shim.config.server.max_body).await {
+            Ok(b) => b,
+            Err(whole) => {
+                // Larger than server.max_body: not a background create hookshim reads; it
+                // passes through as it is.
+                let req = Request::from_parts(parts, whole);
+                let resp = forward(shim, up, url, req, None).await?;
+                shim.metrics.proxy(&up.name, "pass_through");
+                return Ok(streamed(resp));
+            }
+        };
         let background = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| v.get("background").and_then(Value::as_bool))

@@ -72,7 +72,7 @@ async fn provider_any(State(st): State<Arc<Mutex<ProviderState>>>, req: Request)
         .unwrap()
         .seen
         .push((key.clone(), Instant::now(), creds));
-    if path.ends_with("upload") {
+    if path.ends_with("upload") || req.headers().contains_key("x-hash-body") {
         // Hash the streamed body as it arrives.
         let mut hasher = Sha256::new();
         let mut len = 0usize;
@@ -927,6 +927,27 @@ async fn pass_through_is_untouched_including_large_streamed_bodies() {
     let got: Value = r.json().await.unwrap();
     assert_eq!(got["len"], BIG_CHUNKS * 65_536);
     assert_eq!(got["sha256"], want.as_str());
+
+    // A create candidate whose body is larger than server.max_body (1 MiB) is not read: it
+    // passes through whole.
+    let big_json =
+        serde_json::to_vec(&json!({"model": "m", "input": "y".repeat(3 << 20)})).unwrap();
+    let r = shim
+        .http
+        .post(format!("{}/proxy/or/v1/responses", shim.url))
+        .header("x-hash-body", "1")
+        .header("content-type", "application/json")
+        .body(big_json.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(got["len"], big_json.len());
+    assert_eq!(
+        got["sha256"],
+        hex::encode(Sha256::digest(&big_json)).as_str()
+    );
 
     // 20 MiB down, streamed.
     let r = shim
