@@ -324,6 +324,12 @@ async fn read_request(body: Body, max: usize) -> Result<Bytes, Body> {
     Ok(Bytes::from(buf))
 }
 
+/// Whether a content type is JSON (`application/json`, `application/problem+json`, ...); an
+/// answer without one is taken as JSON.
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_none_or(|c| c.to_ascii_lowercase().contains("json"))
+}
+
 fn content_type(headers: &HeaderMap) -> Option<String> {
     header_str(headers, CONTENT_TYPE.as_str()).map(str::to_string)
 }
@@ -391,6 +397,20 @@ async fn create(
         }
         IdFrom::Field(pointer) => {
             let ct = content_type(resp.headers());
+            if !is_json(ct.as_deref()) {
+                // E.g. a background response created with `stream: true` (server-sent
+                // events): it streams to the app at once, unread.
+                let body = Body::from_stream(resp.bytes_stream());
+                return Ok(unregistered(
+                    shim,
+                    up,
+                    status,
+                    out_headers,
+                    body,
+                    "create_response_not_json",
+                    "the create answer is not JSON (a stream?); register the job with POST /v1/operations",
+                ));
+            }
             match read_bounded(resp, MAX_READ_BODY).await {
                 Err(rest) => {
                     return Ok(unregistered(
@@ -537,6 +557,9 @@ async fn status_read(
         return Ok(streamed(resp));
     }
     let ct = content_type(resp.headers());
+    if !is_json(ct.as_deref()) {
+        return Ok(streamed(resp));
+    }
     match read_bounded(resp, MAX_READ_BODY).await {
         Err(rest) => Ok(rebuilt(status, headers, rest)),
         Ok(bytes) => {

@@ -750,6 +750,29 @@ async fn creates_that_are_not_background_or_fail_upstream_pass_through_unregiste
     assert_eq!(status, 200);
     assert_eq!(header(&h, "hookshim-operation-id"), None);
     assert!(lookup(&shim, "or", "resp_fg").await.is_empty());
+    // A streamed background response is handed on at once, unread.
+    prov.route_with(
+        "POST",
+        "v1/responses",
+        200,
+        vec![("content-type", "text/event-stream".into())],
+        json!({"type": "response.created"}),
+    );
+    let (status, h, bytes) = call(
+        &shim,
+        "POST",
+        "/proxy/or/v1/responses",
+        &[("authorization", "Bearer a")],
+        Some(json!({"model": "m", "input": "x", "background": true, "stream": true})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "content-type"), Some("text/event-stream"));
+    assert_eq!(
+        header(&h, "hookshim-error"),
+        Some("create_response_not_json")
+    );
+    assert_eq!(json_of(&bytes)["type"], "response.created");
     // An upstream error is handed back as it is, nothing registered.
     prov.route(
         "POST",
