@@ -1147,13 +1147,27 @@ async fn the_poller_keeps_the_upstream_body_and_the_callback_can_carry_it() {
         list["operations"][0].get("upstream_body").is_none(),
         "the list leaves it out"
     );
-    // hookshim's own credential (none configured here, none presented: not served).
     let done = json!({"state": "done", "step": 2, "output": "x"});
     prov.route("GET", "api/v2/jobs/k1", 200, done.clone());
     wait_status(&shim, &id, "succeeded").await;
     let calls = wait_calls(&recv, &id, 1).await;
     assert_eq!(calls[0].body["data"]["upstream_body"], done);
     assert_eq!(calls[0].body["data"]["upstream_body_truncated"], false);
+    // After the end, the terminal body is what a proxied status read gets (hookshim's own
+    // credential: the operation was registered through the API, it has no creator's).
+    let polled = prov.count("GET", "api/v2/jobs/k1");
+    let (status, h, bytes) = call(
+        &shim,
+        "GET",
+        "/proxy/jobs/api/v2/jobs/k1",
+        &[("authorization", "Bearer hookshim-own")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(header(&h, "hookshim-cache").is_some());
+    assert_eq!(json_of(&bytes), done);
+    assert_eq!(prov.count("GET", "api/v2/jobs/k1"), polled);
     // A body over store.max_upstream_body is kept cut and flagged.
     prov.route(
         "GET",
@@ -1171,4 +1185,77 @@ async fn the_poller_keeps_the_upstream_body_and_the_callback_can_carry_it() {
     })
     .await;
     assert_eq!(op["upstream_body"].as_str().unwrap().len(), 2048);
+}
+
+/// Many app replicas polling through the proxy cost the upstream what hookshim's own schedule
+/// costs: every status request the provider sees is one of hookshim's polls.
+#[tokio::test]
+async fn replicas_polling_at_10_hz_cost_the_upstream_only_hookshims_polls() {
+    let config = CONFIG
+        .replace(
+            "[upstreams.jobs]\nbase_url",
+            "[upstreams.jobs]\npoll = { initial = \"200ms\", multiplier = 1.5, max = \"400ms\", jitter = 0.1, deadline = \"1h\" }\nbase_url",
+        )
+        .replace("poll = SLOW\nproxy = { enabled = true, create", "proxy = { enabled = true, create");
+    let (prov, _recv, shim) = rig_with(&config).await;
+    prov.route(
+        "POST",
+        "api/v2/jobs",
+        200,
+        json!({"job": {"id": "r1"}, "state": "queued"}),
+    );
+    prov.route(
+        "GET",
+        "api/v2/jobs/r1",
+        200,
+        json!({"job": {"id": "r1"}, "state": "running"}),
+    );
+    let (_, h, _) = call(
+        &shim,
+        "POST",
+        "/proxy/jobs/api/v2/jobs",
+        &[("authorization", "Bearer app")],
+        Some(json!({})),
+    )
+    .await;
+    let id = header(&h, "hookshim-operation-id").unwrap().to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let http = shim.http.clone();
+        let url = format!("{}/proxy/jobs/api/v2/jobs/r1", shim.url);
+        tasks.push(tokio::spawn(async move {
+            let mut hits = 0;
+            for _ in 0..15 {
+                let r = http
+                    .get(&url)
+                    .header("authorization", "Bearer app")
+                    .send()
+                    .await
+                    .unwrap();
+                if r.headers().contains_key("hookshim-cache") {
+                    hits += 1;
+                }
+                assert_eq!(r.status().as_u16(), 200);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            hits
+        }));
+    }
+    let mut hits = 0;
+    for t in tasks {
+        hits += t.await.unwrap();
+    }
+    assert_eq!(hits, 75, "every replica read is answered by hookshim");
+    let op = shim.op(&id).await;
+    let polls = op["polls"].as_u64().unwrap() as usize;
+    assert!(polls >= 2, "hookshim polled on its own schedule ({polls})");
+    let seen = prov.count("GET", "api/v2/jobs/r1");
+    assert!(
+        seen <= polls + 1 && seen + 1 >= polls,
+        "the provider saw {seen} status reads, hookshim made {polls} polls"
+    );
+    assert_eq!(
+        op["upstream_body"]["state"], "running",
+        "the polls refresh the kept body"
+    );
 }
