@@ -384,10 +384,11 @@ async fn create(
     let mut out_headers = end_to_end(resp.headers());
     let (operation, body, kept) = match rule.id {
         IdFrom::Header(names) => {
+            // In the form a later GET of it takes (`url.as_str()`), so the two meet.
             let op = names
                 .iter()
                 .find_map(|n| header_str(resp.headers(), n))
-                .map(str::to_string);
+                .map(|v| reqwest::Url::parse(v).map_or(v.to_string(), |u| u.to_string()));
             if op.is_none() {
                 // Not an asynchronous operation after all.
                 shim.metrics.proxy(&up.name, "pass_through");

@@ -1,7 +1,7 @@
 //! What a preset is: [`PresetSpec`], everything hookshim knows about one kind of upstream job
 //! (name, defaults, how a status body is read, webhook events, id normalisation, the requests
-//! the proxy recognises), and
-//! [`Preset`], a handle on one. Each provider family's file defines its presets completely as
+//! the proxy recognises), and [`Preset`], a handle on one. Each provider family's file defines
+//! its presets completely as
 //! `PresetSpec` statics; the table that lists them is [`super::PRESETS`]. Adding a preset is one
 //! static in its family's file plus one line in that table (a new family's file also needs its
 //! `mod` line next to it).

@@ -524,7 +524,12 @@ fn cases(prov: &str) -> Vec<Case> {
                 json!({"location": "westeurope"}),
             ),
             created: json!({"id": "/subscriptions/s1/resourceGroups/g1", "properties": {"provisioningState": "Accepted"}}),
-            created_headers: vec![("azure-asyncoperation", az_url.clone())],
+            // The header as a server may write it (upper-case scheme and host); the SDK's GET
+            // of it is normalised.
+            created_headers: vec![(
+                "azure-asyncoperation",
+                az_url.replace("http://127.0.0.1", "HTTP://127.0.0.1"),
+            )],
             operation: az_url,
             status_path: "operations/azop1".into(),
             status_body: json!({"id": "azop1", "status": "InProgress", "percentComplete": 10}),
