@@ -347,12 +347,23 @@ impl Operation {
         });
     }
 
-    /// The kept body as it can be served in place of a status read: whole JSON only.
+    /// The kept body as it can be served in place of a status read: whole JSON only, and
+    /// once the operation has ended, only a body read at or after the end (an operation ended
+    /// by a webhook event or the deadline still holds an older, non-terminal body).
     pub fn servable_body(&self) -> Option<(&Value, &BodyMeta)> {
         match (&self.upstream_body, &self.upstream_body_meta) {
-            (Some(v), Some(m)) if !self.upstream_body_truncated && !v.is_string() => Some((v, m)),
+            (Some(v), Some(m)) if !self.upstream_body_truncated && !v.is_string() => {
+                let stale = self.completed_at.is_some_and(|end| m.at < end);
+                (!stale).then_some((v, m))
+            }
             _ => None,
         }
+    }
+
+    /// Whether a status body read by a request sent at `sent` may replace the kept one: not
+    /// when the operation ended after it was sent (the body may predate the end).
+    pub fn may_keep_body_sent_at(&self, sent: Timestamp) -> bool {
+        self.completed_at.is_none_or(|end| sent >= end)
     }
 
     /// The `webhook-id` of this operation's terminal callback: derived from the operation only,
@@ -577,6 +588,16 @@ mod tests {
         op.keep_body(&UpstreamBody::new(200, None, b"<html>".to_vec()), 1024, now);
         assert!(!op.upstream_body_truncated);
         assert!(op.servable_body().is_none());
+
+        // After the end only a body read then is served.
+        let mut ended = sample(now);
+        ended.keep_body(&json_body, 1024, now);
+        ended.finish(Status::Succeeded, DetectedVia::Webhook, Timestamp(6_000));
+        assert!(ended.servable_body().is_none(), "the body predates the end");
+        assert!(!ended.may_keep_body_sent_at(Timestamp(5_500)));
+        assert!(ended.may_keep_body_sent_at(Timestamp(6_000)));
+        ended.keep_body(&json_body, 1024, Timestamp(6_100));
+        assert!(ended.servable_body().is_some());
 
         let cb = op.callback_body_with(true);
         assert_eq!(cb["data"]["upstream_body"], "<html>");

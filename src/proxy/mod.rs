@@ -550,6 +550,7 @@ async fn status_read(
         return Ok(hit);
     }
     req.headers_mut().remove("accept-encoding");
+    let sent = shim.clock.now();
     let resp = forward(shim, up, url, req, None).await?;
     shim.metrics.proxy(&up.name, "forwarded");
     let status = resp.status();
@@ -569,6 +570,10 @@ async fn status_read(
                 let max = shim.config.store.max_upstream_body;
                 let now = shim.clock.now();
                 if let Err(e) = shim.store.update(&tracked.id, &|o| {
+                    // A read sent before the end must not replace the terminal body.
+                    if !o.may_keep_body_sent_at(sent) {
+                        return false;
+                    }
                     o.keep_body(&kept, max, now);
                     true
                 }) {
