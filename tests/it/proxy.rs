@@ -616,6 +616,12 @@ async fn every_preset_registers_its_creates_and_answers_status_reads_from_the_ke
             Some(c.auth.1),
             "{name}"
         );
+        let authority = prov.url.trim_start_matches("http://");
+        assert_eq!(
+            create_seen.get("host").map(String::as_str),
+            Some(authority),
+            "{name}: Host is the upstream's, not hookshim's"
+        );
         assert!(
             !create_seen.contains_key("hookshim-metadata"),
             "{name}: Hookshim-* stays home"
