@@ -30,7 +30,7 @@ use serde_json::Value;
 use self::recognise::{Create, IdFrom, Kind, match_path, recognise};
 use crate::errors::error_chain;
 use crate::operation::{Operation, UpstreamBody};
-use crate::state::{Registration, Shim};
+use crate::state::{Registration, SHUTDOWN_GRACE, Shim};
 use crate::store::Registered;
 use crate::upstream::UpstreamConfig;
 
@@ -167,7 +167,7 @@ pub async fn handle(shim: &Shim, upstream: &str, req: Request) -> Result<Respons
         _ => {
             let resp = forward(shim, up, url, req, None).await?;
             shim.metrics.proxy(&up.name, "pass_through");
-            Ok(streamed(resp))
+            Ok(streamed(shim, resp))
         }
     }
 }
@@ -234,13 +234,16 @@ async fn send(
     body: reqwest::Body,
 ) -> Result<reqwest::Response, ProxyError> {
     budget(shim, up).await?;
-    let resp = shim
+    let request = shim
         .proxy_http
         .request(method, url)
         .headers(headers)
         .body(body)
-        .send()
+        .send();
+    let resp = shim
+        .unless_stopping(SHUTDOWN_GRACE, request)
         .await
+        .ok_or_else(|| ProxyError::Unreachable("hookshim is shutting down".into()))?
         .map_err(|e| ProxyError::Unreachable(error_chain(&e)))?;
     let status = resp.status();
     if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
@@ -256,13 +259,27 @@ async fn send(
 }
 
 /// The upstream's answer, streamed back with its status and end-to-end headers.
-fn streamed(resp: reqwest::Response) -> Response {
+fn streamed(shim: &Shim, resp: reqwest::Response) -> Response {
     let status = resp.status();
     let headers = end_to_end(resp.headers());
-    let mut out = Response::new(Body::from_stream(resp.bytes_stream()));
+    let mut out = Response::new(Body::from_stream(body_stream(shim, resp)));
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     out
+}
+
+/// The upstream's answer body as a stream that ends once shutdown has started and
+/// [`SHUTDOWN_GRACE`] has passed, so a long download cannot hold the server's graceful stop.
+fn body_stream(
+    shim: &Shim,
+    resp: reqwest::Response,
+) -> impl futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static {
+    let stop = shim.shutdown.clone();
+    let stopped = Box::pin(async move {
+        stop.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    });
+    resp.bytes_stream().take_until(stopped)
 }
 
 /// The upstream's answer with a body already read (`first`) and possibly more to come.
@@ -275,8 +292,8 @@ fn rebuilt(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
 
 /// Read at most `max` bytes of an answer: `Ok` with all of it, or `Err` with what was read
 /// and the rest of the stream (to pass through as it is).
-async fn read_bounded(resp: reqwest::Response, max: usize) -> Result<Bytes, Body> {
-    let mut stream = resp.bytes_stream();
+async fn read_bounded(shim: &Shim, resp: reqwest::Response, max: usize) -> Result<Bytes, Body> {
+    let mut stream = body_stream(shim, resp);
     let mut buf: Vec<u8> = Vec::new();
     while let Some(chunk) = stream.next().await {
         match chunk {
@@ -355,7 +372,7 @@ async fn create(
                 let req = Request::from_parts(parts, whole);
                 let resp = forward(shim, up, url, req, None).await?;
                 shim.metrics.proxy(&up.name, "pass_through");
-                return Ok(streamed(resp));
+                return Ok(streamed(shim, resp));
             }
         };
         let background = serde_json::from_slice::<Value>(&bytes)
@@ -366,7 +383,7 @@ async fn create(
         if !background {
             let resp = forward(shim, up, url, req, Some(bytes)).await?;
             shim.metrics.proxy(&up.name, "pass_through");
-            return Ok(streamed(resp));
+            return Ok(streamed(shim, resp));
         }
         read_body = Some(bytes);
     }
@@ -379,7 +396,7 @@ async fn create(
     let status = resp.status();
     if !status.is_success() {
         shim.metrics.proxy(&up.name, "pass_through");
-        return Ok(streamed(resp));
+        return Ok(streamed(shim, resp));
     }
     let mut out_headers = end_to_end(resp.headers());
     let (operation, body, kept) = match rule.id {
@@ -392,16 +409,16 @@ async fn create(
             if op.is_none() {
                 // Not an asynchronous operation after all.
                 shim.metrics.proxy(&up.name, "pass_through");
-                return Ok(streamed(resp));
+                return Ok(streamed(shim, resp));
             }
-            (op, Body::from_stream(resp.bytes_stream()), None)
+            (op, Body::from_stream(body_stream(shim, resp)), None)
         }
         IdFrom::Field(pointer) => {
             let ct = content_type(resp.headers());
             if !is_json(ct.as_deref()) {
                 // E.g. a background response created with `stream: true` (server-sent
                 // events): it streams to the app at once, unread.
-                let body = Body::from_stream(resp.bytes_stream());
+                let body = Body::from_stream(body_stream(shim, resp));
                 return Ok(unregistered(
                     shim,
                     up,
@@ -412,7 +429,7 @@ async fn create(
                     "the create answer is not JSON (a stream?); register the job with POST /v1/operations",
                 ));
             }
-            match read_bounded(resp, MAX_READ_BODY).await {
+            match read_bounded(shim, resp, MAX_READ_BODY).await {
                 Err(rest) => {
                     return Ok(unregistered(
                         shim,
@@ -543,7 +560,7 @@ async fn status_read(
     let Some(tracked) = tracked else {
         let resp = forward(shim, up, url, req, None).await?;
         shim.metrics.proxy(&up.name, "pass_through");
-        return Ok(streamed(resp));
+        return Ok(streamed(shim, resp));
     };
     if let Some(hit) = cached(shim, up, &tracked, req.headers()) {
         shim.metrics.proxy(&up.name, "cache_hit");
@@ -556,13 +573,13 @@ async fn status_read(
     let status = resp.status();
     let headers = end_to_end(resp.headers());
     if !status.is_success() {
-        return Ok(streamed(resp));
+        return Ok(streamed(shim, resp));
     }
     let ct = content_type(resp.headers());
     if !is_json(ct.as_deref()) {
-        return Ok(streamed(resp));
+        return Ok(streamed(shim, resp));
     }
-    match read_bounded(resp, MAX_READ_BODY).await {
+    match read_bounded(shim, resp, MAX_READ_BODY).await {
         Err(rest) => Ok(rebuilt(status, headers, rest)),
         Ok(bytes) => {
             if serde_json::from_slice::<Value>(&bytes).is_ok() {

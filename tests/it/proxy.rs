@@ -85,6 +85,14 @@ async fn provider_any(State(st): State<Arc<Mutex<ProviderState>>>, req: Request)
         return axum::Json(json!({"sha256": hex::encode(hasher.finalize()), "len": len}))
             .into_response();
     }
+    if path.ends_with("hang") {
+        // One chunk, then nothing, forever.
+        let stream = futures_util::stream::once(async {
+            Ok::<Bytes, std::io::Error>(Bytes::from_static(b"first"))
+        })
+        .chain(futures_util::stream::pending());
+        return Response::new(Body::from_stream(stream));
+    }
     if path.ends_with("big") {
         let stream = futures_util::stream::iter(
             (0..BIG_CHUNKS).map(|i| Ok::<Bytes, std::io::Error>(Bytes::from(big_chunk(i)))),
@@ -1269,4 +1277,24 @@ async fn replicas_polling_at_10_hz_cost_the_upstream_only_hookshims_polls() {
         op["upstream_body"]["state"], "running",
         "the polls refresh the kept body"
     );
+}
+
+/// A proxied download that never ends does not hold hookshim's graceful stop.
+#[tokio::test]
+async fn a_hanging_download_does_not_hold_the_stop() {
+    let (_prov, _recv, mut shim) = rig().await;
+    let r = shim
+        .http
+        .get(format!("{}/proxy/ob/v1/hang", shim.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut s = r.bytes_stream();
+    assert_eq!(&s.next().await.unwrap().unwrap()[..], b"first");
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), shim.stop())
+        .await
+        .expect("stop finishes within the shutdown grace");
+    assert!(started.elapsed() < Duration::from_secs(15));
 }
