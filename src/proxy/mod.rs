@@ -387,7 +387,6 @@ async fn create(
         }
         read_body = Some(bytes);
     }
-    let mut req = req;
     if matches!(rule.id, IdFrom::Field(_)) {
         // The answer is read here: ask for it unencoded.
         req.headers_mut().remove("accept-encoding");
