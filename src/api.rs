@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -19,6 +19,7 @@ use subtle::ConstantTimeEq;
 use crate::ids::{DeliveryKey, OperationId};
 use crate::ingest::{IngestError, Ingested};
 use crate::operation::{Delivery, DeliveryState, Status};
+use crate::proxy::ProxyError;
 use crate::state::{RegisterError, Registration, Shim};
 use crate::store::{ListFilter, Registered, StoreError};
 const DEFAULT_LIMIT: usize = 100;
@@ -117,6 +118,21 @@ impl From<IngestError> for ApiError {
     }
 }
 
+impl From<ProxyError> for ApiError {
+    fn from(e: ProxyError) -> ApiError {
+        let (status, code) = match &e {
+            ProxyError::UnknownUpstream(_) => (StatusCode::NOT_FOUND, "unknown_upstream"),
+            ProxyError::NotEnabled(_) => (StatusCode::NOT_FOUND, "proxy_not_enabled"),
+            ProxyError::BudgetExhausted { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "budget_exhausted")
+            }
+            ProxyError::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
+            ProxyError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
 type ApiResult = Result<Response, ApiError>;
 
 /// The private face (`server.listen`): the API, webhooks, health, readiness and metrics.
@@ -129,6 +145,12 @@ pub fn router(shim: Arc<Shim>) -> Router {
     let routes = Router::new()
         .merge(v1)
         .route("/webhooks/{upstream}", post(webhook))
+        // No token (the app presents its own upstream credential) and no body limit (bodies
+        // stream through; the proxy bounds what it reads itself).
+        .route(
+            "/proxy/{upstream}/{*path}",
+            any(proxy).layer(DefaultBodyLimit::disable()),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
@@ -268,6 +290,7 @@ async fn register(State(shim): State<Arc<Shim>>, body: Result<Bytes, BytesReject
             callback_url: req.callback_url,
             metadata: req.metadata,
             deadline: req.deadline,
+            ..Registration::default()
         },
     )
     .await?;
@@ -298,6 +321,8 @@ struct ListQuery {
     delivery: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
+    /// With `upstream`: the operation registered under the upstream's own id.
+    operation: Option<String>,
 }
 
 async fn list(
@@ -339,6 +364,22 @@ async fn list(
             ));
         }
     };
+    if let Some(operation) = q.operation.as_deref().filter(|o| !o.is_empty()) {
+        let Some(upstream) = q.upstream.as_deref().filter(|u| !u.is_empty()) else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "operation= needs upstream= too (the upstream's own id is only unique per upstream)",
+            ));
+        };
+        // One record at most, so it keeps its `upstream_body`.
+        let found = crate::state::lookup(&shim, upstream, operation)
+            .map_err(ApiError::store)?
+            .filter(|op| status.is_none_or(|s| s == op.status))
+            .filter(|op| !delivery_failed || op.delivery.state == DeliveryState::Failed);
+        let ops: Vec<_> = found.into_iter().collect();
+        return Ok(Json(json!({"operations": ops, "next_cursor": null})).into_response());
+    }
     let filter = ListFilter {
         status,
         upstream: q.upstream.filter(|u| !u.is_empty()),
@@ -349,7 +390,12 @@ async fn list(
             .filter(|c| !c.is_empty())
             .map(OperationId::from_text),
     };
-    let (ops, next) = shim.store.list(&filter).map_err(ApiError::store)?;
+    let (mut ops, next) = shim.store.list(&filter).map_err(ApiError::store)?;
+    // A page of up to 1000 records would carry up to 1000 kept bodies: the list leaves them
+    // out (`GET /v1/operations/{id}` and the lookup by upstream id have them).
+    for op in &mut ops {
+        op.upstream_body = None;
+    }
     Ok(Json(json!({"operations": ops, "next_cursor": next})).into_response())
 }
 
@@ -468,6 +514,25 @@ async fn webhook(
         ),
     };
     Ok((status, Json(value)).into_response())
+}
+
+async fn proxy(
+    State(shim): State<Arc<Shim>>,
+    Path((upstream, _path)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    match crate::proxy::handle(&shim, &upstream, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let retry = e.retry_after();
+            let mut resp = ApiError::from(e).into_response();
+            if let Some(s) = retry {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(s));
+            }
+            resp
+        }
+    }
 }
 
 async fn healthz() -> Response {

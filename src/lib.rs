@@ -7,7 +7,8 @@
 //! - wiring: [`service`] (start the loops and the server, stop in order), [`demo`].
 //! - HTTP: [`api`], routes and the one mapping of every error to HTTP.
 //! - stages: [`ingest`] (inbound webhooks), [`poller`] (one status read), [`delivery`] (signed
-//!   callbacks with retries). They share state through the layer below and never import the
+//!   callbacks with retries), [`proxy`] (the transparent proxy: creates registered, status
+//!   reads answered from the kept upstream body). They share state through the layer below and never import the
 //!   module that starts them.
 //! - [`state`]: the shared handles ([`state::Shim`]), the domain reactions (a write's terminal
 //!   transition and new callbacks handed on) and registration.
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod operation;
 pub mod pace;
 pub mod poller;
+pub mod proxy;
 pub mod schedule;
 pub mod service;
 pub mod signing;

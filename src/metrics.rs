@@ -52,6 +52,8 @@ pub struct Metrics {
     pub callback_attempts: Family<CallbackLabel, Counter>,
     pub delivery_latency: Histogram,
     pub upstream_rate: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
+    pub proxy_requests: Family<OutcomeLabels, Counter>,
+    pub proxy_saved: Family<UpstreamLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -70,6 +72,8 @@ impl Metrics {
         let webhooks = Family::<ResultLabels, Counter>::default();
         let callback_attempts = Family::<CallbackLabel, Counter>::default();
         let upstream_rate = Family::<UpstreamLabel, Gauge<f64, AtomicU64>>::default();
+        let proxy_requests = Family::<OutcomeLabels, Counter>::default();
+        let proxy_saved = Family::<UpstreamLabel, Counter>::default();
         // 1 ms .. ~33 s, doubling.
         let delivery_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
@@ -112,8 +116,20 @@ impl Metrics {
             "Status requests per second currently allowed to each upstream (lowered after 429/503, recovers to rate.per_second)",
             upstream_rate.clone(),
         );
+        registry.register(
+            "hookshim_proxy_requests",
+            "Requests through /proxy/{upstream}/ by outcome (create_registered, create_unregistered, cache_hit, forwarded, pass_through, budget_refused; budget_wait also counts a request that waited for the budget)",
+            proxy_requests.clone(),
+        );
+        registry.register(
+            "hookshim_proxy_upstream_requests_saved",
+            "Status reads through the proxy answered from hookshim instead of the upstream",
+            proxy_saved.clone(),
+        );
         Metrics {
             upstream_rate,
+            proxy_requests,
+            proxy_saved,
             registry,
             registered,
             active,
@@ -132,6 +148,23 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc();
+    }
+
+    /// A request through the proxy ended with `outcome`; `upstream` is a configured name.
+    pub fn proxy(&self, upstream: &str, outcome: &str) {
+        self.proxy_requests
+            .get_or_create(&OutcomeLabels {
+                upstream: upstream.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        if outcome == "cache_hit" {
+            self.proxy_saved
+                .get_or_create(&UpstreamLabel {
+                    upstream: upstream.into(),
+                })
+                .inc();
+        }
     }
 
     pub fn upstream_rate(&self, upstream: &str, rate: f64) {

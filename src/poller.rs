@@ -7,13 +7,13 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER};
 
 use crate::body::{BodyError, read_capped};
 use crate::clock::Timestamp;
 use crate::errors::error_chain;
 use crate::ids::OperationId;
-use crate::operation::Operation;
+use crate::operation::{Operation, UpstreamBody};
 use crate::schedule::{
     GROUP_FULL_RETRY, PollOutcome, Reading, apply_outcome, classify, parse_hint, time_out,
 };
@@ -199,6 +199,14 @@ async fn request(
         }
     };
     let (outcome, label) = classify(status, &body, |v| up.mapping.read(v));
+    let kept = matches!(outcome, PollOutcome::Observed(_)).then(|| {
+        let content_type = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let raw = UpstreamBody::new(status.as_u16(), content_type, body.to_vec());
+        (raw, shim.config.store.max_upstream_body)
+    });
     shim.metrics.upstream_request(&up.name, label);
     if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
         // The whole upstream is told to wait, not only this operation (invariant 5), and its
@@ -225,5 +233,6 @@ async fn request(
         outcome,
         hint,
         etag,
+        body: kept,
     }
 }

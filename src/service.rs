@@ -121,6 +121,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         .user_agent(concat!("hookshim/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| StartError::Http(e.to_string()))?;
+    let proxy_http = crate::proxy::client().map_err(|e| StartError::Http(e.to_string()))?;
 
     let limiters = config
         .upstreams
@@ -139,6 +140,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         jwks: crate::ingest::jwks::JwksCache::new(upstream_http.clone()),
         upstream_http,
         callback_http,
+        proxy_http,
         metrics: Metrics::new(),
         clock: opts.clock,
         callback_key,

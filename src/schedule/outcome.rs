@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::{PollConfig, backoff, interval, next_poll_at};
 use crate::clock::Timestamp;
 use crate::operation::Observation;
-use crate::operation::{DetectedVia, Operation, Status, WEBHOOK_READS, shim_error};
+use crate::operation::{DetectedVia, Operation, Status, UpstreamBody, WEBHOOK_READS, shim_error};
 
 /// What of an upstream's configuration the poll-outcome rules read.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -46,6 +46,9 @@ pub struct Reading {
     pub hint: Option<Duration>,
     /// The response's `ETag`, for the next request's `If-None-Match`.
     pub etag: Option<String>,
+    /// The raw body of a readable status, kept with the record (`upstream_body`), and the
+    /// most it keeps (`store.max_upstream_body`).
+    pub body: Option<(UpstreamBody, usize)>,
 }
 
 impl Reading {
@@ -54,6 +57,7 @@ impl Reading {
             outcome,
             hint: None,
             etag: None,
+            body: None,
         }
     }
 
@@ -135,6 +139,9 @@ pub fn apply_outcome(
     match outcome {
         PollOutcome::Observed(obs) => {
             o.etag = reading.etag.clone();
+            if let Some((body, max)) = &reading.body {
+                o.keep_body(body, *max, now);
+            }
             if obs.expires_at.is_some() {
                 o.upstream_expires_at = obs.expires_at;
             }

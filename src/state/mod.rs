@@ -11,7 +11,8 @@
 //!   [`crate::store::Store::update`] returned: the hand-off is in the signatures, not in a
 //!   listener installed in the store.
 //! - [`register`]: registration as a domain function (validate, build the record, store it,
-//!   schedule it, flush), used by the API and, later, by the proxy.
+//!   schedule it, flush), used by the API and the proxy; [`lookup`] finds an operation by the
+//!   upstream's own id.
 
 mod register;
 
@@ -30,7 +31,7 @@ use crate::ids::{DeliveryKey, OperationId};
 use crate::metrics::{CompletedLabels, Metrics};
 use crate::operation::Operation;
 use crate::schedule::{DueQueue, GroupSlots, UpstreamLimiter};
-use crate::store::{GroupCommit, Store, Updated};
+use crate::store::{GroupCommit, Store, StoreError, Updated};
 use crate::values::Secret;
 
 /// How long a webhook for an unregistered operation is kept.
@@ -40,6 +41,21 @@ pub const INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long in-flight requests may take to finish once shutdown starts; after that they are
 /// abandoned (their work stays in the store and resumes at the next start).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The operation registered under upstream `upstream`'s own id `operation`, in any spelling
+/// its preset normalises (`batches/123` and `123` for a Gemini batch). `None` for an upstream
+/// not in the config.
+pub fn lookup(
+    shim: &Shim,
+    upstream: &str,
+    operation: &str,
+) -> Result<Option<Operation>, StoreError> {
+    let Some(up) = shim.config.upstreams.get(upstream) else {
+        return Ok(None);
+    };
+    shim.store
+        .find(upstream, &up.preset.canonical_operation(operation))
+}
 
 /// Everything the API and the workers share.
 pub struct Shim {
@@ -62,6 +78,9 @@ pub struct Shim {
     pub upstream_http: reqwest::Client,
     /// For callbacks: never follows redirects, times out per config.
     pub callback_http: reqwest::Client,
+    /// For the transparent proxy: no system proxy, no redirects followed (a 3xx goes back to
+    /// the app as it is), no overall timeout (bodies stream for as long as they take).
+    pub proxy_http: reqwest::Client,
     pub metrics: Metrics,
     /// Key sets for JWT-signed webhooks (`gemini-jwt`), cached per URL.
     pub jwks: crate::ingest::jwks::JwksCache,

@@ -11,7 +11,7 @@ use super::{EARLY_WEBHOOK_WINDOW, Shim};
 use crate::address::check_callback_url;
 use crate::ids::OperationId;
 use crate::metrics::UpstreamLabel;
-use crate::operation::{NewOperation, Operation};
+use crate::operation::{NewOperation, Operation, UpstreamBody};
 use crate::schedule::first_poll_at;
 use crate::store::{Registered, StoreError};
 use crate::upstream::prepare_operation;
@@ -32,6 +32,10 @@ pub struct Registration {
     pub metadata: Option<Value>,
     /// A duration such as `"2h"`; the upstream's `poll.deadline` when absent.
     pub deadline: Option<String>,
+    /// The proxy's create response when it is the job resource: the first kept status body.
+    pub upstream_body: Option<UpstreamBody>,
+    /// The proxy's keyed hash of the credential the job was created with.
+    pub proxy_credential: Option<String>,
 }
 
 /// Why a registration was refused. Each says what to change.
@@ -49,6 +53,20 @@ pub enum RegisterError {
     InvalidDeadline(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl RegisterError {
+    /// The error's code, as the API answers it and the proxy's `Hookshim-Error` names it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RegisterError::UnknownUpstream(_) => "unknown_upstream",
+            RegisterError::InvalidOperation(_) => "invalid_operation",
+            RegisterError::CallbackNotAllowed(_) => "callback_not_allowed",
+            RegisterError::MetadataTooLarge(_) => "metadata_too_large",
+            RegisterError::InvalidDeadline(_) => "invalid_deadline",
+            RegisterError::Store(_) => "store_unavailable",
+        }
+    }
 }
 
 /// Register an operation: durable before it returns (invariant 1). `Created` for a new record,
@@ -93,7 +111,7 @@ pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, Regi
         Some(l) => l.spread_first_poll(first, now).min(deadline_at),
         None => first,
     };
-    let op = Operation::new(NewOperation {
+    let mut op = Operation::new(NewOperation {
         id: OperationId::generate(),
         upstream: req.upstream,
         operation,
@@ -104,6 +122,11 @@ pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, Regi
         deadline_at,
         callback_events: up.callback_events.clone(),
     });
+    // Kept in the same write as the record: a cached read survives a crash right after.
+    if let Some(body) = &req.upstream_body {
+        op.keep_body(body, shim.config.store.max_upstream_body, now);
+    }
+    op.proxy_credential = req.proxy_credential;
     let registered = shim.store.register(op, EARLY_WEBHOOK_WINDOW)?;
     if let Registered::Created { op, .. } = &registered {
         // Schedule even if the flush below fails: the record is in the store either way.

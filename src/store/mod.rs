@@ -133,6 +133,9 @@ pub trait Store: Send + Sync + 'static {
     /// A webhook kept for it within `early_window` is consumed and reported.
     fn register(&self, op: Operation, early_window: Duration) -> Result<Registered, StoreError>;
     fn get(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
+    /// The operation registered under the upstream's own id (`operation` in its canonical
+    /// form), through the `(upstream, operation)` index; a stale index entry finds nothing.
+    fn find(&self, upstream: &str, operation: &str) -> Result<Option<Operation>, StoreError>;
     fn list(
         &self,
         filter: &ListFilter,

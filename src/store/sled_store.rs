@@ -539,6 +539,17 @@ impl Store for SledStore {
         }
     }
 
+    fn find(&self, upstream: &str, operation: &str) -> Result<Option<Operation>, StoreError> {
+        let Some(id) = self.keys.get(pair_key(upstream, operation)).map_err(io)? else {
+            return Ok(None);
+        };
+        let id = OperationId::from_text(String::from_utf8_lossy(&id));
+        // The index is a superset: the record decides.
+        Ok(self
+            .get(&id)?
+            .filter(|op| op.upstream == upstream && op.operation == operation))
+    }
+
     fn list(&self, f: &ListFilter) -> Result<(Vec<Operation>, Option<OperationId>), StoreError> {
         let start = match &f.cursor {
             Some(c) => Bound::Excluded(c.as_bytes().to_vec()),
@@ -942,6 +953,21 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!again.written && !again.became_terminal);
+    }
+
+    #[test]
+    fn find_reads_the_upstream_operation_index() {
+        let (_d, s) = store();
+        let now = Timestamp(1_000);
+        let mut op = crate::operation::sample(now);
+        op.operation = "batches/b1".into();
+        s.register(op.clone(), Duration::from_secs(60)).unwrap();
+        let found = s.find(&op.upstream, "batches/b1").unwrap().unwrap();
+        assert_eq!(found.id, op.id);
+        assert!(s.find(&op.upstream, "b1").unwrap().is_none());
+        assert!(s.find("other", "batches/b1").unwrap().is_none());
+        s.delete(&op.id).unwrap();
+        assert!(s.find(&op.upstream, "batches/b1").unwrap().is_none());
     }
 
     #[test]

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use super::{Observation, ObservedState, count, ended, fraction, non_null, rfc3339, status_text};
 
-use super::presets::PresetSpec;
+use super::openai::one_below;
+use super::presets::{CreateRule, PresetSpec, ProxyPatterns};
 use crate::schedule::config::PollConfig;
 
 /// `anthropic-batch`: an Anthropic Message Batch. Anthropic sends no webhooks for it.
@@ -24,6 +25,13 @@ pub static BATCH: PresetSpec = PresetSpec {
     poll: PollConfig::batch(),
     reads: "processing_status; the outcome of an ended batch from request_counts; results_url, expires_at",
     read: Some(read_batch),
+    proxy: Some(ProxyPatterns {
+        create: |method, path| {
+            (method == "POST" && path == "messages/batches").then(|| CreateRule::field("/id"))
+        },
+        status_read: |path, _| one_below("messages/batches/", path),
+        auth_headers: &["x-api-key", "authorization"],
+    }),
     ..PresetSpec::BASE
 };
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{Observation, ObservedState, count, ended, non_null, status_text};
 
-use super::presets::PresetSpec;
+use super::presets::{CreateId, CreateRule, PresetSpec, ProxyPatterns};
 use crate::schedule::config::PollConfig;
 
 /// `azure-async`: an Azure asynchronous operation; the registered operation is its status URL.
@@ -20,6 +20,19 @@ pub static ASYNC: PresetSpec = PresetSpec {
     read: Some(read_status),
     operation_url: Some(operation_url),
     canonical_operation: canonical_url,
+    proxy: Some(ProxyPatterns {
+        // Any request whose 2xx answer names a status URL; its body is not the operation.
+        create: |_, _| {
+            Some(CreateRule {
+                needs_background: false,
+                id: CreateId::Header(&["azure-asyncoperation", "operation-location"]),
+                returns_job: false,
+            })
+        },
+        // The status read is a GET of the registered URL itself.
+        status_read: |_, url| Some(url.to_string()),
+        auth_headers: &["authorization", "api-key", "ocp-apim-subscription-key"],
+    }),
     ..PresetSpec::BASE
 };
 

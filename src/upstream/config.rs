@@ -46,6 +46,68 @@ pub struct RawUpstream {
     webhook: Option<RawWebhook>,
     #[serde(default)]
     callback_events: Vec<String>,
+    proxy: Option<RawProxy>,
+}
+
+/// `[upstreams.<name>] proxy = { ... }` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    #[serde(default)]
+    enabled: bool,
+    callback_url: Option<String>,
+    max_wait: Option<Dur>,
+    create: Option<RawProxyCreate>,
+}
+
+/// `proxy.create = { method, path, id_field }` (generic upstreams).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyCreate {
+    #[serde(default = "d_post")]
+    method: String,
+    path: String,
+    id_field: String,
+}
+fn d_post() -> String {
+    "POST".into()
+}
+
+/// The proxy's settings for one upstream (`proxy = { ... }`, off by default).
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Only upstreams with `enabled = true` answer under `/proxy/<name>/`.
+    pub enabled: bool,
+    /// The callback URL of operations the proxy registers when the request names none (checked
+    /// against `callbacks.allowed_hosts` by the config loader); else `callbacks.default_url`.
+    pub callback_url: Option<String>,
+    /// How long a proxied request may wait for the upstream's budget before `429`.
+    pub max_wait: Duration,
+    /// A generic upstream's create request.
+    pub create: Option<GenericCreate>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            enabled: false,
+            callback_url: None,
+            max_wait: DEFAULT_PROXY_MAX_WAIT,
+            create: None,
+        }
+    }
+}
+
+/// The default `proxy.max_wait`.
+pub const DEFAULT_PROXY_MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// A generic upstream's create request: `method path` (version segment removed, no leading
+/// `/`), the job's id at the JSON pointer `id_field` of the response.
+#[derive(Clone, Debug)]
+pub struct GenericCreate {
+    pub method: String,
+    pub path: String,
+    pub id_field: String,
 }
 fn d_preset() -> String {
     "generic".into()
@@ -75,6 +137,8 @@ pub struct UpstreamConfig {
     pub webhook: Option<WebhookConfig>,
     /// Callbacks sent besides the terminal one (see [`CALLBACK_EVENTS`]).
     pub callback_events: Vec<String>,
+    /// The transparent proxy (`/proxy/<name>/...`).
+    pub proxy: ProxyConfig,
 }
 
 /// The non-terminal callback events an upstream may ask for in `callback_events`.
@@ -140,6 +204,7 @@ pub fn resolve_upstream(
         ));
     }
     check_callback_events(&key, defaults, &u.preset, &u.callback_events)?;
+    let proxy = resolve_proxy(&key, defaults, u.proxy)?;
 
     Ok(UpstreamConfig {
         name: name.to_string(),
@@ -155,6 +220,64 @@ pub fn resolve_upstream(
         poll,
         webhook,
         callback_events: u.callback_events,
+        proxy,
+    })
+}
+
+/// `proxy`: off unless `enabled`; `create` only for a preset without its own patterns.
+fn resolve_proxy(
+    key: &dyn Fn(&str) -> String,
+    defaults: &PresetSpec,
+    raw: Option<RawProxy>,
+) -> Result<ProxyConfig, String> {
+    let Some(raw) = raw else {
+        return Ok(ProxyConfig::default());
+    };
+    let max_wait = raw.max_wait.map_or(DEFAULT_PROXY_MAX_WAIT, |d| d.0);
+    if max_wait > Duration::from_secs(300) {
+        return Err(format!(
+            "`{}`: at most \"300s\"; an app waiting longer should retry after a 429",
+            key("proxy.max_wait")
+        ));
+    }
+    let create = match raw.create {
+        None => None,
+        Some(_) if defaults.proxy.is_some() => {
+            return Err(format!(
+                "`{}`: preset {:?} knows its own create requests; remove it",
+                key("proxy.create"),
+                defaults.name
+            ));
+        }
+        Some(c) => {
+            let method = c.method.to_ascii_uppercase();
+            if method.is_empty() || !method.chars().all(|ch| ch.is_ascii_alphabetic()) {
+                return Err(format!(
+                    "`{}`: {:?} is not an HTTP method; write e.g. \"POST\"",
+                    key("proxy.create.method"),
+                    c.method
+                ));
+            }
+            let path = c.path.trim_matches('/').to_string();
+            if path.is_empty() {
+                return Err(format!(
+                    "`{}`: write the create path below the API version, e.g. \"jobs\"",
+                    key("proxy.create.path")
+                ));
+            }
+            let id_field = check_pointer(&key("proxy.create.id_field"), &c.id_field)?;
+            Some(GenericCreate {
+                method,
+                path,
+                id_field,
+            })
+        }
+    };
+    Ok(ProxyConfig {
+        enabled: raw.enabled,
+        callback_url: raw.callback_url,
+        max_wait,
+        create,
     })
 }
 

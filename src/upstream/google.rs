@@ -9,7 +9,7 @@ use super::{
     Observation, ObservedState, count, ended, fraction, non_null, rfc3339, status_text, with,
 };
 
-use super::presets::{PresetSpec, WebhookDefaults};
+use super::presets::{CreateRule, PresetSpec, ProxyPatterns, WebhookDefaults, segments};
 use crate::schedule::config::PollConfig;
 
 const GEMINI: &str = "https://generativelanguage.googleapis.com/v1beta/";
@@ -26,8 +26,37 @@ pub static OPERATION: PresetSpec = PresetSpec {
     webhook: WebhookDefaults::thin(&["video."], &["video.generated"], &[]),
     reads: "done / error / response (a Veo response without videos is failed)",
     read: Some(read_operation),
+    proxy: Some(ProxyPatterns {
+        create: |method, path| model_call(method, path, "predictLongRunning"),
+        status_read: |path, _| {
+            let s = segments(path);
+            let ok = match s.as_slice() {
+                ["operations", id] => !id.is_empty(),
+                [.., "operations", id] => !id.is_empty() && s.len() % 2 == 0,
+                _ => false,
+            };
+            ok.then(|| path.to_string())
+        },
+        auth_headers: GOOGLE_AUTH,
+    }),
     ..PresetSpec::BASE
 };
+
+/// Google APIs take a key in `x-goog-api-key` or an OAuth token in `Authorization`.
+const GOOGLE_AUTH: &[&str] = &["x-goog-api-key", "authorization"];
+
+/// `POST models/{model}:{verb}`: the answer is an Operation named by `name`.
+fn model_call(method: &str, path: &str, verb: &str) -> Option<CreateRule> {
+    let s = segments(path);
+    let ok = match s.as_slice() {
+        ["models", m] => m
+            .strip_suffix(verb)
+            .and_then(|m| m.strip_suffix(':'))
+            .is_some_and(|m| !m.is_empty()),
+        _ => false,
+    };
+    (method == "POST" && ok).then(|| CreateRule::field("/name"))
+}
 
 /// `gemini-batch`: a Gemini Batch API job (`batches/{id}`).
 pub static BATCH: PresetSpec = PresetSpec {
@@ -50,6 +79,15 @@ pub static BATCH: PresetSpec = PresetSpec {
     reads: "state or metadata.state (BATCH_STATE_* / JOB_STATE_*), batchStats, output",
     read: Some(read_batch),
     canonical_operation: canonical_batch,
+    proxy: Some(ProxyPatterns {
+        create: |method, path| model_call(method, path, "batchGenerateContent"),
+        status_read: |path, _| {
+            path.strip_prefix("batches/")
+                .filter(|id| !id.is_empty() && !id.contains('/') && !id.contains(':'))
+                .map(|_| path.to_string())
+        },
+        auth_headers: GOOGLE_AUTH,
+    }),
     ..PresetSpec::BASE
 };
 
@@ -75,6 +113,17 @@ pub static INTERACTION: PresetSpec = PresetSpec {
     reads: "status (requires_action is a pause), outputs, error",
     read: Some(read_interaction),
     canonical_operation: canonical_interaction,
+    proxy: Some(ProxyPatterns {
+        create: |method, path| {
+            (method == "POST" && path == "interactions").then(|| CreateRule::background("/id"))
+        },
+        status_read: |path, _| {
+            path.strip_prefix("interactions/")
+                .filter(|id| !id.is_empty() && !id.contains('/') && !id.contains(':'))
+                .map(str::to_string)
+        },
+        auth_headers: GOOGLE_AUTH,
+    }),
     ..PresetSpec::BASE
 };
 

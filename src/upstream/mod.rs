@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::clock::Timestamp;
 
 pub use self::config::{CALLBACK_EVENTS, UpstreamConfig};
-pub use self::presets::{Preset, PresetSpec, ProxyPatterns, WebhookDefaults};
+pub use self::presets::{CreateId, CreateRule, Preset, PresetSpec, ProxyPatterns, WebhookDefaults};
 pub use self::webhook::{
     GEMINI_JWKS_URL, JwtConfig, KeyMaterial, WebhookConfig, WebhookKey, WebhookScheme,
 };

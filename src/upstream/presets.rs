@@ -1,6 +1,7 @@
 //! What a preset is: [`PresetSpec`], everything hookshim knows about one kind of upstream job
-//! (name, defaults, how a status body is read, webhook events, id normalisation), and
-//! [`Preset`], a handle on one. Each provider family's file defines its presets completely as
+//! (name, defaults, how a status body is read, webhook events, id normalisation, the requests
+//! the proxy recognises), and [`Preset`], a handle on one. Each provider family's file defines
+//! its presets completely as
 //! `PresetSpec` statics; the table that lists them is [`super::PRESETS`]. Adding a preset is one
 //! static in its family's file plus one line in that table (a new family's file also needs its
 //! `mod` line next to it).
@@ -45,8 +46,8 @@ pub struct PresetSpec {
     /// `Some`: the registered operation is the full status URL (no `status_path`); this
     /// parses and checks it.
     pub operation_url: Option<OperationUrl>,
-    /// The upstream's create and status-read requests, for proxying them; `None` for every
-    /// preset until the proxy exists.
+    /// The upstream's create and status-read requests, for proxying them (`None`: only
+    /// pass-through, or, for `generic`, what `proxy.create` and `status_path` say).
     pub proxy: Option<ProxyPatterns>,
 }
 
@@ -73,12 +74,61 @@ pub fn same_operation(op: &str) -> String {
     op.to_string()
 }
 
-/// Placeholder for the proxy: the request patterns that create a job and read its status
-/// (e.g. `"POST batches"`, `"GET batches/{operation}"`).
+/// How the proxy recognises this kind of job's requests (see `crate::proxy`). Paths are given
+/// without a leading `/` and with any API-version segment (`v1`, `v1beta`, ...) removed, so
+/// `/v1/batches/x` and `/v1beta/batches/x` are the same request.
 #[derive(Clone, Copy, Debug)]
 pub struct ProxyPatterns {
-    pub create: &'static [&'static str],
-    pub status_read: &'static [&'static str],
+    /// Whether `method path` may create a job of this kind, and how to read it.
+    pub create: fn(method: &str, path: &str) -> Option<CreateRule>,
+    /// The operation a `GET` of `path` reads the status of, if it is a status read. `url` is
+    /// the full upstream URL the request goes to (for presets whose operation is that URL).
+    pub status_read: fn(path: &str, url: &str) -> Option<String>,
+    /// The request headers that carry the app's credential, first present wins.
+    pub auth_headers: &'static [&'static str],
+}
+
+/// A request that creates a job when its response is 2xx.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CreateRule {
+    /// Only when the request's JSON body has `"background": true`.
+    pub needs_background: bool,
+    /// Where the job's id is in the response.
+    pub id: CreateId,
+    /// Whether the create response body is the job resource (it seeds the kept status body).
+    pub returns_job: bool,
+}
+
+/// Where a create response names the job.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CreateId {
+    /// A JSON pointer into the response body.
+    Field(&'static str),
+    /// The first of these response headers present (its value is the operation).
+    Header(&'static [&'static str]),
+}
+
+impl CreateRule {
+    /// The job's id is at `pointer` of the create response, which is the job itself.
+    pub const fn field(pointer: &'static str) -> CreateRule {
+        CreateRule {
+            needs_background: false,
+            id: CreateId::Field(pointer),
+            returns_job: true,
+        }
+    }
+    /// As [`CreateRule::field`], only for requests with `"background": true`.
+    pub const fn background(pointer: &'static str) -> CreateRule {
+        CreateRule {
+            needs_background: true,
+            ..CreateRule::field(pointer)
+        }
+    }
+}
+
+/// `path`'s segments, for the matchers in the family files.
+pub fn segments(path: &str) -> Vec<&str> {
+    path.split('/').collect()
 }
 
 /// What a preset knows about the webhooks its upstream sends.
@@ -210,7 +260,11 @@ mod tests {
             assert!(!spec.reads.is_empty(), "{} says what it reads", p.name());
             // A preset whose operation is the status URL has no status path to fill in.
             assert!(spec.operation_url.is_none() || spec.status_path.is_none());
-            assert!(spec.proxy.is_none(), "no proxy patterns yet");
+            assert_eq!(
+                spec.proxy.is_none(),
+                spec.name == "generic",
+                "every preset but generic has proxy patterns"
+            );
         }
         assert_eq!(format!("{:?}", PRESETS[0]), "Preset(\"generic\")");
     }

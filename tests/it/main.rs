@@ -19,6 +19,7 @@ mod lifecycle;
 mod listeners;
 mod polling;
 mod presets;
+mod proxy;
 mod schemes;
 mod sdk;
 mod store_damage;
