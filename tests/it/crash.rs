@@ -487,7 +487,7 @@ async fn kill_9_the_instant_the_last_201_arrives_loses_no_registration() {
         assert_eq!(rec["operation"], op.as_str(), "{rec}");
         assert_eq!(rec["upstream"], "jobs", "{rec}");
         assert!(
-            !rec["status"].as_str().is_some_and(|s| s == "failed"),
+            matches!(rec["status"].as_str(), Some("pending" | "running")),
             "{rec}"
         );
     }
