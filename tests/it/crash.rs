@@ -349,7 +349,30 @@ async fn kill_9_mid_delivery_loses_no_callback_and_keeps_webhook_ids() {
          the restart",
         at_kill.len()
     );
-    drop(proc2);
+
+    // A second kill, once every callback is delivered and the newest answer is older than a
+    // flush: nothing is in flight and every result was recorded, so the bound is zero — a
+    // restart must send nothing again.
+    let newest = recv.calls().iter().map(|c| c.at).max().unwrap();
+    tokio::time::sleep(UNFLUSHED_RESULT_WINDOW.saturating_sub(newest.elapsed())).await;
+    let before_kill = recv.calls().len();
+    let killed = proc2.kill9();
+    assert!(!killed.success(), "{killed}");
+    let mut proc3 = setup.spawn();
+    proc3.wait_healthy(&http, &setup.url).await;
+    // Outbox entries resume at once at start; wait past two retry steps as well.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again: Vec<String> = recv.calls()[before_kill..]
+        .iter()
+        .map(|c| c.webhook_id.clone())
+        .collect();
+    assert!(
+        again.is_empty(),
+        "{} callbacks sent again after a kill with nothing in flight and every delivery older \
+         than a flush (bound 0): {again:?}",
+        again.len()
+    );
+    drop(proc3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -284,7 +284,7 @@ async fn repeated_not_found_fails_the_operation() {
     assert_eq!(done["error"]["code"], "upstream_not_found", "{done}");
     assert_eq!(done["polls"], 3, "not_found_after = 3: {done}");
     assert_eq!(done["detected_via"], "poll");
-    let calls = wait_calls(&recv, &id, 1).await;
+    let calls = [exactly_one_callback(&recv, &id, QUIET).await];
     assert_eq!(calls[0].body["type"], "operation.failed");
     assert_eq!(calls[0].body["data"]["error"]["code"], "upstream_not_found");
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -322,7 +322,7 @@ async fn a_real_answer_resets_the_not_found_streak() {
     assert_eq!(done["polls"], 6, "{done}");
     assert_eq!(done["result"], "here");
     assert_eq!(done["not_found_streak"], 0);
-    let calls = wait_calls(&recv, &id, 1).await;
+    let calls = [exactly_one_callback(&recv, &id, QUIET).await];
     assert_eq!(calls[0].body["type"], "operation.succeeded");
 }
 
@@ -355,7 +355,7 @@ async fn google_operation_preset_reads_veo_jobs() {
     );
     let done = wait_status(&shim, &id, "succeeded").await;
     assert_eq!(done["operation"], name);
-    let calls = wait_calls(&recv, &id, 1).await;
+    let calls = [exactly_one_callback(&recv, &id, QUIET).await];
     assert!(calls[0].verified);
     assert_eq!(calls[0].body["type"], "operation.succeeded");
     assert_eq!(
@@ -388,7 +388,7 @@ async fn google_operation_error_code_1_is_cancelled_others_failed() {
         let done = wait_status(&shim, &id, status).await;
         assert_eq!(done["error"]["code"], code);
         assert!(done["result"].is_null());
-        let calls = wait_calls(&recv, &id, 1).await;
+        let calls = [exactly_one_callback(&recv, &id, QUIET).await];
         assert_eq!(calls[0].body["type"], format!("operation.{status}"));
         assert_eq!(calls[0].body["data"]["error"]["message"], "why");
     }
@@ -598,8 +598,8 @@ async fn an_upstream_without_a_status_endpoint_is_never_polled() {
     let late = wait_status(&shim, &b, "timed_out").await;
     assert_eq!(late["error"]["code"], "deadline_exceeded", "{late}");
     assert_eq!(late["polls"], 0, "{late}");
-    wait_calls(&recv, &a, 1).await;
-    wait_calls(&recv, &b, 1).await;
+    exactly_one_callback(&recv, &a, QUIET).await;
+    exactly_one_callback(&recv, &b, QUIET).await;
     assert!(
         up.all_requests().is_empty(),
         "no status request may be sent with polling off"
