@@ -167,6 +167,15 @@ async fn register_all(
     ids
 }
 
+/// An HTTP client that gives up after 30 s: a request hookshim never answers fails the test
+/// instead of hanging it (seen once when the shared disk filled up and a flush hung).
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 async fn get_op(http: &reqwest::Client, url: &str, id: &str) -> (u16, Value) {
     let r = http
         .get(format!("{url}/v1/operations/{id}"))
@@ -197,7 +206,7 @@ async fn kill_9_mid_delivery_loses_no_callback_and_keeps_webhook_ids() {
     // Slow answers, 4 deliveries in flight: callbacks are mid-request when the kill comes.
     recv.set_default(Behaviour::Slow(Duration::from_millis(50)));
     let mut setup = setup_at(&up.url, &recv);
-    let http = reqwest::Client::new();
+    let http = client();
     let mut proc1 = setup.spawn();
     proc1.wait_healthy(&http, &setup.url).await;
 
@@ -382,7 +391,7 @@ async fn sigterm_exits_cleanly_and_keeps_every_operation() {
     let recv = Receiver::start().await;
     recv.set_default(Behaviour::Slow(Duration::from_millis(50)));
     let mut setup = setup(&up, &recv);
-    let http = reqwest::Client::new();
+    let http = client();
     let mut proc1 = setup.spawn();
     proc1.wait_healthy(&http, &setup.url).await;
 
@@ -463,7 +472,7 @@ async fn kill_9_the_instant_the_last_201_arrives_loses_no_registration() {
     let up = FakeUpstream::start().await;
     let recv = Receiver::start().await;
     let mut setup = setup(&up, &recv);
-    let http = reqwest::Client::new();
+    let http = client();
     let mut proc1 = setup.spawn();
     proc1.wait_healthy(&http, &setup.url).await;
     // Running jobs: their polls write without waiting for the disk, so nothing but the
@@ -594,7 +603,7 @@ async fn kill_9_right_after_a_webhooks_2xx_keeps_its_effect() {
         .replace("{RECV}", &recv.url)
         .replace("default_url = \"", "# default_url = \"");
     let mut setup = ProcSetup::new(&config);
-    let http = reqwest::Client::new();
+    let http = client();
     let mut proc1 = setup.spawn();
     proc1.wait_healthy(&http, &setup.url).await;
     let mut ids = BTreeMap::new();
