@@ -514,25 +514,7 @@ impl TestShim {
         msg_id: &str,
         body: &Value,
     ) -> (u16, Value) {
-        let raw = serde_json::to_vec(body).unwrap();
-        let ts = time_now_secs();
-        let sig = standardwebhooks::Webhook::new(secret)
-            .unwrap()
-            .sign(msg_id, ts as i64, &raw)
-            .unwrap();
-        let r = self
-            .http
-            .post(format!("{}/webhooks/{upstream}", self.url))
-            .header("content-type", "application/json")
-            .header("webhook-id", msg_id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", sig)
-            .body(raw)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        send_signed_webhook(&self.http, &self.url, upstream, secret, msg_id, body).await
     }
 
     pub async fn metrics(&self) -> String {
@@ -545,6 +527,56 @@ impl TestShim {
             .await
             .unwrap()
     }
+}
+
+/// POST a Standard Webhooks-signed webhook (signed by the `standardwebhooks` crate) to the
+/// hookshim at `url`; usable from spawned tasks (owns nothing of a [`TestShim`]).
+pub async fn send_signed_webhook(
+    http: &reqwest::Client,
+    url: &str,
+    upstream: &str,
+    secret: &str,
+    msg_id: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let raw = serde_json::to_vec(body).unwrap();
+    let ts = time_now_secs();
+    let sig = standardwebhooks::Webhook::new(secret)
+        .unwrap()
+        .sign(msg_id, ts as i64, &raw)
+        .unwrap();
+    let r = http
+        .post(format!("{url}/webhooks/{upstream}"))
+        .header("content-type", "application/json")
+        .header("webhook-id", msg_id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sig)
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// How long "exactly one callback" checks keep listening after the first one arrived, in
+/// tests on [`CONFIG`]: twice its slowest poll (`max = "200ms"`), which also covers the first
+/// two retry steps (100 ms + 200 ms of `retry_schedule`) of a callback sent a second time.
+pub const QUIET: Duration = Duration::from_millis(400);
+
+/// Wait for the first callback about `id`, keep listening for `quiet`, and assert it stayed
+/// the only one. Returns it.
+pub async fn exactly_one_callback(recv: &Receiver, id: &str, quiet: Duration) -> Call {
+    let first = wait_calls(recv, id, 1).await;
+    tokio::time::sleep(quiet).await;
+    let all = recv.calls_for(id);
+    assert_eq!(
+        all.len(),
+        1,
+        "exactly one callback for {id}, but {} arrived within {quiet:?} of the first: {all:?}",
+        all.len()
+    );
+    first[0].clone()
 }
 
 /// The hookshim id in a registration answer.

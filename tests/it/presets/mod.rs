@@ -185,8 +185,7 @@ impl Rig {
 
     /// The one terminal callback of `id`, checked: signed, stable id, right type and status.
     async fn terminal_callback(&self, id: &str, status: &str, via: &str) -> Value {
-        let calls = wait_calls(&self.recv, id, 1).await;
-        let c = &calls[0];
+        let c = &exactly_one_callback(&self.recv, id, QUIET).await;
         assert!(
             c.verified,
             "callback signature did not verify: {:?}",
