@@ -386,6 +386,7 @@ impl Config {
                             "events": w.events.iter().map(|(k, v)| (k.clone(), json!(v.as_str()))).collect::<serde_json::Map<_, _>>(),
                         })),
                         "callback_events": u.callback_events,
+                        "auth": u.auth.as_ref().map(|a| a.describe()),
                     }),
                 )
             })

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub callback_attempts: Family<CallbackLabel, Counter>,
     pub delivery_latency: Histogram,
     pub upstream_rate: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
+    /// Credential fetches (`auth`) by upstream and result (`ok`, `error`).
+    pub credential_refreshes: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -70,6 +72,7 @@ impl Metrics {
         let webhooks = Family::<ResultLabels, Counter>::default();
         let callback_attempts = Family::<CallbackLabel, Counter>::default();
         let upstream_rate = Family::<UpstreamLabel, Gauge<f64, AtomicU64>>::default();
+        let credential_refreshes = Family::<ResultLabels, Counter>::default();
         // 1 ms .. ~33 s, doubling.
         let delivery_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
@@ -89,7 +92,7 @@ impl Metrics {
         );
         registry.register(
             "hookshim_upstream_requests",
-            "Status requests to upstreams by outcome (ok, not_modified, not_found, rate_limited, server_error, client_error, invalid_body, body_too_large, timeout, network_error)",
+            "Status requests to upstreams by outcome (ok, not_modified, not_found, rate_limited, server_error, client_error, invalid_body, body_too_large, timeout, network_error; with auth: credential_rejected for a 401/403 answered by one refresh and a retry, credential_error when no credential could be obtained)",
             upstream_requests.clone(),
         );
         registry.register(
@@ -112,7 +115,13 @@ impl Metrics {
             "Status requests per second currently allowed to each upstream (lowered after 429/503, recovers to rate.per_second)",
             upstream_rate.clone(),
         );
+        registry.register(
+            "hookshim_credential_refreshes",
+            "Fetches of upstream credentials (auth: command, file, gcp_metadata, aws_sigv4) by result (ok, error)",
+            credential_refreshes.clone(),
+        );
         Metrics {
+            credential_refreshes,
             upstream_rate,
             registry,
             registered,
