@@ -277,6 +277,7 @@ mod tests {
             region: "us-east-1".into(),
             profile: profile.map(str::to_string),
             refresh: Duration::from_secs(300),
+            env: Default::default(),
         }
     }
 

@@ -11,7 +11,34 @@ use reqwest::header::HeaderName;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::values::Dur;
+use crate::values::{Dur, EnvLookup};
+
+/// The environment variables AWS credentials are read from (read once, with the config).
+pub const AWS_ENV: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "HOME",
+];
+
+/// The [`AWS_ENV`] variables that were set. `Debug` shows only their names.
+#[derive(Clone, Default)]
+pub struct AwsEnv(pub std::collections::BTreeMap<String, String>);
+
+impl std::fmt::Debug for AwsEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl AwsEnv {
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
 
 /// The GCE metadata server's token endpoint (default service account).
 pub const GCP_METADATA_URL: &str =
@@ -73,6 +100,9 @@ pub struct SigV4Config {
     pub profile: Option<String>,
     /// How often credentials without an expiry are read again.
     pub refresh: Duration,
+    /// The AWS environment variables as the config was loaded (the files they name are read
+    /// again at every refresh).
+    pub env: AwsEnv,
 }
 
 /// An upstream's resolved `auth`.
@@ -123,7 +153,7 @@ impl AuthConfig {
 
 /// Resolve `auth` of upstream `name`. Exactly one source; `header`/`prefix` only for tokens.
 /// Errors name the key (`upstreams.<name>.auth.<key>`) and say what to write.
-pub fn resolve_auth(name: &str, raw: RawAuth) -> Result<AuthConfig, String> {
+pub fn resolve_auth(name: &str, raw: RawAuth, env: EnvLookup<'_>) -> Result<AuthConfig, String> {
     let key = |k: &str| format!("upstreams.{name}.auth.{k}");
     let sources = [
         raw.command.is_some(),
@@ -226,6 +256,12 @@ pub fn resolve_auth(name: &str, raw: RawAuth) -> Result<AuthConfig, String> {
             region: s.region,
             profile: s.profile.filter(|p| !p.is_empty()),
             refresh: refresh.unwrap_or(DEFAULT_AWS_REFRESH),
+            env: AwsEnv(
+                AWS_ENV
+                    .iter()
+                    .filter_map(|k| env(k).map(|v| (k.to_string(), v)))
+                    .collect(),
+            ),
         })
     } else {
         unreachable_source(name)?
@@ -263,7 +299,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<AuthConfig, String> {
         let raw: RawAuth = toml::from_str(text).map_err(|e| e.to_string())?;
-        resolve_auth("vertex", raw)
+        resolve_auth("vertex", raw, &|_| None)
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl Credential {
                     })
             }
             AuthSource::AwsSigV4(s) => {
-                let keys = aws::load(s, timeout, &crate::values::process_env).await?;
+                let keys = aws::load(s, timeout, &|k| s.env.get(k)).await?;
                 let life = keys
                     .expires
                     .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default());

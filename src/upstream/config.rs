@@ -117,7 +117,11 @@ pub fn resolve_upstream(
     let polling = u.poll.enabled();
     let base_url = resolve_base_url(&key, &u, defaults, polling)?;
     let status_path = resolve_status_path(&key, &u, defaults, polling)?;
-    let auth = u.auth.take().map(|a| resolve_auth(name, a)).transpose()?;
+    let auth = u
+        .auth
+        .take()
+        .map(|a| resolve_auth(name, a, env))
+        .transpose()?;
     let (header_templates, headers) =
         resolve_headers(&key, defaults, &u.headers, auth.as_ref(), env)?;
     let mapping = resolve_mapping(name, preset, polling, &u)?;
