@@ -135,6 +135,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
             .iter()
             .filter_map(|(n, u)| u.auth.as_ref().map(|a| (n.as_str(), a))),
         metrics.credential_refreshes.clone(),
+        upstream_http.clone(),
     );
     let shim = Arc::new(Shim {
         store,

@@ -246,18 +246,13 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// One [`Credential`] per upstream with `auth`; `refreshes` counts fetches by result.
+    /// One [`Credential`] per upstream with `auth`; `refreshes` counts fetches by result;
+    /// `http` (no proxy from the environment) asks the metadata server.
     pub fn new<'a>(
         auths: impl Iterator<Item = (&'a str, &'a AuthConfig)>,
         refreshes: Family<ResultLabels, Counter>,
+        http: reqwest::Client,
     ) -> Credentials {
-        // Its own client: no proxy from the environment, no redirects (a token answer does
-        // not move).
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
         let by_upstream = auths
             .map(|(name, config)| {
                 (
