@@ -549,8 +549,13 @@ async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
         Ok(_) => shim.commit.last_error().map(|e| e.to_string()),
     };
     let ready = workers && store_error.is_none();
+    // An upstream whose credential cannot be obtained is reported by name, with the error, but
+    // does not make the service unready: registrations, webhooks, callbacks and every other
+    // upstream still work, and its operations wait (transient) until the credential is back.
+    let credentials = shim.credentials.errors();
     let body = json!({"ready": ready, "store": store_error.is_none(), "store_error": store_error, "workers": workers,
-        "polls_scheduled": shim.polls.len(), "outbox": shim.deliveries.len()});
+        "polls_scheduled": shim.polls.len(), "outbox": shim.deliveries.len(),
+        "credentials": credentials});
     let status = if ready {
         StatusCode::OK
     } else {

@@ -405,6 +405,7 @@ impl Config {
                             "max_wait": ms(u.proxy.max_wait),
                             "create": u.proxy.create.as_ref().map(|c| json!({"method": c.method, "path": c.path, "id_field": c.id_field})),
                         },
+                        "auth": u.auth.as_ref().map(|a| a.describe()),
                     }),
                 )
             })

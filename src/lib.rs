@@ -25,6 +25,7 @@ pub mod api;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod delivery;
 pub mod demo;
 pub mod errors;

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub upstream_rate: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
     pub proxy_requests: Family<OutcomeLabels, Counter>,
     pub proxy_saved: Family<UpstreamLabel, Counter>,
+    /// Credential fetches (`auth`) by upstream and result (`ok`, `error`).
+    pub credential_refreshes: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -74,6 +76,7 @@ impl Metrics {
         let upstream_rate = Family::<UpstreamLabel, Gauge<f64, AtomicU64>>::default();
         let proxy_requests = Family::<OutcomeLabels, Counter>::default();
         let proxy_saved = Family::<UpstreamLabel, Counter>::default();
+        let credential_refreshes = Family::<ResultLabels, Counter>::default();
         // 1 ms .. ~33 s, doubling.
         let delivery_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
@@ -93,7 +96,7 @@ impl Metrics {
         );
         registry.register(
             "hookshim_upstream_requests",
-            "Status requests to upstreams by outcome (ok, not_modified, not_found, rate_limited, server_error, client_error, invalid_body, body_too_large, timeout, network_error)",
+            "Status requests to upstreams by outcome (ok, not_modified, not_found, rate_limited, server_error, client_error, invalid_body, body_too_large, timeout, network_error; with auth: credential_rejected for a 401/403 answered by one refresh and a retry, credential_error when no credential could be obtained)",
             upstream_requests.clone(),
         );
         registry.register(
@@ -126,7 +129,13 @@ impl Metrics {
             "Status reads through the proxy answered from hookshim instead of the upstream",
             proxy_saved.clone(),
         );
+        registry.register(
+            "hookshim_credential_refreshes",
+            "Fetches of upstream credentials (auth: command, file, gcp_metadata, aws_sigv4) by result (ok, error)",
+            credential_refreshes.clone(),
+        );
         Metrics {
+            credential_refreshes,
             upstream_rate,
             proxy_requests,
             proxy_saved,

@@ -3,6 +3,8 @@
 //! record in one atomic write → hand a terminal operation to the domain reaction (flush, then
 //! deliver) → schedule what comes next. The rules that decide (what an answer means, when the
 //! next poll is due) are pure and live in [`crate::schedule::outcome`]; this file is the I/O.
+//! An upstream with `auth` gets its credential from [`crate::credentials`] on each request; a
+//! 401/403 to it refreshes it once and reads again at once ([`send`]).
 
 use std::time::Duration;
 
@@ -145,9 +147,16 @@ async fn request(
     if let Some(tag) = etag {
         req = req.header(IF_NONE_MATCH, tag);
     }
-    let resp = match req.send().await {
+    let resp = match send(shim, up, req).await {
         Ok(r) => r,
-        Err(e) => {
+        Err(SendError::Credential(e)) => {
+            // Never terminal: the poll backs off like any transient failure (invariant 4).
+            shim.metrics.upstream_request(&up.name, "credential_error");
+            return Reading::new(PollOutcome::Transient(format!(
+                "no credential for the status request: {e}"
+            )));
+        }
+        Err(SendError::Http(e)) => {
             let (kind, msg) = if e.is_timeout() {
                 (
                     "timeout",
@@ -235,4 +244,47 @@ async fn request(
         etag,
         body: kept,
     }
+}
+
+/// Why a status request got no response.
+enum SendError {
+    Http(reqwest::Error),
+    Credential(crate::credentials::CredentialError),
+}
+
+/// Send a status request with the upstream's credential, if it has `auth`. A 401/403 to it
+/// refreshes the credential ONCE and sends the request again at once: that second answer is the
+/// reading (invariant 4: a 401 before a credential refresh is not an error). Without `auth`
+/// the request goes as built.
+async fn send(
+    shim: &Shim,
+    up: &UpstreamConfig,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, SendError> {
+    let Some(credential) = shim.credentials.get(&up.name) else {
+        return req.send().await.map_err(SendError::Http);
+    };
+    let (client, req) = req.build_split();
+    let mut req = req.map_err(SendError::Http)?;
+    let again = req.try_clone();
+    let used = credential
+        .authorize(&mut req, None)
+        .await
+        .map_err(SendError::Credential)?;
+    let resp = client.execute(req).await.map_err(SendError::Http)?;
+    let status = resp.status();
+    let Some(mut again) =
+        again.filter(|_| status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
+    else {
+        return Ok(resp);
+    };
+    drop(resp);
+    shim.metrics
+        .upstream_request(&up.name, "credential_rejected");
+    tracing::info!(upstream = %up.name, %status, "upstream rejected the credential; refreshing it and reading again");
+    credential
+        .authorize(&mut again, Some(used))
+        .await
+        .map_err(SendError::Credential)?;
+    client.execute(again).await.map_err(SendError::Http)
 }

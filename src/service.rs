@@ -129,6 +129,15 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         .map(|(n, u)| (n.clone(), UpstreamLimiter::new(u.rate, opts.clock.now())))
         .collect();
     let commit = GroupCommit::new(store.clone());
+    let metrics = Metrics::new();
+    let credentials = crate::credentials::Credentials::new(
+        config
+            .upstreams
+            .iter()
+            .filter_map(|(n, u)| u.auth.as_ref().map(|a| (n.as_str(), a))),
+        metrics.credential_refreshes.clone(),
+        upstream_http.clone(),
+    );
     let shim = Arc::new(Shim {
         store,
         commit: commit.clone(),
@@ -141,12 +150,13 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         upstream_http,
         callback_http,
         proxy_http,
-        metrics: Metrics::new(),
+        metrics,
         clock: opts.clock,
         callback_key,
         shutdown: CancellationToken::new(),
         workers_running: AtomicBool::new(false),
         reads: Default::default(),
+        credentials,
         config,
     });
 
@@ -170,6 +180,14 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         |s, key| async move { crate::delivery::deliver_once(&s, key).await },
     ));
     workers.spawn(purge_loop(shim.clone()));
+    // Fetch every upstream credential once now, so a broken one shows in /readyz and the log
+    // before a poll needs it (a poll meanwhile waits for the same fetch, not a second one).
+    let warm = shim.clone();
+    workers.spawn(async move {
+        let _ = warm
+            .unless_stopping(Duration::ZERO, warm.credentials.warm())
+            .await;
+    });
     shim.workers_running.store(true, Ordering::SeqCst);
 
     let server_cfg = &shim.config.server;

@@ -3,7 +3,8 @@
 //! import the module that starts them ([`crate::service`] only wires and runs loops).
 //!
 //! - [`Shim`]: the handles — config, store and its group commit, the two due-queues, the
-//!   upstreams' limiters, the HTTP clients, metrics, the clock, the callback key, shutdown.
+//!   upstreams' limiters, the HTTP clients, metrics, the clock, the callback key, shutdown,
+//!   the upstreams' refreshing credentials.
 //! - Domain reactions: [`Shim::after_update`] / [`Shim::on_terminal`] are the one place where a
 //!   stored change is handed on — a terminal operation is counted, flushed (invariant 1: the
 //!   outbox entry is durable before the callback goes out) and put on the delivery queue; event
@@ -90,6 +91,8 @@ pub struct Shim {
     pub workers_running: AtomicBool,
     /// Status reads in flight: `DELETE` cancels the read of the operation it removes.
     pub reads: InFlightReads,
+    /// Upstream credentials that refresh (`auth`), by upstream.
+    pub credentials: crate::credentials::Credentials,
 }
 
 /// Status reads in flight, by operation (at most one per operation: the queue holds an id once).

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::webhook::{RawWebhook, WebhookConfig, resolve_webhook};
 use super::{Mapping, MappingInput, Preset, PresetSpec};
+use crate::credentials::{AuthConfig, AuthSource, RawAuth, resolve_auth};
 use crate::schedule::config::{
     PollConfig, RateConfig, RawPoll, RawRate, resolve_poll, resolve_rate,
 };
@@ -46,6 +47,7 @@ pub struct RawUpstream {
     webhook: Option<RawWebhook>,
     #[serde(default)]
     callback_events: Vec<String>,
+    auth: Option<RawAuth>,
     proxy: Option<RawProxy>,
 }
 
@@ -139,6 +141,8 @@ pub struct UpstreamConfig {
     pub callback_events: Vec<String>,
     /// The transparent proxy (`/proxy/<name>/...`).
     pub proxy: ProxyConfig,
+    /// A credential that refreshes (`auth`): its header replaces any static one of that name.
+    pub auth: Option<AuthConfig>,
 }
 
 /// The non-terminal callback events an upstream may ask for in `callback_events`.
@@ -159,7 +163,7 @@ impl UpstreamConfig {
 /// key checked. Errors name the key (`upstreams.<name>.<key>`) and say what to write.
 pub fn resolve_upstream(
     name: &str,
-    u: RawUpstream,
+    mut u: RawUpstream,
     env: EnvLookup<'_>,
 ) -> Result<UpstreamConfig, String> {
     let key = |k: &str| format!("upstreams.{name}.{k}");
@@ -177,7 +181,13 @@ pub fn resolve_upstream(
     let polling = u.poll.enabled();
     let base_url = resolve_base_url(&key, &u, defaults, polling)?;
     let status_path = resolve_status_path(&key, &u, defaults, polling)?;
-    let (header_templates, headers) = resolve_headers(&key, defaults, &u.headers, env)?;
+    let auth = u
+        .auth
+        .take()
+        .map(|a| resolve_auth(name, a, env))
+        .transpose()?;
+    let (header_templates, headers) =
+        resolve_headers(&key, defaults, &u.headers, auth.as_ref(), env)?;
     let mapping = resolve_mapping(name, preset, polling, &u)?;
     let prefix = format!("upstreams.{name}");
     let rate = resolve_rate(&prefix, u.rate)?;
@@ -221,6 +231,7 @@ pub fn resolve_upstream(
         webhook,
         callback_events: u.callback_events,
         proxy,
+        auth,
     })
 }
 
@@ -349,17 +360,33 @@ fn resolve_status_path(
 
 /// The request headers: the preset's first; a header the config names (in any case) replaces
 /// the preset's, and an empty value removes it. Returns the templates as written (for `hookshim
-/// check`) and the headers with `${VAR}`s expanded, marked sensitive.
+/// check`) and the headers with `${VAR}`s expanded, marked sensitive. With `auth`, the header
+/// it sets (Authorization for SigV4) is the credential's: the preset's is dropped, and writing
+/// it in `headers` as well is an error.
 fn resolve_headers(
     key: &dyn Fn(&str) -> String,
     defaults: &PresetSpec,
     written: &BTreeMap<String, String>,
+    auth: Option<&AuthConfig>,
     env: EnvLookup<'_>,
 ) -> Result<(BTreeMap<String, String>, HeaderMap), String> {
+    let auth_header = auth.map(|a| match a.source {
+        AuthSource::AwsSigV4(_) => "authorization",
+        _ => a.sets_header().as_str(),
+    });
+    if let Some(h) = auth_header {
+        if let Some(k) = written.keys().find(|k| k.eq_ignore_ascii_case(h)) {
+            return Err(format!(
+                "`{}`: `auth` sets this header; remove it from `headers` (or remove `auth`)",
+                key(&format!("headers.{k}"))
+            ));
+        }
+    }
     let mut templates: BTreeMap<String, String> = defaults
         .headers
         .iter()
         .filter(|(name, _)| !written.keys().any(|k| k.eq_ignore_ascii_case(name)))
+        .filter(|(name, _)| auth_header.is_none_or(|h| !h.eq_ignore_ascii_case(name)))
         .map(|(name, value)| (name.to_string(), value.to_string()))
         .collect();
     templates.extend(

@@ -10,6 +10,7 @@ mod common;
 
 mod bad_input;
 mod crash;
+mod credentials;
 mod delivery;
 mod disk_full;
 mod docs;
