@@ -595,6 +595,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("announces a pause, not an end"), "{e}");
+        // The Gemini event types are python-genai's `WebhookSubscribedEvent`
+        // (`_gaos/types/webhooks/webhook.py`): no `batch.cancelled`, no `interaction.cancelled`.
+        let e = with_events("gemini-batch", "\"batch.cancelled\" = \"cancelled\"").unwrap_err();
+        assert!(e.contains("does not send \"batch.cancelled\""), "{e}");
+        let e = with_events(
+            "gemini-interaction",
+            "\"interaction.cancelled\" = \"cancelled\"",
+        )
+        .unwrap_err();
+        assert!(e.contains("does not send \"interaction.cancelled\""), "{e}");
         let e = with_events("gemini-batch", "\"batch.failed\" = \"running\"").unwrap_err();
         assert!(e.contains("unknown outcome \"running\"; expected one of: succeeded, failed, cancelled, expired"), "{e}");
         let e = with_events("replicate", "\"succeeded\" = \"succeeded\"").unwrap_err();

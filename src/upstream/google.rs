@@ -39,12 +39,9 @@ pub static BATCH: PresetSpec = PresetSpec {
     poll: PollConfig::batch(),
     webhook: WebhookDefaults::thin(
         &["batch."],
-        &[
-            "batch.succeeded",
-            "batch.failed",
-            "batch.cancelled",
-            "batch.expired",
-        ],
+        // python-genai `_gaos/types/webhooks/webhook.py`, `WebhookSubscribedEvent` (no
+        // `batch.cancelled`: a cancelled batch sends no event; the safety poll finds it).
+        &["batch.succeeded", "batch.failed", "batch.expired"],
         &[],
     ),
     reads: "state or metadata.state (BATCH_STATE_* / JOB_STATE_*), batchStats, output",
@@ -63,10 +60,11 @@ pub static INTERACTION: PresetSpec = PresetSpec {
     poll: PollConfig::media(),
     webhook: WebhookDefaults::thin(
         &["interaction."],
+        // python-genai `_gaos/types/webhooks/webhook.py`, `WebhookSubscribedEvent` (no
+        // `interaction.cancelled`).
         &[
             "interaction.completed",
             "interaction.failed",
-            "interaction.cancelled",
             "interaction.requires_action",
         ],
         &["interaction.requires_action"],
@@ -244,12 +242,34 @@ pub fn read_interaction(body: &Value) -> Result<Observation, String> {
         obs.result = non_null(body, "/outputs").or_else(|| non_null(body, "/steps"));
     }
     if let Some(why) = why {
-        obs.error = Some(non_null(body, "/error").unwrap_or_else(|| ended(raw, why)));
+        obs.error = Some(interaction_error(body).unwrap_or_else(|| ended(raw, why)));
     }
     if state == ObservedState::Succeeded {
         obs.progress = Some(1.0);
     }
     Ok(obs)
+}
+
+/// The interaction's own error: since 2026-08 a list `errors` of `{code, message}`
+/// (python-genai `_gaos/types/interactions/interaction.py`, `errors: List[Error]`, and
+/// `error.py`); before, one object `error`. The first of `errors` is the error, the whole list is
+/// kept under `errors`.
+fn interaction_error(body: &Value) -> Option<Value> {
+    if let Some(list) =
+        non_null(body, "/errors").filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+    {
+        let first = list.get(0).cloned().unwrap_or(Value::Null);
+        let mut e = if first.is_object() {
+            first
+        } else {
+            ended("failed", first.to_string())
+        };
+        if let Some(obj) = e.as_object_mut() {
+            obj.insert("errors".into(), list);
+        }
+        return Some(e);
+    }
+    non_null(body, "/error")
 }
 
 #[cfg(test)]
@@ -436,6 +456,19 @@ mod tests {
             read_interaction(&json!({"status": "failed", "error": {"code": 500, "message": "x"}}))
                 .unwrap();
         assert_eq!(own.error.unwrap()["code"], 500);
+        // Since 2026-08 errors come as a list `errors` of `{code, message}` (python-genai
+        // `_gaos/types/interactions/interaction.py`).
+        let listed = read_interaction(&json!({"status": "failed", "errors": [
+            {"code": "RESOURCE_EXHAUSTED", "message": "quota"},
+            {"code": "INTERNAL", "message": "later"}]}))
+        .unwrap();
+        let e = listed.error.unwrap();
+        assert_eq!(e["code"], "RESOURCE_EXHAUSTED");
+        assert_eq!(e["message"], "quota");
+        assert_eq!(e["errors"].as_array().unwrap().len(), 2);
+        // An empty list says nothing: the generic end.
+        let empty = read_interaction(&json!({"status": "failed", "errors": []})).unwrap();
+        assert_eq!(empty.error.unwrap()["code"], "failed");
         assert!(read_interaction(&json!({"id": "i1"})).is_err());
     }
 }
