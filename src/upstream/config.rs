@@ -33,6 +33,7 @@ pub struct RawUpstream {
     failed: Option<Vec<String>>,
     cancelled: Option<Vec<String>>,
     expired: Option<Vec<String>>,
+    running: Option<Vec<String>>,
     result_field: Option<String>,
     error_field: Option<String>,
     progress_field: Option<String>,
@@ -288,6 +289,7 @@ fn resolve_mapping(
             failed: placeholder(&u.failed, "failed"),
             cancelled: u.cancelled.clone(),
             expired: u.expired.clone(),
+            running: u.running.clone(),
             result_field: ptr("result_field", &u.result_field)?,
             error_field: ptr("error_field", &u.error_field)?,
             progress_field: ptr("progress_field", &u.progress_field)?,
@@ -569,6 +571,34 @@ mod tests {
         );
         let u = upstream("[upstreams.i]\npreset = \"gemini-interaction\"\ncallback_events = [\"requires_action\"]\n").unwrap();
         assert_eq!(u.callback_events, vec!["requires_action".to_string()]);
+    }
+
+    #[test]
+    fn a_presets_status_lists_can_be_extended_in_config() {
+        let u = upstream(
+            "[upstreams.z]\npreset = \"azure-async\"\nfailed = [\"Rejected\"]\nrunning = [\"Canceled\"]\n",
+        )
+        .unwrap();
+        let read = |b: serde_json::Value| u.mapping.read(&b).unwrap().state;
+        use crate::operation::ObservedState;
+        assert_eq!(
+            read(serde_json::json!({"status": "Rejected"})),
+            ObservedState::Failed
+        );
+        assert_eq!(
+            read(serde_json::json!({"status": "Canceled"})),
+            ObservedState::Running
+        );
+        let e = upstream(
+            "[upstreams.z]\npreset = \"azure-async\"\nfailed = [\"X\"]\ncancelled = [\"x\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "`upstreams.z`: `cancelled`: status value \"x\" is already listed in `failed`"
+            ),
+            "{e}"
+        );
     }
 
     fn with_events(preset: &str, events: &str) -> Result<UpstreamConfig, String> {

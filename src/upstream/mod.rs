@@ -57,6 +57,8 @@ pub struct MappingInput {
     pub failed: Option<Vec<String>>,
     pub cancelled: Option<Vec<String>>,
     pub expired: Option<Vec<String>>,
+    /// Only on a preset: status values the preset ends on that are to be read as running.
+    pub running: Option<Vec<String>>,
     pub result_field: Option<String>,
     pub error_field: Option<String>,
     pub progress_field: Option<String>,
@@ -85,6 +87,10 @@ pub enum Mapping {
         error_field: Option<String>,
         /// Read first; the preset's own progress when it is absent.
         progress_field: Option<String>,
+        /// Status values the config maps itself (`succeeded = [...]`, `failed = [...]`, ...):
+        /// they extend the preset's mapping and win over it for the values they name (compared
+        /// without case).
+        statuses: Vec<(String, ObservedState)>,
     },
 }
 
@@ -95,6 +101,12 @@ impl Mapping {
             let status_field = m
                 .status_field
                 .ok_or_else(|| format!("`status_field` is required for preset {name:?}"))?;
+            if m.running.is_some() {
+                return Err(format!(
+                    "`running` does not apply to preset {name:?}: every value not listed in \
+                     the other lists is running"
+                ));
+            }
             let succeeded = m.succeeded.unwrap_or_default();
             let failed = m.failed.unwrap_or_default();
             if succeeded.is_empty() {
@@ -119,20 +131,37 @@ impl Mapping {
                 progress_field: m.progress_field,
             });
         }
-        for (k, v) in [
-            ("status_field", m.status_field.is_some()),
-            ("pending", m.pending.is_some()),
-            ("succeeded", m.succeeded.is_some()),
-            ("failed", m.failed.is_some()),
-            ("cancelled", m.cancelled.is_some()),
-            ("expired", m.expired.is_some()),
+        if m.status_field.is_some() {
+            return Err(format!(
+                "`status_field` does not apply to preset {:?} (it reads {}); its status lists \
+                 (`succeeded`, `failed`, ...) may be extended",
+                preset.name(),
+                preset.defaults().reads
+            ));
+        }
+        let mut statuses: Vec<(String, ObservedState)> = Vec::new();
+        for (key, list, state) in [
+            ("pending", m.pending, ObservedState::Pending),
+            ("running", m.running, ObservedState::Running),
+            ("succeeded", m.succeeded, ObservedState::Succeeded),
+            ("failed", m.failed, ObservedState::Failed),
+            ("cancelled", m.cancelled, ObservedState::Cancelled),
+            ("expired", m.expired, ObservedState::Expired),
         ] {
-            if v {
-                return Err(format!(
-                    "`{k}` does not apply to preset {:?} (it reads {})",
-                    preset.name(),
-                    preset.defaults().reads
-                ));
+            for value in list.unwrap_or_default() {
+                if value.is_empty() {
+                    return Err(format!("`{key}`: a status value must not be empty"));
+                }
+                if let Some((_, other)) = statuses
+                    .iter()
+                    .find(|(v, _)| v.eq_ignore_ascii_case(&value))
+                {
+                    return Err(format!(
+                        "`{key}`: status value {value:?} is already listed in `{}`; list it once",
+                        state_key(*other)
+                    ));
+                }
+                statuses.push((value, state));
             }
         }
         Ok(Mapping::Preset {
@@ -140,6 +169,7 @@ impl Mapping {
             result_field: m.result_field,
             error_field: m.error_field,
             progress_field: m.progress_field,
+            statuses,
         })
     }
 
@@ -166,10 +196,23 @@ impl Mapping {
                 result_field,
                 error_field,
                 progress_field,
-            } => json!({
-                "reads": preset.defaults().reads, "result_field": result_field,
-                "error_field": error_field, "progress_field": progress_field,
-            }),
+                statuses,
+            } => {
+                let mut d = json!({
+                    "reads": preset.defaults().reads, "result_field": result_field,
+                    "error_field": error_field, "progress_field": progress_field,
+                });
+                for (value, state) in statuses {
+                    if let Some(list) = d
+                        .as_object_mut()
+                        .map(|o| o.entry(state_key(*state)).or_insert_with(|| json!([])))
+                        .and_then(Value::as_array_mut)
+                    {
+                        list.push(Value::from(value.as_str()));
+                    }
+                }
+                d
+            }
         }
     }
 
@@ -231,6 +274,7 @@ impl Mapping {
                 result_field,
                 error_field,
                 progress_field,
+                statuses,
             } => {
                 // `build` makes a preset mapping only for presets with a reader.
                 let read = preset
@@ -238,6 +282,7 @@ impl Mapping {
                     .read
                     .ok_or_else(|| format!("preset {:?} has no status reader", preset.name()))?;
                 let mut obs = read(body)?;
+                remap(&mut obs, statuses, body);
                 if let Some(p) = progress_field {
                     obs.progress = read_progress(body, p).or(obs.progress);
                 }
@@ -256,6 +301,63 @@ impl Mapping {
                 }
                 Ok(obs)
             }
+        }
+    }
+}
+
+/// The config key of the status list for `state`.
+fn state_key(state: ObservedState) -> &'static str {
+    match state {
+        ObservedState::Pending => "pending",
+        ObservedState::Running | ObservedState::RequiresAction => "running",
+        ObservedState::Succeeded => "succeeded",
+        ObservedState::Failed => "failed",
+        ObservedState::Cancelled => "cancelled",
+        ObservedState::Expired => "expired",
+    }
+}
+
+/// Apply the config's own status lists on top of a preset's reading: when the upstream's raw
+/// status (a string) is listed, the listed state wins. A new end gets the whole body as
+/// `result` (succeeded) or an error naming the status (otherwise) when the preset gave none; a
+/// state made non-terminal drops them.
+fn remap(obs: &mut Observation, statuses: &[(String, ObservedState)], body: &Value) {
+    let Some(raw) = obs.raw_status.as_str() else {
+        return;
+    };
+    let Some(&(_, state)) = statuses.iter().find(|(v, _)| v.eq_ignore_ascii_case(raw)) else {
+        return;
+    };
+    if state == obs.state {
+        return;
+    }
+    let raw = raw.to_string();
+    obs.state = state;
+    match state {
+        ObservedState::Succeeded => {
+            obs.error = None;
+            obs.progress = Some(1.0);
+            if obs.result.is_none() {
+                obs.result = Some(body.clone());
+            }
+        }
+        ObservedState::Failed | ObservedState::Cancelled | ObservedState::Expired => {
+            obs.result = None;
+            if obs.error.is_none() {
+                obs.error = Some(non_null(body, "/error").unwrap_or_else(|| {
+                    ended(
+                        &raw.to_ascii_lowercase(),
+                        format!(
+                            "the upstream reported status {raw}, listed in `{}` in the config",
+                            state_key(state)
+                        ),
+                    )
+                }));
+            }
+        }
+        _ => {
+            obs.result = None;
+            obs.error = None;
         }
     }
 }
@@ -534,6 +636,86 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("request_counts"), "{e}");
+    }
+
+    fn lists(m: MappingInput) -> Result<Mapping, String> {
+        Mapping::build(preset("azure-async"), m)
+    }
+
+    #[test]
+    fn preset_status_lists_extend_and_win_over_the_preset() {
+        let m = lists(MappingInput {
+            failed: Some(vec!["Rejected".into()]),
+            cancelled: Some(vec!["aborted".into()]),
+            running: Some(vec!["canceled".into()]),
+            succeeded: Some(vec!["Done".into()]),
+            ..Default::default()
+        })
+        .unwrap();
+        let read = |b: Value| m.read(&b).unwrap();
+        // Extended: values the preset reads as running end the job; compared without case.
+        let o = read(json!({"status": "REJECTED"}));
+        assert_eq!(o.state, ObservedState::Failed);
+        assert_eq!(o.error.unwrap()["code"], "rejected");
+        let o = read(json!({"status": "Rejected", "error": {"code": "E1", "message": "m"}}));
+        assert_eq!(
+            o.error.unwrap()["code"],
+            "E1",
+            "the upstream's own error is kept"
+        );
+        assert_eq!(
+            read(json!({"status": "Aborted"})).state,
+            ObservedState::Cancelled
+        );
+        let o = read(json!({"status": "Done", "properties": {"x": 1}}));
+        assert_eq!(o.state, ObservedState::Succeeded);
+        assert_eq!(o.result.unwrap()["properties"]["x"], 1);
+        assert_eq!(o.progress, Some(1.0));
+        // Overridden: a value the preset ends on is read as running.
+        let o = read(json!({"status": "Canceled"}));
+        assert_eq!(o.state, ObservedState::Running);
+        assert_eq!(o.error, None);
+        // The rest is the preset's.
+        assert_eq!(
+            read(json!({"status": "Succeeded"})).state,
+            ObservedState::Succeeded
+        );
+        assert_eq!(
+            read(json!({"status": "Failed"})).state,
+            ObservedState::Failed
+        );
+        let d = m.describe();
+        assert_eq!(d["failed"], json!(["Rejected"]));
+        assert_eq!(d["running"], json!(["canceled"]));
+    }
+
+    #[test]
+    fn preset_status_lists_name_a_value_once() {
+        let e = lists(MappingInput {
+            failed: Some(vec!["X".into()]),
+            succeeded: Some(vec!["x".into()]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.contains("`failed`: status value \"X\" is already listed in `succeeded`"),
+            "{e}"
+        );
+        let e = Mapping::build(
+            preset("generic"),
+            MappingInput {
+                status_field: Some("/s".into()),
+                succeeded: Some(vec!["ok".into()]),
+                failed: Some(vec!["bad".into()]),
+                running: Some(vec!["busy".into()]),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("`running` does not apply to preset \"generic\""),
+            "{e}"
+        );
     }
 
     #[test]
