@@ -527,6 +527,37 @@ pub fn status_url(up: &UpstreamConfig, operation: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// Where to read the final resource of an operation that succeeded, if its preset reads one
+/// ([`PresetSpec::final_resource`]) and the status body names it: `Ok(None)` when there is none
+/// to read (or `result_field` narrows the status body instead). The location may be absolute or
+/// relative to the status URL; like status URLs it must lie under the upstream's `base_url`.
+pub fn final_resource_url(
+    up: &UpstreamConfig,
+    status_url: &Url,
+    body: &Value,
+) -> Result<Option<Url>, String> {
+    let Some(pointer) = up.preset.defaults().final_resource else {
+        return Ok(None);
+    };
+    if matches!(
+        &up.mapping,
+        Mapping::Preset {
+            result_field: Some(_),
+            ..
+        }
+    ) {
+        return Ok(None);
+    }
+    let Some(location) = body.pointer(pointer).and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let url = status_url
+        .join(location)
+        .map_err(|e| format!("the final resource location {location:?} is not a URL ({e})"))?;
+    ensure_under(&up.base_url, &url)?;
+    Ok(Some(url))
+}
+
 /// `url` must have `base`'s scheme, host and port, no user info, and a path under `base`'s.
 fn ensure_under(base: &Url, url: &Url) -> Result<(), String> {
     let same_origin = url.scheme() == base.scheme()

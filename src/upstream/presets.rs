@@ -48,6 +48,10 @@ pub struct PresetSpec {
     /// The upstream's create and status-read requests, for proxying them; `None` for every
     /// preset until the proxy exists.
     pub proxy: Option<ProxyPatterns>,
+    /// `Some(pointer)`: when a status read says succeeded and the body has a URL string at
+    /// `pointer`, the final resource is read from there once and becomes `result` (azure-core's
+    /// `resourceLocation`; see [`super::final_resource_url`]).
+    pub final_resource: Option<&'static str>,
 }
 
 impl PresetSpec {
@@ -65,6 +69,7 @@ impl PresetSpec {
         canonical_operation: same_operation,
         operation_url: None,
         proxy: None,
+        final_resource: None,
     };
 }
 

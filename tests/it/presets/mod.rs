@@ -76,6 +76,14 @@ base_url = "{UP}/azure/"
 headers = { api-key = "${AZURE_KEY}" }
 poll = FAST
 
+[upstreams.azure-ext]
+preset = "azure-async"
+base_url = "{UP}/azure/"
+headers = { api-key = "${AZURE_KEY}" }
+failed = ["Rejected"]
+running = ["Canceled"]
+poll = FAST
+
 [upstreams.veo-hooks]
 preset = "google-operation"
 base_url = "{UP}/gemini/v1beta/"
