@@ -26,6 +26,8 @@ pub static OPERATION: PresetSpec = PresetSpec {
     webhook: WebhookDefaults::thin(&["video."], &["video.generated"], &[]),
     reads: "done / error / response (a Veo response without videos is failed)",
     read: Some(read_operation),
+    webhook_id_forms: operation_forms,
+    webhook_id_suffix: true,
     ..PresetSpec::BASE
 };
 
@@ -47,6 +49,7 @@ pub static BATCH: PresetSpec = PresetSpec {
     reads: "state or metadata.state (BATCH_STATE_* / JOB_STATE_*), batchStats, output",
     read: Some(read_batch),
     canonical_operation: canonical_batch,
+    webhook_id_forms: batch_forms,
     ..PresetSpec::BASE
 };
 
@@ -73,6 +76,7 @@ pub static INTERACTION: PresetSpec = PresetSpec {
     reads: "status (requires_action is a pause), outputs, error",
     read: Some(read_interaction),
     canonical_operation: canonical_interaction,
+    webhook_id_forms: last_segment,
     ..PresetSpec::BASE
 };
 
@@ -82,6 +86,39 @@ fn canonical_batch(op: &str) -> String {
         op.to_string()
     } else {
         format!("batches/{op}")
+    }
+}
+
+/// The last path segment of an id (`x` of `models/veo-3/operations/x`).
+fn last(op: &str) -> &str {
+    op.rsplit('/').next().unwrap_or(op)
+}
+
+/// The webhook id's last segment (`interactions/v1_x` → `v1_x`, `batches/123` → `123`).
+fn last_segment(op: &str) -> Vec<String> {
+    vec![last(op).to_string()]
+}
+
+/// The format of `data.id` in Gemini's batch events is not documented; the example
+/// `batch_123456` may name `batches/123456` or `batches/batch_123456`: try the last segment
+/// with and without the `batch_` prefix.
+fn batch_forms(op: &str) -> Vec<String> {
+    let id = last(op);
+    let mut forms = vec![id.to_string()];
+    match id.strip_prefix("batch_") {
+        Some(bare) => forms.push(bare.to_string()),
+        None => forms.push(format!("batch_{id}")),
+    }
+    forms
+}
+
+/// A Veo event may name the operation fully (`models/veo-3/operations/x`) or as
+/// `operations/x`: try the `operations/...` tail (a registered `operations/x`); a registration
+/// of the full name is found by the last segment ([`PresetSpec::webhook_id_suffix`]).
+fn operation_forms(op: &str) -> Vec<String> {
+    match op.find("operations/") {
+        Some(i) if i > 0 => vec![op[i..].to_string()],
+        _ => Vec::new(),
     }
 }
 

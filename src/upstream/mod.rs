@@ -835,6 +835,32 @@ mod tests {
     }
 
     #[test]
+    fn webhook_ids_list_every_registered_form() {
+        let ids = preset("gemini-batch").webhook_ids("batch_123456");
+        assert_eq!(
+            ids.candidates,
+            vec!["batches/batch_123456", "batches/123456"]
+        );
+        assert_eq!(ids.suffix, None);
+        let ids = preset("gemini-batch").webhook_ids("operations/9");
+        assert_eq!(
+            ids.candidates,
+            vec!["batches/operations/9", "batches/9", "batches/batch_9"]
+        );
+        let ids = preset("gemini-interaction").webhook_ids("interactions/v1_x");
+        assert_eq!(ids.candidates, vec!["v1_x"]);
+        let ids = preset("google-operation").webhook_ids("models/veo-3/operations/x");
+        assert_eq!(
+            ids.candidates,
+            vec!["models/veo-3/operations/x", "operations/x"]
+        );
+        assert_eq!(ids.suffix.as_deref(), Some("x"));
+        let ids = preset("openai-batch").webhook_ids("batch_1");
+        assert_eq!(ids.candidates, vec!["batch_1"]);
+        assert_eq!(ids.suffix, None);
+    }
+
+    #[test]
     fn foreign_event_families_are_told_apart() {
         assert!(preset("openai-batch").foreign_event("response.completed"));
         assert!(!preset("openai-batch").foreign_event("batch.completed"));

@@ -48,6 +48,12 @@ pub struct PresetSpec {
     /// The upstream's create and status-read requests, for proxying them; `None` for every
     /// preset until the proxy exists.
     pub proxy: Option<ProxyPatterns>,
+    /// Other forms a webhook's operation id may name a registered operation in (each is put
+    /// through `canonical_operation`; see [`Preset::webhook_ids`]).
+    pub webhook_id_forms: fn(&str) -> Vec<String>,
+    /// Whether a webhook id that matches no form is matched to a registered operation by its
+    /// last path segment (a registered `models/veo-3/operations/x` and an event naming `x`).
+    pub webhook_id_suffix: bool,
     /// `Some(pointer)`: when a status read says succeeded and the body has a URL string at
     /// `pointer`, the final resource is read from there once and becomes `result` (azure-core's
     /// `resourceLocation`; see [`super::final_resource_url`]).
@@ -69,6 +75,8 @@ impl PresetSpec {
         canonical_operation: same_operation,
         operation_url: None,
         proxy: None,
+        webhook_id_forms: no_other_forms,
+        webhook_id_suffix: false,
         final_resource: None,
     };
 }
@@ -76,6 +84,19 @@ impl PresetSpec {
 /// The operation id as registered.
 pub fn same_operation(op: &str) -> String {
     op.to_string()
+}
+
+/// A webhook id names its operation in one form only.
+pub fn no_other_forms(_: &str) -> Vec<String> {
+    Vec::new()
+}
+
+/// The forms of a webhook's operation id to look up, best first, and the last path segment to
+/// match by when none is registered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookIds {
+    pub candidates: Vec<String>,
+    pub suffix: Option<String>,
 }
 
 /// Placeholder for the proxy: the request patterns that create a job and read its status
@@ -182,6 +203,25 @@ impl Preset {
     /// without the collection, Gemini interactions are the bare id).
     pub fn canonical_operation(self, op: &str) -> String {
         (self.0.canonical_operation)(op)
+    }
+
+    /// The registered forms a webhook's operation id may stand for: its canonical form first
+    /// (where an event for an operation not registered yet is kept), then the preset's other
+    /// forms, canonicalised, without repeats.
+    pub fn webhook_ids(self, raw: &str) -> WebhookIds {
+        let mut candidates = vec![self.canonical_operation(raw)];
+        for form in (self.0.webhook_id_forms)(raw) {
+            let c = self.canonical_operation(&form);
+            if !form.is_empty() && !candidates.contains(&c) {
+                candidates.push(c);
+            }
+        }
+        let suffix = self
+            .0
+            .webhook_id_suffix
+            .then(|| raw.rsplit('/').next().unwrap_or(raw).to_string())
+            .filter(|s| !s.is_empty());
+        WebhookIds { candidates, suffix }
     }
 
     /// Whether a webhook event of type `event_type` belongs to another kind of job (it is then
