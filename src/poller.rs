@@ -19,7 +19,7 @@ use crate::schedule::{
 };
 use crate::state::{SHUTDOWN_GRACE, Shim};
 use crate::upstream::UpstreamConfig;
-use crate::upstream::{final_resource_url, status_url};
+use crate::upstream::{final_resource_url, status_body, status_url};
 
 fn jitter_sample() -> f64 {
     rand::random_range(-1.0..=1.0)
@@ -83,7 +83,10 @@ pub async fn poll_once(shim: &Shim, id: OperationId) {
         let read = async {
             match status_url(up, &op.operation) {
                 Err(e) => Reading::new(PollOutcome::Transient(e)),
-                Ok(url) => request(shim, up, url, op.etag.as_deref()).await,
+                Ok(url) => {
+                    let body = status_body(up, &op.operation);
+                    request(shim, up, url, body, op.etag.as_deref()).await
+                }
             }
         };
         tokio::select! {
@@ -132,6 +135,7 @@ async fn request(
     shim: &Shim,
     up: &UpstreamConfig,
     url: reqwest::Url,
+    body: Option<serde_json::Value>,
     etag: Option<&str>,
 ) -> Reading {
     // The whole exchange, body included, ends within the upstream's timeout (reqwest's
@@ -140,11 +144,17 @@ async fn request(
     let status_url = url.clone();
     let mut req = shim
         .upstream_http
-        .get(url)
+        .request(up.status_method.clone(), url)
         .headers(up.headers.clone())
         .timeout(up.timeout);
-    if let Some(tag) = etag {
-        req = req.header(IF_NONE_MATCH, tag);
+    match body {
+        // A status read with a body (Vertex's fetchPredictOperation) is not conditional.
+        Some(b) => req = req.json(&b),
+        None => {
+            if let Some(tag) = etag {
+                req = req.header(IF_NONE_MATCH, tag);
+            }
+        }
     }
     let resp = match req.send().await {
         Ok(r) => r,

@@ -31,6 +31,38 @@ pub static OPERATION: PresetSpec = PresetSpec {
     ..PresetSpec::BASE
 };
 
+/// `vertex-operation`: a Veo video job on Vertex AI. Vertex does not serve `GET {operation}`
+/// for these; the SDK reads them with `POST {model}:fetchPredictOperation` and body
+/// `{"operationName": "<full name>"}` (python-genai `operations.py`,
+/// `_fetch_predict_videos_operation`). The registered operation is the full name
+/// `projects/{p}/locations/{l}/publishers/google/models/{m}/operations/{id}`; the model path
+/// is its part before `/operations/`. No default base URL (it names the location:
+/// `https://{location}-aiplatform.googleapis.com/v1/`) and no default header (OAuth tokens).
+pub static VERTEX_OPERATION: PresetSpec = PresetSpec {
+    name: "vertex-operation",
+    poll: PollConfig::media(),
+    reads: "done / error / response; videos in response.videos[], a response whose videos were all filtered (response.raiMediaFilteredCount) is failed",
+    read: Some(read_operation),
+    status_path_for: Some(fetch_predict_path),
+    status_method: "POST",
+    status_body: Some(r#"{"operationName": "{operation}"}"#),
+    ..PresetSpec::BASE
+};
+
+/// `{model}:fetchPredictOperation` from `{model}/operations/{id}`.
+pub fn fetch_predict_path(operation: &str) -> Result<String, String> {
+    match operation.rsplit_once("/operations/") {
+        Some((model, id)) if !model.is_empty() && !id.is_empty() && !id.contains('/') => {
+            Ok(format!("{model}:fetchPredictOperation"))
+        }
+        _ => Err(
+            "`operation` must be the full Vertex operation name, \
+             projects/{project}/locations/{location}/publishers/google/models/{model}/operations/{id}"
+                .into(),
+        ),
+    }
+}
+
 /// `gemini-batch`: a Gemini Batch API job (`batches/{id}`).
 pub static BATCH: PresetSpec = PresetSpec {
     name: "gemini-batch",
@@ -177,13 +209,16 @@ pub fn read_operation(body: &Value) -> Result<Observation, String> {
     Ok(obs)
 }
 
-/// A Veo response with no generated sample and a filter count: the error to report.
+/// A Veo response with no generated video and a filter count: the error to report. The Gemini
+/// API nests it (`generateVideoResponse.generatedSamples`), Vertex does not (`videos`,
+/// `raiMediaFilteredCount` at the top of `response`; python-genai `models.py`,
+/// `_GenerateVideosResponse_from_mldev` / `_from_vertex`).
 fn veo_filtered(response: &Value) -> Option<Value> {
-    let veo = response.get("generateVideoResponse")?;
-    let samples = veo
-        .get("generatedSamples")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
+    let (veo, list) = match response.get("generateVideoResponse") {
+        Some(v) => (v, "generatedSamples"),
+        None => (response, "videos"),
+    };
+    let samples = veo.get(list).and_then(Value::as_array).map_or(0, Vec::len);
     let filtered = count(veo.get("raiMediaFilteredCount")).unwrap_or(0.0);
     (samples == 0 && filtered > 0.0).then(|| {
         with(
@@ -359,6 +394,30 @@ mod tests {
         let e = o.error.unwrap();
         assert_eq!(e["code"], "rai_media_filtered");
         assert_eq!(e["reasons"], json!(["celebrity"]));
+    }
+
+    #[test]
+    fn vertex_response_reads_videos_and_top_level_filtering() {
+        // python-genai models.py `_GenerateVideosResponse_from_vertex`: `videos`,
+        // `raiMediaFilteredCount`, `raiMediaFilteredReasons` at the top of `response`.
+        let ok = read_operation(&json!({"done": true, "response": {
+            "@type": "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse",
+            "videos": [{"gcsUri": "gs://b/v.mp4", "mimeType": "video/mp4"}]}}))
+        .unwrap();
+        assert_eq!(ok.state, ObservedState::Succeeded);
+        let o = read_operation(&json!({"done": true, "response": {
+            "raiMediaFilteredCount": 1, "raiMediaFilteredReasons": ["child"]}}))
+        .unwrap();
+        assert_eq!(o.state, ObservedState::Failed);
+        let e = o.error.unwrap();
+        assert_eq!(e["code"], "rai_media_filtered");
+        assert_eq!(e["reasons"], json!(["child"]));
+        assert_eq!(
+            fetch_predict_path("projects/p/locations/us-central1/publishers/google/models/veo-3.0-generate-001/operations/abc").unwrap(),
+            "projects/p/locations/us-central1/publishers/google/models/veo-3.0-generate-001:fetchPredictOperation"
+        );
+        assert!(fetch_predict_path("abc").is_err());
+        assert!(fetch_predict_path("models/m/operations/").is_err());
     }
 
     fn batch(state: &str) -> Value {

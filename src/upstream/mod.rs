@@ -39,6 +39,7 @@ pub use crate::operation::{Observation, ObservedState};
 pub const PRESETS: &[Preset] = &[
     Preset::new(&generic::GENERIC),
     Preset::new(&google::OPERATION),
+    Preset::new(&google::VERTEX_OPERATION),
     Preset::new(&google::BATCH),
     Preset::new(&google::INTERACTION),
     Preset::new(&openai::BATCH),
@@ -516,6 +517,17 @@ pub fn prepare_operation(up: &UpstreamConfig, op: &str) -> Result<String, String
 pub fn status_url(up: &UpstreamConfig, operation: &str) -> Result<Url, String> {
     let url = if let Some(operation_url) = up.preset.defaults().operation_url {
         operation_url(operation)?
+    } else if let Some(path_for) = up
+        .preset
+        .defaults()
+        .status_path_for
+        .filter(|_| up.status_path == PATH_FROM_OPERATION)
+    {
+        let path = path_for(operation)?;
+        let encoded = utf8_percent_encode(&path, PATH_ESCAPE).to_string();
+        up.base_url
+            .join(&encoded)
+            .map_err(|e| format!("cannot build the status URL from {path:?}: {e}"))?
     } else {
         let encoded = utf8_percent_encode(operation, PATH_ESCAPE).to_string();
         let path = up.status_path.replace("{operation}", &encoded);
@@ -556,6 +568,27 @@ pub fn final_resource_url(
         .map_err(|e| format!("the final resource location {location:?} is not a URL ({e})"))?;
     ensure_under(&up.base_url, &url)?;
     Ok(Some(url))
+}
+
+/// The `status_path` of an upstream whose preset derives the path from the operation
+/// ([`PresetSpec::status_path_for`]).
+pub const PATH_FROM_OPERATION: &str = "<from the operation>";
+
+/// The JSON body of a status read, from the upstream's template: every string value (at any
+/// depth; keys are left alone) has `{operation}` replaced by the operation name, so the name is
+/// JSON-escaped by the serialiser, never spliced into JSON text.
+pub fn status_body(up: &UpstreamConfig, operation: &str) -> Option<Value> {
+    fn fill(v: &Value, op: &str) -> Value {
+        match v {
+            Value::String(s) => Value::String(s.replace("{operation}", op)),
+            Value::Array(a) => Value::Array(a.iter().map(|x| fill(x, op)).collect()),
+            Value::Object(o) => {
+                Value::Object(o.iter().map(|(k, x)| (k.clone(), fill(x, op))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    up.status_body.as_ref().map(|t| fill(t, operation))
 }
 
 /// `url` must have `base`'s scheme, host and port, no user info, and a path under `base`'s.

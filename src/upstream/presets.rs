@@ -20,6 +20,9 @@ pub type ReadStatus = fn(&Value) -> Result<Observation, String>;
 /// Parses a registered operation that is itself the status URL.
 pub type OperationUrl = fn(&str) -> Result<Url, String>;
 
+/// Derives the status path (relative to `base_url`) from a registered operation.
+pub type OperationPath = fn(&str) -> Result<String, String>;
+
 /// Everything hookshim knows about one kind of upstream job.
 pub struct PresetSpec {
     /// The value of `preset` in the config.
@@ -48,6 +51,14 @@ pub struct PresetSpec {
     /// The upstream's create and status-read requests, for proxying them; `None` for every
     /// preset until the proxy exists.
     pub proxy: Option<ProxyPatterns>,
+    /// `Some`: the status path is derived from the operation by this function (instead of
+    /// `status_path`; e.g. Vertex's `{model}:fetchPredictOperation`). Joined to `base_url`.
+    pub status_path_for: Option<OperationPath>,
+    /// The status read's method; `"GET"` for most.
+    pub status_method: &'static str,
+    /// The status read's JSON body template (with `status_method = "POST"`): its string
+    /// values get `{operation}` replaced by the operation name.
+    pub status_body: Option<&'static str>,
     /// Other forms a webhook's operation id may name a registered operation in (each is put
     /// through `canonical_operation`; see [`Preset::webhook_ids`]).
     pub webhook_id_forms: fn(&str) -> Vec<String>,
@@ -75,6 +86,9 @@ impl PresetSpec {
         canonical_operation: same_operation,
         operation_url: None,
         proxy: None,
+        status_path_for: None,
+        status_method: "GET",
+        status_body: None,
         webhook_id_forms: no_other_forms,
         webhook_id_suffix: false,
         final_resource: None,
@@ -255,6 +269,12 @@ mod tests {
             assert!(!spec.reads.is_empty(), "{} says what it reads", p.name());
             // A preset whose operation is the status URL has no status path to fill in.
             assert!(spec.operation_url.is_none() || spec.status_path.is_none());
+            assert!(spec.status_path_for.is_none() || spec.status_path.is_none());
+            assert!(["GET", "POST"].contains(&spec.status_method));
+            if let Some(body) = spec.status_body {
+                let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                assert!(v.is_object(), "{} status_body is a JSON object", p.name());
+            }
             assert!(spec.proxy.is_none(), "no proxy patterns yet");
         }
         assert_eq!(format!("{:?}", PRESETS[0]), "Preset(\"generic\")");

@@ -334,3 +334,111 @@ async fn gemini_webhook_ids_match_registrations_in_every_form() {
         .await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// vertex-operation (Veo on Vertex AI, issue 11 item 1). Shapes from python-genai:
+// `operations.py` `_fetch_predict_videos_operation` (POST `{model}:fetchPredictOperation`, body
+// `{"operationName": ...}`) and `models.py` `_GenerateVideosResponse_from_vertex` (`videos[]`,
+// top-level `raiMediaFilteredCount` / `raiMediaFilteredReasons`).
+
+fn vertex_name(model: &str, id: &str) -> (String, String) {
+    let model_path = format!("projects/p1/locations/us-central1/publishers/google/models/{model}");
+    (
+        format!("{model_path}/operations/{id}"),
+        format!("vertex/v1/{model_path}:fetchPredictOperation"),
+    )
+}
+
+fn vertex_op(name: &str, done: Option<Value>) -> Value {
+    let mut op = json!({"name": name});
+    if let Some(d) = done {
+        op["done"] = json!(true);
+        op.as_object_mut()
+            .unwrap()
+            .extend(d.as_object().unwrap().clone());
+    }
+    op
+}
+
+#[tokio::test]
+async fn vertex_operation_reads_status_with_a_post_and_each_end() {
+    let r = rig().await;
+    let (name, path) = vertex_name("veo-3.0-generate-001", "1234567890");
+    let data = r
+        .drive(
+            "vertex",
+            &name,
+            &path,
+            vertex_op(&name, None),
+            "running",
+            vertex_op(
+                &name,
+                Some(json!({"response": {
+                "@type": "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse",
+                "videos": [{"gcsUri": "gs://bucket/out/sample_0.mp4", "mimeType": "video/mp4"}]}})),
+            ),
+            "succeeded",
+        )
+        .await;
+    assert_eq!(
+        data["result"]["videos"][0]["gcsUri"],
+        "gs://bucket/out/sample_0.mp4"
+    );
+    let posts = r.up.posts_for(&path);
+    assert!(!posts.is_empty(), "status is read with a POST");
+    for body in &posts {
+        assert_eq!(body, &json!({"operationName": name}));
+    }
+    assert!(
+        r.up.requests_for(&format!("vertex/v1/{name}")).is_empty(),
+        "no GET of the name"
+    );
+    assert_eq!(
+        r.up.header_values(&path, "authorization")[0],
+        "Bearer test-vertex-token"
+    );
+
+    // Every video filtered: failed, with the reasons.
+    let (name, path) = vertex_name("veo-3.0-fast-generate-001", "filtered");
+    let data = r
+        .drive(
+            "vertex",
+            &name,
+            &path,
+            vertex_op(&name, None),
+            "running",
+            vertex_op(&name, Some(json!({"response": {
+                "@type": "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse",
+                "raiMediaFilteredCount": 1,
+                "raiMediaFilteredReasons": ["Unable to show generated videos due to violations of Responsible AI practices."]}}))),
+            "failed",
+        )
+        .await;
+    assert_eq!(data["error"]["code"], "rai_media_filtered");
+    assert_eq!(data["error"]["reasons"].as_array().unwrap().len(), 1);
+
+    // An operation error.
+    let (name, path) = vertex_name("veo-2.0-generate-001", "broken");
+    let data = r
+        .drive(
+            "vertex",
+            &name,
+            &path,
+            vertex_op(&name, None),
+            "running",
+            vertex_op(
+                &name,
+                Some(json!({"error": {"code": 3, "message": "invalid prompt"}})),
+            ),
+            "failed",
+        )
+        .await;
+    assert_eq!(data["error"]["message"], "invalid prompt");
+
+    // Not a full operation name: refused at registration.
+    let (code, body) = r
+        .shim
+        .register(json!({"upstream": "vertex", "operation": "1234567890"}))
+        .await;
+    assert_eq!(code, 422, "{body}");
+}
