@@ -375,6 +375,8 @@ impl Config {
                         "preset": u.preset.name(),
                         "base_url": u.base_url.as_str(),
                         "status_path": u.status_path,
+                        "status_method": u.status_method.as_str(),
+                        "status_body": u.status_body,
                         "headers": headers,
                         "mapping": u.mapping.describe(),
                         "not_found_after": u.not_found_after,

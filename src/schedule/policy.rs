@@ -49,8 +49,11 @@ pub fn parse_hint(headers: &HeaderMap, now: Timestamp, max: Duration) -> Option<
             .filter(|ms| ms.is_finite() && *ms >= 0.0)
             .map(|ms| Duration::from_secs_f64((ms / 1000.0).min(1e9)))
     };
-    let retry_after = text("retry-after").and_then(|v| match v.parse::<u64>() {
-        Ok(secs) => Some(Duration::from_secs(secs)),
+    // Seconds, fractional too (`0.5`: openai-python's `_parse_retry_after_header` reads it
+    // with `float()`), or an HTTP date.
+    let retry_after = text("retry-after").and_then(|v| match v.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs.min(1e9))),
+        Ok(_) => None,
         Err(_) => httpdate::parse_http_date(v)
             .ok()
             .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO)),
@@ -401,6 +404,15 @@ mod tests {
             Some(Duration::from_millis(1500))
         );
         assert_eq!(hint(&[("x-poll-interval", "60")]), Some(s(60)));
+        // OpenAI may send a fractional Retry-After (openai-python `_base_client.py`,
+        // `_parse_retry_after_header`: `float(retry_header)`).
+        assert_eq!(
+            hint(&[("retry-after", "0.5")]),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(hint(&[("retry-after", "2")]), Some(s(2)));
+        assert_eq!(hint(&[("retry-after", "-1")]), None);
+        assert_eq!(hint(&[("retry-after", "NaN")]), None);
         assert_eq!(hint(&[("ratelimit", "\"default\";r=0;t=30")]), Some(s(30)));
         assert_eq!(
             hint(&[("ratelimit", "limit=10, remaining=0, reset=12")]),

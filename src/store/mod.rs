@@ -128,6 +128,10 @@ impl Updated {
 
 /// The store interface. Methods are synchronous and fast (they do not wait for the disk);
 /// durability comes from [`Store::flush`], which [`GroupCommit`] calls for many writers at once.
+/// At most this many registered operations of one upstream are looked at to match a webhook id
+/// by its last path segment ([`Store::find_operation`]).
+pub const SUFFIX_SCAN_MAX: usize = 100_000;
+
 pub trait Store: Send + Sync + 'static {
     /// Insert a new operation, or return the existing one for the same `(upstream, operation)`.
     /// A webhook kept for it within `early_window` is consumed and reported.
@@ -151,6 +155,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Updated>, StoreError>;
     /// Stop tracking: remove the record and its indexes.
     fn delete(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
+    /// Which form of a webhook's operation id `upstream` has registered: the first of
+    /// `candidates` that is registered, else (with `suffix`) the first registered operation of
+    /// `upstream` whose name ends in `/{suffix}` (a scan of that upstream's keys, at most
+    /// [`SUFFIX_SCAN_MAX`]). `None`: none is registered (yet).
+    fn find_operation(
+        &self,
+        upstream: &str,
+        candidates: &[String],
+        suffix: Option<&str>,
+    ) -> Result<Option<String>, StoreError>;
     /// Record an inbound webhook durably-to-be (call [`Store::flush`] before answering). With
     /// an `outcome` (an event mapped in `webhook.events`) the operation ends in the same write;
     /// for an operation not registered yet the outcome is kept and applied at registration.

@@ -39,7 +39,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::integrity::{self, Mark, MarkWriter};
-use super::{ListFilter, OutboxEntry, Registered, Store, StoreError, Updated, WebhookRecord};
+use super::{
+    ListFilter, OutboxEntry, Registered, SUFFIX_SCAN_MAX, Store, StoreError, Updated, WebhookRecord,
+};
 use crate::clock::Timestamp;
 use crate::ids::{DeliveryKey, OperationId};
 use crate::operation::{DeliveryState, EventOutcome, Operation, WEBHOOK_READS};
@@ -611,6 +613,32 @@ impl Store for SledStore {
             self.outbox.remove(pair_key(id, &e.name)).map_err(io)?;
         }
         Ok(Some(op))
+    }
+
+    fn find_operation(
+        &self,
+        upstream: &str,
+        candidates: &[String],
+        suffix: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        for c in candidates {
+            if self.keys.get(pair_key(upstream, c)).map_err(io)?.is_some() {
+                return Ok(Some(c.clone()));
+            }
+        }
+        let Some(suffix) = suffix.filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let prefix = pair_key(upstream, "");
+        let tail = format!("/{suffix}");
+        for entry in self.keys.scan_prefix(&prefix).keys().take(SUFFIX_SCAN_MAX) {
+            let key = entry.map_err(io)?;
+            let op = String::from_utf8_lossy(&key[prefix.len()..]);
+            if op.ends_with(&tail) {
+                return Ok(Some(op.into_owned()));
+            }
+        }
+        Ok(None)
     }
 
     fn record_webhook(

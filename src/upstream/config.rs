@@ -26,6 +26,8 @@ pub struct RawUpstream {
     preset: String,
     base_url: Option<String>,
     status_path: Option<String>,
+    status_method: Option<String>,
+    status_body: Option<serde_json::Value>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     status_field: Option<String>,
@@ -34,6 +36,7 @@ pub struct RawUpstream {
     failed: Option<Vec<String>>,
     cancelled: Option<Vec<String>>,
     expired: Option<Vec<String>>,
+    running: Option<Vec<String>>,
     result_field: Option<String>,
     error_field: Option<String>,
     progress_field: Option<String>,
@@ -127,6 +130,10 @@ pub struct UpstreamConfig {
     pub preset: Preset,
     pub base_url: Url,
     pub status_path: String,
+    /// The status read's method (`GET`, or `POST` with [`Self::status_body`]).
+    pub status_method: reqwest::Method,
+    /// The status read's JSON body template (see [`super::status_body`]).
+    pub status_body: Option<serde_json::Value>,
     /// Resolved headers (values may hold secrets; never print them).
     pub headers: HeaderMap,
     /// The header templates as written, for `hookshim check`.
@@ -180,7 +187,8 @@ pub fn resolve_upstream(
     // mapping may be left out (placeholders keep the rest of the code uniform).
     let polling = u.poll.enabled();
     let base_url = resolve_base_url(&key, &u, defaults, polling)?;
-    let status_path = resolve_status_path(&key, &u, defaults, polling)?;
+    let (status_method, status_body) = resolve_status_read(&key, &u, defaults)?;
+    let status_path = resolve_status_path(&key, &u, defaults, polling, status_body.as_ref())?;
     let auth = u
         .auth
         .take()
@@ -221,6 +229,8 @@ pub fn resolve_upstream(
         preset,
         base_url,
         status_path,
+        status_method,
+        status_body,
         headers,
         header_templates,
         mapping,
@@ -321,14 +331,79 @@ fn resolve_base_url(
     Ok(base_url)
 }
 
-/// `status_path`: written, or the preset's; it must contain `{operation}`. A preset whose
-/// registered operation is the status URL itself takes none.
+/// `status_method` and `status_body`: written, or the preset's. `GET` or `POST`; a body only
+/// with `POST`, and it is a table (a JSON object).
+fn resolve_status_read(
+    key: &dyn Fn(&str) -> String,
+    u: &RawUpstream,
+    defaults: &PresetSpec,
+) -> Result<(reqwest::Method, Option<serde_json::Value>), String> {
+    let method = match u
+        .status_method
+        .as_deref()
+        .unwrap_or(defaults.status_method)
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "GET" => reqwest::Method::GET,
+        "POST" => reqwest::Method::POST,
+        other => {
+            return Err(format!(
+                "`{}`: {other:?} is not supported; write \"GET\" or \"POST\"",
+                key("status_method")
+            ));
+        }
+    };
+    let body = match (&u.status_body, defaults.status_body) {
+        (Some(b), _) => Some(b.clone()),
+        (None, Some(t)) => Some(serde_json::from_str(t).map_err(|e| {
+            format!(
+                "`{}`: the preset's template does not parse ({e})",
+                key("status_body")
+            )
+        })?),
+        (None, None) => None,
+    };
+    if let Some(b) = &body {
+        if !b.is_object() {
+            return Err(format!(
+                "`{}`: must be a table, e.g. status_body = {{ operationName = \"{{operation}}\" }}",
+                key("status_body")
+            ));
+        }
+        if method != reqwest::Method::POST {
+            return Err(format!(
+                "`{}`: a status body needs status_method = \"POST\"",
+                key("status_body")
+            ));
+        }
+    }
+    Ok((method, body))
+}
+
+/// Whether a body template names the operation in one of its string values.
+fn names_operation(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains("{operation}"),
+        serde_json::Value::Array(a) => a.iter().any(names_operation),
+        serde_json::Value::Object(o) => o.values().any(names_operation),
+        _ => false,
+    }
+}
+
+/// `status_path`: written, or the preset's; it must contain `{operation}` (or the status body
+/// template must). A preset whose registered operation is the status URL itself takes none; a
+/// preset that derives the path from the operation needs none.
 fn resolve_status_path(
     key: &dyn Fn(&str) -> String,
     u: &RawUpstream,
     defaults: &PresetSpec,
     polling: bool,
+    status_body: Option<&serde_json::Value>,
 ) -> Result<String, String> {
+    if defaults.status_path_for.is_some() && u.status_path.is_none() {
+        return Ok(super::PATH_FROM_OPERATION.to_string());
+    }
     let operation_is_url = defaults.operation_url.is_some();
     if operation_is_url && u.status_path.is_some() {
         return Err(format!(
@@ -349,9 +424,10 @@ fn resolve_status_path(
                 u.preset
             )
         })?;
-    if !status_path.contains("{operation}") {
+    if !status_path.contains("{operation}") && !status_body.is_some_and(names_operation) {
         return Err(format!(
-            "`{}`: {status_path:?} must contain \"{{operation}}\"",
+            "`{}`: {status_path:?} must contain \"{{operation}}\" (or a string in \
+             status_body must)",
             key("status_path")
         ));
     }
@@ -438,6 +514,7 @@ fn resolve_mapping(
             failed: placeholder(&u.failed, "failed"),
             cancelled: u.cancelled.clone(),
             expired: u.expired.clone(),
+            running: u.running.clone(),
             result_field: ptr("result_field", &u.result_field)?,
             error_field: ptr("error_field", &u.error_field)?,
             progress_field: ptr("progress_field", &u.progress_field)?,
@@ -721,6 +798,82 @@ mod tests {
         assert_eq!(u.callback_events, vec!["requires_action".to_string()]);
     }
 
+    #[test]
+    fn status_reads_may_post_a_body_template() {
+        let u = upstream("[upstreams.v]\npreset = \"vertex-operation\"\nbase_url = \"https://us-central1-aiplatform.googleapis.com/v1/\"\n").unwrap();
+        assert_eq!(u.status_method, reqwest::Method::POST);
+        assert_eq!(
+            super::super::status_body(&u, "projects/p/operations/x\"y"),
+            Some(serde_json::json!({"operationName": "projects/p/operations/x\"y"}))
+        );
+        let url = super::super::status_url(
+            &u,
+            "projects/p/locations/l/publishers/google/models/veo-3/operations/1",
+        )
+        .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://us-central1-aiplatform.googleapis.com/v1/projects/p/locations/l/publishers/google/models/veo-3:fetchPredictOperation"
+        );
+        let e = upstream("[upstreams.v]\npreset = \"vertex-operation\"\n").unwrap_err();
+        assert!(e.contains("`upstreams.v.base_url`: required"), "{e}");
+        let generic = "[upstreams.g]\nbase_url = \"http://127.0.0.1/\"\nstatus_field = \"/s\"\nsucceeded = [\"ok\"]\nfailed = [\"bad\"]\n";
+        let u = upstream(&format!(
+            "{generic}status_path = \"status\"\nstatus_method = \"post\"\nstatus_body = {{ id = \"{{operation}}\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(u.status_method, reqwest::Method::POST);
+        let e = upstream(&format!(
+            "{generic}status_path = \"status\"\nstatus_body = {{ id = \"{{operation}}\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("`upstreams.g.status_body`: a status body needs status_method = \"POST\""),
+            "{e}"
+        );
+        let e = upstream(&format!(
+            "{generic}status_path = \"s/{{operation}}\"\nstatus_method = \"PUT\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("`upstreams.g.status_method`: \"PUT\" is not supported"),
+            "{e}"
+        );
+        let e = upstream(&format!("{generic}status_path = \"status\"\nstatus_method = \"POST\"\nstatus_body = {{ id = \"x\" }}\n")).unwrap_err();
+        assert!(
+            e.contains("must contain \"{operation}\" (or a string in status_body must)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_presets_status_lists_can_be_extended_in_config() {
+        let u = upstream(
+            "[upstreams.z]\npreset = \"azure-async\"\nfailed = [\"Rejected\"]\nrunning = [\"Canceled\"]\n",
+        )
+        .unwrap();
+        let read = |b: serde_json::Value| u.mapping.read(&b).unwrap().state;
+        use crate::operation::ObservedState;
+        assert_eq!(
+            read(serde_json::json!({"status": "Rejected"})),
+            ObservedState::Failed
+        );
+        assert_eq!(
+            read(serde_json::json!({"status": "Canceled"})),
+            ObservedState::Running
+        );
+        let e = upstream(
+            "[upstreams.z]\npreset = \"azure-async\"\nfailed = [\"X\"]\ncancelled = [\"x\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "`upstreams.z`: `cancelled`: status value \"x\" is already listed in `failed`"
+            ),
+            "{e}"
+        );
+    }
+
     fn with_events(preset: &str, events: &str) -> Result<UpstreamConfig, String> {
         upstream(&format!(
             "[upstreams.u]\npreset = \"{preset}\"\nheaders = {{ Authorization = \"\" }}\n[upstreams.u.webhook]\nscheme = \"standard-webhooks\"\nsecret_env = \"HOOK_SECRET\"\nevents = {{ {events} }}\n"
@@ -745,6 +898,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("announces a pause, not an end"), "{e}");
+        // The Gemini event types are python-genai's `WebhookSubscribedEvent`
+        // (`_gaos/types/webhooks/webhook.py`): no `batch.cancelled`, no `interaction.cancelled`.
+        let e = with_events("gemini-batch", "\"batch.cancelled\" = \"cancelled\"").unwrap_err();
+        assert!(e.contains("does not send \"batch.cancelled\""), "{e}");
+        let e = with_events(
+            "gemini-interaction",
+            "\"interaction.cancelled\" = \"cancelled\"",
+        )
+        .unwrap_err();
+        assert!(e.contains("does not send \"interaction.cancelled\""), "{e}");
         let e = with_events("gemini-batch", "\"batch.failed\" = \"running\"").unwrap_err();
         assert!(e.contains("unknown outcome \"running\"; expected one of: succeeded, failed, cancelled, expired"), "{e}");
         let e = with_events("replicate", "\"succeeded\" = \"succeeded\"").unwrap_err();

@@ -21,6 +21,9 @@ pub type ReadStatus = fn(&Value) -> Result<Observation, String>;
 /// Parses a registered operation that is itself the status URL.
 pub type OperationUrl = fn(&str) -> Result<Url, String>;
 
+/// Derives the status path (relative to `base_url`) from a registered operation.
+pub type OperationPath = fn(&str) -> Result<String, String>;
+
 /// Everything hookshim knows about one kind of upstream job.
 pub struct PresetSpec {
     /// The value of `preset` in the config.
@@ -49,6 +52,24 @@ pub struct PresetSpec {
     /// The upstream's create and status-read requests, for proxying them (`None`: only
     /// pass-through, or, for `generic`, what `proxy.create` and `status_path` say).
     pub proxy: Option<ProxyPatterns>,
+    /// `Some`: the status path is derived from the operation by this function (instead of
+    /// `status_path`; e.g. Vertex's `{model}:fetchPredictOperation`). Joined to `base_url`.
+    pub status_path_for: Option<OperationPath>,
+    /// The status read's method; `"GET"` for most.
+    pub status_method: &'static str,
+    /// The status read's JSON body template (with `status_method = "POST"`): its string
+    /// values get `{operation}` replaced by the operation name.
+    pub status_body: Option<&'static str>,
+    /// Other forms a webhook's operation id may name a registered operation in (each is put
+    /// through `canonical_operation`; see [`Preset::webhook_ids`]).
+    pub webhook_id_forms: fn(&str) -> Vec<String>,
+    /// Whether a webhook id that matches no form is matched to a registered operation by its
+    /// last path segment (a registered `models/veo-3/operations/x` and an event naming `x`).
+    pub webhook_id_suffix: bool,
+    /// `Some(pointer)`: when a status read says succeeded and the body has a URL string at
+    /// `pointer`, the final resource is read from there once and becomes `result` (azure-core's
+    /// `resourceLocation`; see [`super::final_resource_url`]).
+    pub final_resource: Option<&'static str>,
 }
 
 impl PresetSpec {
@@ -66,12 +87,31 @@ impl PresetSpec {
         canonical_operation: same_operation,
         operation_url: None,
         proxy: None,
+        status_path_for: None,
+        status_method: "GET",
+        status_body: None,
+        webhook_id_forms: no_other_forms,
+        webhook_id_suffix: false,
+        final_resource: None,
     };
 }
 
 /// The operation id as registered.
 pub fn same_operation(op: &str) -> String {
     op.to_string()
+}
+
+/// A webhook id names its operation in one form only.
+pub fn no_other_forms(_: &str) -> Vec<String> {
+    Vec::new()
+}
+
+/// The forms of a webhook's operation id to look up, best first, and the last path segment to
+/// match by when none is registered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookIds {
+    pub candidates: Vec<String>,
+    pub suffix: Option<String>,
 }
 
 /// How the proxy recognises this kind of job's requests (see `crate::proxy`). Paths are given
@@ -229,6 +269,25 @@ impl Preset {
         (self.0.canonical_operation)(op)
     }
 
+    /// The registered forms a webhook's operation id may stand for: its canonical form first
+    /// (where an event for an operation not registered yet is kept), then the preset's other
+    /// forms, canonicalised, without repeats.
+    pub fn webhook_ids(self, raw: &str) -> WebhookIds {
+        let mut candidates = vec![self.canonical_operation(raw)];
+        for form in (self.0.webhook_id_forms)(raw) {
+            let c = self.canonical_operation(&form);
+            if !form.is_empty() && !candidates.contains(&c) {
+                candidates.push(c);
+            }
+        }
+        let suffix = self
+            .0
+            .webhook_id_suffix
+            .then(|| raw.rsplit('/').next().unwrap_or(raw).to_string())
+            .filter(|s| !s.is_empty());
+        WebhookIds { candidates, suffix }
+    }
+
     /// Whether a webhook event of type `event_type` belongs to another kind of job (it is then
     /// acknowledged and ignored).
     pub fn foreign_event(self, event_type: &str) -> bool {
@@ -265,6 +324,12 @@ mod tests {
                 spec.name == "generic",
                 "every preset but generic has proxy patterns"
             );
+            assert!(spec.status_path_for.is_none() || spec.status_path.is_none());
+            assert!(["GET", "POST"].contains(&spec.status_method));
+            if let Some(body) = spec.status_body {
+                let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                assert!(v.is_object(), "{} status_body is a JSON object", p.name());
+            }
         }
         assert_eq!(format!("{:?}", PRESETS[0]), "Preset(\"generic\")");
     }

@@ -67,6 +67,8 @@ pub struct UpstreamState {
     pub requests: Vec<(Instant, String)>,
     /// The headers of every status request, by path (same order as `requests`).
     pub request_headers: Vec<(String, HeaderMap)>,
+    /// The method and JSON body of every POST, by path.
+    pub posts: Vec<(String, Value)>,
 }
 
 #[derive(Clone)]
@@ -103,11 +105,24 @@ async fn upstream_get(
     }
 }
 
+/// POST /{*path}: recorded with its JSON body, then answered like a GET of that path (Vertex
+/// reads status with a POST).
+async fn upstream_post(
+    State(st): State<Arc<Mutex<UpstreamState>>>,
+    Path(path): Path<String>,
+    request_headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    st.lock().unwrap().posts.push((path.clone(), json));
+    upstream_get(State(st), Path(path), request_headers).await
+}
+
 impl FakeUpstream {
     pub async fn start() -> FakeUpstream {
         let state = Arc::new(Mutex::new(UpstreamState::default()));
         let router = Router::new()
-            .route("/{*path}", get(upstream_get))
+            .route("/{*path}", get(upstream_get).post(upstream_post))
             .with_state(state.clone());
         let addr = serve(router).await;
         FakeUpstream {
@@ -157,6 +172,17 @@ impl FakeUpstream {
                     .unwrap_or("")
                     .to_string()
             })
+            .collect()
+    }
+    /// The JSON body of every POST to `path`.
+    pub fn posts_for(&self, path: &str) -> Vec<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .posts
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, b)| b.clone())
             .collect()
     }
     pub fn all_requests(&self) -> Vec<Instant> {

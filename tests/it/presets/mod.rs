@@ -76,6 +76,31 @@ base_url = "{UP}/azure/"
 headers = { api-key = "${AZURE_KEY}" }
 poll = FAST
 
+[upstreams.azure-ext]
+preset = "azure-async"
+base_url = "{UP}/azure/"
+headers = { api-key = "${AZURE_KEY}" }
+failed = ["Rejected"]
+running = ["Canceled"]
+poll = FAST
+
+[upstreams.vertex]
+preset = "vertex-operation"
+base_url = "{UP}/vertex/v1/"
+headers = { Authorization = "Bearer test-vertex-token" }
+poll = FAST
+
+[upstreams.generic-post]
+preset = "generic"
+base_url = "{UP}/jobs/"
+status_path = "status"
+status_method = "POST"
+status_body = { query = { id = "{operation}", tags = ["{operation}", 7] }, verbose = true }
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+poll = FAST
+
 [upstreams.veo-hooks]
 preset = "google-operation"
 base_url = "{UP}/gemini/v1beta/"
