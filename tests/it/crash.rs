@@ -134,39 +134,6 @@ fn setup_at(up: &str, recv: &Receiver) -> ProcSetup {
     ProcSetup::new(&SHIM_CONFIG.replace("{UP}", up).replace("{RECV}", &recv.url))
 }
 
-/// Register `ops` on the `jobs` upstream concurrently; returns operation → hookshim id.
-async fn register_all(
-    http: &reqwest::Client,
-    url: &str,
-    ops: &[String],
-) -> BTreeMap<String, String> {
-    let mut set = tokio::task::JoinSet::new();
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
-    for op in ops {
-        let (http, url, op, sem) = (http.clone(), url.to_string(), op.clone(), sem.clone());
-        set.spawn(async move {
-            let _permit = sem.acquire().await.unwrap();
-            let r = http
-                .post(format!("{url}/v1/operations"))
-                .json(&json!({"upstream": "jobs", "operation": op}))
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let body: Value = r.json().await.unwrap();
-            assert_eq!(status, 201, "register {op}: {body}");
-            (op, body["id"].as_str().unwrap().to_string())
-        });
-    }
-    let mut ids = BTreeMap::new();
-    while let Some(r) = set.join_next().await {
-        let (op, id) = r.unwrap();
-        ids.insert(op, id);
-    }
-    assert_eq!(ids.len(), ops.len());
-    ids
-}
-
 /// An HTTP client that gives up after 30 s: a request hookshim never answers fails the test
 /// instead of hanging it (seen once when the shared disk filled up and a flush hung).
 fn client() -> reqwest::Client {
@@ -564,31 +531,14 @@ safety_poll = "100ms"
 events = { "job.done" = "succeeded" }
 "#;
 
-/// POST a Standard Webhooks-signed webhook to the child.
+/// POST a Standard Webhooks-signed webhook to the child's `hooks` upstream.
 async fn send_signed(
     http: &reqwest::Client,
     url: &str,
     msg_id: &str,
     body: &Value,
 ) -> (u16, Value) {
-    let raw = serde_json::to_vec(body).unwrap();
-    let ts = time_now_secs();
-    let sig = standardwebhooks::Webhook::new(CALLBACK_SECRET)
-        .unwrap()
-        .sign(msg_id, ts as i64, &raw)
-        .unwrap();
-    let r = http
-        .post(format!("{url}/webhooks/hooks"))
-        .header("content-type", "application/json")
-        .header("webhook-id", msg_id)
-        .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", sig)
-        .body(raw)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    send_signed_webhook(http, url, "hooks", CALLBACK_SECRET, msg_id, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
