@@ -128,6 +128,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         .map(|(n, u)| (n.clone(), UpstreamLimiter::new(u.rate, opts.clock.now())))
         .collect();
     let commit = GroupCommit::new(store.clone());
+    let store_for_priors = store.clone();
     let shim = Arc::new(Shim {
         store,
         commit: commit.clone(),
@@ -145,6 +146,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         shutdown: CancellationToken::new(),
         workers_running: AtomicBool::new(false),
         reads: Default::default(),
+        learned: crate::state::Learned::load(store_for_priors.as_ref()),
         config,
     });
 
@@ -494,6 +496,12 @@ impl Running {
         }
         self.workers.close();
         self.workers.wait().await;
+        // What was learned since the last periodic save goes with the final flush.
+        if let Some(bytes) = self.shim.learned.unsaved() {
+            if let Err(e) = self.shim.store.save_priors(&bytes) {
+                tracing::warn!(error = %e, "cannot save the learned job-length priors");
+            }
+        }
         if let Err(e) = self.shim.commit.flushed().await {
             tracing::error!(error = %e, "final flush failed");
         }

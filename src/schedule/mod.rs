@@ -17,8 +17,8 @@ pub use outcome::{
     apply_outcome_with, classify, first_poll_at, first_poll_with, time_out,
 };
 pub use policy::{
-    Aimd, HINT_MAX, Pace, Rule, backoff, callback_retry_delay, first_wait, interval, next_poll_at,
-    parse_hint, plan,
+    Aimd, HINT_MAX, Pace, Rule, backoff, blind_polls, callback_retry_delay, first_wait, interval,
+    next_poll_at, parse_hint, plan,
 };
 pub use prior::{Prior, Priors};
 pub use queue::{DueQueue, QueueId};

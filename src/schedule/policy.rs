@@ -295,6 +295,18 @@ fn blind(
     }
 }
 
+/// The requests today's blind schedule (no jitter, no target, no prior) makes to see a job
+/// of `secs` end: what [`crate::state`] counts the learned schedule's savings against.
+pub fn blind_polls(p: &PollConfig, secs: f64) -> u32 {
+    let mut t = backoff(p, 0, 0.0).as_secs_f64();
+    let mut polls = 1u32;
+    while t < secs && polls < 100_000 {
+        t += backoff(p, polls - 1, 0.0).as_secs_f64();
+        polls += 1;
+    }
+    polls
+}
+
 /// A new operation's first poll, seconds after registration: where its kind of job starts
 /// finishing when the prior is warm ([`Prior::first_look`], not before 0.1 s), else
 /// `backoff(0)` as today.
