@@ -143,6 +143,8 @@ fn ratelimit_wait(headers: &HeaderMap) -> Option<Duration> {
 /// close in on the estimate geometrically, so an estimate that is too late costs one interval,
 /// not the whole wait.
 const ETA_FRACTION: f64 = 0.5;
+/// With a target, a far jump on an estimate is at most this many times the job's age.
+pub const ETA_TRUST: f64 = 4.0;
 /// Progress at or above this counts as complete (finalizing).
 const COMPLETE: f64 = 0.999_999;
 
@@ -255,7 +257,11 @@ pub fn plan(
                         // Just past the estimated end; not jittered (it would land before it).
                         (eta.max(0.0) * 1.05 + 0.05).min(target)
                     } else {
-                        let far = (eta - target).max(eta / 2.0);
+                        // An estimate from a little progress can be far too late (progress
+                        // moves in steps): never jump more than ETA_TRUST × the job's age.
+                        let far = (eta - target)
+                            .max(eta / 2.0)
+                            .min(ETA_TRUST * elapsed.max(p.initial.as_secs_f64()));
                         (far * (1.0 + p.jitter * sample.clamp(-1.0, 1.0))).min(eta - 0.05)
                     };
                     let wait = wait.clamp(0.05, p.eta_max.as_secs_f64().max(0.05));
@@ -842,6 +848,11 @@ mod tests {
             let (w, rule) = plan(&c, &pace(0.25, None, now), 0, now, T0, None, 0.0);
             assert_eq!(rule, Rule::Target);
             assert!((secs(w) - 20.0).abs() < 0.01, "{w:?}");
+            // 1 % after 20 s says 1980 s left, but a step of progress that small is no
+            // estimate: the jump is at most ETA_TRUST × the job's age (80 s).
+            let now = at(20);
+            let (w, _) = plan(&c, &pace(0.01, None, now), 0, now, T0, None, 0.0);
+            assert!((secs(w) - 80.0).abs() < 0.01, "{w:?}");
         }
 
         #[test]
