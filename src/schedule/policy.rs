@@ -143,6 +143,9 @@ fn ratelimit_wait(headers: &HeaderMap) -> Option<Duration> {
 /// close in on the estimate geometrically, so an estimate that is too late costs one interval,
 /// not the whole wait.
 const ETA_FRACTION: f64 = 0.5;
+/// With a target, a far jump covers at most this share of the estimated remaining time (an
+/// estimate from progress that speeds up is late by a share of what remains).
+pub const ETA_FAR: f64 = 0.75;
 /// With a target, a far jump on an estimate is at most this many times the job's age.
 pub const ETA_TRUST: f64 = 4.0;
 /// Progress at or above this counts as complete (finalizing).
@@ -207,15 +210,18 @@ pub fn interval(
 /// 1. **Progress, with a target `T`** — the remaining time `eta` comes from the smoothed rate or,
 ///    before there is one, from the progress made since creation. Far from the end
 ///    (`eta > T`) the next poll goes to `max(eta - T, eta / 2)`: the end minus what the target
-///    allows (halving only when the end is within `2T`); within `T` of the end it goes just
-///    past the estimated end, never more than `T` away. No floor at `initial`.
+///    allows (halving only when the end is within `2T`), but never further than [`ETA_FAR`]
+///    of the estimate (progress that speeds up makes it late) nor [`ETA_TRUST`] × the job's
+///    age (a small step of progress is no estimate); within `T` of the end it goes just past
+///    the estimated end, never more than `T` away. No floor at `initial`.
 /// 2. **Finalizing or stalled, with a target** — today's rule, never a gap longer than `T`.
 /// 3. **Blind, warm prior** — each poll where [`prior::HAZARD_MASS`] of the jobs still running
 ///    are expected to have finished (short gaps where completions are likely), at least
 ///    `initial`, at most `T` (or `max` without a target). Past the learned tail: rule 4.
 /// 4. **Blind, otherwise** — the backoff, never longer than `T` (the job could be done).
 ///
-/// Progress without a target keeps today's estimate rules; the caller applies hints, the
+/// Progress without a target keeps today's rules (the prior then only places the first poll);
+/// the caller applies hints, the
 /// budget and the deadline after this, as before.
 pub fn plan(
     p: &PollConfig,
@@ -232,10 +238,8 @@ pub fn plan(
             return interval(p, pace, n, now, sample);
         }
         if p.eta && pace.progress.is_some() {
-            let (wait, rule) = interval(p, pace, n, now, sample);
-            if rule != Rule::Base {
-                return (wait, rule);
-            }
+            // Progress without a target: today's estimate rules, the prior only plans blind.
+            return interval(p, pace, n, now, sample);
         }
         return blind(p, n, now, created, warm, None, sample);
     };
@@ -259,8 +263,10 @@ pub fn plan(
                     } else {
                         // An estimate from a little progress can be far too late (progress
                         // moves in steps): never jump more than ETA_TRUST × the job's age.
+                        // Progress is rarely linear: never more than ETA_FAR of the estimate.
                         let far = (eta - target)
                             .max(eta / 2.0)
+                            .min(ETA_FAR * eta)
                             .min(ETA_TRUST * elapsed.max(p.initial.as_secs_f64()));
                         (far * (1.0 + p.jitter * sample.clamp(-1.0, 1.0))).min(eta - 0.05)
                     };
@@ -803,10 +809,14 @@ mod tests {
         fn far_from_the_end_a_target_polls_at_the_end_minus_the_target() {
             let c = targeted(10);
             let now = at(100);
-            // eta = 0.5 / 0.005 = 100 s; watched for 100 s.
+            // eta = 0.5 / 0.005 = 100 s; watched for 100 s. The end minus the target is 90 s
+            // away, but a jump covers at most ETA_FAR of the estimate: 75 s.
             let (w, rule) = plan(&c, &pace(0.5, Some(0.005), now), 3, now, T0, None, 0.0);
             assert_eq!(rule, Rule::Target);
-            assert!((secs(w) - 90.0).abs() < 0.01, "{w:?}");
+            assert!((secs(w) - 75.0).abs() < 0.01, "{w:?}");
+            // eta = 1000 s, 30 s before the end: the end minus the target.
+            let (w, _) = plan(&c, &pace(0.5, Some(0.0005), now), 3, now, T0, None, 0.0);
+            assert!((secs(w) - 400.0).abs() < 0.01, "{w:?}");
             // Today's rule halves toward it instead.
             let untargeted = PollConfig {
                 target_delay: None,
@@ -927,6 +937,12 @@ mod tests {
                 0.0,
             );
             assert!(w <= Duration::from_secs(10), "{w:?}");
+            // With progress and no target, today's estimate rules; the prior does not plan.
+            let moving = pace(0.5, Some(0.005), at(100));
+            assert_eq!(
+                plan(&c, &moving, 3, at(100), T0, Some(&prior), 0.0),
+                interval(&c, &moving, 3, at(100), 0.0)
+            );
             // Past the learned tail: the backoff again.
             let (_, rule) = plan(&c, &Pace::default(), 9, at(1000), T0, Some(&prior), 0.0);
             assert_eq!(rule, Rule::Base);

@@ -89,7 +89,7 @@ impl Workload {
     }
 
     fn jobs(self, seed: u64, ops: usize, hours: f64) -> Vec<Job> {
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x9a7e_70);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x009a_7e70);
         let ops = if self == Workload::Throttled {
             ops * 2
         } else {
