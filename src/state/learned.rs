@@ -132,3 +132,48 @@ impl Learned {
         std::mem::take(&mut inner.unsaved).then(|| inner.priors.to_bytes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_at_most_every_30_seconds_and_counts_savings() {
+        let l = Learned::default();
+        let poll = PollConfig::general();
+        let t = |s: u64| Timestamp(1_000_000 + s * 1000);
+        // The first completion saves; the next within 30 s do not; the one after does.
+        assert!(
+            l.record("u", None, None, &poll, 10.0, 2, t(0))
+                .save
+                .is_some()
+        );
+        assert!(
+            l.record("u", None, None, &poll, 10.0, 2, t(10))
+                .save
+                .is_none()
+        );
+        assert!(
+            l.record("u", None, None, &poll, 10.0, 2, t(29))
+                .save
+                .is_none()
+        );
+        let r = l.record("u", None, None, &poll, 10.0, 2, t(30));
+        assert!(r.save.is_some());
+        assert_eq!(r.prior.count, 4);
+        // A 10 s job on the general blind schedule is seen by the 6th poll (at 1, 2, 3.5,
+        // 5.75, 9.1, 14.2 s); 2 were made.
+        assert_eq!(r.saved, 4);
+        let (priors, saved) = l.of("u");
+        assert_eq!((priors.len(), saved), (1, 16));
+        // Nothing new since the last save: nothing to save at shutdown.
+        assert!(l.unsaved().is_none());
+        l.record("u", None, None, &poll, 10.0, 2, t(31));
+        assert!(l.unsaved().is_some());
+        // A prior key splits the priors.
+        let m = serde_json::json!({"model": "a"});
+        l.record("u", Some("/model"), Some(&m), &poll, 10.0, 2, t(32));
+        assert_eq!(l.of("u").0.len(), 2);
+        assert!(l.prior("u", Some("/model"), Some(&m)).is_some());
+    }
+}
