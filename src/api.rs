@@ -141,6 +141,7 @@ pub fn router(shim: Arc<Shim>) -> Router {
         .route("/v1/operations", post(register).get(list))
         .route("/v1/operations/{id}", get(get_one).delete(delete_one))
         .route("/v1/operations/{id}/redeliver", post(redeliver))
+        .route("/v1/upstreams", get(upstreams))
         .route_layer(middleware::from_fn_with_state(shim.clone(), require_token));
     let routes = Router::new()
         .merge(v1)
@@ -533,6 +534,41 @@ async fn proxy(
             resp
         }
     }
+}
+
+/// `GET /v1/upstreams`: per upstream its configured rate, the rate AIMD allows now, the
+/// polling target and what hookshim has learned about its jobs' lengths.
+async fn upstreams(State(shim): State<Arc<Shim>>) -> Response {
+    let now = shim.clock.now();
+    let mut out = serde_json::Map::new();
+    for (name, up) in &shim.config.upstreams {
+        let (priors, saved) = shim.learned.of(name);
+        let priors: Vec<Value> = priors
+            .iter()
+            .map(|(key, p)| {
+                let q = |x: f64| p.quantile(x);
+                json!({
+                    "key": key,
+                    "completions": p.count,
+                    "warm": p.warm(),
+                    "p10_s": q(0.1), "p50_s": q(0.5), "p90_s": q(0.9),
+                })
+            })
+            .collect();
+        out.insert(
+            name.clone(),
+            json!({
+                "rate_per_second": up.rate.per_second,
+                "burst": up.rate.burst,
+                "current_rate_per_second": shim.limiters.get(name).map(|l| l.current_rate(now)),
+                "target_delay_s": up.poll.target_delay.map(|d| d.as_secs_f64()),
+                "prior_key": up.prior_key,
+                "priors": priors,
+                "requests_saved": saved,
+            }),
+        );
+    }
+    Json(json!({"upstreams": out})).into_response()
 }
 
 async fn healthz() -> Response {

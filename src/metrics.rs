@@ -56,6 +56,15 @@ pub struct Metrics {
     pub proxy_saved: Family<UpstreamLabel, Counter>,
     /// Credential fetches (`auth`) by upstream and result (`ok`, `error`).
     pub credential_refreshes: Family<ResultLabels, Counter>,
+    pub job_duration_quantile: Family<QuantileLabels, Gauge<f64, AtomicU64>>,
+    pub requests_saved: Family<UpstreamLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuantileLabels {
+    pub upstream: String,
+    /// `0.1`, `0.5`, `0.9`.
+    pub quantile: String,
 }
 
 impl Default for Metrics {
@@ -77,6 +86,8 @@ impl Metrics {
         let proxy_requests = Family::<OutcomeLabels, Counter>::default();
         let proxy_saved = Family::<UpstreamLabel, Counter>::default();
         let credential_refreshes = Family::<ResultLabels, Counter>::default();
+        let job_duration_quantile = Family::<QuantileLabels, Gauge<f64, AtomicU64>>::default();
+        let requests_saved = Family::<UpstreamLabel, Counter>::default();
         // 1 ms .. ~33 s, doubling.
         let delivery_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
@@ -134,11 +145,23 @@ impl Metrics {
             "Fetches of upstream credentials (auth: command, file, gcp_metadata, aws_sigv4) by result (ok, error)",
             credential_refreshes.clone(),
         );
+        registry.register(
+            "hookshim_upstream_job_duration_quantile_seconds",
+            "Learned job length per upstream (the prior of operations without a poll.prior_key value), at quantiles 0.1, 0.5, 0.9",
+            job_duration_quantile.clone(),
+        );
+        registry.register(
+            "hookshim_upstream_poll_requests_saved",
+            "Status requests not made compared to the plain blind schedule, per upstream (target_delay and learned priors)",
+            requests_saved.clone(),
+        );
         Metrics {
             credential_refreshes,
             upstream_rate,
             proxy_requests,
             proxy_saved,
+            job_duration_quantile,
+            requests_saved,
             registry,
             registered,
             active,
@@ -182,6 +205,20 @@ impl Metrics {
                 upstream: upstream.into(),
             })
             .set(rate);
+    }
+
+    /// Publish an upstream's learned job-length quantiles.
+    pub fn job_durations(&self, upstream: &str, prior: &crate::schedule::Prior) {
+        for q in [0.1, 0.5, 0.9] {
+            if let Some(secs) = prior.quantile(q) {
+                self.job_duration_quantile
+                    .get_or_create(&QuantileLabels {
+                        upstream: upstream.into(),
+                        quantile: format!("{q}"),
+                    })
+                    .set(secs);
+            }
+        }
     }
 
     pub fn webhook(&self, upstream: &str, result: &str) {

@@ -17,7 +17,7 @@ use crate::errors::error_chain;
 use crate::ids::OperationId;
 use crate::operation::{Observation, ObservedState, Operation, UpstreamBody};
 use crate::schedule::{
-    GROUP_FULL_RETRY, PollOutcome, Reading, apply_outcome, classify, parse_hint, time_out,
+    GROUP_FULL_RETRY, PollOutcome, Reading, apply_outcome_with, classify, parse_hint, time_out,
 };
 use crate::state::{SHUTDOWN_GRACE, Shim};
 use crate::upstream::UpstreamConfig;
@@ -102,8 +102,11 @@ pub async fn poll_once(shim: &Shim, id: OperationId) {
     drop(in_flight);
     let (now, sample) = (shim.clock.now(), jitter_sample());
     let rules = up.rules();
+    let prior = shim
+        .learned
+        .prior(&op.upstream, up.prior_key.as_deref(), op.metadata.as_ref());
     record(shim, id, now, &|o| {
-        apply_outcome(o, &rules, &reading, now, sample)
+        apply_outcome_with(o, &rules, prior.as_ref(), &reading, now, sample)
     })
     .await;
 }

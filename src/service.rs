@@ -138,6 +138,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         metrics.credential_refreshes.clone(),
         upstream_http.clone(),
     );
+    let store_for_priors = store.clone();
     let shim = Arc::new(Shim {
         store,
         commit: commit.clone(),
@@ -157,6 +158,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         workers_running: AtomicBool::new(false),
         reads: Default::default(),
         credentials,
+        learned: crate::state::Learned::load(store_for_priors.as_ref()),
         config,
     });
 
@@ -514,6 +516,12 @@ impl Running {
         }
         self.workers.close();
         self.workers.wait().await;
+        // What was learned since the last periodic save goes with the final flush.
+        if let Some(bytes) = self.shim.learned.unsaved() {
+            if let Err(e) = self.shim.store.save_priors(&bytes) {
+                tracing::warn!(error = %e, "cannot save the learned job-length priors");
+            }
+        }
         if let Err(e) = self.shim.commit.flushed().await {
             tracing::error!(error = %e, "final flush failed");
         }

@@ -15,7 +15,10 @@
 //!   schedule it, flush), used by the API and the proxy; [`lookup`] finds an operation by the
 //!   upstream's own id.
 
+mod learned;
 mod register;
+
+pub use learned::{Learned, PRIORS_SAVE_EVERY, Recorded};
 
 pub use register::{MAX_METADATA, RegisterError, Registration, register};
 
@@ -93,6 +96,8 @@ pub struct Shim {
     pub reads: InFlightReads,
     /// Upstream credentials that refresh (`auth`), by upstream.
     pub credentials: crate::credentials::Credentials,
+    /// The learned job-length priors (`schedule::prior`), fed by [`Shim::on_terminal`].
+    pub learned: Learned,
 }
 
 /// Status reads in flight, by operation (at most one per operation: the queue holds an id once).
@@ -165,6 +170,45 @@ impl Shim {
         }
     }
 
+    /// Feed a finished operation's length to its upstream's prior (only successes say how
+    /// long a job takes), publish the quantiles, and save the priors when a save is due.
+    fn learn(&self, op: &Operation) {
+        if op.status != crate::operation::Status::Succeeded {
+            return;
+        }
+        let (Some(end), Some(up)) = (op.completed_at, self.config.upstreams.get(&op.upstream))
+        else {
+            return;
+        };
+        let secs = end.0.saturating_sub(op.created_at.0) as f64 / 1000.0;
+        let pointer = up.prior_key.as_deref();
+        let r = self.learned.record(
+            &op.upstream,
+            pointer,
+            op.metadata.as_ref(),
+            &up.poll,
+            secs,
+            op.polls,
+            self.clock.now(),
+        );
+        if crate::schedule::prior::key_of(pointer, op.metadata.as_ref()).is_empty() {
+            self.metrics.job_durations(&op.upstream, &r.prior);
+        }
+        if op.polls > 0 {
+            self.metrics
+                .requests_saved
+                .get_or_create(&crate::metrics::UpstreamLabel {
+                    upstream: op.upstream.clone(),
+                })
+                .inc_by(r.saved);
+        }
+        if let Some(bytes) = r.save {
+            if let Err(e) = self.store.save_priors(&bytes) {
+                tracing::warn!(error = %e, "cannot save the learned job-length priors");
+            }
+        }
+    }
+
     /// After a write made `op` terminal: count it, flush (the outbox entry must be durable
     /// before the callback goes out), then hand it to delivery.
     pub async fn on_terminal(&self, op: &Operation) {
@@ -177,6 +221,7 @@ impl Shim {
         self.metrics.completed.get_or_create(&labels).inc();
         self.metrics.active(&op.upstream).dec();
         self.polls.remove(&op.id);
+        self.learn(op);
         tracing::info!(op = %op.id, upstream = %op.upstream, status = op.status.as_str(), detected_via = via, "operation finished");
         match self.commit.flushed().await {
             Ok(()) => {

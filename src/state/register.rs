@@ -12,7 +12,7 @@ use crate::address::check_callback_url;
 use crate::ids::OperationId;
 use crate::metrics::UpstreamLabel;
 use crate::operation::{NewOperation, Operation, UpstreamBody};
-use crate::schedule::first_poll_at;
+use crate::schedule::first_poll_with;
 use crate::store::{Registered, StoreError};
 use crate::upstream::prepare_operation;
 
@@ -106,7 +106,12 @@ pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, Regi
     let now = shim.clock.now();
     let deadline_at = now.plus(deadline);
     let sample = rand::random_range(-1.0..=1.0);
-    let first = first_poll_at(&up.rules(), now, deadline_at, sample);
+    let prior = shim.learned.prior(
+        &req.upstream,
+        up.prior_key.as_deref(),
+        req.metadata.as_ref(),
+    );
+    let first = first_poll_with(&up.rules(), prior.as_ref(), now, deadline_at, sample);
     let first = match shim.limiters.get(&req.upstream) {
         Some(l) => l.spread_first_poll(first, now).min(deadline_at),
         None => first,

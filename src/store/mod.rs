@@ -206,4 +206,13 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+    /// The learned job-length priors as last saved (`schedule::Priors::to_bytes`), if any.
+    fn load_priors(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+    /// Replace the saved priors (durable with the next flush; losing the last few seconds of
+    /// learning in a crash is harmless).
+    fn save_priors(&self, _bytes: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -22,6 +22,8 @@
 //! - `meta`:     `generation` → flush generation (u64 BE) + operations then (u64 BE): written by
 //!   each flush that covers new writes, before the flush, and recorded in the mark file beside
 //!   the data after it ([`super::integrity`]): how a store that lost acknowledged data is noticed.
+//! - `priors`:   `priors` → the learned job-length priors (`schedule::Priors`, JSON), replaced
+//!   at most every [`crate::state::PRIORS_SAVE_EVERY`] and read at start.
 //!
 //! Why not multi-tree transactions: in sled 0.34 every transaction (and every batch) seals the
 //! current IO buffer and writes it with `sync_file_range` before it returns (`pin_log`), so each
@@ -46,6 +48,9 @@ use crate::clock::Timestamp;
 use crate::ids::{DeliveryKey, OperationId};
 use crate::operation::{DeliveryState, EventOutcome, Operation, WEBHOOK_READS};
 
+/// The one key of the `priors` tree.
+const PRIORS_KEY: &[u8] = b"priors";
+
 pub struct SledStore {
     db: sled::Db,
     ops: sled::Tree,
@@ -55,6 +60,8 @@ pub struct SledStore {
     inbox: sled::Tree,
     early: sled::Tree,
     meta: sled::Tree,
+    /// The learned job-length priors, one value under [`PRIORS_KEY`].
+    priors: sled::Tree,
     /// The data directory (the mark file lives there).
     dir: PathBuf,
     /// The last flush generation written; the lock also serialises flushes.
@@ -254,6 +261,7 @@ impl SledStore {
             inbox: tree("inbox")?,
             early: tree("early")?,
             meta: tree("meta")?,
+            priors: tree("priors")?,
             dir: path.to_path_buf(),
             marks: MarkWriter::start(path),
             generation: Mutex::new(0),
@@ -799,6 +807,16 @@ impl Store for SledStore {
             generation: next,
             operations,
         });
+        Ok(())
+    }
+
+    fn load_priors(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.priors.get(PRIORS_KEY).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    fn save_priors(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.touch();
+        self.priors.insert(PRIORS_KEY, bytes).map_err(io)?;
         Ok(())
     }
 

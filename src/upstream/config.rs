@@ -143,6 +143,9 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     pub rate: RateConfig,
     pub poll: PollConfig,
+    /// `poll.prior_key`: a JSON pointer into an operation's metadata whose value picks the
+    /// learned job-length prior it uses (`None`: one prior for the whole upstream).
+    pub prior_key: Option<String>,
     pub webhook: Option<WebhookConfig>,
     /// Callbacks sent besides the terminal one (see [`CALLBACK_EVENTS`]).
     pub callback_events: Vec<String>,
@@ -200,6 +203,7 @@ pub fn resolve_upstream(
     let prefix = format!("upstreams.{name}");
     let rate = resolve_rate(&prefix, u.rate)?;
     let poll = resolve_poll(&prefix, &u.poll, defaults.poll)?;
+    let prior_key = u.poll.prior_key(&prefix)?;
 
     let webhook = match u.webhook {
         None => None,
@@ -238,6 +242,7 @@ pub fn resolve_upstream(
         timeout: u.timeout.0,
         rate,
         poll,
+        prior_key,
         webhook,
         callback_events: u.callback_events,
         proxy,

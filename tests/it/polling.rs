@@ -776,3 +776,42 @@ async fn the_limiter_paces_requests_at_the_upstream() {
         );
     }
 }
+
+#[tokio::test]
+async fn completions_are_learned_shown_and_kept_across_a_restart() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let mut shim = TestShim::start(CONFIG, &up, &recv).await;
+    for i in 0..3 {
+        let name = format!("learn{i}");
+        up.set(
+            &format!("jobs/{name}"),
+            json!({"state": "done", "output": 1}),
+        );
+        let (_, op) = shim
+            .register(json!({"upstream": "jobs", "operation": name}))
+            .await;
+        wait_status(&shim, &id_of(&op), "succeeded").await;
+    }
+    let learned =
+        |v: &serde_json::Value| v["upstreams"]["jobs"]["priors"][0]["completions"].clone();
+    let (status, body) = shim.get("/v1/upstreams").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(learned(&body), json!(3), "{body}");
+    assert_eq!(body["upstreams"]["jobs"]["rate_per_second"], 200);
+    assert!(body["upstreams"]["jobs"]["current_rate_per_second"].is_number());
+    assert!(body["upstreams"]["jobs"]["priors"][0]["p50_s"].is_number());
+    let metrics = shim.metrics().await;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("hookshim_upstream_job_duration_quantile_seconds{")
+                && l.contains("upstream=\"jobs\"")
+                && l.contains("quantile=\"0.5\"")
+        ),
+        "{metrics}"
+    );
+    // Saved in the store and read back at start.
+    shim.restart().await;
+    let (_, body) = shim.get("/v1/upstreams").await;
+    assert_eq!(learned(&body), json!(3), "{body}");
+}
