@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -19,6 +19,7 @@ use subtle::ConstantTimeEq;
 use crate::ids::{DeliveryKey, OperationId};
 use crate::ingest::{IngestError, Ingested};
 use crate::operation::{Delivery, DeliveryState, Status};
+use crate::proxy::ProxyError;
 use crate::state::{RegisterError, Registration, Shim};
 use crate::store::{ListFilter, Registered, StoreError};
 const DEFAULT_LIMIT: usize = 100;
@@ -118,6 +119,21 @@ impl From<IngestError> for ApiError {
     }
 }
 
+impl From<ProxyError> for ApiError {
+    fn from(e: ProxyError) -> ApiError {
+        let (status, code) = match &e {
+            ProxyError::UnknownUpstream(_) => (StatusCode::NOT_FOUND, "unknown_upstream"),
+            ProxyError::NotEnabled(_) => (StatusCode::NOT_FOUND, "proxy_not_enabled"),
+            ProxyError::BudgetExhausted { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "budget_exhausted")
+            }
+            ProxyError::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
+            ProxyError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
 type ApiResult = Result<Response, ApiError>;
 
 /// The private face (`server.listen`): the API, webhooks, health, readiness and metrics.
@@ -126,10 +142,17 @@ pub fn router(shim: Arc<Shim>) -> Router {
         .route("/v1/operations", post(register).get(list))
         .route("/v1/operations/{id}", get(get_one).delete(delete_one))
         .route("/v1/operations/{id}/redeliver", post(redeliver))
+        .route("/v1/upstreams", get(upstreams))
         .route_layer(middleware::from_fn_with_state(shim.clone(), require_token));
     let routes = Router::new()
         .merge(v1)
         .route("/webhooks/{upstream}", post(webhook))
+        // No token (the app presents its own upstream credential) and no body limit (bodies
+        // stream through; the proxy bounds what it reads itself).
+        .route(
+            "/proxy/{upstream}/{*path}",
+            any(proxy).layer(DefaultBodyLimit::disable()),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
@@ -291,6 +314,7 @@ async fn register(State(shim): State<Arc<Shim>>, body: Result<Bytes, BytesReject
             callback_url: req.callback_url,
             metadata: req.metadata,
             deadline: req.deadline,
+            ..Registration::default()
         },
     )
     .await?;
@@ -321,6 +345,8 @@ struct ListQuery {
     delivery: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
+    /// With `upstream`: the operation registered under the upstream's own id.
+    operation: Option<String>,
 }
 
 async fn list(
@@ -362,6 +388,22 @@ async fn list(
             ));
         }
     };
+    if let Some(operation) = q.operation.as_deref().filter(|o| !o.is_empty()) {
+        let Some(upstream) = q.upstream.as_deref().filter(|u| !u.is_empty()) else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "operation= needs upstream= too (the upstream's own id is only unique per upstream)",
+            ));
+        };
+        // One record at most, so it keeps its `upstream_body`.
+        let found = crate::state::lookup(&shim, upstream, operation)
+            .map_err(ApiError::store)?
+            .filter(|op| status.is_none_or(|s| s == op.status))
+            .filter(|op| !delivery_failed || op.delivery.state == DeliveryState::Failed);
+        let ops: Vec<_> = found.into_iter().collect();
+        return Ok(Json(json!({"operations": ops, "next_cursor": null})).into_response());
+    }
     let filter = ListFilter {
         status,
         upstream: q.upstream.filter(|u| !u.is_empty()),
@@ -372,7 +414,12 @@ async fn list(
             .filter(|c| !c.is_empty())
             .map(OperationId::from_text),
     };
-    let (ops, next) = shim.store.list(&filter).map_err(ApiError::store)?;
+    let (mut ops, next) = shim.store.list(&filter).map_err(ApiError::store)?;
+    // A page of up to 1000 records would carry up to 1000 kept bodies: the list leaves them
+    // out (`GET /v1/operations/{id}` and the lookup by upstream id have them).
+    for op in &mut ops {
+        op.upstream_body = None;
+    }
     Ok(Json(json!({"operations": ops, "next_cursor": next})).into_response())
 }
 
@@ -493,6 +540,60 @@ async fn webhook(
     Ok((status, Json(value)).into_response())
 }
 
+async fn proxy(
+    State(shim): State<Arc<Shim>>,
+    Path((upstream, _path)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    match crate::proxy::handle(&shim, &upstream, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let retry = e.retry_after();
+            let mut resp = ApiError::from(e).into_response();
+            if let Some(s) = retry {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(s));
+            }
+            resp
+        }
+    }
+}
+
+/// `GET /v1/upstreams`: per upstream its configured rate, the rate AIMD allows now, the
+/// polling target and what hookshim has learned about its jobs' lengths.
+async fn upstreams(State(shim): State<Arc<Shim>>) -> Response {
+    let now = shim.clock.now();
+    let mut out = serde_json::Map::new();
+    for (name, up) in &shim.config.upstreams {
+        let (priors, saved) = shim.learned.of(name);
+        let priors: Vec<Value> = priors
+            .iter()
+            .map(|(key, p)| {
+                let q = |x: f64| p.quantile(x);
+                json!({
+                    "key": key,
+                    "completions": p.count,
+                    "warm": p.warm(),
+                    "p10_s": q(0.1), "p50_s": q(0.5), "p90_s": q(0.9),
+                })
+            })
+            .collect();
+        out.insert(
+            name.clone(),
+            json!({
+                "rate_per_second": up.rate.per_second,
+                "burst": up.rate.burst,
+                "current_rate_per_second": shim.limiters.get(name).map(|l| l.current_rate(now)),
+                "target_delay_s": up.poll.target_delay.map(|d| d.as_secs_f64()),
+                "prior_key": up.prior_key,
+                "priors": priors,
+                "requests_saved": saved,
+            }),
+        );
+    }
+    Json(json!({"upstreams": out})).into_response()
+}
+
 async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
@@ -507,8 +608,13 @@ async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
         Ok(_) => shim.commit.last_error().map(|e| e.to_string()),
     };
     let ready = workers && store_error.is_none();
+    // An upstream whose credential cannot be obtained is reported by name, with the error, but
+    // does not make the service unready: registrations, webhooks, callbacks and every other
+    // upstream still work, and its operations wait (transient) until the credential is back.
+    let credentials = shim.credentials.errors();
     let body = json!({"ready": ready, "store": store_error.is_none(), "store_error": store_error, "workers": workers,
-        "polls_scheduled": shim.polls.len(), "outbox": shim.deliveries.len()});
+        "polls_scheduled": shim.polls.len(), "outbox": shim.deliveries.len(),
+        "credentials": credentials});
     let status = if ready {
         StatusCode::OK
     } else {

@@ -125,6 +125,11 @@ struct RawStore {
     path: PathBuf,
     #[serde(default = "d_cache")]
     cache: Size,
+    #[serde(default = "d_kept_upstream_body")]
+    max_upstream_body: Size,
+}
+fn d_kept_upstream_body() -> Size {
+    Size(256 << 10)
 }
 fn d_path() -> PathBuf {
     "data".into()
@@ -137,6 +142,7 @@ impl Default for RawStore {
         RawStore {
             path: d_path(),
             cache: d_cache(),
+            max_upstream_body: d_kept_upstream_body(),
         }
     }
 }
@@ -156,6 +162,8 @@ struct RawCallbacks {
     timeout: Dur,
     #[serde(default = "d_retry")]
     retry_schedule: Vec<Dur>,
+    #[serde(default)]
+    include_upstream_body: bool,
 }
 
 /// An entry of `callbacks.allowed_ports`: `443` or `"8000-8999"`.
@@ -191,6 +199,7 @@ impl Default for RawCallbacks {
             allowed_ports: None,
             timeout: d_cb_timeout(),
             retry_schedule: d_retry(),
+            include_upstream_body: false,
         }
     }
 }
@@ -297,6 +306,9 @@ pub struct ServerConfig {
 pub struct StoreConfig {
     pub path: PathBuf,
     pub cache_bytes: u64,
+    /// The largest upstream status body kept with a record (`upstream_body`); a larger one is
+    /// kept cut to this size and flagged `upstream_body_truncated`.
+    pub max_upstream_body: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -315,6 +327,8 @@ pub struct CallbackConfig {
     pub allowed_ports: Option<Vec<RangeInclusive<u16>>>,
     pub timeout: Duration,
     pub retry_schedule: Vec<Duration>,
+    /// Whether callbacks carry the kept upstream status body (`data.upstream_body`).
+    pub include_upstream_body: bool,
 }
 
 impl CallbackConfig {
@@ -430,6 +444,8 @@ impl Config {
                         "preset": u.preset.name(),
                         "base_url": u.base_url.as_str(),
                         "status_path": u.status_path,
+                        "status_method": u.status_method.as_str(),
+                        "status_body": u.status_body,
                         "headers": headers,
                         "mapping": u.mapping.describe(),
                         "not_found_after": u.not_found_after,
@@ -459,6 +475,12 @@ impl Config {
                             "events": w.events.iter().map(|(k, v)| (k.clone(), json!(v.as_str()))).collect::<serde_json::Map<_, _>>(),
                         })),
                         "callback_events": u.callback_events,
+                        "proxy": {
+                            "enabled": u.proxy.enabled, "callback_url": u.proxy.callback_url,
+                            "max_wait": ms(u.proxy.max_wait),
+                            "create": u.proxy.create.as_ref().map(|c| json!({"method": c.method, "path": c.path, "id_field": c.id_field})),
+                        },
+                        "auth": u.auth.as_ref().map(|a| a.describe()),
                     }),
                 )
             })
@@ -477,7 +499,7 @@ impl Config {
                 "allow_unauthenticated": self.server.allow_unauthenticated,
                 "max_connections_per_ip": self.server.max_connections_per_ip,
             },
-            "store": {"path": self.store.path.display().to_string(), "cache_bytes": self.store.cache_bytes},
+            "store": {"path": self.store.path.display().to_string(), "cache_bytes": self.store.cache_bytes, "max_upstream_body": self.store.max_upstream_body},
             "callbacks": {
                 "default_url": self.callbacks.default_url.as_ref().map(|u| u.as_str()),
                 "secret_env": self.callbacks.secret_env,
@@ -487,6 +509,7 @@ impl Config {
                 "allowed_ports": self.callbacks.allowed_ports.as_ref().map(|ps| ps.iter().map(|r| if r.start() == r.end() { r.start().to_string() } else { format!("{}-{}", r.start(), r.end()) }).collect::<Vec<_>>()),
                 "timeout": ms(self.callbacks.timeout),
                 "retry_schedule": self.callbacks.retry_schedule.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+                "include_upstream_body": self.callbacks.include_upstream_body,
             },
             "workers": {"polls_in_flight": self.workers.polls_in_flight, "deliveries_in_flight": self.workers.deliveries_in_flight,
                 "polls_in_flight_per_upstream": self.workers.polls_in_flight_per_upstream, "deliveries_in_flight_per_host": self.workers.deliveries_in_flight_per_host},
@@ -578,6 +601,9 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
     if raw.store.cache.0 < (1 << 20) {
         return Err("`store.cache`: must be at least 1MiB".into());
     }
+    if raw.store.max_upstream_body.0 > (16 << 20) {
+        return Err("`store.max_upstream_body`: at most 16MiB (every record carries it); write e.g. \"256KiB\"".into());
+    }
 
     let cb = raw.callbacks;
     let allowed_hosts: Vec<String> = cb
@@ -667,7 +693,12 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
                 "`upstreams.{name}`: upstream names may use only letters, digits, '-' and '_'"
             ));
         }
-        let resolved = resolve_upstream(&name, u, env)?;
+        let mut resolved = resolve_upstream(&name, u, env)?;
+        if let Some(cb) = &resolved.proxy.callback_url {
+            let checked = check_callback_url(cb, rules)
+                .map_err(|e| format!("`upstreams.{name}.proxy.callback_url`: {e}"))?;
+            resolved.proxy.callback_url = Some(checked.to_string());
+        }
         upstreams.insert(name, resolved);
     }
 
@@ -704,6 +735,7 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
         store: StoreConfig {
             path: raw.store.path,
             cache_bytes: raw.store.cache.0,
+            max_upstream_body: raw.store.max_upstream_body.0 as usize,
         },
         callbacks: CallbackConfig {
             default_url,
@@ -714,6 +746,7 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             allowed_ports,
             timeout: cb.timeout.0,
             retry_schedule: cb.retry_schedule.into_iter().map(|d| d.0).collect(),
+            include_upstream_body: cb.include_upstream_body,
         },
         workers: WorkerConfig {
             polls_in_flight: raw.workers.polls_in_flight,
@@ -844,6 +877,54 @@ mod tests {
         );
         let e = err_of(&with("allowed_hosts = [\"http://x/\"]"));
         assert!(e.contains("`callbacks.allowed_hosts`"), "{e}");
+    }
+
+    #[test]
+    fn proxy_keys_are_resolved_and_checked() {
+        let c = Config::parse(GOOD, "shim.toml", &env).unwrap();
+        let p = &c.upstreams["jobs"].proxy;
+        assert!(!p.enabled, "off by default");
+        assert_eq!(p.max_wait, Duration::from_secs(5));
+        assert_eq!(c.store.max_upstream_body, 256 << 10);
+        assert!(!c.callbacks.include_upstream_body);
+
+        let on = GOOD.replace(
+            "[upstreams.jobs.webhook]",
+            "proxy = { enabled = true, callback_url = \"http://127.0.0.1:9/cb\", max_wait = \"2s\", create = { path = \"/jobs/\", id_field = \"/id\" } }\n[upstreams.jobs.webhook]",
+        );
+        let c = Config::parse(&on, "shim.toml", &env).unwrap();
+        let p = &c.upstreams["jobs"].proxy;
+        assert!(p.enabled);
+        assert_eq!(p.max_wait, Duration::from_secs(2));
+        assert_eq!(p.callback_url.as_deref(), Some("http://127.0.0.1:9/cb"));
+        let create = p.create.as_ref().unwrap();
+        assert_eq!(
+            (create.method.as_str(), create.path.as_str()),
+            ("POST", "jobs")
+        );
+
+        let e = err_of(&on.replace("127.0.0.1:9/cb", "example.com/cb"));
+        assert!(
+            e.contains("`upstreams.jobs.proxy.callback_url`: host \"example.com\""),
+            "{e}"
+        );
+        let e = err_of(&on.replace("id_field = \"/id\"", "id_field = \"id\""));
+        assert!(e.contains("`upstreams.jobs.proxy.create.id_field`"), "{e}");
+        let e = err_of(&on.replace("path = \"/jobs/\"", "method = \"PO ST\", path = \"jobs\""));
+        assert!(e.contains("`upstreams.jobs.proxy.create.method`"), "{e}");
+        let e = err_of(&on.replace("max_wait = \"2s\"", "max_wait = \"1h\""));
+        assert!(
+            e.contains("`upstreams.jobs.proxy.max_wait`: at most"),
+            "{e}"
+        );
+        let openai = "[upstreams.o]\npreset = \"openai-batch\"\nheaders = { Authorization = \"x\" }\nproxy = { enabled = true, create = { path = \"x\", id_field = \"/id\" } }\n";
+        let e = err_of(openai);
+        assert!(
+            e.contains("`upstreams.o.proxy.create`: preset \"openai-batch\" knows its own"),
+            "{e}"
+        );
+        let e = err_of("[store]\nmax_upstream_body = \"1GiB\"\n");
+        assert!(e.contains("`store.max_upstream_body`"), "{e}");
     }
 
     #[test]

@@ -7,14 +7,16 @@
 //! - wiring: [`service`] (start the loops and the server, stop in order), [`demo`].
 //! - HTTP: [`api`], routes and the one mapping of every error to HTTP.
 //! - stages: [`ingest`] (inbound webhooks), [`poller`] (one status read), [`delivery`] (signed
-//!   callbacks with retries). They share state through the layer below and never import the
-//!   module that starts them.
+//!   callbacks with retries), [`proxy`] (the transparent proxy: creates registered, status
+//!   reads answered from the kept upstream body). They share state through the layer below and
+//!   never import the module that starts them.
 //! - [`state`]: the shared handles ([`state::Shim`]), the domain reactions (a write's terminal
 //!   transition and new callbacks handed on) and registration.
-//! - [`store`] (durable state: trait, sled, group commit), [`schedule`] (due-queues, the polling
-//!   policy and poll-outcome rules, limits, poll config), [`upstream`] (presets as one table,
-//!   upstream and webhook config), [`config`] (loading `shim.toml`, assembling the parts),
-//!   [`metrics`].
+//! - [`store`] (durable state: trait, sled, group commit, integrity mark), [`schedule`]
+//!   (due-queues, the polling policy and poll-outcome rules, learned priors, limits, slots, poll
+//!   config), [`upstream`] (presets as one table, upstream and webhook config), [`credentials`]
+//!   (upstream credentials that refresh, AWS SigV4), [`config`] (loading `shim.toml`, assembling
+//!   the parts), [`metrics`].
 //! - the bottom, pure: [`operation`] (record and transition rules), [`ids`], [`pace`],
 //!   [`signing`], [`clock`], [`values`], [`errors`], [`body`] (size-capped body reads),
 //!   [`address`] (where a callback may go).
@@ -24,6 +26,7 @@ pub mod api;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod delivery;
 pub mod demo;
 pub mod errors;
@@ -33,6 +36,7 @@ pub mod metrics;
 pub mod operation;
 pub mod pace;
 pub mod poller;
+pub mod proxy;
 pub mod schedule;
 pub mod service;
 pub mod signing;

@@ -116,6 +116,19 @@ pub struct Metrics {
     pub deliveries: Family<StateLabel, Gauge>,
     /// Operations not finished, by upstream and status (`pending`, `running`).
     pub by_status: Family<StatusLabels, Gauge>,
+    pub proxy_requests: Family<OutcomeLabels, Counter>,
+    pub proxy_saved: Family<UpstreamLabel, Counter>,
+    /// Credential fetches (`auth`) by upstream and result (`ok`, `error`).
+    pub credential_refreshes: Family<ResultLabels, Counter>,
+    pub job_duration_quantile: Family<QuantileLabels, Gauge<f64, AtomicU64>>,
+    pub requests_saved: Family<UpstreamLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuantileLabels {
+    pub upstream: String,
+    /// `0.1`, `0.5`, `0.9`.
+    pub quantile: String,
 }
 
 impl Default for Metrics {
@@ -139,6 +152,11 @@ impl Metrics {
         let end_to_end = Histogram::new(exponential_buckets(0.01, 2.0, 23));
         let deliveries = Family::<StateLabel, Gauge>::default();
         let by_status = Family::<StatusLabels, Gauge>::default();
+        let proxy_requests = Family::<OutcomeLabels, Counter>::default();
+        let proxy_saved = Family::<UpstreamLabel, Counter>::default();
+        let credential_refreshes = Family::<ResultLabels, Counter>::default();
+        let job_duration_quantile = Family::<QuantileLabels, Gauge<f64, AtomicU64>>::default();
+        let requests_saved = Family::<UpstreamLabel, Counter>::default();
         registry.register(
             "hookshim_operations_registered",
             "Operations registered by the app",
@@ -156,7 +174,7 @@ impl Metrics {
         );
         registry.register(
             "hookshim_upstream_requests",
-            "Status requests to upstreams by outcome (ok, not_modified, not_found, rate_limited, server_error, client_error, invalid_body, body_too_large, timeout, network_error)",
+            "Status requests to upstreams by outcome (ok, not_modified, not_found, rate_limited, server_error, client_error, invalid_body, body_too_large, timeout, network_error; with auth: credential_rejected for a 401/403 answered by one refresh and a retry, credential_error when no credential could be obtained)",
             upstream_requests.clone(),
         );
         registry.register(
@@ -194,11 +212,41 @@ impl Metrics {
             "Operations not finished, by status (pending, running); finished ones are counted by hookshim_operations_completed",
             by_status.clone(),
         );
+        registry.register(
+            "hookshim_proxy_requests",
+            "Requests through /proxy/{upstream}/ by outcome (create_registered, create_unregistered, cache_hit, forwarded, pass_through, budget_refused; budget_wait also counts a request that waited for the budget)",
+            proxy_requests.clone(),
+        );
+        registry.register(
+            "hookshim_proxy_upstream_requests_saved",
+            "Status reads through the proxy answered from hookshim instead of the upstream",
+            proxy_saved.clone(),
+        );
+        registry.register(
+            "hookshim_credential_refreshes",
+            "Fetches of upstream credentials (auth: command, file, gcp_metadata, aws_sigv4) by result (ok, error)",
+            credential_refreshes.clone(),
+        );
+        registry.register(
+            "hookshim_upstream_job_duration_quantile_seconds",
+            "Learned job length per upstream (the prior of operations without a poll.prior_key value), at quantiles 0.1, 0.5, 0.9",
+            job_duration_quantile.clone(),
+        );
+        registry.register(
+            "hookshim_upstream_poll_requests_saved",
+            "Status requests not made compared to the plain blind schedule, per upstream (target_delay and learned priors)",
+            requests_saved.clone(),
+        );
         Metrics {
             by_status,
             end_to_end,
             deliveries,
+            credential_refreshes,
             upstream_rate,
+            proxy_requests,
+            proxy_saved,
+            job_duration_quantile,
+            requests_saved,
             registry,
             registered,
             active,
@@ -219,12 +267,43 @@ impl Metrics {
             .inc();
     }
 
+    /// A request through the proxy ended with `outcome`; `upstream` is a configured name.
+    pub fn proxy(&self, upstream: &str, outcome: &str) {
+        self.proxy_requests
+            .get_or_create(&OutcomeLabels {
+                upstream: upstream.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        if outcome == "cache_hit" {
+            self.proxy_saved
+                .get_or_create(&UpstreamLabel {
+                    upstream: upstream.into(),
+                })
+                .inc();
+        }
+    }
+
     pub fn upstream_rate(&self, upstream: &str, rate: f64) {
         self.upstream_rate
             .get_or_create(&UpstreamLabel {
                 upstream: upstream.into(),
             })
             .set(rate);
+    }
+
+    /// Publish an upstream's learned job-length quantiles.
+    pub fn job_durations(&self, upstream: &str, prior: &crate::schedule::Prior) {
+        for q in [0.1, 0.5, 0.9] {
+            if let Some(secs) = prior.quantile(q) {
+                self.job_duration_quantile
+                    .get_or_create(&QuantileLabels {
+                        upstream: upstream.into(),
+                        quantile: format!("{q}"),
+                    })
+                    .set(secs);
+            }
+        }
     }
 
     pub fn webhook(&self, upstream: &str, result: &str) {

@@ -182,6 +182,47 @@ pub struct Operation {
     /// They go through the same outbox as the terminal callback, independently of it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventCallback>,
+    /// The latest upstream status body hookshim holds (from a poll, a proxied create or a
+    /// proxied status read), JSON when it parsed and fit; cut to `store.max_upstream_body`
+    /// (then a string, and `upstream_body_truncated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_body: Option<Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upstream_body_truncated: bool,
+    /// The HTTP status, content type and time of the response `upstream_body` came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_body_meta: Option<BodyMeta>,
+    /// A keyed hash (HMAC) of the credential the app created the operation with through the
+    /// proxy: a status read presenting the same credential is answered from `upstream_body`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_credential: Option<String>,
+}
+
+/// Where a kept upstream body came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BodyMeta {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    pub at: Timestamp,
+}
+
+/// An upstream status response body as read, before it is kept (see [`Operation::keep_body`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamBody {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub bytes: Vec<u8>,
+}
+
+impl UpstreamBody {
+    pub fn new(status: u16, content_type: Option<String>, bytes: Vec<u8>) -> UpstreamBody {
+        UpstreamBody {
+            status,
+            content_type,
+            bytes,
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -273,7 +314,61 @@ impl Operation {
             paused: false,
             pauses: 0,
             events: Vec::new(),
+            upstream_body: None,
+            upstream_body_truncated: false,
+            upstream_body_meta: None,
+            proxy_credential: None,
         }
+    }
+
+    /// Keep `body` as the latest upstream status body: as JSON when it is JSON of at most `max`
+    /// bytes, else the first `max` bytes as text, flagged truncated.
+    pub fn keep_body(&mut self, body: &UpstreamBody, max: usize, now: Timestamp) {
+        let parsed = (body.bytes.len() <= max)
+            .then(|| serde_json::from_slice::<Value>(&body.bytes).ok())
+            .flatten();
+        match parsed {
+            Some(v) => {
+                self.upstream_body = Some(v);
+                self.upstream_body_truncated = false;
+            }
+            None => {
+                let mut end = body.bytes.len().min(max);
+                let text = loop {
+                    match std::str::from_utf8(&body.bytes[..end]) {
+                        Ok(t) => break t.to_string(),
+                        Err(e) if e.error_len().is_none() => end = e.valid_up_to(),
+                        Err(_) => break String::from_utf8_lossy(&body.bytes[..end]).into_owned(),
+                    }
+                };
+                self.upstream_body_truncated = body.bytes.len() > max;
+                self.upstream_body = Some(Value::String(text));
+            }
+        }
+        self.upstream_body_meta = Some(BodyMeta {
+            status: body.status,
+            content_type: body.content_type.clone(),
+            at: now,
+        });
+    }
+
+    /// The kept body as it can be served in place of a status read: whole JSON only, and
+    /// once the operation has ended, only a body read at or after the end (an operation ended
+    /// by a webhook event or the deadline still holds an older, non-terminal body).
+    pub fn servable_body(&self) -> Option<(&Value, &BodyMeta)> {
+        match (&self.upstream_body, &self.upstream_body_meta) {
+            (Some(v), Some(m)) if !self.upstream_body_truncated && !v.is_string() => {
+                let stale = self.completed_at.is_some_and(|end| m.at < end);
+                (!stale).then_some((v, m))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a status body read by a request sent at `sent` may replace the kept one: not
+    /// when the operation ended after it was sent (the body may predate the end).
+    pub fn may_keep_body_sent_at(&self, sent: Timestamp) -> bool {
+        self.completed_at.is_none_or(|end| sent >= end)
     }
 
     /// The `webhook-id` of this operation's terminal callback: derived from the operation only,
@@ -440,6 +535,17 @@ impl Operation {
         })
     }
 
+    /// The callback body, with the kept upstream body in `data.upstream_body` (and
+    /// `data.upstream_body_truncated`) when `include_upstream_body`.
+    pub fn callback_body_with(&self, include_upstream_body: bool) -> Value {
+        let mut body = self.callback_body();
+        if include_upstream_body {
+            body["data"]["upstream_body"] = self.upstream_body.clone().unwrap_or(Value::Null);
+            body["data"]["upstream_body_truncated"] = Value::Bool(self.upstream_body_truncated);
+        }
+        body
+    }
+
     /// The `data` of a callback: the operation as the app sees it.
     fn callback_data(&self) -> Value {
         serde_json::json!({
@@ -477,6 +583,55 @@ pub(crate) fn sample(now: Timestamp) -> Operation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kept_body_is_json_when_it_fits_else_cut_and_flagged() {
+        let now = Timestamp(5_000);
+        let mut op = sample(now);
+        let json_body = UpstreamBody::new(
+            200,
+            Some("application/json".into()),
+            br#"{"status":"running"}"#.to_vec(),
+        );
+        op.keep_body(&json_body, 1024, now);
+        assert_eq!(
+            op.upstream_body,
+            Some(serde_json::json!({"status": "running"}))
+        );
+        assert!(!op.upstream_body_truncated);
+        let (_, meta) = op.servable_body().unwrap();
+        assert_eq!((meta.status, meta.at), (200, now));
+
+        // Cut at a character boundary, never served.
+        let long = UpstreamBody::new(200, None, "{\"x\":\"ééééé\"}".as_bytes().to_vec());
+        op.keep_body(&long, 9, now);
+        assert!(op.upstream_body_truncated);
+        assert_eq!(op.upstream_body, Some(Value::String("{\"x\":\"é".into())));
+        assert!(op.servable_body().is_none());
+
+        // Not JSON: kept as text, not served.
+        op.keep_body(&UpstreamBody::new(200, None, b"<html>".to_vec()), 1024, now);
+        assert!(!op.upstream_body_truncated);
+        assert!(op.servable_body().is_none());
+
+        // After the end only a body read then is served.
+        let mut ended = sample(now);
+        ended.keep_body(&json_body, 1024, now);
+        ended.finish(Status::Succeeded, DetectedVia::Webhook, Timestamp(6_000));
+        assert!(ended.servable_body().is_none(), "the body predates the end");
+        assert!(!ended.may_keep_body_sent_at(Timestamp(5_500)));
+        assert!(ended.may_keep_body_sent_at(Timestamp(6_000)));
+        ended.keep_body(&json_body, 1024, Timestamp(6_100));
+        assert!(ended.servable_body().is_some());
+
+        let cb = op.callback_body_with(true);
+        assert_eq!(cb["data"]["upstream_body"], "<html>");
+        assert!(
+            op.callback_body_with(false)["data"]
+                .get("upstream_body")
+                .is_none()
+        );
+    }
     use serde_json::json;
 
     fn obs(state: ObservedState) -> Observation {

@@ -3,23 +3,25 @@
 //! record in one atomic write → hand a terminal operation to the domain reaction (flush, then
 //! deliver) → schedule what comes next. The rules that decide (what an answer means, when the
 //! next poll is due) are pure and live in [`crate::schedule::outcome`]; this file is the I/O.
+//! An upstream with `auth` gets its credential from [`crate::credentials`] on each request; a
+//! 401/403 to it refreshes it once and reads again at once ([`send`]).
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER};
 
 use crate::body::{BodyError, read_capped};
 use crate::clock::Timestamp;
 use crate::errors::error_chain;
 use crate::ids::OperationId;
-use crate::operation::Operation;
+use crate::operation::{Observation, ObservedState, Operation, UpstreamBody};
 use crate::schedule::{
-    GROUP_FULL_RETRY, PollOutcome, Reading, apply_outcome, classify, parse_hint, time_out,
+    GROUP_FULL_RETRY, PollOutcome, Reading, apply_outcome_with, classify, parse_hint, time_out,
 };
 use crate::state::{SHUTDOWN_GRACE, Shim};
 use crate::upstream::UpstreamConfig;
-use crate::upstream::status_url;
+use crate::upstream::{final_resource_url, status_body, status_url};
 
 fn jitter_sample() -> f64 {
     rand::random_range(-1.0..=1.0)
@@ -83,7 +85,10 @@ pub async fn poll_once(shim: &Shim, id: OperationId) {
         let read = async {
             match status_url(up, &op.operation) {
                 Err(e) => Reading::new(PollOutcome::Transient(e)),
-                Ok(url) => request(shim, up, url, op.etag.as_deref()).await,
+                Ok(url) => {
+                    let body = status_body(up, &op.operation);
+                    request(shim, up, url, body, op.etag.as_deref()).await
+                }
             }
         };
         tokio::select! {
@@ -97,8 +102,11 @@ pub async fn poll_once(shim: &Shim, id: OperationId) {
     drop(in_flight);
     let (now, sample) = (shim.clock.now(), jitter_sample());
     let rules = up.rules();
+    let prior = shim
+        .learned
+        .prior(&op.upstream, up.prior_key.as_deref(), op.metadata.as_ref());
     record(shim, id, now, &|o| {
-        apply_outcome(o, &rules, &reading, now, sample)
+        apply_outcome_with(o, &rules, prior.as_ref(), &reading, now, sample)
     })
     .await;
 }
@@ -132,22 +140,37 @@ async fn request(
     shim: &Shim,
     up: &UpstreamConfig,
     url: reqwest::Url,
+    body: Option<serde_json::Value>,
     etag: Option<&str>,
 ) -> Reading {
     // The whole exchange, body included, ends within the upstream's timeout (reqwest's
     // per-request timeout covers the body as well; this deadline does not rely on it).
     let deadline = tokio::time::Instant::now() + up.timeout;
+    let status_url = url.clone();
     let mut req = shim
         .upstream_http
-        .get(url)
+        .request(up.status_method.clone(), url)
         .headers(up.headers.clone())
         .timeout(up.timeout);
-    if let Some(tag) = etag {
-        req = req.header(IF_NONE_MATCH, tag);
+    match body {
+        // A status read with a body (Vertex's fetchPredictOperation) is not conditional.
+        Some(b) => req = req.json(&b),
+        None => {
+            if let Some(tag) = etag {
+                req = req.header(IF_NONE_MATCH, tag);
+            }
+        }
     }
-    let resp = match req.send().await {
+    let resp = match send(shim, up, req).await {
         Ok(r) => r,
-        Err(e) => {
+        Err(SendError::Credential(e)) => {
+            // Never terminal: the poll backs off like any transient failure (invariant 4).
+            shim.metrics.upstream_request(&up.name, "credential_error");
+            return Reading::new(PollOutcome::Transient(format!(
+                "no credential for the status request: {e}"
+            )));
+        }
+        Err(SendError::Http(e)) => {
             let (kind, msg) = if e.is_timeout() {
                 (
                     "timeout",
@@ -198,8 +221,21 @@ async fn request(
             return Reading::new(PollOutcome::Transient(msg)).with_hint(hint);
         }
     };
-    let (outcome, label) = classify(status, &body, |v| up.mapping.read(v));
+    let (mut outcome, label) = classify(status, &body, |v| up.mapping.read(v));
+    let kept = matches!(outcome, PollOutcome::Observed(_)).then(|| {
+        let content_type = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let raw = UpstreamBody::new(status.as_u16(), content_type, body.to_vec());
+        (raw, shim.config.store.max_upstream_body)
+    });
     shim.metrics.upstream_request(&up.name, label);
+    if let PollOutcome::Observed(obs) = &mut outcome {
+        if obs.state == ObservedState::Succeeded && up.preset.defaults().final_resource.is_some() {
+            final_resource(shim, up, &status_url, &body, obs).await;
+        }
+    }
     if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
         // The whole upstream is told to wait, not only this operation (invariant 5), and its
         // rate is lowered until it has been quiet for a while.
@@ -225,5 +261,117 @@ async fn request(
         outcome,
         hint,
         etag,
+        body: kept,
+    }
+}
+
+/// Why a status request got no response.
+enum SendError {
+    Http(reqwest::Error),
+    Credential(crate::credentials::CredentialError),
+}
+
+/// Send a status request with the upstream's credential, if it has `auth`. A 401/403 to it
+/// refreshes the credential ONCE and sends the request again at once: that second answer is the
+/// reading (invariant 4: a 401 before a credential refresh is not an error). Without `auth`
+/// the request goes as built.
+async fn send(
+    shim: &Shim,
+    up: &UpstreamConfig,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, SendError> {
+    let Some(credential) = shim.credentials.get(&up.name) else {
+        return req.send().await.map_err(SendError::Http);
+    };
+    let (client, req) = req.build_split();
+    let mut req = req.map_err(SendError::Http)?;
+    let again = req.try_clone();
+    let used = credential
+        .authorize(&mut req, None)
+        .await
+        .map_err(SendError::Credential)?;
+    let resp = client.execute(req).await.map_err(SendError::Http)?;
+    let status = resp.status();
+    let Some(mut again) =
+        again.filter(|_| status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
+    else {
+        return Ok(resp);
+    };
+    drop(resp);
+    shim.metrics
+        .upstream_request(&up.name, "credential_rejected");
+    tracing::info!(upstream = %up.name, %status, "upstream rejected the credential; refreshing it and reading again");
+    credential
+        .authorize(&mut again, Some(used))
+        .await
+        .map_err(SendError::Credential)?;
+    client.execute(again).await.map_err(SendError::Http)
+}
+
+/// After success, read the final resource the status body names (Azure's `resourceLocation`,
+/// as azure-core's poller does) once and make it the `result`. If that read fails (network,
+/// non-2xx, not JSON, too large, outside `base_url`), the operation still succeeds with the
+/// status body as `result`: the job did succeed, and a second read cannot be retried once the
+/// outcome is recorded. The failure is logged and counted (`final_resource_error`).
+async fn final_resource(
+    shim: &Shim,
+    up: &UpstreamConfig,
+    status_url: &reqwest::Url,
+    status_body: &[u8],
+    obs: &mut Observation,
+) {
+    let Ok(parsed) = serde_json::from_slice::<serde_json::Value>(status_body) else {
+        return;
+    };
+    let url = match final_resource_url(up, status_url, &parsed) {
+        Ok(Some(url)) => url,
+        Ok(None) => return,
+        Err(e) => {
+            shim.metrics
+                .upstream_request(&up.name, "final_resource_error");
+            tracing::warn!(upstream = %up.name, error = %e, "not reading the final resource; the result is the status body");
+            return;
+        }
+    };
+    let deadline = tokio::time::Instant::now() + up.timeout;
+    let read = async {
+        // With the upstream's credential, as the status read (a 401 refreshes it once).
+        let req = shim
+            .upstream_http
+            .get(url)
+            .headers(up.headers.clone())
+            .timeout(up.timeout);
+        let resp = send(shim, up, req).await.map_err(|e| match e {
+            SendError::Http(e) => format!("request failed: {}", error_chain(&e)),
+            SendError::Credential(e) => format!("no credential: {e}"),
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("upstream answered {status}"));
+        }
+        let bytes = read_capped(resp, shim.config.server.max_upstream_body)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge { limit } => {
+                    format!("larger than {limit} bytes (server.max_upstream_body)")
+                }
+                BodyError::TimedOut => "timed out".to_string(),
+                BodyError::Read(e) => format!("reading failed: {e}"),
+            })?;
+        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| format!("not JSON: {e}"))
+    };
+    let read = tokio::time::timeout_at(deadline, read)
+        .await
+        .unwrap_or_else(|_| Err(format!("timed out after {:?}", up.timeout)));
+    match read {
+        Ok(resource) => {
+            shim.metrics.upstream_request(&up.name, "final_resource");
+            obs.result = Some(resource);
+        }
+        Err(e) => {
+            shim.metrics
+                .upstream_request(&up.name, "final_resource_error");
+            tracing::warn!(upstream = %up.name, error = %e, "reading the final resource failed; the result is the status body");
+        }
     }
 }

@@ -128,6 +128,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         .user_agent(concat!("hookshim/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| StartError::Http(e.to_string()))?;
+    let proxy_http = crate::proxy::client().map_err(|e| StartError::Http(e.to_string()))?;
 
     let limiters = config
         .upstreams
@@ -135,6 +136,16 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         .map(|(n, u)| (n.clone(), UpstreamLimiter::new(u.rate, opts.clock.now())))
         .collect();
     let commit = GroupCommit::new(store.clone());
+    let metrics = Metrics::new();
+    let credentials = crate::credentials::Credentials::new(
+        config
+            .upstreams
+            .iter()
+            .filter_map(|(n, u)| u.auth.as_ref().map(|a| (n.as_str(), a))),
+        metrics.credential_refreshes.clone(),
+        upstream_http.clone(),
+    );
+    let store_for_priors = store.clone();
     let shim = Arc::new(Shim {
         store,
         commit: commit.clone(),
@@ -146,13 +157,16 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         jwks: crate::ingest::jwks::JwksCache::new(upstream_http.clone()),
         upstream_http,
         callback_http,
-        metrics: Metrics::new(),
+        proxy_http,
+        metrics,
         clock: opts.clock,
         callback_key,
         shutdown: CancellationToken::new(),
         workers_running: AtomicBool::new(false),
         reads: Default::default(),
         allowed_hosts: std::sync::RwLock::new(Arc::new(config.callbacks.allowed_hosts.clone())),
+        credentials,
+        learned: crate::state::Learned::load(store_for_priors.as_ref()),
         config,
     });
 
@@ -178,6 +192,14 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         |s, key| async move { crate::delivery::deliver_once(&s, key).await },
     ));
     workers.spawn(purge_loop(shim.clone()));
+    // Fetch every upstream credential once now, so a broken one shows in /readyz and the log
+    // before a poll needs it (a poll meanwhile waits for the same fetch, not a second one).
+    let warm = shim.clone();
+    workers.spawn(async move {
+        let _ = warm
+            .unless_stopping(Duration::ZERO, warm.credentials.warm())
+            .await;
+    });
     shim.workers_running.store(true, Ordering::SeqCst);
 
     let server_cfg = &shim.config.server;
@@ -507,6 +529,12 @@ impl Running {
         }
         self.workers.close();
         self.workers.wait().await;
+        // What was learned since the last periodic save goes with the final flush.
+        if let Some(bytes) = self.shim.learned.unsaved() {
+            if let Err(e) = self.shim.store.save_priors(&bytes) {
+                tracing::warn!(error = %e, "cannot save the learned job-length priors");
+            }
+        }
         if let Err(e) = self.shim.commit.flushed().await {
             tracing::error!(error = %e, "final flush failed");
         }

@@ -126,7 +126,7 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
     };
     let webhook_id = key.webhook_id();
     let body = match event {
-        None => op.callback_body(),
+        None => op.callback_body_with(shim.config.callbacks.include_upstream_body),
         Some(name) => {
             // An event callback is written by a poll that does not wait for the disk: make it
             // durable before anyone hears of it (the terminal one was flushed by `on_terminal`).

@@ -107,7 +107,18 @@ pub async fn receive(
             )));
         }
     };
-    let operation = up.preset.canonical_operation(&operation);
+    // The id may name the operation in another form than the app registered it in (Gemini:
+    // with or without `batches/`, `operations/`, a model prefix): take the registered form,
+    // else the canonical one (where an early event is kept).
+    let ids = up.preset.webhook_ids(&operation);
+    let operation =
+        match shim
+            .store
+            .find_operation(upstream, &ids.candidates, ids.suffix.as_deref())?
+        {
+            Some(registered) => registered,
+            None => ids.candidates[0].clone(),
+        };
     let outcome = event_type.and_then(|t| {
         wh.events.get(t).map(|status| EventOutcome {
             status: *status,

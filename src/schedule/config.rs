@@ -54,6 +54,12 @@ pub struct PollConfig {
     pub stall_polls: u32,
     /// Server hints longer than this are clamped to it.
     pub hint_max: Duration,
+    /// The detection delay to aim for at p99 (`poll.target_delay`). `None` (the default) is the
+    /// schedule above as it is. Set, the policy spends as few requests as it can within it: with
+    /// progress it polls at the estimated end minus the target, then at the end; blind, no gap
+    /// is longer than the target once the job could plausibly be done (see
+    /// `schedule::policy::plan`).
+    pub target_delay: Option<Duration>,
 }
 
 impl PollConfig {
@@ -71,6 +77,7 @@ impl PollConfig {
             eta_max: Duration::from_secs(60),
             stall_polls: 3,
             hint_max: Duration::from_secs(3600),
+            target_delay: None,
         }
     }
 
@@ -88,6 +95,7 @@ impl PollConfig {
             eta_max: Duration::from_secs(30 * 60),
             stall_polls: 3,
             hint_max: Duration::from_secs(6 * 3600),
+            target_delay: None,
         }
     }
 
@@ -105,6 +113,7 @@ impl PollConfig {
             eta_max: Duration::from_secs(10 * 60),
             stall_polls: 3,
             hint_max: Duration::from_secs(6 * 3600),
+            target_delay: None,
         }
     }
 }
@@ -134,12 +143,26 @@ pub struct RawPoll {
     eta_max: Option<Dur>,
     stall_polls: Option<u32>,
     hint_max: Option<Dur>,
+    target_delay: Option<Dur>,
+    prior_key: Option<String>,
 }
 
 impl RawPoll {
     /// `poll.enabled`, true unless written false.
     pub fn enabled(&self) -> bool {
         self.enabled.unwrap_or(true)
+    }
+
+    /// `poll.prior_key`: a JSON pointer into an operation's `metadata` (`"/model"`) whose value
+    /// splits the upstream's learned job-length prior (one per value, see `schedule::prior`).
+    pub fn prior_key(&self, prefix: &str) -> Result<Option<String>, String> {
+        match &self.prior_key {
+            None => Ok(None),
+            Some(k) if k.starts_with('/') && k.len() > 1 => Ok(Some(k.clone())),
+            Some(k) => Err(format!(
+                "`{prefix}.poll.prior_key`: must be a JSON pointer into the metadata such as \"/model\", got {k:?}"
+            )),
+        }
     }
 }
 
@@ -204,6 +227,7 @@ pub fn resolve_poll(prefix: &str, p: &RawPoll, dp: PollConfig) -> Result<PollCon
         ),
         stall_polls: p.stall_polls.unwrap_or(dp.stall_polls),
         hint_max: p.hint_max.map(|d| d.0).unwrap_or(dp.hint_max),
+        target_delay: p.target_delay.map(|d| d.0).or(dp.target_delay),
     };
     if poll.initial.is_zero() {
         return Err(format!("`{}`: must be more than 0s", key("poll.initial")));
@@ -248,6 +272,15 @@ pub fn resolve_poll(prefix: &str, p: &RawPoll, dp: PollConfig) -> Result<PollCon
     }
     if poll.hint_max < Duration::from_secs(1) {
         return Err(format!("`{}`: must be at least 1s", key("poll.hint_max")));
+    }
+    if poll
+        .target_delay
+        .is_some_and(|t| t < Duration::from_secs(1))
+    {
+        return Err(format!(
+            "`{}`: must be at least 1s (or left out for the plain schedule)",
+            key("poll.target_delay")
+        ));
     }
     Ok(poll)
 }
@@ -303,5 +336,29 @@ mod tests {
         );
         let r = rate("per_second = 20").unwrap();
         assert_eq!((r.burst, r.min_per_second), (20, 2.0));
+    }
+
+    #[test]
+    fn target_delay_and_prior_key_are_read_and_checked() {
+        assert_eq!(poll("").unwrap().target_delay, None);
+        assert_eq!(
+            poll("target_delay = \"15s\"").unwrap().target_delay,
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(
+            poll("target_delay = \"100ms\"").unwrap_err(),
+            "`upstreams.u.poll.target_delay`: must be at least 1s (or left out for the plain schedule)"
+        );
+        let raw: RawPoll = toml::from_str("prior_key = \"/model\"").unwrap();
+        assert_eq!(
+            raw.prior_key("upstreams.u").unwrap().as_deref(),
+            Some("/model")
+        );
+        let raw: RawPoll = toml::from_str("prior_key = \"model\"").unwrap();
+        assert!(
+            raw.prior_key("upstreams.u")
+                .unwrap_err()
+                .starts_with("`upstreams.u.poll.prior_key`: must be a JSON pointer")
+        );
     }
 }

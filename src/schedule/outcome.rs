@@ -9,10 +9,10 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::{PollConfig, backoff, interval, next_poll_at};
+use super::{PollConfig, Prior, backoff, first_wait, next_poll_at, plan};
 use crate::clock::Timestamp;
 use crate::operation::Observation;
-use crate::operation::{DetectedVia, Operation, Status, WEBHOOK_READS, shim_error};
+use crate::operation::{DetectedVia, Operation, Status, UpstreamBody, WEBHOOK_READS, shim_error};
 
 /// What of an upstream's configuration the poll-outcome rules read.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -46,6 +46,9 @@ pub struct Reading {
     pub hint: Option<Duration>,
     /// The response's `ETag`, for the next request's `If-None-Match`.
     pub etag: Option<String>,
+    /// The raw body of a readable status, kept with the record (`upstream_body`), and the
+    /// most it keeps (`store.max_upstream_body`).
+    pub body: Option<(UpstreamBody, usize)>,
 }
 
 impl Reading {
@@ -54,6 +57,7 @@ impl Reading {
             outcome,
             hint: None,
             etag: None,
+            body: None,
         }
     }
 
@@ -122,6 +126,20 @@ pub fn apply_outcome(
     now: Timestamp,
     sample: f64,
 ) -> bool {
+    apply_outcome_with(o, up, None, reading, now, sample)
+}
+
+/// [`apply_outcome`] with the operation's learned job-length prior (see
+/// [`crate::schedule::policy::plan`]): the service passes its upstream's prior, the tests and
+/// the benchmark theirs. Hints, the upstream's expiry and the deadline still win over the plan.
+pub fn apply_outcome_with(
+    o: &mut Operation,
+    up: &PollRules,
+    prior: Option<&Prior>,
+    reading: &Reading,
+    now: Timestamp,
+    sample: f64,
+) -> bool {
     let outcome = &reading.outcome;
     if o.status.is_terminal() {
         if matches!(outcome, PollOutcome::Observed(obs) if obs.state.is_terminal()) {
@@ -135,6 +153,9 @@ pub fn apply_outcome(
     match outcome {
         PollOutcome::Observed(obs) => {
             o.etag = reading.etag.clone();
+            if let Some((body, max)) = &reading.body {
+                o.keep_body(body, *max, now);
+            }
             if obs.expires_at.is_some() {
                 o.upstream_expires_at = obs.expires_at;
             }
@@ -196,7 +217,18 @@ pub fn apply_outcome(
             WEBHOOK_READS.saturating_sub(o.webhook_reads),
             sample,
         ),
-        None => interval(&up.poll, &o.pace, o.polls.saturating_sub(1), now, sample).0,
+        None => {
+            plan(
+                &up.poll,
+                &o.pace,
+                o.polls.saturating_sub(1),
+                now,
+                o.created_at,
+                prior,
+                sample,
+            )
+            .0
+        }
     };
     if transient {
         // Failing reads slow down on their own backoff, whatever the estimate says.
@@ -220,13 +252,25 @@ pub fn first_poll_at(
     deadline: Timestamp,
     sample: f64,
 ) -> Timestamp {
+    first_poll_with(up, None, now, deadline, sample)
+}
+
+/// [`first_poll_at`] with the upstream's learned prior: a warm one puts the first poll where
+/// this kind of job starts finishing.
+pub fn first_poll_with(
+    up: &PollRules,
+    prior: Option<&Prior>,
+    now: Timestamp,
+    deadline: Timestamp,
+    sample: f64,
+) -> Timestamp {
     if !up.poll.enabled {
         // Nothing to read: the next look is the deadline.
         return deadline.max(now);
     }
     let interval = match up.safety_poll {
         Some(safety_poll) => safety_poll,
-        None => backoff(&up.poll, 0, sample),
+        None => first_wait(&up.poll, prior, sample),
     };
     next_poll_at(now, interval, None, deadline)
 }

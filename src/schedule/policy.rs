@@ -8,6 +8,7 @@ use reqwest::header::HeaderMap;
 use crate::clock::Timestamp;
 pub use crate::pace::Pace;
 use crate::schedule::config::PollConfig;
+use crate::schedule::prior::Prior;
 
 /// The longest hint honoured when a config gives none (`poll.hint_max` overrides it): an
 /// upstream that says "come back in a year" is still looked at again.
@@ -49,8 +50,11 @@ pub fn parse_hint(headers: &HeaderMap, now: Timestamp, max: Duration) -> Option<
             .filter(|ms| ms.is_finite() && *ms >= 0.0)
             .map(|ms| Duration::from_secs_f64((ms / 1000.0).min(1e9)))
     };
-    let retry_after = text("retry-after").and_then(|v| match v.parse::<u64>() {
-        Ok(secs) => Some(Duration::from_secs(secs)),
+    // Seconds, fractional too (`0.5`: openai-python's `_parse_retry_after_header` reads it
+    // with `float()`), or an HTTP date.
+    let retry_after = text("retry-after").and_then(|v| match v.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs.min(1e9))),
+        Ok(_) => None,
         Err(_) => httpdate::parse_http_date(v)
             .ok()
             .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO)),
@@ -142,6 +146,11 @@ fn ratelimit_wait(headers: &HeaderMap) -> Option<Duration> {
 /// close in on the estimate geometrically, so an estimate that is too late costs one interval,
 /// not the whole wait.
 const ETA_FRACTION: f64 = 0.5;
+/// With a target, a far jump covers at most this share of the estimated remaining time (an
+/// estimate from progress that speeds up is late by a share of what remains).
+pub const ETA_FAR: f64 = 0.75;
+/// With a target, a far jump on an estimate is at most this many times the job's age.
+pub const ETA_TRUST: f64 = 4.0;
 /// Progress at or above this counts as complete (finalizing).
 const COMPLETE: f64 = 0.999_999;
 
@@ -154,6 +163,10 @@ pub enum Rule {
     Eta,
     /// Progress is complete but the status is not terminal yet.
     Finalizing,
+    /// `poll.target_delay` with progress: at the estimated end minus the target, then the end.
+    Target,
+    /// A learned prior's blind schedule: where half the jobs still running will have finished.
+    Prior,
 }
 
 /// The wait before the next poll of a running operation, before hints and caps: progress-aware
@@ -190,6 +203,132 @@ pub fn interval(
                 .clamp(p.initial.as_secs_f64(), p.eta_max.as_secs_f64());
             (jittered(wait, p.jitter, sample), Rule::Eta)
         }
+    }
+}
+
+/// The full plan for the next poll of a running operation: [`interval`] (today's policy) unless
+/// `poll.target_delay` is set or the operation's learned prior is warm. `created` is the
+/// operation's creation time; `prior` its upstream's (and key's) learned job lengths. Rules:
+///
+/// 1. **Progress, with a target `T`** — the remaining time `eta` comes from the smoothed rate or,
+///    before there is one, from the progress made since creation. Far from the end
+///    (`eta > T`) the next poll goes to `max(eta - T, eta / 2)`: the end minus what the target
+///    allows (halving only when the end is within `2T`), but never further than [`ETA_FAR`]
+///    of the estimate (progress that speeds up makes it late) nor [`ETA_TRUST`] × the job's
+///    age (a small step of progress is no estimate); within `T` of the end it goes just past
+///    the estimated end, never more than `T` away. No floor at `initial`.
+/// 2. **Finalizing or stalled, with a target** — today's rule, never a gap longer than `T`.
+/// 3. **Blind, warm prior** — each poll where [`prior::HAZARD_MASS`] of the jobs still running
+///    are expected to have finished (short gaps where completions are likely), at least
+///    `initial`, at most `T` (or `max` without a target). Past the learned tail: rule 4.
+/// 4. **Blind, otherwise** — the backoff, never longer than `T` (the job could be done).
+///
+/// Progress without a target keeps today's rules (the prior then only places the first poll);
+/// the caller applies hints, the
+/// budget and the deadline after this, as before.
+pub fn plan(
+    p: &PollConfig,
+    pace: &Pace,
+    n: u32,
+    now: Timestamp,
+    created: Timestamp,
+    prior: Option<&Prior>,
+    sample: f64,
+) -> (Duration, Rule) {
+    let warm = prior.filter(|pr| pr.warm());
+    let Some(target) = p.target_delay.map(|t| t.as_secs_f64()) else {
+        if warm.is_none() {
+            return interval(p, pace, n, now, sample);
+        }
+        if p.eta && pace.progress.is_some() {
+            // Progress without a target: today's estimate rules, the prior only plans blind.
+            return interval(p, pace, n, now, sample);
+        }
+        return blind(p, n, now, created, warm, None, sample);
+    };
+    let cap = |(d, rule): (Duration, Rule)| (d.min(Duration::from_secs_f64(target)), rule);
+    if p.eta {
+        if let Some(progress) = pace.progress {
+            if progress >= COMPLETE || pace.stalled >= p.stall_polls {
+                let (wait, rule) = interval(p, pace, n, now, sample);
+                if rule != Rule::Base {
+                    return cap((wait, rule));
+                }
+            } else {
+                let elapsed = secs_since(created, now);
+                let eta = pace.eta_secs(now).or_else(|| {
+                    (progress > 0.0 && elapsed > 0.0).then(|| elapsed * (1.0 - progress) / progress)
+                });
+                if let Some(eta) = eta {
+                    let wait = if eta <= target {
+                        // Just past the estimated end; not jittered (it would land before it).
+                        (eta.max(0.0) * 1.05 + 0.05).min(target)
+                    } else {
+                        // An estimate from a little progress can be far too late (progress
+                        // moves in steps): never jump more than ETA_TRUST × the job's age.
+                        // Progress is rarely linear: never more than ETA_FAR of the estimate.
+                        let far = (eta - target)
+                            .max(eta / 2.0)
+                            .min(ETA_FAR * eta)
+                            .min(ETA_TRUST * elapsed.max(p.initial.as_secs_f64()));
+                        (far * (1.0 + p.jitter * sample.clamp(-1.0, 1.0))).min(eta - 0.05)
+                    };
+                    let wait = wait.clamp(0.05, p.eta_max.as_secs_f64().max(0.05));
+                    return (Duration::from_secs_f64(wait), Rule::Target);
+                }
+            }
+        }
+    }
+    cap(blind(p, n, now, created, warm, Some(target), sample))
+}
+
+fn secs_since(from: Timestamp, now: Timestamp) -> f64 {
+    now.0.saturating_sub(from.0) as f64 / 1000.0
+}
+
+/// Rules 3 and 4 of [`plan`].
+fn blind(
+    p: &PollConfig,
+    n: u32,
+    now: Timestamp,
+    created: Timestamp,
+    warm: Option<&Prior>,
+    target: Option<f64>,
+    sample: f64,
+) -> (Duration, Rule) {
+    let cap = target.unwrap_or(p.max.as_secs_f64());
+    let elapsed = secs_since(created, now);
+    if let Some(at) = warm.and_then(|pr| pr.next_look(elapsed)) {
+        let gap = (at - elapsed).max(p.initial.as_secs_f64());
+        let gap = (gap * (1.0 + p.jitter * sample.clamp(-1.0, 1.0))).min(cap);
+        return (Duration::from_secs_f64(gap.max(0.001)), Rule::Prior);
+    }
+    let base = backoff(p, n, sample);
+    match target {
+        Some(t) => (base.min(Duration::from_secs_f64(t)), Rule::Base),
+        None => (base, Rule::Base),
+    }
+}
+
+/// The requests today's blind schedule (no jitter, no target, no prior) makes to see a job
+/// of `secs` end: what [`crate::state`] counts the learned schedule's savings against.
+pub fn blind_polls(p: &PollConfig, secs: f64) -> u32 {
+    let mut t = backoff(p, 0, 0.0).as_secs_f64();
+    let mut polls = 1u32;
+    while t < secs && polls < 100_000 {
+        t += backoff(p, polls - 1, 0.0).as_secs_f64();
+        polls += 1;
+    }
+    polls
+}
+
+/// A new operation's first poll, seconds after registration: where its kind of job starts
+/// finishing when the prior is warm ([`Prior::first_look`], not before 0.1 s), else
+/// `backoff(0)` as today.
+pub fn first_wait(p: &PollConfig, prior: Option<&Prior>, sample: f64) -> Duration {
+    match prior.and_then(Prior::first_look) {
+        Some(secs) => Duration::from_secs_f64(secs.max(0.1)),
+        None => backoff(p, 0, sample),
     }
 }
 
@@ -401,6 +540,15 @@ mod tests {
             Some(Duration::from_millis(1500))
         );
         assert_eq!(hint(&[("x-poll-interval", "60")]), Some(s(60)));
+        // OpenAI may send a fractional Retry-After (openai-python `_base_client.py`,
+        // `_parse_retry_after_header`: `float(retry_header)`).
+        assert_eq!(
+            hint(&[("retry-after", "0.5")]),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(hint(&[("retry-after", "2")]), Some(s(2)));
+        assert_eq!(hint(&[("retry-after", "-1")]), None);
+        assert_eq!(hint(&[("retry-after", "NaN")]), None);
         assert_eq!(hint(&[("ratelimit", "\"default\";r=0;t=30")]), Some(s(30)));
         assert_eq!(
             hint(&[("ratelimit", "limit=10, remaining=0, reset=12")]),
@@ -621,5 +769,195 @@ mod tests {
             10.0,
             "never above the ceiling"
         );
+    }
+
+    mod plan_rules {
+        use super::super::*;
+        use crate::schedule::prior::Prior;
+
+        const T0: Timestamp = Timestamp(1_000_000);
+
+        fn targeted(t: u64) -> PollConfig {
+            PollConfig {
+                initial: Duration::from_secs(10),
+                multiplier: 2.0,
+                max: Duration::from_secs(30),
+                jitter: 0.0,
+                eta_max: Duration::from_secs(3600),
+                target_delay: Some(Duration::from_secs(t)),
+                ..PollConfig::general()
+            }
+        }
+
+        /// Progress `p` at `now`, moving at `rate` per second, watched since `T0`.
+        fn pace(p: f64, rate: Option<f64>, now: Timestamp) -> Pace {
+            Pace {
+                progress: Some(p),
+                at: Some(now),
+                rate,
+                stalled: 0,
+                since: Some(T0),
+            }
+        }
+
+        fn at(secs: u64) -> Timestamp {
+            T0.plus(Duration::from_secs(secs))
+        }
+
+        fn secs(d: Duration) -> f64 {
+            d.as_secs_f64()
+        }
+
+        /// A warm prior: 100 jobs evenly spread (log scale) over 100–200 s.
+        fn warm() -> Prior {
+            let mut p = Prior::default();
+            for i in 0..100 {
+                p.record(100.0 * 2f64.powf(((i * 37) % 100) as f64 / 100.0));
+            }
+            p
+        }
+
+        #[test]
+        fn far_from_the_end_a_target_polls_at_the_end_minus_the_target() {
+            let c = targeted(10);
+            let now = at(100);
+            // eta = 0.5 / 0.005 = 100 s; watched for 100 s. The end minus the target is 90 s
+            // away, but a jump covers at most ETA_FAR of the estimate: 75 s.
+            let (w, rule) = plan(&c, &pace(0.5, Some(0.005), now), 3, now, T0, None, 0.0);
+            assert_eq!(rule, Rule::Target);
+            assert!((secs(w) - 75.0).abs() < 0.01, "{w:?}");
+            // eta = 1000 s, 30 s before the end: the end minus the target.
+            let (w, _) = plan(&c, &pace(0.5, Some(0.0005), now), 3, now, T0, None, 0.0);
+            assert!((secs(w) - 400.0).abs() < 0.01, "{w:?}");
+            // Today's rule halves toward it instead.
+            let untargeted = PollConfig {
+                target_delay: None,
+                ..c
+            };
+            let (w0, _) = plan(
+                &untargeted,
+                &pace(0.5, Some(0.005), now),
+                3,
+                now,
+                T0,
+                None,
+                0.0,
+            );
+            assert!((secs(w0) - 50.0).abs() < 0.01, "{w0:?}");
+            // Within 2T of the end: halving, never a gap that leaves more than T.
+            let (w, _) = plan(&c, &pace(0.85, Some(0.01), now), 3, now, T0, None, 0.0);
+            assert!((secs(w) - 7.5).abs() < 0.01, "{w:?}");
+        }
+
+        #[test]
+        fn near_the_end_a_target_polls_just_past_it_without_the_initial_floor() {
+            let c = targeted(10);
+            let now = at(100);
+            // eta = 4 s: just past it, although `initial` is 10 s.
+            let (w, rule) = plan(&c, &pace(0.96, Some(0.01), now), 3, now, T0, None, 0.0);
+            assert_eq!(rule, Rule::Target);
+            assert!((secs(w) - 4.25).abs() < 0.01, "{w:?}");
+            // eta = 10 s: never more than the target away.
+            let (w, _) = plan(&c, &pace(0.9, Some(0.01), now), 3, now, T0, None, 0.0);
+            assert!(secs(w) <= 10.0, "{w:?}");
+        }
+
+        #[test]
+        fn before_a_rate_the_estimate_comes_from_the_progress_since_creation() {
+            let c = targeted(10);
+            let now = at(10);
+            // A quarter done after 10 s: 30 s left, so the end minus the target is 20 s away.
+            let (w, rule) = plan(&c, &pace(0.25, None, now), 0, now, T0, None, 0.0);
+            assert_eq!(rule, Rule::Target);
+            assert!((secs(w) - 20.0).abs() < 0.01, "{w:?}");
+            // 1 % after 20 s says 1980 s left, but a step of progress that small is no
+            // estimate: the jump is at most ETA_TRUST × the job's age (80 s).
+            let now = at(20);
+            let (w, _) = plan(&c, &pace(0.01, None, now), 0, now, T0, None, 0.0);
+            assert!((secs(w) - 80.0).abs() < 0.01, "{w:?}");
+        }
+
+        #[test]
+        fn blind_or_finalizing_no_gap_is_longer_than_the_target() {
+            let c = targeted(10);
+            let now = at(1000);
+            let blind = Pace::default();
+            // Cold, blind: the backoff (30 s by now) is cut to the target.
+            let (w, rule) = plan(&c, &blind, 10, now, T0, None, 0.0);
+            assert_eq!((w, rule), (Duration::from_secs(10), Rule::Base));
+            let (w, rule) = plan(&c, &pace(1.0, Some(0.01), now), 10, now, T0, None, 0.0);
+            assert_eq!(rule, Rule::Finalizing);
+            assert!(w <= Duration::from_secs(10), "{w:?}");
+            // A target longer than `max` lets the blind schedule stay at `max` (today's).
+            let (w, _) = plan(&targeted(60), &blind, 10, now, T0, None, 0.0);
+            assert_eq!(w, Duration::from_secs(30));
+        }
+
+        #[test]
+        fn without_target_or_prior_the_plan_is_todays_interval() {
+            let c = PollConfig {
+                target_delay: None,
+                ..targeted(10)
+            };
+            for (p, n) in [
+                (Pace::default(), 0),
+                (Pace::default(), 7),
+                (pace(0.5, Some(0.005), at(100)), 3),
+                (pace(0.2, None, at(100)), 1),
+                (pace(1.0, Some(0.01), at(100)), 4),
+            ] {
+                assert_eq!(
+                    plan(&c, &p, n, at(100), T0, None, 0.3),
+                    interval(&c, &p, n, at(100), 0.3)
+                );
+            }
+            // A cold prior changes nothing either.
+            let mut cold = Prior::default();
+            cold.record(50.0);
+            assert_eq!(
+                plan(&c, &Pace::default(), 2, at(5), T0, Some(&cold), 0.0),
+                interval(&c, &Pace::default(), 2, at(5), 0.0)
+            );
+            assert_eq!(first_wait(&c, Some(&cold), 0.0), backoff(&c, 0, 0.0));
+        }
+
+        #[test]
+        fn a_warm_prior_starts_where_jobs_finish_and_follows_their_hazard() {
+            let prior = warm();
+            let c = PollConfig {
+                initial: Duration::from_secs(1),
+                target_delay: None,
+                ..targeted(10)
+            };
+            // The first poll near the shortest jobs (100 s, within a bucket), not after `initial`.
+            let first = secs(first_wait(&c, Some(&prior), 0.0));
+            assert!((100.0 / 1.5..=101.0).contains(&first), "{first}");
+            // Blind, inside the mass: half the running jobs finish in the gap (short gaps).
+            let (w, rule) = plan(&c, &Pace::default(), 1, at(100), T0, Some(&prior), 0.0);
+            assert_eq!(rule, Rule::Prior);
+            assert!(secs(w) > 20.0 && secs(w) <= 30.0, "{w:?}");
+            let (w2, _) = plan(&c, &Pace::default(), 2, at(180), T0, Some(&prior), 0.0);
+            assert!(w2 < w, "later, fewer jobs left to finish: {w2:?} vs {w:?}");
+            // With a target, never longer than it.
+            let (w, _) = plan(
+                &targeted(10),
+                &Pace::default(),
+                1,
+                at(100),
+                T0,
+                Some(&prior),
+                0.0,
+            );
+            assert!(w <= Duration::from_secs(10), "{w:?}");
+            // With progress and no target, today's estimate rules; the prior does not plan.
+            let moving = pace(0.5, Some(0.005), at(100));
+            assert_eq!(
+                plan(&c, &moving, 3, at(100), T0, Some(&prior), 0.0),
+                interval(&c, &moving, 3, at(100), 0.0)
+            );
+            // Past the learned tail: the backoff again.
+            let (_, rule) = plan(&c, &Pace::default(), 9, at(1000), T0, Some(&prior), 0.0);
+            assert_eq!(rule, Rule::Base);
+        }
     }
 }

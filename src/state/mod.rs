@@ -3,7 +3,8 @@
 //! import the module that starts them ([`crate::service`] only wires and runs loops).
 //!
 //! - [`Shim`]: the handles — config, store and its group commit, the two due-queues, the
-//!   upstreams' limiters, the HTTP clients, metrics, the clock, the callback key, shutdown.
+//!   upstreams' limiters, the HTTP clients, metrics, the clock, the callback key, shutdown,
+//!   the upstreams' refreshing credentials.
 //! - Domain reactions: [`Shim::after_update`] / [`Shim::on_terminal`] are the one place where a
 //!   stored change is handed on — a terminal operation is counted, flushed (invariant 1: the
 //!   outbox entry is durable before the callback goes out) and put on the delivery queue; event
@@ -11,9 +12,13 @@
 //!   [`crate::store::Store::update`] returned: the hand-off is in the signatures, not in a
 //!   listener installed in the store.
 //! - [`register`]: registration as a domain function (validate, build the record, store it,
-//!   schedule it, flush), used by the API and, later, by the proxy.
+//!   schedule it, flush), used by the API and the proxy; [`lookup`] finds an operation by the
+//!   upstream's own id.
 
+mod learned;
 mod register;
+
+pub use learned::{Learned, PRIORS_SAVE_EVERY, Recorded};
 
 pub use register::{MAX_METADATA, RegisterError, Registration, register};
 
@@ -30,7 +35,7 @@ use crate::ids::{DeliveryKey, OperationId};
 use crate::metrics::{CompletedLabels, Metrics};
 use crate::operation::Operation;
 use crate::schedule::{DueQueue, GroupSlots, UpstreamLimiter};
-use crate::store::{GroupCommit, Store, Updated};
+use crate::store::{GroupCommit, Store, StoreError, Updated};
 use crate::values::Secret;
 
 /// How long a webhook for an unregistered operation is kept.
@@ -40,6 +45,21 @@ pub const INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long in-flight requests may take to finish once shutdown starts; after that they are
 /// abandoned (their work stays in the store and resumes at the next start).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The operation registered under upstream `upstream`'s own id `operation`, in any spelling
+/// its preset normalises (`batches/123` and `123` for a Gemini batch). `None` for an upstream
+/// not in the config.
+pub fn lookup(
+    shim: &Shim,
+    upstream: &str,
+    operation: &str,
+) -> Result<Option<Operation>, StoreError> {
+    let Some(up) = shim.config.upstreams.get(upstream) else {
+        return Ok(None);
+    };
+    shim.store
+        .find(upstream, &up.preset.canonical_operation(operation))
+}
 
 /// Everything the API and the workers share.
 pub struct Shim {
@@ -62,6 +82,9 @@ pub struct Shim {
     pub upstream_http: reqwest::Client,
     /// For callbacks: never follows redirects, times out per config.
     pub callback_http: reqwest::Client,
+    /// For the transparent proxy: no system proxy, no redirects followed (a 3xx goes back to
+    /// the app as it is), no overall timeout (bodies stream for as long as they take).
+    pub proxy_http: reqwest::Client,
     pub metrics: Metrics,
     /// Key sets for JWT-signed webhooks (`gemini-jwt`), cached per URL.
     pub jwks: crate::ingest::jwks::JwksCache,
@@ -74,6 +97,10 @@ pub struct Shim {
     /// `callbacks.allowed_hosts` as it is now: the config's at start, replaced by a SIGHUP
     /// reload. Read it through [`Shim::callback_rules`].
     pub allowed_hosts: std::sync::RwLock<Arc<Vec<String>>>,
+    /// Upstream credentials that refresh (`auth`), by upstream.
+    pub credentials: crate::credentials::Credentials,
+    /// The learned job-length priors (`schedule::prior`), fed by [`Shim::on_terminal`].
+    pub learned: Learned,
 }
 
 /// Status reads in flight, by operation (at most one per operation: the queue holds an id once).
@@ -164,6 +191,45 @@ impl Shim {
         }
     }
 
+    /// Feed a finished operation's length to its upstream's prior (only successes say how
+    /// long a job takes), publish the quantiles, and save the priors when a save is due.
+    fn learn(&self, op: &Operation) {
+        if op.status != crate::operation::Status::Succeeded {
+            return;
+        }
+        let (Some(end), Some(up)) = (op.completed_at, self.config.upstreams.get(&op.upstream))
+        else {
+            return;
+        };
+        let secs = end.0.saturating_sub(op.created_at.0) as f64 / 1000.0;
+        let pointer = up.prior_key.as_deref();
+        let r = self.learned.record(
+            &op.upstream,
+            pointer,
+            op.metadata.as_ref(),
+            &up.poll,
+            secs,
+            op.polls,
+            self.clock.now(),
+        );
+        if crate::schedule::prior::key_of(pointer, op.metadata.as_ref()).is_empty() {
+            self.metrics.job_durations(&op.upstream, &r.prior);
+        }
+        if op.polls > 0 {
+            self.metrics
+                .requests_saved
+                .get_or_create(&crate::metrics::UpstreamLabel {
+                    upstream: op.upstream.clone(),
+                })
+                .inc_by(r.saved);
+        }
+        if let Some(bytes) = r.save {
+            if let Err(e) = self.store.save_priors(&bytes) {
+                tracing::warn!(error = %e, "cannot save the learned job-length priors");
+            }
+        }
+    }
+
     /// After a write made `op` terminal: count it, flush (the outbox entry must be durable
     /// before the callback goes out), then hand it to delivery.
     pub async fn on_terminal(&self, op: &Operation) {
@@ -176,6 +242,7 @@ impl Shim {
         self.metrics.completed.get_or_create(&labels).inc();
         self.metrics.active(&op.upstream).dec();
         self.polls.remove(&op.id);
+        self.learn(op);
         tracing::info!(op = %op.id, upstream = %op.upstream, status = op.status.as_str(), detected_via = via, "operation finished");
         match self.commit.flushed().await {
             Ok(()) => {

@@ -11,8 +11,8 @@ use super::{EARLY_WEBHOOK_WINDOW, Shim};
 use crate::clock::Timestamp;
 use crate::ids::OperationId;
 use crate::metrics::UpstreamLabel;
-use crate::operation::{NewOperation, Operation};
-use crate::schedule::first_poll_at;
+use crate::operation::{NewOperation, Operation, UpstreamBody};
+use crate::schedule::first_poll_with;
 use crate::store::{Registered, StoreError};
 use crate::upstream::prepare_operation;
 
@@ -33,6 +33,10 @@ pub struct Registration {
     /// A duration such as `"2h"` or an RFC 3339 time such as `"2026-12-01T18:00:00Z"`; the
     /// upstream's `poll.deadline` when absent.
     pub deadline: Option<String>,
+    /// The proxy's create response when it is the job resource: the first kept status body.
+    pub upstream_body: Option<UpstreamBody>,
+    /// The proxy's keyed hash of the credential the job was created with.
+    pub proxy_credential: Option<String>,
 }
 
 /// Why a registration was refused. Each says what to change.
@@ -53,6 +57,21 @@ pub enum RegisterError {
     Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl RegisterError {
+    /// The error's code, as the API answers it and the proxy's `Hookshim-Error` names it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RegisterError::UnknownUpstream(_) => "unknown_upstream",
+            RegisterError::InvalidOperation(_) => "invalid_operation",
+            RegisterError::CallbackNotAllowed(_) => "callback_not_allowed",
+            RegisterError::MetadataTooLarge(_) => "metadata_too_large",
+            RegisterError::InvalidDeadline(_) => "invalid_deadline",
+            RegisterError::Conflict(_) => "conflict",
+            RegisterError::Store(_) => "store_unavailable",
+        }
+    }
 }
 
 /// Register an operation: durable before it returns (invariant 1). `Created` for a new record,
@@ -92,12 +111,17 @@ pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, Regi
 
     let deadline_at = now.plus(deadline);
     let sample = rand::random_range(-1.0..=1.0);
-    let first = first_poll_at(&up.rules(), now, deadline_at, sample);
+    let prior = shim.learned.prior(
+        &req.upstream,
+        up.prior_key.as_deref(),
+        req.metadata.as_ref(),
+    );
+    let first = first_poll_with(&up.rules(), prior.as_ref(), now, deadline_at, sample);
     let first = match shim.limiters.get(&req.upstream) {
         Some(l) => l.spread_first_poll(first, now).min(deadline_at),
         None => first,
     };
-    let op = Operation::new(NewOperation {
+    let mut op = Operation::new(NewOperation {
         id: OperationId::generate(),
         upstream: req.upstream,
         operation,
@@ -108,6 +132,11 @@ pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, Regi
         deadline_at,
         callback_events: up.callback_events.clone(),
     });
+    // Kept in the same write as the record: a cached read survives a crash right after.
+    if let Some(body) = &req.upstream_body {
+        op.keep_body(body, shim.config.store.max_upstream_body, now);
+    }
+    op.proxy_credential = req.proxy_credential;
     let explicit_url = req.callback_url.is_some().then(|| op.callback_url.clone());
     let registered = shim.store.register(op, EARLY_WEBHOOK_WINDOW)?;
     if let (Registered::Existing(existing), Some(url)) = (&registered, explicit_url) {

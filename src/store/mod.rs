@@ -128,11 +128,18 @@ impl Updated {
 
 /// The store interface. Methods are synchronous and fast (they do not wait for the disk);
 /// durability comes from [`Store::flush`], which [`GroupCommit`] calls for many writers at once.
+/// At most this many registered operations of one upstream are looked at to match a webhook id
+/// by its last path segment ([`Store::find_operation`]).
+pub const SUFFIX_SCAN_MAX: usize = 100_000;
+
 pub trait Store: Send + Sync + 'static {
     /// Insert a new operation, or return the existing one for the same `(upstream, operation)`.
     /// A webhook kept for it within `early_window` is consumed and reported.
     fn register(&self, op: Operation, early_window: Duration) -> Result<Registered, StoreError>;
     fn get(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
+    /// The operation registered under the upstream's own id (`operation` in its canonical
+    /// form), through the `(upstream, operation)` index; a stale index entry finds nothing.
+    fn find(&self, upstream: &str, operation: &str) -> Result<Option<Operation>, StoreError>;
     fn list(
         &self,
         filter: &ListFilter,
@@ -148,6 +155,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Updated>, StoreError>;
     /// Stop tracking: remove the record and its indexes.
     fn delete(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
+    /// Which form of a webhook's operation id `upstream` has registered: the first of
+    /// `candidates` that is registered, else (with `suffix`) the first registered operation of
+    /// `upstream` whose name ends in `/{suffix}` (a scan of that upstream's keys, at most
+    /// [`SUFFIX_SCAN_MAX`]). `None`: none is registered (yet).
+    fn find_operation(
+        &self,
+        upstream: &str,
+        candidates: &[String],
+        suffix: Option<&str>,
+    ) -> Result<Option<String>, StoreError>;
     /// Record an inbound webhook durably-to-be (call [`Store::flush`] before answering). With
     /// an `outcome` (an event mapped in `webhook.events`) the operation ends in the same write;
     /// for an operation not registered yet the outcome is kept and applied at registration.
@@ -195,4 +212,13 @@ pub trait Store: Send + Sync + 'static {
     fn failed_deliveries(&self) -> Result<u64, StoreError>;
     /// Bytes on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+    /// The learned job-length priors as last saved (`schedule::Priors::to_bytes`), if any.
+    fn load_priors(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+    /// Replace the saved priors (durable with the next flush; losing the last few seconds of
+    /// learning in a crash is harmless).
+    fn save_priors(&self, _bytes: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -26,6 +26,8 @@
 //! - `meta`:     `generation` → flush generation (u64 BE) + operations then (u64 BE): written by
 //!   each flush that covers new writes, before the flush, and recorded in the mark file beside
 //!   the data after it ([`super::integrity`]): how a store that lost acknowledged data is noticed.
+//! - `priors`:   `priors` → the learned job-length priors (`schedule::Priors`, JSON), replaced
+//!   at most every [`crate::state::PRIORS_SAVE_EVERY`] and read at start.
 //!
 //! Why not multi-tree transactions: in sled 0.34 every transaction (and every batch) seals the
 //! current IO buffer and writes it with `sync_file_range` before it returns (`pin_log`), so each
@@ -43,10 +45,15 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::integrity::{self, Mark, MarkWriter};
-use super::{ListFilter, OutboxEntry, Registered, Store, StoreError, Updated, WebhookRecord};
+use super::{
+    ListFilter, OutboxEntry, Registered, SUFFIX_SCAN_MAX, Store, StoreError, Updated, WebhookRecord,
+};
 use crate::clock::Timestamp;
 use crate::ids::{DeliveryKey, OperationId};
 use crate::operation::{DeliveryState, EventOutcome, Operation, Status, WEBHOOK_READS};
+
+/// The one key of the `priors` tree.
+const PRIORS_KEY: &[u8] = b"priors";
 
 pub struct SledStore {
     db: sled::Db,
@@ -63,6 +70,8 @@ pub struct SledStore {
     /// Non-terminal operations by upstream and status: counted from `active` by
     /// [`Store::for_each_scheduled`] at start, then kept by every write and delete.
     active_counts: Mutex<ActiveCounts>,
+    /// The learned job-length priors, one value under [`PRIORS_KEY`].
+    priors: sled::Tree,
     /// The data directory (the mark file lives there).
     dir: PathBuf,
     /// The last flush generation written; the lock also serialises flushes.
@@ -295,6 +304,7 @@ impl SledStore {
             failed: tree("failed")?,
             failed_count: AtomicI64::new(0),
             active_counts: Mutex::new(ActiveCounts::new()),
+            priors: tree("priors")?,
             dir: path.to_path_buf(),
             marks: MarkWriter::start(path),
             generation: Mutex::new(0),
@@ -611,6 +621,17 @@ impl Store for SledStore {
         }
     }
 
+    fn find(&self, upstream: &str, operation: &str) -> Result<Option<Operation>, StoreError> {
+        let Some(id) = self.keys.get(pair_key(upstream, operation)).map_err(io)? else {
+            return Ok(None);
+        };
+        let id = OperationId::from_text(String::from_utf8_lossy(&id));
+        // The index is a superset: the record decides.
+        Ok(self
+            .get(&id)?
+            .filter(|op| op.upstream == upstream && op.operation == operation))
+    }
+
     fn list(&self, f: &ListFilter) -> Result<(Vec<Operation>, Option<OperationId>), StoreError> {
         let start = match &f.cursor {
             Some(c) => Bound::Excluded(c.as_bytes().to_vec()),
@@ -676,6 +697,32 @@ impl Store for SledStore {
             self.outbox.remove(pair_key(id, &e.name)).map_err(io)?;
         }
         Ok(Some(op))
+    }
+
+    fn find_operation(
+        &self,
+        upstream: &str,
+        candidates: &[String],
+        suffix: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        for c in candidates {
+            if self.keys.get(pair_key(upstream, c)).map_err(io)?.is_some() {
+                return Ok(Some(c.clone()));
+            }
+        }
+        let Some(suffix) = suffix.filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let prefix = pair_key(upstream, "");
+        let tail = format!("/{suffix}");
+        for entry in self.keys.scan_prefix(&prefix).keys().take(SUFFIX_SCAN_MAX) {
+            let key = entry.map_err(io)?;
+            let op = String::from_utf8_lossy(&key[prefix.len()..]);
+            if op.ends_with(&tail) {
+                return Ok(Some(op.into_owned()));
+            }
+        }
+        Ok(None)
     }
 
     fn record_webhook(
@@ -876,6 +923,16 @@ impl Store for SledStore {
         Ok(self.failed_count.load(Ordering::SeqCst).max(0) as u64)
     }
 
+    fn load_priors(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.priors.get(PRIORS_KEY).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    fn save_priors(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.touch();
+        self.priors.insert(PRIORS_KEY, bytes).map_err(io)?;
+        Ok(())
+    }
+
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.db.size_on_disk().map_err(io)
     }
@@ -1028,6 +1085,149 @@ mod tests {
         assert!(s.verify().unwrap().sound());
     }
 
+    /// The invariants a crash after a flush must find intact: every record decodes, a running
+    /// record is scheduled, a terminal record with a callback to send has its outbox entry.
+    fn assert_consistent(s: &SledStore, step: &str) {
+        for item in s.ops.iter() {
+            let (k, v) = item.unwrap();
+            let op = decode(&k, &v).unwrap_or_else(|e| panic!("{step}: {e}"));
+            if !op.status.is_terminal() {
+                assert!(
+                    s.active.contains_key(&k).unwrap(),
+                    "{step}: {} is {:?} but has no `active` entry",
+                    op.id,
+                    op.status
+                );
+            }
+            if op.in_outbox() {
+                assert!(
+                    s.outbox.contains_key(&k).unwrap(),
+                    "{step}: {} has a callback to send but no `outbox` entry",
+                    op.id
+                );
+            }
+        }
+        for item in s.keys.iter() {
+            let (_, id) = item.unwrap();
+            assert!(
+                s.ops.contains_key(&id).unwrap(),
+                "{step}: a registration key names a missing record"
+            );
+        }
+        let report = s.verify().unwrap();
+        assert!(report.sound(), "{step}: {:?}", report.problems);
+    }
+
+    /// Flush, close, and open the store again from the same directory (what a restart sees).
+    fn reopen(dir: &Path, s: SledStore, step: &str) -> SledStore {
+        s.flush().unwrap();
+        drop(s);
+        let s = SledStore::open(dir, 8 << 20).unwrap_or_else(|e| panic!("{step}: reopen: {e}"));
+        assert_consistent(&s, step);
+        s
+    }
+
+    #[test]
+    fn every_write_step_survives_a_reopen_with_its_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let op = sample(Timestamp(1_000));
+        let id = op.id.clone();
+
+        // 1. register: scheduled, nothing to send.
+        s.register(op.clone(), Duration::ZERO).unwrap();
+        let s = reopen(dir.path(), s, "after register");
+        let rec = s.get(&id).unwrap().expect("the registration survives");
+        assert_eq!(rec.status, Status::Pending);
+        assert_eq!(s.scheduled().unwrap().len(), 1);
+        assert!(s.outbox().unwrap().is_empty());
+        match s.register(op.clone(), Duration::ZERO).unwrap() {
+            Registered::Existing(e) => assert_eq!(e.id, id),
+            other => panic!("the key survives the reopen too: {other:?}"),
+        }
+
+        // 2. a thin webhook: due for a read now, its id remembered.
+        let applied = s
+            .record_webhook("jobs", "msg_1", "abc", None, Timestamp(2_000))
+            .unwrap();
+        assert_eq!(
+            applied,
+            WebhookRecord::Applied {
+                id: id.clone(),
+                terminal: false
+            }
+        );
+        let s = reopen(dir.path(), s, "after a webhook");
+        let rec = s.get(&id).unwrap().unwrap();
+        assert_eq!(rec.webhook_at, Some(Timestamp(2_000)));
+        assert_eq!(rec.webhook_reads, WEBHOOK_READS);
+        assert_eq!(
+            s.scheduled().unwrap()[0].at,
+            Timestamp(2_000),
+            "the schedule index follows the record"
+        );
+        assert_eq!(
+            s.record_webhook("jobs", "msg_1", "abc", None, Timestamp(2_100))
+                .unwrap(),
+            WebhookRecord::Duplicate,
+            "the webhook id survives the reopen"
+        );
+
+        // 3. the terminal update: out of the schedule, into the outbox, in one write.
+        s.update(&id, &|o| {
+            o.result = Some(serde_json::json!({"url": "u"}));
+            o.finish(Status::Succeeded, DetectedVia::Webhook, Timestamp(3_000))
+        })
+        .unwrap()
+        .unwrap();
+        let s = reopen(dir.path(), s, "after the terminal update");
+        let rec = s.get(&id).unwrap().unwrap();
+        assert_eq!(rec.status, Status::Succeeded);
+        assert_eq!(rec.result, Some(serde_json::json!({"url": "u"})));
+        assert_eq!(rec.delivery.state, DeliveryState::Pending);
+        assert!(
+            s.scheduled().unwrap().is_empty(),
+            "a terminal record is not polled"
+        );
+        assert_eq!(
+            s.outbox().unwrap(),
+            vec![OutboxEntry {
+                key: DeliveryKey::terminal(id.clone()),
+                at: Timestamp(3_000)
+            }]
+        );
+
+        // 4. the delivery recorded: the outbox entry goes, the record says delivered.
+        // (What `delivery::record_attempt` writes for a 2xx; the store may not import it.)
+        s.update(&id, &|o| {
+            o.delivery.state = DeliveryState::Delivered;
+            o.delivery.attempts = 1;
+            o.delivery.last_status = Some(200);
+            o.delivery.next_attempt_at = None;
+            o.delivery.delivered_at = Some(Timestamp(4_000));
+            true
+        })
+        .unwrap()
+        .unwrap();
+        let s = reopen(dir.path(), s, "after the delivery");
+        let rec = s.get(&id).unwrap().unwrap();
+        assert_eq!(rec.delivery.state, DeliveryState::Delivered);
+        assert_eq!(rec.delivery.delivered_at, Some(Timestamp(4_000)));
+        assert!(s.outbox().unwrap().is_empty(), "nothing left to send");
+        assert!(s.scheduled().unwrap().is_empty());
+
+        // A late observation after all that changes nothing durable.
+        let again = s
+            .update(&id, &|o| {
+                o.finish(Status::Failed, DetectedVia::Poll, Timestamp(5_000))
+            })
+            .unwrap()
+            .unwrap();
+        assert!(!again.written);
+        let s = reopen(dir.path(), s, "after a late observation");
+        assert_eq!(s.get(&id).unwrap().unwrap().status, Status::Succeeded);
+    }
+
     #[test]
     fn register_is_idempotent_per_upstream_and_operation() {
         let (_d, s) = store();
@@ -1068,6 +1268,21 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!again.written && !again.became_terminal);
+    }
+
+    #[test]
+    fn find_reads_the_upstream_operation_index() {
+        let (_d, s) = store();
+        let now = Timestamp(1_000);
+        let mut op = crate::operation::sample(now);
+        op.operation = "batches/b1".into();
+        s.register(op.clone(), Duration::from_secs(60)).unwrap();
+        let found = s.find(&op.upstream, "batches/b1").unwrap().unwrap();
+        assert_eq!(found.id, op.id);
+        assert!(s.find(&op.upstream, "b1").unwrap().is_none());
+        assert!(s.find("other", "batches/b1").unwrap().is_none());
+        s.delete(&op.id).unwrap();
+        assert!(s.find(&op.upstream, "batches/b1").unwrap().is_none());
     }
 
     #[test]

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use super::{Observation, ObservedState, count, ended, fraction, non_null, rfc3339, status_text};
 
-use super::presets::PresetSpec;
+use super::openai::one_below;
+use super::presets::{CreateRule, PresetSpec, ProxyPatterns};
 use crate::schedule::config::PollConfig;
 
 /// `anthropic-batch`: an Anthropic Message Batch. Anthropic sends no webhooks for it.
@@ -24,6 +25,13 @@ pub static BATCH: PresetSpec = PresetSpec {
     poll: PollConfig::batch(),
     reads: "processing_status; the outcome of an ended batch from request_counts; results_url, expires_at",
     read: Some(read_batch),
+    proxy: Some(ProxyPatterns {
+        create: |method, path| {
+            (method == "POST" && path == "messages/batches").then(|| CreateRule::field("/id"))
+        },
+        status_read: |path, _| one_below("messages/batches/", path),
+        auth_headers: &["x-api-key", "authorization"],
+    }),
     ..PresetSpec::BASE
 };
 
@@ -43,7 +51,15 @@ pub fn read_batch(body: &Value) -> Result<Observation, String> {
         _ => ObservedState::Running,
     };
     let mut obs = Observation::new(state, Value::from(raw));
-    obs.progress = fraction(finished, Some(finished + n("processing")));
+    // No count-based progress while the batch runs: "Requests start as `processing` and move
+    // to one of the other statuses only once processing of the entire batch ends"
+    // (anthropic-sdk-python `types/messages/message_batch_request_counts.py`), so the counts
+    // would read 0 until the end and the progress-based schedule would never engage; the
+    // batch is polled on the blind schedule instead. At the end the counts are final.
+    obs.progress = state
+        .is_terminal()
+        .then(|| fraction(finished, Some(finished + n("processing"))))
+        .flatten();
     obs.expires_at = rfc3339(body.get("expires_at"));
     if !state.is_terminal() {
         return Ok(obs);
@@ -79,10 +95,15 @@ mod tests {
     }
 
     #[test]
-    fn in_progress_and_canceling_are_running_with_progress() {
+    fn in_progress_and_canceling_are_running_without_count_progress() {
+        // The counts only move when the whole batch ends (message_batch_request_counts.py):
+        // a running batch reports no progress, whatever the counts say.
+        let o = read_batch(&batch("in_progress", [4, 0, 0, 0, 0])).unwrap();
+        assert_eq!(o.state, ObservedState::Running);
+        assert_eq!(o.progress, None);
         let o = read_batch(&batch("in_progress", [3, 1, 0, 0, 0])).unwrap();
         assert_eq!(o.state, ObservedState::Running);
-        assert_eq!(o.progress, Some(0.25));
+        assert_eq!(o.progress, None);
         assert_eq!(o.result, None);
         assert!(o.expires_at.is_some());
         assert_eq!(

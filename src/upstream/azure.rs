@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{Observation, ObservedState, count, ended, non_null, status_text};
 
-use super::presets::PresetSpec;
+use super::presets::{CreateId, CreateRule, PresetSpec, ProxyPatterns};
 use crate::schedule::config::PollConfig;
 
 /// `azure-async`: an Azure asynchronous operation; the registered operation is its status URL.
@@ -16,10 +16,24 @@ pub static ASYNC: PresetSpec = PresetSpec {
     name: "azure-async",
     base_url: Some("https://management.azure.com/"),
     poll: PollConfig::general(),
-    reads: "status (Succeeded / Failed / Canceled, any case), percentComplete, error; result is the whole body",
+    reads: "status (Succeeded / Failed / ValidationFailed / Canceled, any case), percentComplete, error; result is the resource at resourceLocation, else the whole body",
     read: Some(read_status),
     operation_url: Some(operation_url),
     canonical_operation: canonical_url,
+    proxy: Some(ProxyPatterns {
+        // Any request whose 2xx answer names a status URL; its body is not the operation.
+        create: |_, _| {
+            Some(CreateRule {
+                needs_background: false,
+                id: CreateId::Header(&["azure-asyncoperation", "operation-location"]),
+                returns_job: false,
+            })
+        },
+        // The status read is a GET of the registered URL itself.
+        status_read: |_, url| Some(url.to_string()),
+        auth_headers: &["authorization", "api-key", "ocp-apim-subscription-key"],
+    }),
+    final_resource: Some("/resourceLocation"),
     ..PresetSpec::BASE
 };
 
@@ -48,15 +62,20 @@ pub fn operation_url(operation: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// `status` is compared without case (services spell it `Succeeded` or `succeeded`); anything
-/// but the three ends is in progress. `result` is the whole body: each service puts its outcome
-/// somewhere else (`properties`, `analyzeResult`, ...).
+/// `status` is compared without case (services spell it `Succeeded` or `succeeded`), as
+/// azure-core's `base_polling.py` does (`_FINISHED = {succeeded, canceled, failed}`, `_FAILED =
+/// {canceled, failed}`, `_SUCCEEDED = {succeeded}`, all lowered). Besides those: `cancelled`
+/// (the Translator's spelling), `ValidationFailed` (Document Translation: the job was refused
+/// before it ran) is failed, `NotStarted` is pending; anything else is in progress. `result` is
+/// the whole body: each service puts its outcome somewhere else (`properties`,
+/// `analyzeResult`, ...); when the body names a `resourceLocation`, the poller replaces it with
+/// that resource ([`PresetSpec::final_resource`]).
 pub fn read_status(body: &Value) -> Result<Observation, String> {
     let raw = status_text(body, "/status")?;
     let state = match raw.to_ascii_lowercase().as_str() {
         "notstarted" => ObservedState::Pending,
         "succeeded" => ObservedState::Succeeded,
-        "failed" => ObservedState::Failed,
+        "failed" | "validationfailed" => ObservedState::Failed,
         "canceled" | "cancelled" => ObservedState::Cancelled,
         _ => ObservedState::Running,
     };
@@ -115,6 +134,11 @@ mod tests {
         assert_eq!(read("Failed"), ObservedState::Failed);
         assert_eq!(read("Canceled"), ObservedState::Cancelled);
         assert_eq!(read("Cancelled"), ObservedState::Cancelled);
+        // Document Translation's refusal ends the job (it sat running until the deadline).
+        assert_eq!(read("ValidationFailed"), ObservedState::Failed);
+        assert_eq!(read("validationfailed"), ObservedState::Failed);
+        let o = read_status(&json!({"status": "ValidationFailed"})).unwrap();
+        assert_eq!(o.error.unwrap()["code"], "validationfailed");
         assert!(read_status(&json!({"error": {}})).is_err());
     }
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::webhook::{RawWebhook, WebhookConfig, resolve_webhook};
 use super::{Mapping, MappingInput, Preset, PresetSpec};
+use crate::credentials::{AuthConfig, AuthSource, RawAuth, resolve_auth};
 use crate::schedule::config::{
     PollConfig, RateConfig, RawPoll, RawRate, resolve_poll, resolve_rate,
 };
@@ -25,6 +26,8 @@ pub struct RawUpstream {
     preset: String,
     base_url: Option<String>,
     status_path: Option<String>,
+    status_method: Option<String>,
+    status_body: Option<serde_json::Value>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     status_field: Option<String>,
@@ -33,6 +36,7 @@ pub struct RawUpstream {
     failed: Option<Vec<String>>,
     cancelled: Option<Vec<String>>,
     expired: Option<Vec<String>>,
+    running: Option<Vec<String>>,
     result_field: Option<String>,
     error_field: Option<String>,
     progress_field: Option<String>,
@@ -46,6 +50,69 @@ pub struct RawUpstream {
     webhook: Option<RawWebhook>,
     #[serde(default)]
     callback_events: Vec<String>,
+    auth: Option<RawAuth>,
+    proxy: Option<RawProxy>,
+}
+
+/// `[upstreams.<name>] proxy = { ... }` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    #[serde(default)]
+    enabled: bool,
+    callback_url: Option<String>,
+    max_wait: Option<Dur>,
+    create: Option<RawProxyCreate>,
+}
+
+/// `proxy.create = { method, path, id_field }` (generic upstreams).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyCreate {
+    #[serde(default = "d_post")]
+    method: String,
+    path: String,
+    id_field: String,
+}
+fn d_post() -> String {
+    "POST".into()
+}
+
+/// The proxy's settings for one upstream (`proxy = { ... }`, off by default).
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Only upstreams with `enabled = true` answer under `/proxy/<name>/`.
+    pub enabled: bool,
+    /// The callback URL of operations the proxy registers when the request names none (checked
+    /// against `callbacks.allowed_hosts` by the config loader); else `callbacks.default_url`.
+    pub callback_url: Option<String>,
+    /// How long a proxied request may wait for the upstream's budget before `429`.
+    pub max_wait: Duration,
+    /// A generic upstream's create request.
+    pub create: Option<GenericCreate>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            enabled: false,
+            callback_url: None,
+            max_wait: DEFAULT_PROXY_MAX_WAIT,
+            create: None,
+        }
+    }
+}
+
+/// The default `proxy.max_wait`.
+pub const DEFAULT_PROXY_MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// A generic upstream's create request: `method path` (version segment removed, no leading
+/// `/`), the job's id at the JSON pointer `id_field` of the response.
+#[derive(Clone, Debug)]
+pub struct GenericCreate {
+    pub method: String,
+    pub path: String,
+    pub id_field: String,
 }
 fn d_preset() -> String {
     "generic".into()
@@ -63,6 +130,10 @@ pub struct UpstreamConfig {
     pub preset: Preset,
     pub base_url: Url,
     pub status_path: String,
+    /// The status read's method (`GET`, or `POST` with [`Self::status_body`]).
+    pub status_method: reqwest::Method,
+    /// The status read's JSON body template (see [`super::status_body`]).
+    pub status_body: Option<serde_json::Value>,
     /// Resolved headers (values may hold secrets; never print them).
     pub headers: HeaderMap,
     /// The header templates as written, for `hookshim check`.
@@ -72,9 +143,16 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     pub rate: RateConfig,
     pub poll: PollConfig,
+    /// `poll.prior_key`: a JSON pointer into an operation's metadata whose value picks the
+    /// learned job-length prior it uses (`None`: one prior for the whole upstream).
+    pub prior_key: Option<String>,
     pub webhook: Option<WebhookConfig>,
     /// Callbacks sent besides the terminal one (see [`CALLBACK_EVENTS`]).
     pub callback_events: Vec<String>,
+    /// The transparent proxy (`/proxy/<name>/...`).
+    pub proxy: ProxyConfig,
+    /// A credential that refreshes (`auth`): its header replaces any static one of that name.
+    pub auth: Option<AuthConfig>,
 }
 
 /// The non-terminal callback events an upstream may ask for in `callback_events`.
@@ -95,7 +173,7 @@ impl UpstreamConfig {
 /// key checked. Errors name the key (`upstreams.<name>.<key>`) and say what to write.
 pub fn resolve_upstream(
     name: &str,
-    u: RawUpstream,
+    mut u: RawUpstream,
     env: EnvLookup<'_>,
 ) -> Result<UpstreamConfig, String> {
     let key = |k: &str| format!("upstreams.{name}.{k}");
@@ -112,12 +190,20 @@ pub fn resolve_upstream(
     // mapping may be left out (placeholders keep the rest of the code uniform).
     let polling = u.poll.enabled();
     let base_url = resolve_base_url(&key, &u, defaults, polling)?;
-    let status_path = resolve_status_path(&key, &u, defaults, polling)?;
-    let (header_templates, headers) = resolve_headers(&key, defaults, &u.headers, env)?;
+    let (status_method, status_body) = resolve_status_read(&key, &u, defaults)?;
+    let status_path = resolve_status_path(&key, &u, defaults, polling, status_body.as_ref())?;
+    let auth = u
+        .auth
+        .take()
+        .map(|a| resolve_auth(name, a, env))
+        .transpose()?;
+    let (header_templates, headers) =
+        resolve_headers(&key, defaults, &u.headers, auth.as_ref(), env)?;
     let mapping = resolve_mapping(name, preset, polling, &u)?;
     let prefix = format!("upstreams.{name}");
     let rate = resolve_rate(&prefix, u.rate)?;
     let poll = resolve_poll(&prefix, &u.poll, defaults.poll)?;
+    let prior_key = u.poll.prior_key(&prefix)?;
 
     let webhook = match u.webhook {
         None => None,
@@ -140,12 +226,15 @@ pub fn resolve_upstream(
         ));
     }
     check_callback_events(&key, defaults, &u.preset, &u.callback_events)?;
+    let proxy = resolve_proxy(&key, defaults, u.proxy)?;
 
     Ok(UpstreamConfig {
         name: name.to_string(),
         preset,
         base_url,
         status_path,
+        status_method,
+        status_body,
         headers,
         header_templates,
         mapping,
@@ -153,8 +242,68 @@ pub fn resolve_upstream(
         timeout: u.timeout.0,
         rate,
         poll,
+        prior_key,
         webhook,
         callback_events: u.callback_events,
+        proxy,
+        auth,
+    })
+}
+
+/// `proxy`: off unless `enabled`; `create` only for a preset without its own patterns.
+fn resolve_proxy(
+    key: &dyn Fn(&str) -> String,
+    defaults: &PresetSpec,
+    raw: Option<RawProxy>,
+) -> Result<ProxyConfig, String> {
+    let Some(raw) = raw else {
+        return Ok(ProxyConfig::default());
+    };
+    let max_wait = raw.max_wait.map_or(DEFAULT_PROXY_MAX_WAIT, |d| d.0);
+    if max_wait > Duration::from_secs(300) {
+        return Err(format!(
+            "`{}`: at most \"300s\"; an app waiting longer should retry after a 429",
+            key("proxy.max_wait")
+        ));
+    }
+    let create = match raw.create {
+        None => None,
+        Some(_) if defaults.proxy.is_some() => {
+            return Err(format!(
+                "`{}`: preset {:?} knows its own create requests; remove it",
+                key("proxy.create"),
+                defaults.name
+            ));
+        }
+        Some(c) => {
+            let method = c.method.to_ascii_uppercase();
+            if method.is_empty() || !method.chars().all(|ch| ch.is_ascii_alphabetic()) {
+                return Err(format!(
+                    "`{}`: {:?} is not an HTTP method; write e.g. \"POST\"",
+                    key("proxy.create.method"),
+                    c.method
+                ));
+            }
+            let path = c.path.trim_matches('/').to_string();
+            if path.is_empty() {
+                return Err(format!(
+                    "`{}`: write the create path below the API version, e.g. \"jobs\"",
+                    key("proxy.create.path")
+                ));
+            }
+            let id_field = check_pointer(&key("proxy.create.id_field"), &c.id_field)?;
+            Some(GenericCreate {
+                method,
+                path,
+                id_field,
+            })
+        }
+    };
+    Ok(ProxyConfig {
+        enabled: raw.enabled,
+        callback_url: raw.callback_url,
+        max_wait,
+        create,
     })
 }
 
@@ -187,14 +336,79 @@ fn resolve_base_url(
     Ok(base_url)
 }
 
-/// `status_path`: written, or the preset's; it must contain `{operation}`. A preset whose
-/// registered operation is the status URL itself takes none.
+/// `status_method` and `status_body`: written, or the preset's. `GET` or `POST`; a body only
+/// with `POST`, and it is a table (a JSON object).
+fn resolve_status_read(
+    key: &dyn Fn(&str) -> String,
+    u: &RawUpstream,
+    defaults: &PresetSpec,
+) -> Result<(reqwest::Method, Option<serde_json::Value>), String> {
+    let method = match u
+        .status_method
+        .as_deref()
+        .unwrap_or(defaults.status_method)
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "GET" => reqwest::Method::GET,
+        "POST" => reqwest::Method::POST,
+        other => {
+            return Err(format!(
+                "`{}`: {other:?} is not supported; write \"GET\" or \"POST\"",
+                key("status_method")
+            ));
+        }
+    };
+    let body = match (&u.status_body, defaults.status_body) {
+        (Some(b), _) => Some(b.clone()),
+        (None, Some(t)) => Some(serde_json::from_str(t).map_err(|e| {
+            format!(
+                "`{}`: the preset's template does not parse ({e})",
+                key("status_body")
+            )
+        })?),
+        (None, None) => None,
+    };
+    if let Some(b) = &body {
+        if !b.is_object() {
+            return Err(format!(
+                "`{}`: must be a table, e.g. status_body = {{ operationName = \"{{operation}}\" }}",
+                key("status_body")
+            ));
+        }
+        if method != reqwest::Method::POST {
+            return Err(format!(
+                "`{}`: a status body needs status_method = \"POST\"",
+                key("status_body")
+            ));
+        }
+    }
+    Ok((method, body))
+}
+
+/// Whether a body template names the operation in one of its string values.
+fn names_operation(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains("{operation}"),
+        serde_json::Value::Array(a) => a.iter().any(names_operation),
+        serde_json::Value::Object(o) => o.values().any(names_operation),
+        _ => false,
+    }
+}
+
+/// `status_path`: written, or the preset's; it must contain `{operation}` (or the status body
+/// template must). A preset whose registered operation is the status URL itself takes none; a
+/// preset that derives the path from the operation needs none.
 fn resolve_status_path(
     key: &dyn Fn(&str) -> String,
     u: &RawUpstream,
     defaults: &PresetSpec,
     polling: bool,
+    status_body: Option<&serde_json::Value>,
 ) -> Result<String, String> {
+    if defaults.status_path_for.is_some() && u.status_path.is_none() {
+        return Ok(super::PATH_FROM_OPERATION.to_string());
+    }
     let operation_is_url = defaults.operation_url.is_some();
     if operation_is_url && u.status_path.is_some() {
         return Err(format!(
@@ -215,9 +429,10 @@ fn resolve_status_path(
                 u.preset
             )
         })?;
-    if !status_path.contains("{operation}") {
+    if !status_path.contains("{operation}") && !status_body.is_some_and(names_operation) {
         return Err(format!(
-            "`{}`: {status_path:?} must contain \"{{operation}}\"",
+            "`{}`: {status_path:?} must contain \"{{operation}}\" (or a string in \
+             status_body must)",
             key("status_path")
         ));
     }
@@ -226,17 +441,33 @@ fn resolve_status_path(
 
 /// The request headers: the preset's first; a header the config names (in any case) replaces
 /// the preset's, and an empty value removes it. Returns the templates as written (for `hookshim
-/// check`) and the headers with `${VAR}`s expanded, marked sensitive.
+/// check`) and the headers with `${VAR}`s expanded, marked sensitive. With `auth`, the header
+/// it sets (Authorization for SigV4) is the credential's: the preset's is dropped, and writing
+/// it in `headers` as well is an error.
 fn resolve_headers(
     key: &dyn Fn(&str) -> String,
     defaults: &PresetSpec,
     written: &BTreeMap<String, String>,
+    auth: Option<&AuthConfig>,
     env: EnvLookup<'_>,
 ) -> Result<(BTreeMap<String, String>, HeaderMap), String> {
+    let auth_header = auth.map(|a| match a.source {
+        AuthSource::AwsSigV4(_) => "authorization",
+        _ => a.sets_header().as_str(),
+    });
+    if let Some(h) = auth_header {
+        if let Some(k) = written.keys().find(|k| k.eq_ignore_ascii_case(h)) {
+            return Err(format!(
+                "`{}`: `auth` sets this header; remove it from `headers` (or remove `auth`)",
+                key(&format!("headers.{k}"))
+            ));
+        }
+    }
     let mut templates: BTreeMap<String, String> = defaults
         .headers
         .iter()
         .filter(|(name, _)| !written.keys().any(|k| k.eq_ignore_ascii_case(name)))
+        .filter(|(name, _)| auth_header.is_none_or(|h| !h.eq_ignore_ascii_case(name)))
         .map(|(name, value)| (name.to_string(), value.to_string()))
         .collect();
     templates.extend(
@@ -288,6 +519,7 @@ fn resolve_mapping(
             failed: placeholder(&u.failed, "failed"),
             cancelled: u.cancelled.clone(),
             expired: u.expired.clone(),
+            running: u.running.clone(),
             result_field: ptr("result_field", &u.result_field)?,
             error_field: ptr("error_field", &u.error_field)?,
             progress_field: ptr("progress_field", &u.progress_field)?,
@@ -571,6 +803,82 @@ mod tests {
         assert_eq!(u.callback_events, vec!["requires_action".to_string()]);
     }
 
+    #[test]
+    fn status_reads_may_post_a_body_template() {
+        let u = upstream("[upstreams.v]\npreset = \"vertex-operation\"\nbase_url = \"https://us-central1-aiplatform.googleapis.com/v1/\"\n").unwrap();
+        assert_eq!(u.status_method, reqwest::Method::POST);
+        assert_eq!(
+            super::super::status_body(&u, "projects/p/operations/x\"y"),
+            Some(serde_json::json!({"operationName": "projects/p/operations/x\"y"}))
+        );
+        let url = super::super::status_url(
+            &u,
+            "projects/p/locations/l/publishers/google/models/veo-3/operations/1",
+        )
+        .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://us-central1-aiplatform.googleapis.com/v1/projects/p/locations/l/publishers/google/models/veo-3:fetchPredictOperation"
+        );
+        let e = upstream("[upstreams.v]\npreset = \"vertex-operation\"\n").unwrap_err();
+        assert!(e.contains("`upstreams.v.base_url`: required"), "{e}");
+        let generic = "[upstreams.g]\nbase_url = \"http://127.0.0.1/\"\nstatus_field = \"/s\"\nsucceeded = [\"ok\"]\nfailed = [\"bad\"]\n";
+        let u = upstream(&format!(
+            "{generic}status_path = \"status\"\nstatus_method = \"post\"\nstatus_body = {{ id = \"{{operation}}\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(u.status_method, reqwest::Method::POST);
+        let e = upstream(&format!(
+            "{generic}status_path = \"status\"\nstatus_body = {{ id = \"{{operation}}\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("`upstreams.g.status_body`: a status body needs status_method = \"POST\""),
+            "{e}"
+        );
+        let e = upstream(&format!(
+            "{generic}status_path = \"s/{{operation}}\"\nstatus_method = \"PUT\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("`upstreams.g.status_method`: \"PUT\" is not supported"),
+            "{e}"
+        );
+        let e = upstream(&format!("{generic}status_path = \"status\"\nstatus_method = \"POST\"\nstatus_body = {{ id = \"x\" }}\n")).unwrap_err();
+        assert!(
+            e.contains("must contain \"{operation}\" (or a string in status_body must)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_presets_status_lists_can_be_extended_in_config() {
+        let u = upstream(
+            "[upstreams.z]\npreset = \"azure-async\"\nfailed = [\"Rejected\"]\nrunning = [\"Canceled\"]\n",
+        )
+        .unwrap();
+        let read = |b: serde_json::Value| u.mapping.read(&b).unwrap().state;
+        use crate::operation::ObservedState;
+        assert_eq!(
+            read(serde_json::json!({"status": "Rejected"})),
+            ObservedState::Failed
+        );
+        assert_eq!(
+            read(serde_json::json!({"status": "Canceled"})),
+            ObservedState::Running
+        );
+        let e = upstream(
+            "[upstreams.z]\npreset = \"azure-async\"\nfailed = [\"X\"]\ncancelled = [\"x\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "`upstreams.z`: `cancelled`: status value \"x\" is already listed in `failed`"
+            ),
+            "{e}"
+        );
+    }
+
     fn with_events(preset: &str, events: &str) -> Result<UpstreamConfig, String> {
         upstream(&format!(
             "[upstreams.u]\npreset = \"{preset}\"\nheaders = {{ Authorization = \"\" }}\n[upstreams.u.webhook]\nscheme = \"standard-webhooks\"\nsecret_env = \"HOOK_SECRET\"\nevents = {{ {events} }}\n"
@@ -595,6 +903,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("announces a pause, not an end"), "{e}");
+        // The Gemini event types are python-genai's `WebhookSubscribedEvent`
+        // (`_gaos/types/webhooks/webhook.py`): no `batch.cancelled`, no `interaction.cancelled`.
+        let e = with_events("gemini-batch", "\"batch.cancelled\" = \"cancelled\"").unwrap_err();
+        assert!(e.contains("does not send \"batch.cancelled\""), "{e}");
+        let e = with_events(
+            "gemini-interaction",
+            "\"interaction.cancelled\" = \"cancelled\"",
+        )
+        .unwrap_err();
+        assert!(e.contains("does not send \"interaction.cancelled\""), "{e}");
         let e = with_events("gemini-batch", "\"batch.failed\" = \"running\"").unwrap_err();
         assert!(e.contains("unknown outcome \"running\"; expected one of: succeeded, failed, cancelled, expired"), "{e}");
         let e = with_events("replicate", "\"succeeded\" = \"succeeded\"").unwrap_err();

@@ -9,7 +9,7 @@ use super::{
     Observation, ObservedState, count, ended, fraction, non_null, rfc3339, status_text, with,
 };
 
-use super::presets::{PresetSpec, WebhookDefaults};
+use super::presets::{CreateRule, PresetSpec, ProxyPatterns, WebhookDefaults, segments};
 use crate::schedule::config::PollConfig;
 
 const GEMINI: &str = "https://generativelanguage.googleapis.com/v1beta/";
@@ -26,8 +26,88 @@ pub static OPERATION: PresetSpec = PresetSpec {
     webhook: WebhookDefaults::thin(&["video."], &["video.generated"], &[]),
     reads: "done / error / response (a Veo response without videos is failed)",
     read: Some(read_operation),
+    proxy: Some(ProxyPatterns {
+        create: |method, path| model_call(method, path, "predictLongRunning"),
+        status_read: |path, _| {
+            let s = segments(path);
+            let ok = match s.as_slice() {
+                ["operations", id] => !id.is_empty(),
+                [.., "operations", id] => !id.is_empty() && s.len() % 2 == 0,
+                _ => false,
+            };
+            ok.then(|| path.to_string())
+        },
+        auth_headers: GOOGLE_AUTH,
+    }),
+    webhook_id_forms: operation_forms,
+    webhook_id_suffix: true,
     ..PresetSpec::BASE
 };
+
+/// Google APIs take a key in `x-goog-api-key` or an OAuth token in `Authorization`.
+const GOOGLE_AUTH: &[&str] = &["x-goog-api-key", "authorization"];
+
+/// `POST models/{model}:{verb}`: the answer is an Operation named by `name`.
+fn model_call(method: &str, path: &str, verb: &str) -> Option<CreateRule> {
+    let s = segments(path);
+    let ok = match s.as_slice() {
+        ["models", m] => m
+            .strip_suffix(verb)
+            .and_then(|m| m.strip_suffix(':'))
+            .is_some_and(|m| !m.is_empty()),
+        _ => false,
+    };
+    (method == "POST" && ok).then(|| CreateRule::field("/name"))
+}
+
+/// `vertex-operation`: a Veo video job on Vertex AI. Vertex does not serve `GET {operation}`
+/// for these; the SDK reads them with `POST {model}:fetchPredictOperation` and body
+/// `{"operationName": "<full name>"}` (python-genai `operations.py`,
+/// `_fetch_predict_videos_operation`). The registered operation is the full name
+/// `projects/{p}/locations/{l}/publishers/google/models/{m}/operations/{id}`; the model path
+/// is its part before `/operations/`. No default base URL (it names the location:
+/// `https://{location}-aiplatform.googleapis.com/v1/`) and no default header (OAuth tokens).
+pub static VERTEX_OPERATION: PresetSpec = PresetSpec {
+    name: "vertex-operation",
+    poll: PollConfig::media(),
+    reads: "done / error / response; videos in response.videos[], a response whose videos were all filtered (response.raiMediaFilteredCount) is failed",
+    read: Some(read_operation),
+    status_path_for: Some(fetch_predict_path),
+    status_method: "POST",
+    status_body: Some(r#"{"operationName": "{operation}"}"#),
+    proxy: Some(ProxyPatterns {
+        // `POST projects/{p}/locations/{l}/publishers/google/models/{m}:predictLongRunning`
+        // answers an Operation named by `name`.
+        create: |method, path| {
+            let s = segments(path);
+            let ok = matches!(
+                s.as_slice(),
+                ["projects", _, "locations", _, "publishers", _, "models", m]
+                    if m.strip_suffix(":predictLongRunning").is_some_and(|m| !m.is_empty())
+            );
+            (method == "POST" && ok).then(|| CreateRule::field("/name"))
+        },
+        // The SDK reads status with a POST (`:fetchPredictOperation`), which the proxy does
+        // not answer from the kept body: it is forwarded, within the budget.
+        status_read: |_, _| None,
+        auth_headers: GOOGLE_AUTH,
+    }),
+    ..PresetSpec::BASE
+};
+
+/// `{model}:fetchPredictOperation` from `{model}/operations/{id}`.
+pub fn fetch_predict_path(operation: &str) -> Result<String, String> {
+    match operation.rsplit_once("/operations/") {
+        Some((model, id)) if !model.is_empty() && !id.is_empty() && !id.contains('/') => {
+            Ok(format!("{model}:fetchPredictOperation"))
+        }
+        _ => Err(
+            "`operation` must be the full Vertex operation name, \
+             projects/{project}/locations/{location}/publishers/google/models/{model}/operations/{id}"
+                .into(),
+        ),
+    }
+}
 
 /// `gemini-batch`: a Gemini Batch API job (`batches/{id}`).
 pub static BATCH: PresetSpec = PresetSpec {
@@ -39,17 +119,24 @@ pub static BATCH: PresetSpec = PresetSpec {
     poll: PollConfig::batch(),
     webhook: WebhookDefaults::thin(
         &["batch."],
-        &[
-            "batch.succeeded",
-            "batch.failed",
-            "batch.cancelled",
-            "batch.expired",
-        ],
+        // python-genai `_gaos/types/webhooks/webhook.py`, `WebhookSubscribedEvent` (no
+        // `batch.cancelled`: a cancelled batch sends no event; the safety poll finds it).
+        &["batch.succeeded", "batch.failed", "batch.expired"],
         &[],
     ),
     reads: "state or metadata.state (BATCH_STATE_* / JOB_STATE_*), batchStats, output",
     read: Some(read_batch),
     canonical_operation: canonical_batch,
+    proxy: Some(ProxyPatterns {
+        create: |method, path| model_call(method, path, "batchGenerateContent"),
+        status_read: |path, _| {
+            path.strip_prefix("batches/")
+                .filter(|id| !id.is_empty() && !id.contains('/') && !id.contains(':'))
+                .map(|_| path.to_string())
+        },
+        auth_headers: GOOGLE_AUTH,
+    }),
+    webhook_id_forms: batch_forms,
     ..PresetSpec::BASE
 };
 
@@ -63,10 +150,11 @@ pub static INTERACTION: PresetSpec = PresetSpec {
     poll: PollConfig::media(),
     webhook: WebhookDefaults::thin(
         &["interaction."],
+        // python-genai `_gaos/types/webhooks/webhook.py`, `WebhookSubscribedEvent` (no
+        // `interaction.cancelled`).
         &[
             "interaction.completed",
             "interaction.failed",
-            "interaction.cancelled",
             "interaction.requires_action",
         ],
         &["interaction.requires_action"],
@@ -75,6 +163,18 @@ pub static INTERACTION: PresetSpec = PresetSpec {
     reads: "status (requires_action is a pause), outputs, error",
     read: Some(read_interaction),
     canonical_operation: canonical_interaction,
+    proxy: Some(ProxyPatterns {
+        create: |method, path| {
+            (method == "POST" && path == "interactions").then(|| CreateRule::background("/id"))
+        },
+        status_read: |path, _| {
+            path.strip_prefix("interactions/")
+                .filter(|id| !id.is_empty() && !id.contains('/') && !id.contains(':'))
+                .map(str::to_string)
+        },
+        auth_headers: GOOGLE_AUTH,
+    }),
+    webhook_id_forms: last_segment,
     ..PresetSpec::BASE
 };
 
@@ -84,6 +184,39 @@ fn canonical_batch(op: &str) -> String {
         op.to_string()
     } else {
         format!("batches/{op}")
+    }
+}
+
+/// The last path segment of an id (`x` of `models/veo-3/operations/x`).
+fn last(op: &str) -> &str {
+    op.rsplit('/').next().unwrap_or(op)
+}
+
+/// The webhook id's last segment (`interactions/v1_x` → `v1_x`, `batches/123` → `123`).
+fn last_segment(op: &str) -> Vec<String> {
+    vec![last(op).to_string()]
+}
+
+/// The format of `data.id` in Gemini's batch events is not documented; the example
+/// `batch_123456` may name `batches/123456` or `batches/batch_123456`: try the last segment
+/// with and without the `batch_` prefix.
+fn batch_forms(op: &str) -> Vec<String> {
+    let id = last(op);
+    let mut forms = vec![id.to_string()];
+    match id.strip_prefix("batch_") {
+        Some(bare) => forms.push(bare.to_string()),
+        None => forms.push(format!("batch_{id}")),
+    }
+    forms
+}
+
+/// A Veo event may name the operation fully (`models/veo-3/operations/x`) or as
+/// `operations/x`: try the `operations/...` tail (a registered `operations/x`); a registration
+/// of the full name is found by the last segment ([`PresetSpec::webhook_id_suffix`]).
+fn operation_forms(op: &str) -> Vec<String> {
+    match op.find("operations/") {
+        Some(i) if i > 0 => vec![op[i..].to_string()],
+        _ => Vec::new(),
     }
 }
 
@@ -142,13 +275,16 @@ pub fn read_operation(body: &Value) -> Result<Observation, String> {
     Ok(obs)
 }
 
-/// A Veo response with no generated sample and a filter count: the error to report.
+/// A Veo response with no generated video and a filter count: the error to report. The Gemini
+/// API nests it (`generateVideoResponse.generatedSamples`), Vertex does not (`videos`,
+/// `raiMediaFilteredCount` at the top of `response`; python-genai `models.py`,
+/// `_GenerateVideosResponse_from_mldev` / `_from_vertex`).
 fn veo_filtered(response: &Value) -> Option<Value> {
-    let veo = response.get("generateVideoResponse")?;
-    let samples = veo
-        .get("generatedSamples")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
+    let (veo, list) = match response.get("generateVideoResponse") {
+        Some(v) => (v, "generatedSamples"),
+        None => (response, "videos"),
+    };
+    let samples = veo.get(list).and_then(Value::as_array).map_or(0, Vec::len);
     let filtered = count(veo.get("raiMediaFilteredCount")).unwrap_or(0.0);
     (samples == 0 && filtered > 0.0).then(|| {
         with(
@@ -244,12 +380,34 @@ pub fn read_interaction(body: &Value) -> Result<Observation, String> {
         obs.result = non_null(body, "/outputs").or_else(|| non_null(body, "/steps"));
     }
     if let Some(why) = why {
-        obs.error = Some(non_null(body, "/error").unwrap_or_else(|| ended(raw, why)));
+        obs.error = Some(interaction_error(body).unwrap_or_else(|| ended(raw, why)));
     }
     if state == ObservedState::Succeeded {
         obs.progress = Some(1.0);
     }
     Ok(obs)
+}
+
+/// The interaction's own error: since 2026-08 a list `errors` of `{code, message}`
+/// (python-genai `_gaos/types/interactions/interaction.py`, `errors: List[Error]`, and
+/// `error.py`); before, one object `error`. The first of `errors` is the error, the whole list is
+/// kept under `errors`.
+fn interaction_error(body: &Value) -> Option<Value> {
+    if let Some(list) =
+        non_null(body, "/errors").filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+    {
+        let first = list.get(0).cloned().unwrap_or(Value::Null);
+        let mut e = if first.is_object() {
+            first
+        } else {
+            ended("failed", first.to_string())
+        };
+        if let Some(obj) = e.as_object_mut() {
+            obj.insert("errors".into(), list);
+        }
+        return Some(e);
+    }
+    non_null(body, "/error")
 }
 
 #[cfg(test)]
@@ -302,6 +460,30 @@ mod tests {
         let e = o.error.unwrap();
         assert_eq!(e["code"], "rai_media_filtered");
         assert_eq!(e["reasons"], json!(["celebrity"]));
+    }
+
+    #[test]
+    fn vertex_response_reads_videos_and_top_level_filtering() {
+        // python-genai models.py `_GenerateVideosResponse_from_vertex`: `videos`,
+        // `raiMediaFilteredCount`, `raiMediaFilteredReasons` at the top of `response`.
+        let ok = read_operation(&json!({"done": true, "response": {
+            "@type": "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse",
+            "videos": [{"gcsUri": "gs://b/v.mp4", "mimeType": "video/mp4"}]}}))
+        .unwrap();
+        assert_eq!(ok.state, ObservedState::Succeeded);
+        let o = read_operation(&json!({"done": true, "response": {
+            "raiMediaFilteredCount": 1, "raiMediaFilteredReasons": ["child"]}}))
+        .unwrap();
+        assert_eq!(o.state, ObservedState::Failed);
+        let e = o.error.unwrap();
+        assert_eq!(e["code"], "rai_media_filtered");
+        assert_eq!(e["reasons"], json!(["child"]));
+        assert_eq!(
+            fetch_predict_path("projects/p/locations/us-central1/publishers/google/models/veo-3.0-generate-001/operations/abc").unwrap(),
+            "projects/p/locations/us-central1/publishers/google/models/veo-3.0-generate-001:fetchPredictOperation"
+        );
+        assert!(fetch_predict_path("abc").is_err());
+        assert!(fetch_predict_path("models/m/operations/").is_err());
     }
 
     fn batch(state: &str) -> Value {
@@ -436,6 +618,37 @@ mod tests {
             read_interaction(&json!({"status": "failed", "error": {"code": 500, "message": "x"}}))
                 .unwrap();
         assert_eq!(own.error.unwrap()["code"], 500);
+        // Since 2026-08 errors come as a list `errors` of `{code, message}` (python-genai
+        // `_gaos/types/interactions/interaction.py`).
+        let listed = read_interaction(&json!({"status": "failed", "errors": [
+            {"code": "RESOURCE_EXHAUSTED", "message": "quota"},
+            {"code": "INTERNAL", "message": "later"}]}))
+        .unwrap();
+        let e = listed.error.unwrap();
+        assert_eq!(e["code"], "RESOURCE_EXHAUSTED");
+        assert_eq!(e["message"], "quota");
+        assert_eq!(e["errors"].as_array().unwrap().len(), 2);
+        // An empty list says nothing: the generic end.
+        let empty = read_interaction(&json!({"status": "failed", "errors": []})).unwrap();
+        assert_eq!(empty.error.unwrap()["code"], "failed");
         assert!(read_interaction(&json!({"id": "i1"})).is_err());
+    }
+}
+
+#[cfg(test)]
+mod vertex_proxy_tests {
+    use super::*;
+
+    #[test]
+    fn vertex_creates_are_recognised_and_status_posts_are_forwarded() {
+        let proxy = VERTEX_OPERATION.proxy.as_ref().unwrap();
+        let create = "projects/p/locations/us-central1/publishers/google/models/veo-3.0-generate-001:predictLongRunning";
+        assert!((proxy.create)("POST", create).is_some());
+        assert!((proxy.create)("GET", create).is_none());
+        assert!((proxy.create)("POST", "models/veo-3:predictLongRunning").is_none());
+        let fetch =
+            "projects/p/locations/us-central1/publishers/google/models/veo-3:fetchPredictOperation";
+        assert!((proxy.create)("POST", fetch).is_none());
+        assert!((proxy.status_read)(fetch, "").is_none());
     }
 }

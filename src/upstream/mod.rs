@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::clock::Timestamp;
 
 pub use self::config::{CALLBACK_EVENTS, UpstreamConfig};
-pub use self::presets::{Preset, PresetSpec, ProxyPatterns, WebhookDefaults};
+pub use self::presets::{CreateId, CreateRule, Preset, PresetSpec, ProxyPatterns, WebhookDefaults};
 pub use self::webhook::{
     GEMINI_JWKS_URL, JwtConfig, KeyMaterial, WebhookConfig, WebhookKey, WebhookScheme,
 };
@@ -39,6 +39,7 @@ pub use crate::operation::{Observation, ObservedState};
 pub const PRESETS: &[Preset] = &[
     Preset::new(&generic::GENERIC),
     Preset::new(&google::OPERATION),
+    Preset::new(&google::VERTEX_OPERATION),
     Preset::new(&google::BATCH),
     Preset::new(&google::INTERACTION),
     Preset::new(&openai::BATCH),
@@ -57,6 +58,8 @@ pub struct MappingInput {
     pub failed: Option<Vec<String>>,
     pub cancelled: Option<Vec<String>>,
     pub expired: Option<Vec<String>>,
+    /// Only on a preset: status values the preset ends on that are to be read as running.
+    pub running: Option<Vec<String>>,
     pub result_field: Option<String>,
     pub error_field: Option<String>,
     pub progress_field: Option<String>,
@@ -85,6 +88,10 @@ pub enum Mapping {
         error_field: Option<String>,
         /// Read first; the preset's own progress when it is absent.
         progress_field: Option<String>,
+        /// Status values the config maps itself (`succeeded = [...]`, `failed = [...]`, ...):
+        /// they extend the preset's mapping and win over it for the values they name (compared
+        /// without case).
+        statuses: Vec<(String, ObservedState)>,
     },
 }
 
@@ -95,6 +102,12 @@ impl Mapping {
             let status_field = m
                 .status_field
                 .ok_or_else(|| format!("`status_field` is required for preset {name:?}"))?;
+            if m.running.is_some() {
+                return Err(format!(
+                    "`running` does not apply to preset {name:?}: every value not listed in \
+                     the other lists is running"
+                ));
+            }
             let succeeded = m.succeeded.unwrap_or_default();
             let failed = m.failed.unwrap_or_default();
             if succeeded.is_empty() {
@@ -119,20 +132,37 @@ impl Mapping {
                 progress_field: m.progress_field,
             });
         }
-        for (k, v) in [
-            ("status_field", m.status_field.is_some()),
-            ("pending", m.pending.is_some()),
-            ("succeeded", m.succeeded.is_some()),
-            ("failed", m.failed.is_some()),
-            ("cancelled", m.cancelled.is_some()),
-            ("expired", m.expired.is_some()),
+        if m.status_field.is_some() {
+            return Err(format!(
+                "`status_field` does not apply to preset {:?} (it reads {}); its status lists \
+                 (`succeeded`, `failed`, ...) may be extended",
+                preset.name(),
+                preset.defaults().reads
+            ));
+        }
+        let mut statuses: Vec<(String, ObservedState)> = Vec::new();
+        for (key, list, state) in [
+            ("pending", m.pending, ObservedState::Pending),
+            ("running", m.running, ObservedState::Running),
+            ("succeeded", m.succeeded, ObservedState::Succeeded),
+            ("failed", m.failed, ObservedState::Failed),
+            ("cancelled", m.cancelled, ObservedState::Cancelled),
+            ("expired", m.expired, ObservedState::Expired),
         ] {
-            if v {
-                return Err(format!(
-                    "`{k}` does not apply to preset {:?} (it reads {})",
-                    preset.name(),
-                    preset.defaults().reads
-                ));
+            for value in list.unwrap_or_default() {
+                if value.is_empty() {
+                    return Err(format!("`{key}`: a status value must not be empty"));
+                }
+                if let Some((_, other)) = statuses
+                    .iter()
+                    .find(|(v, _)| v.eq_ignore_ascii_case(&value))
+                {
+                    return Err(format!(
+                        "`{key}`: status value {value:?} is already listed in `{}`; list it once",
+                        state_key(*other)
+                    ));
+                }
+                statuses.push((value, state));
             }
         }
         Ok(Mapping::Preset {
@@ -140,6 +170,7 @@ impl Mapping {
             result_field: m.result_field,
             error_field: m.error_field,
             progress_field: m.progress_field,
+            statuses,
         })
     }
 
@@ -166,10 +197,23 @@ impl Mapping {
                 result_field,
                 error_field,
                 progress_field,
-            } => json!({
-                "reads": preset.defaults().reads, "result_field": result_field,
-                "error_field": error_field, "progress_field": progress_field,
-            }),
+                statuses,
+            } => {
+                let mut d = json!({
+                    "reads": preset.defaults().reads, "result_field": result_field,
+                    "error_field": error_field, "progress_field": progress_field,
+                });
+                for (value, state) in statuses {
+                    if let Some(list) = d
+                        .as_object_mut()
+                        .map(|o| o.entry(state_key(*state)).or_insert_with(|| json!([])))
+                        .and_then(Value::as_array_mut)
+                    {
+                        list.push(Value::from(value.as_str()));
+                    }
+                }
+                d
+            }
         }
     }
 
@@ -231,6 +275,7 @@ impl Mapping {
                 result_field,
                 error_field,
                 progress_field,
+                statuses,
             } => {
                 // `build` makes a preset mapping only for presets with a reader.
                 let read = preset
@@ -238,6 +283,7 @@ impl Mapping {
                     .read
                     .ok_or_else(|| format!("preset {:?} has no status reader", preset.name()))?;
                 let mut obs = read(body)?;
+                remap(&mut obs, statuses, body);
                 if let Some(p) = progress_field {
                     obs.progress = read_progress(body, p).or(obs.progress);
                 }
@@ -256,6 +302,63 @@ impl Mapping {
                 }
                 Ok(obs)
             }
+        }
+    }
+}
+
+/// The config key of the status list for `state`.
+fn state_key(state: ObservedState) -> &'static str {
+    match state {
+        ObservedState::Pending => "pending",
+        ObservedState::Running | ObservedState::RequiresAction => "running",
+        ObservedState::Succeeded => "succeeded",
+        ObservedState::Failed => "failed",
+        ObservedState::Cancelled => "cancelled",
+        ObservedState::Expired => "expired",
+    }
+}
+
+/// Apply the config's own status lists on top of a preset's reading: when the upstream's raw
+/// status (a string) is listed, the listed state wins. A new end gets the whole body as
+/// `result` (succeeded) or an error naming the status (otherwise) when the preset gave none; a
+/// state made non-terminal drops them.
+fn remap(obs: &mut Observation, statuses: &[(String, ObservedState)], body: &Value) {
+    let Some(raw) = obs.raw_status.as_str() else {
+        return;
+    };
+    let Some(&(_, state)) = statuses.iter().find(|(v, _)| v.eq_ignore_ascii_case(raw)) else {
+        return;
+    };
+    if state == obs.state {
+        return;
+    }
+    let raw = raw.to_string();
+    obs.state = state;
+    match state {
+        ObservedState::Succeeded => {
+            obs.error = None;
+            obs.progress = Some(1.0);
+            if obs.result.is_none() {
+                obs.result = Some(body.clone());
+            }
+        }
+        ObservedState::Failed | ObservedState::Cancelled | ObservedState::Expired => {
+            obs.result = None;
+            if obs.error.is_none() {
+                obs.error = Some(non_null(body, "/error").unwrap_or_else(|| {
+                    ended(
+                        &raw.to_ascii_lowercase(),
+                        format!(
+                            "the upstream reported status {raw}, listed in `{}` in the config",
+                            state_key(state)
+                        ),
+                    )
+                }));
+            }
+        }
+        _ => {
+            obs.result = None;
+            obs.error = None;
         }
     }
 }
@@ -414,6 +517,17 @@ pub fn prepare_operation(up: &UpstreamConfig, op: &str) -> Result<String, String
 pub fn status_url(up: &UpstreamConfig, operation: &str) -> Result<Url, String> {
     let url = if let Some(operation_url) = up.preset.defaults().operation_url {
         operation_url(operation)?
+    } else if let Some(path_for) = up
+        .preset
+        .defaults()
+        .status_path_for
+        .filter(|_| up.status_path == PATH_FROM_OPERATION)
+    {
+        let path = path_for(operation)?;
+        let encoded = utf8_percent_encode(&path, PATH_ESCAPE).to_string();
+        up.base_url
+            .join(&encoded)
+            .map_err(|e| format!("cannot build the status URL from {path:?}: {e}"))?
     } else {
         let encoded = utf8_percent_encode(operation, PATH_ESCAPE).to_string();
         let path = up.status_path.replace("{operation}", &encoded);
@@ -423,6 +537,58 @@ pub fn status_url(up: &UpstreamConfig, operation: &str) -> Result<Url, String> {
     };
     ensure_under(&up.base_url, &url)?;
     Ok(url)
+}
+
+/// Where to read the final resource of an operation that succeeded, if its preset reads one
+/// ([`PresetSpec::final_resource`]) and the status body names it: `Ok(None)` when there is none
+/// to read (or `result_field` narrows the status body instead). The location may be absolute or
+/// relative to the status URL; like status URLs it must lie under the upstream's `base_url`.
+pub fn final_resource_url(
+    up: &UpstreamConfig,
+    status_url: &Url,
+    body: &Value,
+) -> Result<Option<Url>, String> {
+    let Some(pointer) = up.preset.defaults().final_resource else {
+        return Ok(None);
+    };
+    if matches!(
+        &up.mapping,
+        Mapping::Preset {
+            result_field: Some(_),
+            ..
+        }
+    ) {
+        return Ok(None);
+    }
+    let Some(location) = body.pointer(pointer).and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let url = status_url
+        .join(location)
+        .map_err(|e| format!("the final resource location {location:?} is not a URL ({e})"))?;
+    ensure_under(&up.base_url, &url)?;
+    Ok(Some(url))
+}
+
+/// The `status_path` of an upstream whose preset derives the path from the operation
+/// ([`PresetSpec::status_path_for`]).
+pub const PATH_FROM_OPERATION: &str = "<from the operation>";
+
+/// The JSON body of a status read, from the upstream's template: every string value (at any
+/// depth; keys are left alone) has `{operation}` replaced by the operation name, so the name is
+/// JSON-escaped by the serialiser, never spliced into JSON text.
+pub fn status_body(up: &UpstreamConfig, operation: &str) -> Option<Value> {
+    fn fill(v: &Value, op: &str) -> Value {
+        match v {
+            Value::String(s) => Value::String(s.replace("{operation}", op)),
+            Value::Array(a) => Value::Array(a.iter().map(|x| fill(x, op)).collect()),
+            Value::Object(o) => {
+                Value::Object(o.iter().map(|(k, x)| (k.clone(), fill(x, op))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    up.status_body.as_ref().map(|t| fill(t, operation))
 }
 
 /// `url` must have `base`'s scheme, host and port, no user info, and a path under `base`'s.
@@ -536,6 +702,86 @@ mod tests {
         assert!(e.contains("request_counts"), "{e}");
     }
 
+    fn lists(m: MappingInput) -> Result<Mapping, String> {
+        Mapping::build(preset("azure-async"), m)
+    }
+
+    #[test]
+    fn preset_status_lists_extend_and_win_over_the_preset() {
+        let m = lists(MappingInput {
+            failed: Some(vec!["Rejected".into()]),
+            cancelled: Some(vec!["aborted".into()]),
+            running: Some(vec!["canceled".into()]),
+            succeeded: Some(vec!["Done".into()]),
+            ..Default::default()
+        })
+        .unwrap();
+        let read = |b: Value| m.read(&b).unwrap();
+        // Extended: values the preset reads as running end the job; compared without case.
+        let o = read(json!({"status": "REJECTED"}));
+        assert_eq!(o.state, ObservedState::Failed);
+        assert_eq!(o.error.unwrap()["code"], "rejected");
+        let o = read(json!({"status": "Rejected", "error": {"code": "E1", "message": "m"}}));
+        assert_eq!(
+            o.error.unwrap()["code"],
+            "E1",
+            "the upstream's own error is kept"
+        );
+        assert_eq!(
+            read(json!({"status": "Aborted"})).state,
+            ObservedState::Cancelled
+        );
+        let o = read(json!({"status": "Done", "properties": {"x": 1}}));
+        assert_eq!(o.state, ObservedState::Succeeded);
+        assert_eq!(o.result.unwrap()["properties"]["x"], 1);
+        assert_eq!(o.progress, Some(1.0));
+        // Overridden: a value the preset ends on is read as running.
+        let o = read(json!({"status": "Canceled"}));
+        assert_eq!(o.state, ObservedState::Running);
+        assert_eq!(o.error, None);
+        // The rest is the preset's.
+        assert_eq!(
+            read(json!({"status": "Succeeded"})).state,
+            ObservedState::Succeeded
+        );
+        assert_eq!(
+            read(json!({"status": "Failed"})).state,
+            ObservedState::Failed
+        );
+        let d = m.describe();
+        assert_eq!(d["failed"], json!(["Rejected"]));
+        assert_eq!(d["running"], json!(["canceled"]));
+    }
+
+    #[test]
+    fn preset_status_lists_name_a_value_once() {
+        let e = lists(MappingInput {
+            failed: Some(vec!["X".into()]),
+            succeeded: Some(vec!["x".into()]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.contains("`failed`: status value \"X\" is already listed in `succeeded`"),
+            "{e}"
+        );
+        let e = Mapping::build(
+            preset("generic"),
+            MappingInput {
+                status_field: Some("/s".into()),
+                succeeded: Some(vec!["ok".into()]),
+                failed: Some(vec!["bad".into()]),
+                running: Some(vec!["busy".into()]),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("`running` does not apply to preset \"generic\""),
+            "{e}"
+        );
+    }
+
     #[test]
     fn overrides_replace_the_presets_result_error_and_progress() {
         let m = Mapping::build(
@@ -619,6 +865,32 @@ mod tests {
             preset("openai-batch").canonical_operation("batch_1"),
             "batch_1"
         );
+    }
+
+    #[test]
+    fn webhook_ids_list_every_registered_form() {
+        let ids = preset("gemini-batch").webhook_ids("batch_123456");
+        assert_eq!(
+            ids.candidates,
+            vec!["batches/batch_123456", "batches/123456"]
+        );
+        assert_eq!(ids.suffix, None);
+        let ids = preset("gemini-batch").webhook_ids("operations/9");
+        assert_eq!(
+            ids.candidates,
+            vec!["batches/operations/9", "batches/9", "batches/batch_9"]
+        );
+        let ids = preset("gemini-interaction").webhook_ids("interactions/v1_x");
+        assert_eq!(ids.candidates, vec!["v1_x"]);
+        let ids = preset("google-operation").webhook_ids("models/veo-3/operations/x");
+        assert_eq!(
+            ids.candidates,
+            vec!["models/veo-3/operations/x", "operations/x"]
+        );
+        assert_eq!(ids.suffix.as_deref(), Some("x"));
+        let ids = preset("openai-batch").webhook_ids("batch_1");
+        assert_eq!(ids.candidates, vec!["batch_1"]);
+        assert_eq!(ids.suffix, None);
     }
 
     #[test]

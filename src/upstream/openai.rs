@@ -6,7 +6,7 @@ use super::{
     Observation, ObservedState, count, ended, fraction, non_null, status_text, unix_seconds, with,
 };
 
-use super::presets::{PresetSpec, WebhookDefaults};
+use super::presets::{CreateRule, PresetSpec, ProxyPatterns, WebhookDefaults};
 use crate::schedule::config::PollConfig;
 
 const OPENAI: &str = "https://api.openai.com/v1/";
@@ -31,6 +31,13 @@ pub static BATCH: PresetSpec = PresetSpec {
     ),
     reads: "status, request_counts, output_file_id / error_file_id, errors, expires_at",
     read: Some(read_batch),
+    proxy: Some(ProxyPatterns {
+        create: |method, path| {
+            (method == "POST" && path == "batches").then(|| CreateRule::field("/id"))
+        },
+        status_read: |path, _| one_below("batches/", path),
+        auth_headers: &["authorization"],
+    }),
     ..PresetSpec::BASE
 };
 
@@ -53,8 +60,22 @@ pub static RESPONSE: PresetSpec = PresetSpec {
     ),
     reads: "status, output, error, incomplete_details",
     read: Some(read_response),
+    proxy: Some(ProxyPatterns {
+        create: |method, path| {
+            (method == "POST" && path == "responses").then(|| CreateRule::background("/id"))
+        },
+        status_read: |path, _| one_below("responses/", path),
+        auth_headers: &["authorization"],
+    }),
     ..PresetSpec::BASE
 };
+
+/// The id in `{collection}{id}` when it is one segment (`batches/b1`, not `batches/b1/cancel`).
+pub(super) fn one_below(collection: &str, path: &str) -> Option<String> {
+    path.strip_prefix(collection)
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .map(str::to_string)
+}
 
 /// An OpenAI batch (`GET /v1/batches/{id}`). `result` names the output and error files (an
 /// expired or cancelled batch keeps the results of the requests it finished); `error` carries

@@ -1,6 +1,7 @@
 //! What a preset is: [`PresetSpec`], everything hookshim knows about one kind of upstream job
-//! (name, defaults, how a status body is read, webhook events, id normalisation), and
-//! [`Preset`], a handle on one. Each provider family's file defines its presets completely as
+//! (name, defaults, how a status body is read, webhook events, id normalisation, the requests
+//! the proxy recognises), and [`Preset`], a handle on one. Each provider family's file defines
+//! its presets completely as
 //! `PresetSpec` statics; the table that lists them is [`super::PRESETS`]. Adding a preset is one
 //! static in its family's file plus one line in that table (a new family's file also needs its
 //! `mod` line next to it).
@@ -19,6 +20,9 @@ pub type ReadStatus = fn(&Value) -> Result<Observation, String>;
 
 /// Parses a registered operation that is itself the status URL.
 pub type OperationUrl = fn(&str) -> Result<Url, String>;
+
+/// Derives the status path (relative to `base_url`) from a registered operation.
+pub type OperationPath = fn(&str) -> Result<String, String>;
 
 /// Everything hookshim knows about one kind of upstream job.
 pub struct PresetSpec {
@@ -45,9 +49,27 @@ pub struct PresetSpec {
     /// `Some`: the registered operation is the full status URL (no `status_path`); this
     /// parses and checks it.
     pub operation_url: Option<OperationUrl>,
-    /// The upstream's create and status-read requests, for proxying them; `None` for every
-    /// preset until the proxy exists.
+    /// The upstream's create and status-read requests, for proxying them (`None`: only
+    /// pass-through, or, for `generic`, what `proxy.create` and `status_path` say).
     pub proxy: Option<ProxyPatterns>,
+    /// `Some`: the status path is derived from the operation by this function (instead of
+    /// `status_path`; e.g. Vertex's `{model}:fetchPredictOperation`). Joined to `base_url`.
+    pub status_path_for: Option<OperationPath>,
+    /// The status read's method; `"GET"` for most.
+    pub status_method: &'static str,
+    /// The status read's JSON body template (with `status_method = "POST"`): its string
+    /// values get `{operation}` replaced by the operation name.
+    pub status_body: Option<&'static str>,
+    /// Other forms a webhook's operation id may name a registered operation in (each is put
+    /// through `canonical_operation`; see [`Preset::webhook_ids`]).
+    pub webhook_id_forms: fn(&str) -> Vec<String>,
+    /// Whether a webhook id that matches no form is matched to a registered operation by its
+    /// last path segment (a registered `models/veo-3/operations/x` and an event naming `x`).
+    pub webhook_id_suffix: bool,
+    /// `Some(pointer)`: when a status read says succeeded and the body has a URL string at
+    /// `pointer`, the final resource is read from there once and becomes `result` (azure-core's
+    /// `resourceLocation`; see [`super::final_resource_url`]).
+    pub final_resource: Option<&'static str>,
 }
 
 impl PresetSpec {
@@ -65,6 +87,12 @@ impl PresetSpec {
         canonical_operation: same_operation,
         operation_url: None,
         proxy: None,
+        status_path_for: None,
+        status_method: "GET",
+        status_body: None,
+        webhook_id_forms: no_other_forms,
+        webhook_id_suffix: false,
+        final_resource: None,
     };
 }
 
@@ -73,12 +101,74 @@ pub fn same_operation(op: &str) -> String {
     op.to_string()
 }
 
-/// Placeholder for the proxy: the request patterns that create a job and read its status
-/// (e.g. `"POST batches"`, `"GET batches/{operation}"`).
+/// A webhook id names its operation in one form only.
+pub fn no_other_forms(_: &str) -> Vec<String> {
+    Vec::new()
+}
+
+/// The forms of a webhook's operation id to look up, best first, and the last path segment to
+/// match by when none is registered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookIds {
+    pub candidates: Vec<String>,
+    pub suffix: Option<String>,
+}
+
+/// How the proxy recognises this kind of job's requests (see `crate::proxy`). Paths are given
+/// without a leading `/` and with any API-version segment (`v1`, `v1beta`, ...) removed, so
+/// `/v1/batches/x` and `/v1beta/batches/x` are the same request.
 #[derive(Clone, Copy, Debug)]
 pub struct ProxyPatterns {
-    pub create: &'static [&'static str],
-    pub status_read: &'static [&'static str],
+    /// Whether `method path` may create a job of this kind, and how to read it.
+    pub create: fn(method: &str, path: &str) -> Option<CreateRule>,
+    /// The operation a `GET` of `path` reads the status of, if it is a status read. `url` is
+    /// the full upstream URL the request goes to (for presets whose operation is that URL).
+    pub status_read: fn(path: &str, url: &str) -> Option<String>,
+    /// The request headers that carry the app's credential, first present wins.
+    pub auth_headers: &'static [&'static str],
+}
+
+/// A request that creates a job when its response is 2xx.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CreateRule {
+    /// Only when the request's JSON body has `"background": true`.
+    pub needs_background: bool,
+    /// Where the job's id is in the response.
+    pub id: CreateId,
+    /// Whether the create response body is the job resource (it seeds the kept status body).
+    pub returns_job: bool,
+}
+
+/// Where a create response names the job.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CreateId {
+    /// A JSON pointer into the response body.
+    Field(&'static str),
+    /// The first of these response headers present (its value is the operation).
+    Header(&'static [&'static str]),
+}
+
+impl CreateRule {
+    /// The job's id is at `pointer` of the create response, which is the job itself.
+    pub const fn field(pointer: &'static str) -> CreateRule {
+        CreateRule {
+            needs_background: false,
+            id: CreateId::Field(pointer),
+            returns_job: true,
+        }
+    }
+    /// As [`CreateRule::field`], only for requests with `"background": true`.
+    pub const fn background(pointer: &'static str) -> CreateRule {
+        CreateRule {
+            needs_background: true,
+            ..CreateRule::field(pointer)
+        }
+    }
+}
+
+/// `path`'s segments, for the matchers in the family files.
+pub fn segments(path: &str) -> Vec<&str> {
+    path.split('/').collect()
 }
 
 /// What a preset knows about the webhooks its upstream sends.
@@ -179,6 +269,25 @@ impl Preset {
         (self.0.canonical_operation)(op)
     }
 
+    /// The registered forms a webhook's operation id may stand for: its canonical form first
+    /// (where an event for an operation not registered yet is kept), then the preset's other
+    /// forms, canonicalised, without repeats.
+    pub fn webhook_ids(self, raw: &str) -> WebhookIds {
+        let mut candidates = vec![self.canonical_operation(raw)];
+        for form in (self.0.webhook_id_forms)(raw) {
+            let c = self.canonical_operation(&form);
+            if !form.is_empty() && !candidates.contains(&c) {
+                candidates.push(c);
+            }
+        }
+        let suffix = self
+            .0
+            .webhook_id_suffix
+            .then(|| raw.rsplit('/').next().unwrap_or(raw).to_string())
+            .filter(|s| !s.is_empty());
+        WebhookIds { candidates, suffix }
+    }
+
     /// Whether a webhook event of type `event_type` belongs to another kind of job (it is then
     /// acknowledged and ignored).
     pub fn foreign_event(self, event_type: &str) -> bool {
@@ -210,7 +319,17 @@ mod tests {
             assert!(!spec.reads.is_empty(), "{} says what it reads", p.name());
             // A preset whose operation is the status URL has no status path to fill in.
             assert!(spec.operation_url.is_none() || spec.status_path.is_none());
-            assert!(spec.proxy.is_none(), "no proxy patterns yet");
+            assert_eq!(
+                spec.proxy.is_none(),
+                spec.name == "generic",
+                "every preset but generic has proxy patterns"
+            );
+            assert!(spec.status_path_for.is_none() || spec.status_path.is_none());
+            assert!(["GET", "POST"].contains(&spec.status_method));
+            if let Some(body) = spec.status_body {
+                let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                assert!(v.is_object(), "{} status_body is a JSON object", p.name());
+            }
         }
         assert_eq!(format!("{:?}", PRESETS[0]), "Preset(\"generic\")");
     }

@@ -4,7 +4,8 @@ use serde_json::Value;
 
 use super::{Observation, ObservedState, ended, non_null, status_text};
 
-use super::presets::{PresetSpec, WebhookDefaults};
+use super::openai::one_below;
+use super::presets::{CreateRule, PresetSpec, ProxyPatterns, WebhookDefaults, segments};
 use crate::schedule::config::PollConfig;
 
 /// `replicate`: a Replicate prediction. The webhook body is the whole prediction, so its id is
@@ -27,8 +28,24 @@ pub static PREDICTION: PresetSpec = PresetSpec {
     }),
     reads: "status, output, error",
     read: Some(read_prediction),
+    proxy: Some(ProxyPatterns {
+        create: create_prediction,
+        status_read: |path, _| one_below("predictions/", path),
+        auth_headers: &["authorization"],
+    }),
     ..PresetSpec::BASE
 };
+
+/// `POST predictions`, `models/{owner}/{model}/predictions`, `deployments/{owner}/{name}/predictions`.
+fn create_prediction(method: &str, path: &str) -> Option<CreateRule> {
+    let s = segments(path);
+    let ok = match s.as_slice() {
+        ["predictions"] => true,
+        ["models" | "deployments", o, m, "predictions"] => !o.is_empty() && !m.is_empty(),
+        _ => false,
+    };
+    (method == "POST" && ok).then(|| CreateRule::field("/id"))
+}
 
 /// A prediction (`GET /v1/predictions/{id}`; webhooks carry the same object): `canceled` and
 /// `aborted` are cancelled; `result` is `output`; `error` is the prediction's error (a string

@@ -98,8 +98,8 @@ async fn each_terminal_upstream_state_maps_to_its_status() {
             .await;
         let id = op["id"].as_str().unwrap().to_string();
         let done = wait_status(&shim, &id, status).await;
-        let calls = wait_calls(&recv, &id, 1).await;
-        assert_eq!(calls[0].body["type"], format!("operation.{status}"));
+        let call = exactly_one_callback(&recv, &id, QUIET).await;
+        assert_eq!(call.body["type"], format!("operation.{status}"));
         assert_eq!(done["error"]["message"], "why");
     }
 }
@@ -134,9 +134,9 @@ async fn webhook_capable_operation_is_detected_via_webhook() {
     assert_eq!(body["result"], "accepted");
     let done = wait_status(&shim, &id, "succeeded").await;
     assert_eq!(done["detected_via"], "webhook");
-    let calls = wait_calls(&recv, &id, 1).await;
-    assert!(calls[0].verified);
-    assert_eq!(calls[0].body["data"]["detected_via"], "webhook");
+    let call = exactly_one_callback(&recv, &id, QUIET).await;
+    assert!(call.verified);
+    assert_eq!(call.body["data"]["detected_via"], "webhook");
     assert_eq!(
         up.requests_for("pushy/w1").len(),
         1,
@@ -168,7 +168,7 @@ async fn webhook_that_outruns_the_status_endpoint_is_followed_by_fast_rereads() 
     up.set("pushy/lag", json!({"state": "done"}));
     let done = wait_status(&shim, &id, "succeeded").await;
     assert_eq!(done["detected_via"], "webhook");
-    assert_eq!(wait_calls(&recv, &id, 1).await.len(), 1);
+    exactly_one_callback(&recv, &id, QUIET).await;
 }
 
 #[tokio::test]
@@ -229,42 +229,79 @@ async fn webhook_before_registration_is_applied_on_registration() {
     let done = wait_status(&shim, &id, "succeeded").await;
     assert_eq!(done["detected_via"], "webhook");
     assert_eq!(done["result"], 42);
-    assert_eq!(wait_calls(&recv, &id, 1).await.len(), 1);
+    exactly_one_callback(&recv, &id, QUIET).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_and_polls_racing_still_send_one_callback() {
+    const OPS: usize = 30;
+    const PER_OP: usize = 3;
     let up = FakeUpstream::start().await;
     let recv = Receiver::start().await;
     // Webhooks on, but polling as fast as the jobs upstream: both paths race for every op.
     let config = CONFIG.replace("safety_poll = \"1h\"", "safety_poll = \"20ms\"");
     let shim = TestShim::start(&config, &up, &recv).await;
     let mut ids = Vec::new();
-    for i in 0..30 {
+    for i in 0..OPS {
         up.set(&format!("pushy/r{i}"), json!({"state": "running"}));
         let (_, op) = shim
             .register(json!({"upstream": "pushy", "operation": format!("r{i}")}))
             .await;
         ids.push(op["id"].as_str().unwrap().to_string());
     }
-    for i in 0..30 {
+    for i in 0..OPS {
         up.set(&format!("pushy/r{i}"), json!({"state": "done"}));
     }
-    let sends = (0..30).map(|i| {
-        let shim = &shim;
-        async move {
-            for k in 0..3 {
-                shim.send_webhook(
-                    "pushy",
-                    PUSHY_SECRET,
-                    &format!("msg_r{i}_{k}"),
-                    &json!({"data": {"id": format!("r{i}")}}),
-                )
-                .await;
+    // Every webhook of every operation on its own task, each one twice (an upstream's retry
+    // racing its first delivery), all released at once by a barrier, so they hit the server
+    // together (and together with the safety polls).
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(OPS * PER_OP * 2));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..OPS {
+        for k in 0..PER_OP {
+            for _copy in 0..2 {
+                let (http, url, barrier) = (shim.http.clone(), shim.url.clone(), barrier.clone());
+                tasks.spawn(async move {
+                    barrier.wait().await;
+                    let sent = std::time::Instant::now();
+                    let msg = format!("msg_r{i}_{k}");
+                    let (code, body) = send_signed_webhook(
+                        &http,
+                        &url,
+                        "pushy",
+                        PUSHY_SECRET,
+                        &msg,
+                        &json!({"data": {"id": format!("r{i}")}}),
+                    )
+                    .await;
+                    assert_eq!(code, 200, "{msg}: {body}");
+                    (sent, msg, body["result"].as_str().unwrap_or("").to_string())
+                });
             }
         }
-    });
-    futures_join_all(sends).await;
+    }
+    let mut sent = Vec::new();
+    let mut results: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    while let Some(t) = tasks.join_next().await {
+        let (at, msg, result) = t.unwrap();
+        sent.push(at);
+        results.entry(msg).or_default().push(result);
+    }
+    // Of two copies of one webhook arriving together, one is applied, the other a duplicate.
+    for (msg, mut r) in results {
+        r.sort();
+        assert_eq!(r, ["accepted", "duplicate"], "{msg}");
+    }
+    let spread = sent
+        .iter()
+        .max()
+        .unwrap()
+        .duration_since(*sent.iter().min().unwrap());
+    assert!(
+        spread < Duration::from_millis(500),
+        "the webhooks were not released together: {spread:?} between the first and the last \
+         (sent one after another, 180 would take far longer)"
+    );
     for id in &ids {
         wait_calls(&recv, id, 1).await;
     }
@@ -272,17 +309,6 @@ async fn webhooks_and_polls_racing_still_send_one_callback() {
     for id in &ids {
         let calls = recv.calls_for(id);
         assert_eq!(calls.len(), 1, "{id} got {} callbacks", calls.len());
-    }
-}
-
-/// Run futures concurrently on this task (no extra crate for a one-liner).
-async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    for f in set {
-        f.await;
     }
 }
 
@@ -368,7 +394,7 @@ async fn graceful_restart_resumes_polling_from_the_store() {
     shim.restart().await;
     up.set("jobs/rs", json!({"state": "done"}));
     wait_status(&shim, &id, "succeeded").await;
-    assert_eq!(wait_calls(&recv, &id, 1).await.len(), 1);
+    exactly_one_callback(&recv, &id, QUIET).await;
 }
 
 #[tokio::test]

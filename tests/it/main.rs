@@ -10,6 +10,7 @@ mod common;
 
 mod bad_input;
 mod crash;
+mod credentials;
 mod delivery;
 mod disk_full;
 mod docs;
@@ -20,6 +21,7 @@ mod listeners;
 mod ops;
 mod polling;
 mod presets;
+mod proxy;
 mod schemes;
 mod sdk;
 mod store_damage;

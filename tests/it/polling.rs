@@ -284,7 +284,7 @@ async fn repeated_not_found_fails_the_operation() {
     assert_eq!(done["error"]["code"], "upstream_not_found", "{done}");
     assert_eq!(done["polls"], 3, "not_found_after = 3: {done}");
     assert_eq!(done["detected_via"], "poll");
-    let calls = wait_calls(&recv, &id, 1).await;
+    let calls = [exactly_one_callback(&recv, &id, QUIET).await];
     assert_eq!(calls[0].body["type"], "operation.failed");
     assert_eq!(calls[0].body["data"]["error"]["code"], "upstream_not_found");
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -322,7 +322,7 @@ async fn a_real_answer_resets_the_not_found_streak() {
     assert_eq!(done["polls"], 6, "{done}");
     assert_eq!(done["result"], "here");
     assert_eq!(done["not_found_streak"], 0);
-    let calls = wait_calls(&recv, &id, 1).await;
+    let calls = [exactly_one_callback(&recv, &id, QUIET).await];
     assert_eq!(calls[0].body["type"], "operation.succeeded");
 }
 
@@ -355,7 +355,7 @@ async fn google_operation_preset_reads_veo_jobs() {
     );
     let done = wait_status(&shim, &id, "succeeded").await;
     assert_eq!(done["operation"], name);
-    let calls = wait_calls(&recv, &id, 1).await;
+    let calls = [exactly_one_callback(&recv, &id, QUIET).await];
     assert!(calls[0].verified);
     assert_eq!(calls[0].body["type"], "operation.succeeded");
     assert_eq!(
@@ -388,7 +388,7 @@ async fn google_operation_error_code_1_is_cancelled_others_failed() {
         let done = wait_status(&shim, &id, status).await;
         assert_eq!(done["error"]["code"], code);
         assert!(done["result"].is_null());
-        let calls = wait_calls(&recv, &id, 1).await;
+        let calls = [exactly_one_callback(&recv, &id, QUIET).await];
         assert_eq!(calls[0].body["type"], format!("operation.{status}"));
         assert_eq!(calls[0].body["data"]["error"]["message"], "why");
     }
@@ -598,10 +598,220 @@ async fn an_upstream_without_a_status_endpoint_is_never_polled() {
     let late = wait_status(&shim, &b, "timed_out").await;
     assert_eq!(late["error"]["code"], "deadline_exceeded", "{late}");
     assert_eq!(late["polls"], 0, "{late}");
-    wait_calls(&recv, &a, 1).await;
-    wait_calls(&recv, &b, 1).await;
+    exactly_one_callback(&recv, &a, QUIET).await;
+    exactly_one_callback(&recv, &b, QUIET).await;
     assert!(
         up.all_requests().is_empty(),
         "no status request may be sent with polling off"
     );
+}
+
+/// An upstream `u503` with a generous rate that recovers slowly (so a drop stays visible).
+const UNAVAILABLE: &str = r#"
+[upstreams.u503]
+base_url = "{UP}/"
+status_path = "u503/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+result_field = "/output"
+rate = { per_second = 40, burst = 4, min_per_second = 4, increase_every = "30s" }
+poll = { initial = "10ms", max = "20ms" }
+"#;
+
+/// The `hookshim_upstream_rate_limit` gauge of `upstream`.
+fn rate_gauge(metrics: &str, upstream: &str) -> Option<f64> {
+    let prefix = format!("hookshim_upstream_rate_limit{{upstream=\"{upstream}\"}}");
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The status endpoint answers `503` (with `Retry-After: retry_after` if given): the whole
+/// upstream pauses for at least `min_gap`, its rate drops, and the operation is not ended.
+async fn unavailable_pauses_the_upstream(retry_after: Option<&str>, min_gap: Duration) {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(&format!("{CONFIG}{UNAVAILABLE}"), &up, &recv).await;
+    let mut answer = Scripted::new(503, r#"{"error": "overloaded"}"#);
+    if let Some(v) = retry_after {
+        answer = answer.header("retry-after", v);
+    }
+    up.script("u503/busy", vec![answer]);
+    up.set("u503/busy", json!({"state": "running"}));
+    let (_, op) = shim
+        .register(json!({"upstream": "u503", "operation": "busy"}))
+        .await;
+    let a = id_of(&op);
+    let t0 = wait_requests(&up, "u503/busy", 1).await[0];
+    let failing = eventually(Duration::from_secs(5), "the 503 to be recorded", || async {
+        let o = shim.op(&a).await;
+        o["last_poll_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("503"))
+            .then_some(o)
+    })
+    .await;
+    assert_eq!(
+        failing["status"], "pending",
+        "a 503 ends nothing: {failing}"
+    );
+    assert!(failing["completed_at"].is_null(), "{failing}");
+    let metrics = shim.metrics().await;
+    let rate = rate_gauge(&metrics, "u503").expect("a rate gauge for u503");
+    assert!(
+        rate < 40.0,
+        "a 503 lowers the upstream's rate (40/s configured), the gauge says {rate}"
+    );
+    assert!(
+        metrics.contains(
+            "hookshim_upstream_requests_total{upstream=\"u503\",outcome=\"server_error\"} 1"
+        ),
+        "{metrics}"
+    );
+    // Another operation on the same upstream, due at once, waits out the pause too.
+    up.set("u503/bystander", json!({"state": "running"}));
+    shim.register(json!({"upstream": "u503", "operation": "bystander"}))
+        .await;
+    assert!(
+        t0.elapsed() + Duration::from_millis(100) < min_gap,
+        "the bystander was registered too late ({:?}) to test the pause",
+        t0.elapsed()
+    );
+    let a_next = wait_requests(&up, "u503/busy", 2).await[1];
+    let b_first = wait_requests(&up, "u503/bystander", 1).await[0];
+    let what = retry_after.map_or("503 without Retry-After".to_string(), |v| {
+        format!("503 with Retry-After: {v}")
+    });
+    assert!(
+        a_next.duration_since(t0) >= min_gap,
+        "{what}, but the operation was read again after {:?}",
+        a_next.duration_since(t0)
+    );
+    assert!(
+        b_first.duration_since(t0) >= min_gap,
+        "{what}, but another operation on the upstream was read after {:?}",
+        b_first.duration_since(t0)
+    );
+    // Then it carries on to its true end, with one callback.
+    up.set("u503/busy", json!({"state": "done", "output": "late"}));
+    let done = wait_status(&shim, &a, "succeeded").await;
+    assert_eq!(done["result"], "late");
+    let call = exactly_one_callback(&recv, &a, QUIET).await;
+    assert_eq!(call.body["type"], "operation.succeeded");
+}
+
+#[tokio::test]
+async fn a_503_with_retry_after_pauses_the_whole_upstream_and_ends_nothing() {
+    unavailable_pauses_the_upstream(Some("2"), Duration::from_millis(1_900)).await;
+}
+
+#[tokio::test]
+async fn a_503_without_retry_after_pauses_the_whole_upstream_for_a_second() {
+    unavailable_pauses_the_upstream(None, Duration::from_millis(900)).await;
+}
+
+const PACED: &str = r#"
+[upstreams.paced]
+base_url = "{UP}/"
+status_path = "paced/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+rate = { per_second = 5, burst = 1 }
+poll = { initial = "10ms", max = "20ms" }
+"#;
+
+#[tokio::test]
+async fn the_limiter_paces_requests_at_the_upstream() {
+    const OPS: usize = 30;
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let shim = TestShim::start(&format!("{CONFIG}{PACED}"), &up, &recv).await;
+    let started = Instant::now();
+    for i in 0..OPS {
+        up.set(&format!("paced/p{i}"), json!({"state": "running"}));
+        let (code, op) = shim
+            .register(json!({"upstream": "paced", "operation": format!("p{i}")}))
+            .await;
+        assert_eq!(code, 201, "{op}");
+    }
+    // Each operation asks to be read every 10-20 ms: 30 of them are due all the time (over
+    // 1,500 requests a second unpaced); only the limiter stands between them and the upstream.
+    tokio::time::sleep(Duration::from_millis(3_200).saturating_sub(started.elapsed())).await;
+    let mut reqs = up.all_requests();
+    reqs.sort();
+    // GCRA, 5/s, burst 1: one request per 200 ms. A closed 1 s window holds at most
+    // 5 + 1 = 6 (its first request, then one per 200 ms).
+    let window = Duration::from_secs(1);
+    let worst = (0..reqs.len())
+        .map(|i| {
+            reqs[i..]
+                .iter()
+                .take_while(|u| u.duration_since(reqs[i]) <= window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        worst <= 6,
+        "{worst} requests at the upstream within 1 s (rate 5/s, burst 1); {} in all",
+        reqs.len()
+    );
+    // The budget was used: about 5 a second for ~3 s.
+    assert!(
+        reqs.len() >= 12,
+        "only {} requests in ~3 s: the limiter was never exercised",
+        reqs.len()
+    );
+    // No two requests closer than the limiter allows (less the delay between a request
+    // leaving hookshim and the fake recording it): GCRA with burst 1 spaces them 200 ms.
+    for w in reqs.windows(2) {
+        let gap = w[1].duration_since(w[0]);
+        assert!(
+            gap >= Duration::from_millis(100),
+            "two requests {gap:?} apart at 5/s, burst 1"
+        );
+    }
+}
+
+#[tokio::test]
+async fn completions_are_learned_shown_and_kept_across_a_restart() {
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let mut shim = TestShim::start(CONFIG, &up, &recv).await;
+    for i in 0..3 {
+        let name = format!("learn{i}");
+        up.set(
+            &format!("jobs/{name}"),
+            json!({"state": "done", "output": 1}),
+        );
+        let (_, op) = shim
+            .register(json!({"upstream": "jobs", "operation": name}))
+            .await;
+        wait_status(&shim, &id_of(&op), "succeeded").await;
+    }
+    let learned =
+        |v: &serde_json::Value| v["upstreams"]["jobs"]["priors"][0]["completions"].clone();
+    let (status, body) = shim.get("/v1/upstreams").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(learned(&body), json!(3), "{body}");
+    assert_eq!(body["upstreams"]["jobs"]["rate_per_second"], 200);
+    assert!(body["upstreams"]["jobs"]["current_rate_per_second"].is_number());
+    assert!(body["upstreams"]["jobs"]["priors"][0]["p50_s"].is_number());
+    let metrics = shim.metrics().await;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("hookshim_upstream_job_duration_quantile_seconds{")
+                && l.contains("upstream=\"jobs\"")
+                && l.contains("quantile=\"0.5\"")
+        ),
+        "{metrics}"
+    );
+    // Saved in the store and read back at start.
+    shim.restart().await;
+    let (_, body) = shim.get("/v1/upstreams").await;
+    assert_eq!(learned(&body), json!(3), "{body}");
 }

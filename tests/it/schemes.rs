@@ -93,7 +93,7 @@ async fn github_signed_webhook_is_verified_and_deduplicated_by_delivery_id() {
     assert_eq!(second["result"], "duplicate");
     let done = wait_status(&shim, &id, "succeeded").await;
     assert_eq!(done["detected_via"], "webhook");
-    assert_eq!(wait_calls(&recv, &id, 1).await.len(), 1);
+    exactly_one_callback(&recv, &id, QUIET).await;
 }
 
 #[tokio::test]
@@ -353,7 +353,7 @@ async fn gemini_jwt_is_verified_against_the_jwks_and_deduplicated() {
     for id in [&id1, &id2, &id3, &id4] {
         let done = wait_status(&shim, id, "succeeded").await;
         assert_eq!(done["detected_via"], "webhook");
-        assert_eq!(wait_calls(&recv, id, 1).await.len(), 1);
+        exactly_one_callback(&recv, id, QUIET).await;
     }
     // Six verifications, one JWKS fetch.
     assert_eq!(up.requests_for(JWKS_PATH).len(), 1);
@@ -576,7 +576,7 @@ async fn gemini_jwt_with_the_jwks_down_is_503_and_records_nothing() {
     assert_eq!(code, 200, "{ok}");
     assert_eq!(ok["result"], "accepted");
     wait_status(&shim, &id, "succeeded").await;
-    assert_eq!(wait_calls(&recv, &id, 1).await.len(), 1);
+    exactly_one_callback(&recv, &id, QUIET).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -719,7 +719,7 @@ previous_secrets = [{ env = \"ED_OLD_HMAC\", until = \"2099-01-01T00:00:00Z\" }]
 
     for id in [&a, &b, &c] {
         wait_status(&shim, id, "succeeded").await;
-        assert_eq!(wait_calls(&recv, id, 1).await.len(), 1);
+        exactly_one_callback(&recv, id, QUIET).await;
     }
     assert_eq!(shim.op(&victim).await["status"], "pending");
     assert!(up.requests_for("ed/victim").is_empty());
@@ -794,7 +794,7 @@ async fn stripe_signature_is_verified_with_the_secret_as_is() {
     .await;
     assert_eq!(again["result"], "duplicate");
     wait_status(&shim, &id, "succeeded").await;
-    assert_eq!(wait_calls(&recv, &id, 1).await.len(), 1);
+    exactly_one_callback(&recv, &id, QUIET).await;
 
     // A body without an id is named by its hash.
     let other = register_done(&shim, &up, "stripe", "cs_2").await;

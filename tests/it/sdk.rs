@@ -15,7 +15,7 @@ use std::process::Command;
 /// `proxy` branch is merged. The script then runs twice: `direct` (the SDK's base URL is the fake;
 /// the app registers each job with `POST /v1/operations`) and `proxy` (the base URL is the proxy;
 /// reads must be `Hookshim-Cache` hits). `HOOKSHIM_SDK_MODE=direct|proxy` runs one mode only.
-const PROXY_MODE: bool = false;
+const PROXY_MODE: bool = true;
 
 #[test]
 fn real_sdks_create_and_poll_through_hookshim() {

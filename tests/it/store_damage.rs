@@ -109,38 +109,6 @@ impl Setup {
     }
 }
 
-/// Register `ops` (16 at a time); every one must be acknowledged. Operation → hookshim id.
-async fn register_all(
-    http: &reqwest::Client,
-    url: &str,
-    ops: &[String],
-) -> BTreeMap<String, String> {
-    let mut set = tokio::task::JoinSet::new();
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
-    for op in ops {
-        let (http, url, op, sem) = (http.clone(), url.to_string(), op.clone(), sem.clone());
-        set.spawn(async move {
-            let _permit = sem.acquire().await.unwrap();
-            let r = http
-                .post(format!("{url}/v1/operations"))
-                .json(&json!({"upstream": "jobs", "operation": op}))
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let body: Value = r.json().await.unwrap();
-            assert_eq!(status, 201, "register {op}: {body}");
-            (op, body["id"].as_str().unwrap().to_string())
-        });
-    }
-    let mut ids = BTreeMap::new();
-    while let Some(r) = set.join_next().await {
-        let (op, id) = r.unwrap();
-        ids.insert(op, id);
-    }
-    ids
-}
-
 async fn get_op(http: &reqwest::Client, url: &str, id: &str) -> (u16, Value) {
     let r = http
         .get(format!("{url}/v1/operations/{id}"))

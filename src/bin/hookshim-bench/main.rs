@@ -5,6 +5,7 @@
 //!
 //! ```sh
 //! cargo run --release --bin hookshim-bench -- policy              # benchmark 1
+//! cargo run --release --bin hookshim-bench -- policy --pareto     # benchmark 1b (issue 13)
 //! cargo run --release --bin hookshim-bench -- e2e                 # benchmark 2
 //! cargo run --release --bin hookshim-bench -- scale --ops 1000000 # benchmark 3
 //! cargo run --release --bin hookshim-bench -- soak --minutes 30    # soak (issue 12)
@@ -12,6 +13,7 @@
 
 mod e2e;
 mod harness;
+mod pareto;
 mod policy;
 mod scale;
 mod soak;

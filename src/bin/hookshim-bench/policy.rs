@@ -42,6 +42,16 @@ pub struct PolicyArgs {
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "target/bench/policy.json")]
     json: PathBuf,
+    /// Run benchmark 1b instead: the Pareto workloads (short, shift, long, throttled) with
+    /// `target_delay` values and learned priors (see `pareto.rs`).
+    #[arg(long)]
+    pareto: bool,
+    /// Jobs per Pareto workload (the throttled one has 2×).
+    #[arg(long, default_value_t = 2000)]
+    pareto_ops: usize,
+    /// Where the Pareto plots (SVG) go.
+    #[arg(long, default_value = "docs/img")]
+    svg_dir: PathBuf,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -481,6 +491,18 @@ fn summarize(run: &PolicyRun, jobs: &[Job], only: Option<Class>) -> Summary {
 type Sleeps = dyn Fn(&mut StdRng, u32) -> f64;
 
 pub async fn run(args: PolicyArgs) -> Result<(), String> {
+    if args.pareto {
+        let doc = crate::pareto::run(args.seed, args.pareto_ops, &args.svg_dir)?;
+        if let Some(dir) = args.json.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let file = args.json.with_file_name("policy-pareto.json");
+        std::fs::write(&file, serde_json::to_vec_pretty(&doc).expect("JSON"))
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        println!("wrote {}", file.display());
+        return Ok(());
+    }
     let jobs = workload(&args);
     let mut runs = vec![replay_hookshim(&jobs, args.seed, true)];
     let baselines: [(&'static str, Box<Sleeps>); 5] = [

@@ -49,6 +49,10 @@ pub struct SoakArgs {
     /// Operations per second registered at the slow (hanging, endless-body) upstream.
     #[arg(long, default_value_t = 2)]
     pub slow_rate: u32,
+    /// Delete each operation a second after its callback (as a retention policy would), so the
+    /// store stays the same size and memory can only grow by a leak.
+    #[arg(long)]
+    pub delete_finished: bool,
     /// Where to write the JSON (default: target/bench/soak.json).
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -75,6 +79,9 @@ struct World {
     callback_latency: Mutex<Vec<Duration>>,
     /// Registration round trips of the current minute.
     register_latency: Mutex<Vec<Duration>>,
+    /// With `--delete-finished`: hookshim's base URL, to delete each operation a second after
+    /// its callback (what a retention policy would do), so the store does not grow.
+    delete_finished: std::sync::OnceLock<(reqwest::Client, String)>,
 }
 
 impl World {
@@ -150,6 +157,16 @@ async fn callback(State(w): State<Arc<World>>, headers: HeaderMap, body: Bytes) 
         Ok(mut d) => d.insert(job, now).is_none(),
         Err(_) => true,
     };
+    if first {
+        if let (Some((http, base)), Some(id)) = (w.delete_finished.get(), v["data"]["id"].as_str())
+        {
+            let (http, url) = (http.clone(), format!("{base}/v1/operations/{id}"));
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = http.delete(url).send().await;
+            });
+        }
+    }
     if !first {
         w.duplicates.fetch_add(1, Ordering::Relaxed);
     } else if let (Some(at), Ok(mut l)) = (done_at, w.callback_latency.lock()) {
@@ -332,6 +349,7 @@ pub async fn run(a: SoakArgs) -> BenchResult<()> {
         callback_key: Secret::from_whsec(CALLBACK_SECRET)?.0,
         callback_latency: Mutex::new(Vec::new()),
         register_latency: Mutex::new(Vec::new()),
+        delete_finished: std::sync::OnceLock::new(),
     });
     let upstream = harness::serve(
         Router::new()
@@ -349,6 +367,9 @@ pub async fn run(a: SoakArgs) -> BenchResult<()> {
     let port = harness::free_port()?;
     let base = format!("http://127.0.0.1:{port}");
     let http = harness::http_client(256)?;
+    if a.delete_finished {
+        let _ = world.delete_finished.set((http.clone(), base.clone()));
+    }
     let cfg = config(
         &scratch.path,
         port,
@@ -426,7 +447,15 @@ pub async fn run(a: SoakArgs) -> BenchResult<()> {
         })
     };
     let hostile = {
-        let (http, base, key) = (http.clone(), base.clone(), upstream_key.clone());
+        // A connection per request: hookshim answers an oversized body early and closes the
+        // connection, and a pooled client would send the next request down that closed one.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let (base, key) = (base.clone(), upstream_key.clone());
         tokio::spawn(async move {
             let (mut n, mut failures) = (0u64, std::collections::BTreeMap::new());
             while Instant::now() < end {
@@ -487,7 +516,14 @@ pub async fn run(a: SoakArgs) -> BenchResult<()> {
     let (hostile_seconds, hostile_failures) = hostile.await.map_err(|e| e.to_string())?;
     // Let the last jobs finish and their callbacks arrive (retries included).
     tokio::time::sleep(Duration::from_secs(40)).await;
-    let delivered = world.delivered.lock().map_err(|e| e.to_string())?.len();
+    // Jobs only (`j…`): the slow upstream's operations end `timed_out` and get callbacks too.
+    let delivered = world
+        .delivered
+        .lock()
+        .map_err(|e| e.to_string())?
+        .keys()
+        .filter(|k| k.starts_with('j'))
+        .count();
     let rss_first = minutes
         .first()
         .and_then(|m| m["rss_mib"].as_f64())

@@ -6,7 +6,7 @@ mod process;
 
 pub use process::*;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -67,6 +67,8 @@ pub struct UpstreamState {
     pub requests: Vec<(Instant, String)>,
     /// The headers of every status request, by path (same order as `requests`).
     pub request_headers: Vec<(String, HeaderMap)>,
+    /// The method and JSON body of every POST, by path.
+    pub posts: Vec<(String, Value)>,
 }
 
 #[derive(Clone)]
@@ -103,11 +105,24 @@ async fn upstream_get(
     }
 }
 
+/// POST /{*path}: recorded with its JSON body, then answered like a GET of that path (Vertex
+/// reads status with a POST).
+async fn upstream_post(
+    State(st): State<Arc<Mutex<UpstreamState>>>,
+    Path(path): Path<String>,
+    request_headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    st.lock().unwrap().posts.push((path.clone(), json));
+    upstream_get(State(st), Path(path), request_headers).await
+}
+
 impl FakeUpstream {
     pub async fn start() -> FakeUpstream {
         let state = Arc::new(Mutex::new(UpstreamState::default()));
         let router = Router::new()
-            .route("/{*path}", get(upstream_get))
+            .route("/{*path}", get(upstream_get).post(upstream_post))
             .with_state(state.clone());
         let addr = serve(router).await;
         FakeUpstream {
@@ -157,6 +172,17 @@ impl FakeUpstream {
                     .unwrap_or("")
                     .to_string()
             })
+            .collect()
+    }
+    /// The JSON body of every POST to `path`.
+    pub fn posts_for(&self, path: &str) -> Vec<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .posts
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, b)| b.clone())
             .collect()
     }
     pub fn all_requests(&self) -> Vec<Instant> {
@@ -514,25 +540,7 @@ impl TestShim {
         msg_id: &str,
         body: &Value,
     ) -> (u16, Value) {
-        let raw = serde_json::to_vec(body).unwrap();
-        let ts = time_now_secs();
-        let sig = standardwebhooks::Webhook::new(secret)
-            .unwrap()
-            .sign(msg_id, ts as i64, &raw)
-            .unwrap();
-        let r = self
-            .http
-            .post(format!("{}/webhooks/{upstream}", self.url))
-            .header("content-type", "application/json")
-            .header("webhook-id", msg_id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", sig)
-            .body(raw)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        send_signed_webhook(&self.http, &self.url, upstream, secret, msg_id, body).await
     }
 
     pub async fn metrics(&self) -> String {
@@ -545,6 +553,56 @@ impl TestShim {
             .await
             .unwrap()
     }
+}
+
+/// POST a Standard Webhooks-signed webhook (signed by the `standardwebhooks` crate) to the
+/// hookshim at `url`; usable from spawned tasks (owns nothing of a [`TestShim`]).
+pub async fn send_signed_webhook(
+    http: &reqwest::Client,
+    url: &str,
+    upstream: &str,
+    secret: &str,
+    msg_id: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let raw = serde_json::to_vec(body).unwrap();
+    let ts = time_now_secs();
+    let sig = standardwebhooks::Webhook::new(secret)
+        .unwrap()
+        .sign(msg_id, ts as i64, &raw)
+        .unwrap();
+    let r = http
+        .post(format!("{url}/webhooks/{upstream}"))
+        .header("content-type", "application/json")
+        .header("webhook-id", msg_id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sig)
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// How long "exactly one callback" checks keep listening after the first one arrived, in
+/// tests on [`CONFIG`]: twice its slowest poll (`max = "200ms"`), which also covers the first
+/// two retry steps (100 ms + 200 ms of `retry_schedule`) of a callback sent a second time.
+pub const QUIET: Duration = Duration::from_millis(400);
+
+/// Wait for the first callback about `id`, keep listening for `quiet`, and assert it stayed
+/// the only one. Returns it.
+pub async fn exactly_one_callback(recv: &Receiver, id: &str, quiet: Duration) -> Call {
+    let first = wait_calls(recv, id, 1).await;
+    tokio::time::sleep(quiet).await;
+    let all = recv.calls_for(id);
+    assert_eq!(
+        all.len(),
+        1,
+        "exactly one callback for {id}, but {} arrived within {quiet:?} of the first: {all:?}",
+        all.len()
+    );
+    first[0].clone()
 }
 
 /// The hookshim id in a registration answer.
@@ -623,4 +681,38 @@ pub async fn wait_calls(recv: &Receiver, id: &str, n: usize) -> Vec<Call> {
         },
     )
     .await
+}
+
+/// Register `ops` on the `jobs` upstream, 16 at a time; every one must be acknowledged
+/// (`201`). Returns operation → hookshim id.
+pub async fn register_all(
+    http: &reqwest::Client,
+    url: &str,
+    ops: &[String],
+) -> BTreeMap<String, String> {
+    let mut set = tokio::task::JoinSet::new();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    for op in ops {
+        let (http, url, op, sem) = (http.clone(), url.to_string(), op.clone(), sem.clone());
+        set.spawn(async move {
+            let _permit = sem.acquire().await.unwrap();
+            let r = http
+                .post(format!("{url}/v1/operations"))
+                .json(&json!({"upstream": "jobs", "operation": op}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(status, 201, "register {op}: {body}");
+            (op, body["id"].as_str().unwrap().to_string())
+        });
+    }
+    let mut ids = BTreeMap::new();
+    while let Some(r) = set.join_next().await {
+        let (op, id) = r.unwrap();
+        ids.insert(op, id);
+    }
+    assert_eq!(ids.len(), ops.len());
+    ids
 }

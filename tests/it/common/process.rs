@@ -77,19 +77,27 @@ impl Proc {
     }
 
     /// Wait until GET /healthz answers 200; panic if the child exits first.
-    pub async fn wait_healthy(&mut self, http: &reqwest::Client, url: &str) {
+    pub async fn wait_healthy(&mut self, _http: &reqwest::Client, url: &str) {
+        // Its own client: no pooled connection to a process killed a moment ago, and each probe
+        // bounded, so one stuck probe on a loaded machine cannot use up the whole wait.
+        let probe = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 panic!("hookshim exited before becoming healthy: {s}");
             }
-            if let Ok(r) = http.get(format!("{url}/healthz")).send().await {
+            if let Ok(r) = probe.get(format!("{url}/healthz")).send().await {
                 if r.status() == 200 {
                     return;
                 }
             }
-            if start.elapsed() > Duration::from_secs(20) {
-                panic!("hookshim did not become healthy within 20s");
+            if start.elapsed() > Duration::from_secs(60) {
+                panic!("hookshim did not become healthy within 60s");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

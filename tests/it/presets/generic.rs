@@ -502,3 +502,31 @@ async fn a_pause_callback_survives_a_restart() {
         "still the same pause after restart"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Status reads that are not a GET (issue 11, item 1).
+
+#[tokio::test]
+async fn generic_status_reads_can_post_a_body_template() {
+    let r = rig().await;
+    // A quote in the id must arrive JSON-escaped inside the string, not break the body.
+    let op = "job\"1";
+    let data = r
+        .drive(
+            "generic-post",
+            op,
+            "jobs/status",
+            json!({"state": "working"}),
+            "running",
+            json!({"state": "done"}),
+            "succeeded",
+        )
+        .await;
+    assert_eq!(data["operation"], op);
+    let posts = r.up.posts_for("jobs/status");
+    assert!(!posts.is_empty());
+    assert_eq!(
+        posts[0],
+        json!({"query": {"id": op, "tags": [op, 7]}, "verbose": true})
+    );
+}

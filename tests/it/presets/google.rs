@@ -247,3 +247,198 @@ async fn gemini_interaction_each_end() {
         .await;
     assert_eq!(data["error"]["message"], "agent crashed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Webhook ids in every form (issue 11, item 4). The format of `data.id` in Gemini's webhook
+// events is not documented (python-genai `_gaos/types/webhooks/` types only the subscription;
+// the docs' example payload says `"id": "batch_123456"`): an event names the job with or without
+// its collection, with or without a model prefix, and is matched to the registration both ways.
+
+fn gemini_event(kind: &str, id: &str) -> Value {
+    json!({"type": kind, "version": "v1", "timestamp": rfc3339(SystemTime::now()),
+           "data": {"id": id}})
+}
+
+#[tokio::test]
+async fn gemini_webhook_ids_match_registrations_in_every_form() {
+    let r = rig().await;
+    // gemini-batch: (registered, event id, fake status path).
+    for (registered, event_id, path) in [
+        // The docs' example form against the API's name, both ways.
+        (
+            "batches/123456",
+            "batch_123456",
+            "gemini/v1beta/batches/123456",
+        ),
+        (
+            "batch_223456",
+            "223456",
+            "gemini/v1beta/batches/batch_223456",
+        ),
+        // Short registration, long event; long registration, short event.
+        ("323456", "batches/323456", "gemini/v1beta/batches/323456"),
+        ("batches/423456", "423456", "gemini/v1beta/batches/423456"),
+        // An Operation-style name.
+        (
+            "batches/523456",
+            "operations/523456",
+            "gemini/v1beta/batches/523456",
+        ),
+    ] {
+        r.drive_by_webhook(
+            "gbatch-hooks",
+            registered,
+            path,
+            gemini_batch("BATCH_STATE_RUNNING", false, json!({})),
+            gemini_event("batch.succeeded", event_id),
+            gemini_batch(
+                "BATCH_STATE_SUCCEEDED",
+                false,
+                json!({"output": {"responsesFile": "files/o"}}),
+            ),
+            "succeeded",
+        )
+        .await;
+    }
+    // gemini-interaction: with and without `interactions/`, both ways.
+    for (registered, event_id) in [("interactions/v1_a", "v1_a"), ("v1_b", "interactions/v1_b")] {
+        let bare = registered.trim_start_matches("interactions/");
+        r.drive_by_webhook(
+            "gint-hooks",
+            registered,
+            &format!("gemini/v1beta/interactions/{bare}"),
+            interaction("in_progress", json!({})),
+            gemini_event("interaction.completed", event_id),
+            interaction("completed", json!({"outputs": []})),
+            "succeeded",
+        )
+        .await;
+    }
+    // google-operation (Veo): the full name registered, the event naming `x` or `operations/x`;
+    // `operations/x` registered, the event naming the full name.
+    for (registered, event_id) in [
+        ("models/veo-3/operations/vid1", "vid1"),
+        ("models/veo-3/operations/vid2", "operations/vid2"),
+        ("operations/vid3", "models/veo-3/operations/vid3"),
+    ] {
+        r.drive_by_webhook(
+            "veo-hooks",
+            registered,
+            &format!("gemini/v1beta/{registered}"),
+            veo(None),
+            gemini_event("video.generated", event_id),
+            veo(Some(json!({"response": {"generateVideoResponse": {
+                "generatedSamples": [{"video": {"uri": VIDEO_URI}}]}}}))),
+            "succeeded",
+        )
+        .await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// vertex-operation (Veo on Vertex AI, issue 11 item 1). Shapes from python-genai:
+// `operations.py` `_fetch_predict_videos_operation` (POST `{model}:fetchPredictOperation`, body
+// `{"operationName": ...}`) and `models.py` `_GenerateVideosResponse_from_vertex` (`videos[]`,
+// top-level `raiMediaFilteredCount` / `raiMediaFilteredReasons`).
+
+fn vertex_name(model: &str, id: &str) -> (String, String) {
+    let model_path = format!("projects/p1/locations/us-central1/publishers/google/models/{model}");
+    (
+        format!("{model_path}/operations/{id}"),
+        format!("vertex/v1/{model_path}:fetchPredictOperation"),
+    )
+}
+
+fn vertex_op(name: &str, done: Option<Value>) -> Value {
+    let mut op = json!({"name": name});
+    if let Some(d) = done {
+        op["done"] = json!(true);
+        op.as_object_mut()
+            .unwrap()
+            .extend(d.as_object().unwrap().clone());
+    }
+    op
+}
+
+#[tokio::test]
+async fn vertex_operation_reads_status_with_a_post_and_each_end() {
+    let r = rig().await;
+    let (name, path) = vertex_name("veo-3.0-generate-001", "1234567890");
+    let data = r
+        .drive(
+            "vertex",
+            &name,
+            &path,
+            vertex_op(&name, None),
+            "running",
+            vertex_op(
+                &name,
+                Some(json!({"response": {
+                "@type": "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse",
+                "videos": [{"gcsUri": "gs://bucket/out/sample_0.mp4", "mimeType": "video/mp4"}]}})),
+            ),
+            "succeeded",
+        )
+        .await;
+    assert_eq!(
+        data["result"]["videos"][0]["gcsUri"],
+        "gs://bucket/out/sample_0.mp4"
+    );
+    let posts = r.up.posts_for(&path);
+    assert!(!posts.is_empty(), "status is read with a POST");
+    for body in &posts {
+        assert_eq!(body, &json!({"operationName": name}));
+    }
+    assert!(
+        r.up.requests_for(&format!("vertex/v1/{name}")).is_empty(),
+        "no GET of the name"
+    );
+    assert_eq!(
+        r.up.header_values(&path, "authorization")[0],
+        "Bearer test-vertex-token"
+    );
+
+    // Every video filtered: failed, with the reasons.
+    let (name, path) = vertex_name("veo-3.0-fast-generate-001", "filtered");
+    let data = r
+        .drive(
+            "vertex",
+            &name,
+            &path,
+            vertex_op(&name, None),
+            "running",
+            vertex_op(&name, Some(json!({"response": {
+                "@type": "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse",
+                "raiMediaFilteredCount": 1,
+                "raiMediaFilteredReasons": ["Unable to show generated videos due to violations of Responsible AI practices."]}}))),
+            "failed",
+        )
+        .await;
+    assert_eq!(data["error"]["code"], "rai_media_filtered");
+    assert_eq!(data["error"]["reasons"].as_array().unwrap().len(), 1);
+
+    // An operation error.
+    let (name, path) = vertex_name("veo-2.0-generate-001", "broken");
+    let data = r
+        .drive(
+            "vertex",
+            &name,
+            &path,
+            vertex_op(&name, None),
+            "running",
+            vertex_op(
+                &name,
+                Some(json!({"error": {"code": 3, "message": "invalid prompt"}})),
+            ),
+            "failed",
+        )
+        .await;
+    assert_eq!(data["error"]["message"], "invalid prompt");
+
+    // Not a full operation name: refused at registration.
+    let (code, body) = r
+        .shim
+        .register(json!({"upstream": "vertex", "operation": "1234567890"}))
+        .await;
+    assert_eq!(code, 422, "{body}");
+}

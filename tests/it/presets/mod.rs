@@ -76,6 +76,31 @@ base_url = "{UP}/azure/"
 headers = { api-key = "${AZURE_KEY}" }
 poll = FAST
 
+[upstreams.azure-ext]
+preset = "azure-async"
+base_url = "{UP}/azure/"
+headers = { api-key = "${AZURE_KEY}" }
+failed = ["Rejected"]
+running = ["Canceled"]
+poll = FAST
+
+[upstreams.vertex]
+preset = "vertex-operation"
+base_url = "{UP}/vertex/v1/"
+headers = { Authorization = "Bearer test-vertex-token" }
+poll = FAST
+
+[upstreams.generic-post]
+preset = "generic"
+base_url = "{UP}/jobs/"
+status_path = "status"
+status_method = "POST"
+status_body = { query = { id = "{operation}", tags = ["{operation}", 7] }, verbose = true }
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+poll = FAST
+
 [upstreams.veo-hooks]
 preset = "google-operation"
 base_url = "{UP}/gemini/v1beta/"
@@ -185,8 +210,7 @@ impl Rig {
 
     /// The one terminal callback of `id`, checked: signed, stable id, right type and status.
     async fn terminal_callback(&self, id: &str, status: &str, via: &str) -> Value {
-        let calls = wait_calls(&self.recv, id, 1).await;
-        let c = &calls[0];
+        let c = &exactly_one_callback(&self.recv, id, QUIET).await;
         assert!(
             c.verified,
             "callback signature did not verify: {:?}",
