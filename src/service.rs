@@ -363,6 +363,12 @@ async fn serve(
             },
             _ = stop.cancelled() => break,
         };
+        // Answers go out as they are written: a streamed body (the proxy's pass-through) is
+        // several writes, and with Nagle's algorithm each small one after the first would wait
+        // for the client's delayed ACK (~40 ms).
+        if let Err(e) = sock.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
         let ip_slot = match &per_ip {
             None => None,
             Some(table) => match table.take(peer.ip()) {
