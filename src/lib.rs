@@ -17,6 +17,8 @@
 //!   [`metrics`].
 //! - the bottom, pure: [`operation`] (record and transition rules), [`ids`], [`pace`],
 //!   [`signing`], [`clock`], [`values`], [`errors`], [`body`] (size-capped body reads).
+//! - [`fuzzing`]: the checks the fuzz targets (`fuzz/`) and the corpus test run; test support,
+//!   imported by nothing else.
 
 pub mod api;
 pub mod body;
@@ -25,6 +27,7 @@ pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod errors;
+pub mod fuzzing;
 pub mod ids;
 pub mod ingest;
 pub mod metrics;
