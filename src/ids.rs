@@ -157,3 +157,27 @@ mod tests {
         assert!(a.as_str().starts_with("op_"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The text form of a delivery key reads back as the same key, for any operation id
+        /// and event name without `/` (and the terminal key); its webhook id depends on the
+        /// key only.
+        #[test]
+        fn delivery_keys_round_trip(op in "[^/]*", event in "[^/]*", terminal in any::<bool>()) {
+            let op = OperationId::from_text(op);
+            let key = if terminal {
+                DeliveryKey::terminal(op.clone())
+            } else {
+                DeliveryKey::event(op.clone(), event.clone())
+            };
+            let back = DeliveryKey::parse(&key.to_string());
+            prop_assert_eq!(&back, &key);
+            prop_assert_eq!(back.webhook_id(), key.webhook_id());
+        }
+    }
+}

@@ -20,6 +20,8 @@
 //! - the bottom, pure: [`operation`] (record and transition rules), [`ids`], [`pace`],
 //!   [`signing`], [`clock`], [`values`], [`errors`], [`body`] (size-capped body reads),
 //!   [`address`] (where a callback may go).
+//! - [`fuzzing`]: the checks the fuzz targets (`fuzz/`) and the corpus test run; test support,
+//!   imported by nothing else.
 
 pub mod address;
 pub mod api;
@@ -30,6 +32,7 @@ pub mod credentials;
 pub mod delivery;
 pub mod demo;
 pub mod errors;
+pub mod fuzzing;
 pub mod ids;
 pub mod ingest;
 pub mod metrics;

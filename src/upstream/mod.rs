@@ -965,3 +965,70 @@ mod tests {
         }
     }
 }
+
+/// Property tests of the URL guards: whatever the operation id, `status_url` (and so
+/// `prepare_operation`) gives an error or a URL under the upstream's base URL.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::fuzzing::{is_under, upstreams};
+    use proptest::prelude::*;
+
+    /// Operation ids built from the pieces that escape a path, besides any text.
+    fn operation() -> impl Strategy<Value = String> {
+        let piece = proptest::sample::select(vec![
+            "..",
+            ".",
+            "%2e",
+            "%2E%2e",
+            "%252e%252e",
+            "..;",
+            ".%00",
+            "%2f",
+            "%5c",
+            "\\",
+            "a",
+            "ops",
+            "http:",
+            "https://127.0.0.1:7000/api/v1/",
+            "//evil.example",
+            "@evil",
+            "?",
+            "#",
+            "%",
+            ":7001",
+            "api",
+            "v1",
+            " ",
+            "%20..",
+        ]);
+        prop_oneof![
+            any::<String>(),
+            "[a-z0-9./%;\\\\:?#@ eEfF]{0,24}",
+            proptest::collection::vec(piece, 1..8).prop_map(|p| p.concat()),
+            proptest::collection::vec(
+                proptest::sample::select(vec!["..", ".", "%2e%2e", "a", "..;", "%2e", "b"]),
+                1..6
+            )
+            .prop_map(|p| p.join("/")),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn status_urls_stay_under_the_base_url(op in operation()) {
+            for up in upstreams() {
+                if let Ok(url) = status_url(up, &op) {
+                    prop_assert!(
+                        is_under(&up.base_url, &url),
+                        "{}: {url} from {op:?} is not under {}", up.preset.name(), up.base_url
+                    );
+                }
+                if let Ok(canonical) = prepare_operation(up, &op) {
+                    let url = status_url(up, &canonical);
+                    prop_assert!(url.is_ok_and(|u| is_under(&up.base_url, &u)));
+                }
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@
 mod common;
 
 mod bad_input;
+mod corpus;
 mod crash;
 mod credentials;
 mod delivery;
