@@ -283,9 +283,10 @@ fn fixed<const N: usize>(b: &[u8]) -> [u8; N] {
 }
 
 /// Any environment variable a preset's headers name resolves to a placeholder; the callback
-/// secret is left unset (a generated one would be used).
+/// secret is left unset (a generated one would be used), and so are hookshim's own settings
+/// (`HOOKSHIM_LOG_FORMAT`, …), which must be one of their values or absent.
 fn any_env(name: &str) -> Option<String> {
-    (!name.contains("SECRET")).then(|| "fuzz".into())
+    (!name.contains("SECRET") && !name.starts_with("HOOKSHIM_")).then(|| "fuzz".into())
 }
 
 /// One upstream per preset, each with a base URL that has a path (`/api/v1/`).
