@@ -13,6 +13,9 @@ use super::presets::{CreateRule, PresetSpec, ProxyPatterns, WebhookDefaults, seg
 use crate::schedule::config::PollConfig;
 
 const GEMINI: &str = "https://generativelanguage.googleapis.com/v1beta/";
+/// The Batch API under `v1`, where google-genai 3.x calls it: its `_api_client.py` has
+/// `GOOGLE_AI_API_DEFAULT_VERSION = 'v1'` (3.6.1, the version `tests/sdk` pins and runs).
+const GEMINI_V1: &str = "https://generativelanguage.googleapis.com/v1/";
 const GEMINI_KEY: &[(&str, &str)] = &[("x-goog-api-key", "${GEMINI_API_KEY}")];
 
 /// `google-operation`: a Google long-running Operation (`done`, `error` XOR `response`), e.g.
@@ -112,7 +115,7 @@ pub fn fetch_predict_path(operation: &str) -> Result<String, String> {
 /// `gemini-batch`: a Gemini Batch API job (`batches/{id}`).
 pub static BATCH: PresetSpec = PresetSpec {
     name: "gemini-batch",
-    base_url: Some(GEMINI),
+    base_url: Some(GEMINI_V1),
     // Operations are stored as `batches/{id}` (see `canonical_batch`).
     status_path: Some("{operation}"),
     headers: GEMINI_KEY,
