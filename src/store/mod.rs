@@ -6,6 +6,7 @@
 
 mod commit;
 pub mod integrity;
+mod sled_codec;
 mod sled_store;
 
 pub use commit::GroupCommit;
