@@ -11,6 +11,7 @@
 
 mod anthropic;
 mod azure;
+mod fal;
 mod generic;
 mod google;
 mod openai;
@@ -90,6 +91,11 @@ base_url = "{UP}/vertex/v1/"
 headers = { Authorization = "Bearer test-vertex-token" }
 poll = FAST
 
+[upstreams.fal]
+preset = "fal-queue"
+base_url = "{UP}/fal/"
+poll = FAST
+
 [upstreams.generic-post]
 preset = "generic"
 base_url = "{UP}/jobs/"
@@ -158,6 +164,7 @@ fn env() -> Vec<(String, String)> {
         ("REPLICATE_API_TOKEN", "test-replicate-token"),
         ("ANTHROPIC_API_KEY", "test-anthropic-key"),
         ("AZURE_KEY", "test-azure-key"),
+        ("FAL_KEY", "test-fal-key"),
         ("HOOK_SECRET", PUSHY_SECRET),
     ]
     .into_iter()
