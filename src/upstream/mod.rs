@@ -6,7 +6,7 @@
 //! - [`PRESETS`]: the table of presets; [`presets`]: [`PresetSpec`] and the [`Preset`] handle.
 //! - One file per provider family defines its presets completely: `generic`, `google` (Google
 //!   operations, Gemini batches and interactions), `openai`, `replicate`, `anthropic`, `azure`,
-//!   `fal`.
+//!   `fal`, `mistral`, `together`, `fireworks`.
 //! - [`config`]: `[upstreams.<name>]` resolved into an [`UpstreamConfig`].
 //! - [`webhook`]: `[upstreams.<name>.webhook]` resolved into a [`WebhookConfig`].
 //! - Here: the status [`Mapping`] (the generic reader and the presets' overrides), the helpers
@@ -16,11 +16,14 @@ mod anthropic;
 mod azure;
 pub mod config;
 mod fal;
+mod fireworks;
 mod generic;
 mod google;
+mod mistral;
 mod openai;
 pub mod presets;
 mod replicate;
+mod together;
 pub mod webhook;
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
@@ -53,6 +56,9 @@ pub const PRESETS: &[Preset] = &[
     Preset::new(&anthropic::BATCH),
     Preset::new(&azure::ASYNC),
     Preset::new(&fal::QUEUE),
+    Preset::new(&mistral::BATCH),
+    Preset::new(&together::BATCH),
+    Preset::new(&fireworks::BATCH),
 ];
 
 /// The config fields that describe a generic mapping (pointers already checked).
