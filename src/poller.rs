@@ -343,6 +343,10 @@ async fn decide_by_result(
         }
         Err(e) => return transient(format!("not reading the result: {e}")),
     };
+    // A request like any other to this upstream: it waits for the upstream's budget.
+    if let Some(limiter) = shim.limiters.get(&up.name) {
+        limiter.acquire(shim.clock.as_ref()).await;
+    }
     let deadline = tokio::time::Instant::now() + up.timeout;
     let read = async {
         let req = shim
@@ -374,6 +378,14 @@ async fn decide_by_result(
         Ok(answer) => answer,
         Err(e) => return transient(format!("reading the result failed: {e}")),
     };
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        // As for a status read: the whole upstream waits (invariant 5).
+        let now = shim.clock.now();
+        let wait = parse_hint(&headers, now, up.poll.hint_max).unwrap_or(Duration::from_secs(1));
+        if let Some(l) = shim.limiters.get(&up.name) {
+            l.pause_until(now.plus(wait));
+        }
+    }
     match (rr.read)(status.as_u16(), &headers, &bytes) {
         ResultOutcome::Succeeded(result) => {
             shim.metrics.upstream_request(&up.name, "result_read");
