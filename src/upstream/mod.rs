@@ -40,6 +40,7 @@ pub const PRESETS: &[Preset] = &[
     Preset::new(&generic::GENERIC),
     Preset::new(&google::OPERATION),
     Preset::new(&google::VERTEX_OPERATION),
+    Preset::new(&google::VERTEX_BATCH),
     Preset::new(&google::BATCH),
     Preset::new(&google::INTERACTION),
     Preset::new(&openai::BATCH),
@@ -457,6 +458,15 @@ const PATH_ESCAPE: &AsciiSet = &CONTROLS
     .add(b'^')
     .add(b'|');
 
+/// Characters escaped when an operation id is put into a URL path as one segment
+/// ([`PresetSpec::operation_segment`]): all but letters, digits and `-._~`, as botocore's
+/// `percent_encode` (`SAFE_CHARS = '-._~'`) renders a non-greedy URI label.
+const SEGMENT_ESCAPE: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Whether a path segment means "this" or "parent" directory to some server: `.` or `..` once
 /// percent-decoded (up to three times: `%252e` too), and with any `;` matrix parameters removed
 /// (Tomcat and Spring read `..;` as `..`); a decoded `/` or `\\` splits it further.
@@ -509,6 +519,9 @@ pub fn validate_operation_id(op: &str) -> Result<(), String> {
 pub fn prepare_operation(up: &UpstreamConfig, op: &str) -> Result<String, String> {
     validate_operation_id(op)?;
     let canonical = up.preset.canonical_operation(op);
+    if let Some(check) = up.preset.defaults().operation_check {
+        check(&canonical)?;
+    }
     status_url(up, &canonical)?;
     Ok(canonical)
 }
@@ -529,7 +542,12 @@ pub fn status_url(up: &UpstreamConfig, operation: &str) -> Result<Url, String> {
             .join(&encoded)
             .map_err(|e| format!("cannot build the status URL from {path:?}: {e}"))?
     } else {
-        let encoded = utf8_percent_encode(operation, PATH_ESCAPE).to_string();
+        let escape = if up.preset.defaults().operation_segment {
+            SEGMENT_ESCAPE
+        } else {
+            PATH_ESCAPE
+        };
+        let encoded = utf8_percent_encode(operation, escape).to_string();
         let path = up.status_path.replace("{operation}", &encoded);
         up.base_url
             .join(&path)

@@ -21,6 +21,9 @@ pub type ReadStatus = fn(&Value) -> Result<Observation, String>;
 /// Parses a registered operation that is itself the status URL.
 pub type OperationUrl = fn(&str) -> Result<Url, String>;
 
+/// Checks the form of a registered operation.
+pub type CheckOperation = fn(&str) -> Result<(), String>;
+
 /// Derives the status path (relative to `base_url`) from a registered operation.
 pub type OperationPath = fn(&str) -> Result<String, String>;
 
@@ -70,6 +73,14 @@ pub struct PresetSpec {
     /// `pointer`, the final resource is read from there once and becomes `result` (azure-core's
     /// `resourceLocation`; see [`super::final_resource_url`]).
     pub final_resource: Option<&'static str>,
+    /// `Some`: checks the form of an operation an app registers (a clear `422` at registration
+    /// rather than an upstream's `400` on every read; e.g. a Bedrock job ARN).
+    pub operation_check: Option<CheckOperation>,
+    /// Whether the operation goes into `status_path` as one path segment, everything but
+    /// letters, digits and `-._~` percent-encoded, as botocore renders a non-greedy URI label
+    /// (`{jobIdentifier}`: an ARN's `:` and `/` become `%3A` and `%2F`). Otherwise `/` is kept,
+    /// so that names like `batches/x` stay paths.
+    pub operation_segment: bool,
 }
 
 impl PresetSpec {
@@ -93,6 +104,8 @@ impl PresetSpec {
         webhook_id_forms: no_other_forms,
         webhook_id_suffix: false,
         final_resource: None,
+        operation_check: None,
+        operation_segment: false,
     };
 }
 

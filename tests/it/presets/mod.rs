@@ -90,6 +90,12 @@ base_url = "{UP}/vertex/v1/"
 headers = { Authorization = "Bearer test-vertex-token" }
 poll = FAST
 
+[upstreams.vertex-batch]
+preset = "vertex-batch"
+base_url = "{UP}/vertex/v1/"
+auth = { command = ["printf", "test-vertex-batch-token"] }
+poll = FAST
+
 [upstreams.generic-post]
 preset = "generic"
 base_url = "{UP}/jobs/"
