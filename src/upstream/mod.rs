@@ -5,13 +5,15 @@
 //!
 //! - [`PRESETS`]: the table of presets; [`presets`]: [`PresetSpec`] and the [`Preset`] handle.
 //! - One file per provider family defines its presets completely: `generic`, `google` (Google
-//!   operations, Gemini batches and interactions), `openai`, `replicate`, `anthropic`, `azure`.
+//!   operations, Vertex batch prediction jobs, Gemini batches and interactions), `openai`,
+//!   `replicate`, `anthropic`, `azure`, `aws` (Bedrock batch jobs and async invocations).
 //! - [`config`]: `[upstreams.<name>]` resolved into an [`UpstreamConfig`].
 //! - [`webhook`]: `[upstreams.<name>.webhook]` resolved into a [`WebhookConfig`].
 //! - Here: the status [`Mapping`] (the generic reader and the presets' overrides), the helpers
 //!   the readers share, and status URLs.
 
 mod anthropic;
+mod aws;
 mod azure;
 pub mod config;
 mod generic;
@@ -48,6 +50,8 @@ pub const PRESETS: &[Preset] = &[
     Preset::new(&replicate::PREDICTION),
     Preset::new(&anthropic::BATCH),
     Preset::new(&azure::ASYNC),
+    Preset::new(&aws::BATCH),
+    Preset::new(&aws::ASYNC_INVOKE),
 ];
 
 /// The config fields that describe a generic mapping (pointers already checked).

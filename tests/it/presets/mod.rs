@@ -10,6 +10,7 @@
 //! and [`Rig`]'s drivers that take a job from running to an end.
 
 mod anthropic;
+mod aws;
 mod azure;
 mod generic;
 mod google;
@@ -96,6 +97,18 @@ base_url = "{UP}/vertex/v1/"
 auth = { command = ["printf", "test-vertex-batch-token"] }
 poll = FAST
 
+[upstreams.bedrock-batch]
+preset = "bedrock-batch"
+base_url = "{UP}/bedrock/"
+auth = { aws_sigv4 = { service = "bedrock", region = "us-east-1" } }
+poll = FAST
+
+[upstreams.bedrock-invoke]
+preset = "bedrock-async-invoke"
+base_url = "{UP}/bedrock-runtime/"
+auth = { aws_sigv4 = { service = "bedrock", region = "us-east-1" } }
+poll = FAST
+
 [upstreams.generic-post]
 preset = "generic"
 base_url = "{UP}/jobs/"
@@ -164,6 +177,8 @@ fn env() -> Vec<(String, String)> {
         ("REPLICATE_API_TOKEN", "test-replicate-token"),
         ("ANTHROPIC_API_KEY", "test-anthropic-key"),
         ("AZURE_KEY", "test-azure-key"),
+        ("AWS_ACCESS_KEY_ID", crate::credentials::AKID),
+        ("AWS_SECRET_ACCESS_KEY", crate::credentials::SECRET),
         ("HOOK_SECRET", PUSHY_SECRET),
     ]
     .into_iter()
