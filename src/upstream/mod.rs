@@ -6,7 +6,8 @@
 //! - [`PRESETS`]: the table of presets; [`presets`]: [`PresetSpec`] and the [`Preset`] handle.
 //! - One file per provider family defines its presets completely: `generic`, `google` (Google
 //!   operations, Vertex batch prediction jobs, Gemini batches and interactions), `openai`,
-//!   `replicate`, `anthropic`, `azure`, `aws` (Bedrock batch jobs and async invocations).
+//!   `replicate`, `runway`, `anthropic`, `azure`, `aws` (Bedrock batch jobs and async
+//!   invocations).
 //! - [`config`]: `[upstreams.<name>]` resolved into an [`UpstreamConfig`].
 //! - [`webhook`]: `[upstreams.<name>.webhook]` resolved into a [`WebhookConfig`].
 //! - Here: the status [`Mapping`] (the generic reader and the presets' overrides), the helpers
@@ -21,6 +22,7 @@ mod google;
 mod openai;
 pub mod presets;
 mod replicate;
+mod runway;
 pub mod webhook;
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
@@ -48,6 +50,7 @@ pub const PRESETS: &[Preset] = &[
     Preset::new(&openai::BATCH),
     Preset::new(&openai::RESPONSE),
     Preset::new(&replicate::PREDICTION),
+    Preset::new(&runway::TASK),
     Preset::new(&anthropic::BATCH),
     Preset::new(&azure::ASYNC),
     Preset::new(&aws::BATCH),

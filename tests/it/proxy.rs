@@ -268,6 +268,14 @@ rate = { per_second = 200, burst = 50 }
 poll = SLOW
 proxy = { enabled = true }
 
+[upstreams.rw]
+preset = "runway-task"
+base_url = "{PROV}/v1/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
 [upstreams.jobs]
 base_url = "{PROV}/api/v2/"
 headers = { Authorization = "Bearer hookshim-own" }
@@ -436,7 +444,29 @@ fn cases(prov: &str) -> Vec<Case> {
         "submitTime": "2026-11-30T10:00:00Z",
         "inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://b/in/"}},
         "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://b/out/"}}});
+    // runwayml/sdk-python src/runwayml/types/image_to_video_create_response.py (`{"id"}` only)
+    // and task_retrieve_response.py (`Running`).
+    let rw_id = "17f20503-6c24-4c16-946b-35dbbce2af2f";
+    let rw_task = json!({"id": rw_id, "createdAt": "2026-11-30T10:00:00.000Z",
+        "status": "RUNNING", "progress": 0.2});
     vec![
+        Case {
+            upstream: "rw",
+            create: (
+                "POST",
+                "v1/image_to_video",
+                json!({"model": "gen4_turbo", "promptImage": "https://example.com/a.png", "ratio": "1280:720"}),
+            ),
+            created: json!({"id": rw_id}),
+            created_headers: vec![],
+            operation: rw_id.into(),
+            status_path: format!("v1/tasks/{rw_id}"),
+            status_body: rw_task,
+            variant: None,
+            auth: ("authorization", "Bearer key_app"),
+            other_auth: "Bearer key_other",
+            seeds: false,
+        },
         Case {
             upstream: "vb",
             create: (

@@ -16,6 +16,7 @@ mod generic;
 mod google;
 mod openai;
 mod replicate;
+mod runway;
 
 use std::time::{Duration, SystemTime};
 
@@ -64,6 +65,11 @@ poll = FAST
 [upstreams.replicate]
 preset = "replicate"
 base_url = "{UP}/replicate/v1/"
+poll = FAST
+
+[upstreams.runway]
+preset = "runway-task"
+base_url = "{UP}/runway/v1/"
 poll = FAST
 
 [upstreams.anthropic]
@@ -176,6 +182,7 @@ fn env() -> Vec<(String, String)> {
         ("OPENAI_API_KEY", "test-openai-key"),
         ("REPLICATE_API_TOKEN", "test-replicate-token"),
         ("ANTHROPIC_API_KEY", "test-anthropic-key"),
+        ("RUNWAYML_API_SECRET", "test-runway-secret"),
         ("AZURE_KEY", "test-azure-key"),
         ("AWS_ACCESS_KEY_ID", crate::credentials::AKID),
         ("AWS_SECRET_ACCESS_KEY", crate::credentials::SECRET),
