@@ -58,6 +58,7 @@ pub static BATCH: PresetSpec = PresetSpec {
     }),
     operation_check: Some(check_job_identifier),
     operation_segment: true,
+    aws_signing_name: Some("bedrock"),
     ..PresetSpec::BASE
 };
 
@@ -83,6 +84,7 @@ pub static ASYNC_INVOKE: PresetSpec = PresetSpec {
     }),
     operation_check: Some(check_invocation_arn),
     operation_segment: true,
+    aws_signing_name: Some("bedrock"),
     ..PresetSpec::BASE
 };
 

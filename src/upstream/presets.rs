@@ -81,6 +81,9 @@ pub struct PresetSpec {
     /// (`{jobIdentifier}`: an ARN's `:` and `/` become `%3A` and `%2F`). Otherwise `/` is kept,
     /// so that names like `batches/x` stay paths.
     pub operation_segment: bool,
+    /// `Some`: an AWS API's SigV4 signing name (`metadata.signingName` of its botocore model).
+    /// With `auth.aws_sigv4`, the config must sign as it, for the region `base_url` names.
+    pub aws_signing_name: Option<&'static str>,
 }
 
 impl PresetSpec {
@@ -106,6 +109,7 @@ impl PresetSpec {
         final_resource: None,
         operation_check: None,
         operation_segment: false,
+        aws_signing_name: None,
     };
 }
 
