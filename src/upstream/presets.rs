@@ -22,6 +22,9 @@ pub type ReadStatus = fn(&Value) -> Result<Observation, String>;
 /// Parses a registered operation that is itself the status URL.
 pub type OperationUrl = fn(&str) -> Result<Url, String>;
 
+/// Checks the form of a registered operation.
+pub type CheckOperation = fn(&str) -> Result<(), String>;
+
 /// Derives the status path (relative to `base_url`) from a registered operation.
 pub type OperationPath = fn(&str) -> Result<String, String>;
 
@@ -76,6 +79,17 @@ pub struct PresetSpec {
     /// success). Unlike [`PresetSpec::final_resource`], a read that gets no usable answer is not
     /// an outcome: the poll counts as transient and the status is read again.
     pub result_read: Option<ResultRead>,
+    /// `Some`: checks the form of an operation an app registers (a clear `422` at registration
+    /// rather than an upstream's `400` on every read; e.g. a Bedrock job ARN).
+    pub operation_check: Option<CheckOperation>,
+    /// Whether the operation goes into `status_path` as one path segment, everything but
+    /// letters, digits and `-._~` percent-encoded, as botocore renders a non-greedy URI label
+    /// (`{jobIdentifier}`: an ARN's `:` and `/` become `%3A` and `%2F`). Otherwise `/` is kept,
+    /// so that names like `batches/x` stay paths.
+    pub operation_segment: bool,
+    /// `Some`: an AWS API's SigV4 signing name (`metadata.signingName` of its botocore model).
+    /// With `auth.aws_sigv4`, the config must sign as it, for the region `base_url` names.
+    pub aws_signing_name: Option<&'static str>,
 }
 
 impl PresetSpec {
@@ -100,6 +114,9 @@ impl PresetSpec {
         webhook_id_suffix: false,
         final_resource: None,
         result_read: None,
+        operation_check: None,
+        operation_segment: false,
+        aws_signing_name: None,
     };
 }
 

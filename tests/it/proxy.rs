@@ -260,6 +260,22 @@ rate = { per_second = 200, burst = 50 }
 poll = SLOW
 proxy = { enabled = true }
 
+[upstreams.vb]
+preset = "vertex-batch"
+base_url = "{PROV}/v1/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
+[upstreams.br]
+preset = "bedrock-batch"
+base_url = "{PROV}/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
 [upstreams.mi]
 preset = "mistral-batch"
 base_url = "{PROV}/v1/"
@@ -278,6 +294,14 @@ proxy = { enabled = true }
 
 [upstreams.fw]
 preset = "fireworks-batch"
+base_url = "{PROV}/v1/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
+[upstreams.rw]
+preset = "runway-task"
 base_url = "{PROV}/v1/"
 headers = { Authorization = "Bearer hookshim-own" }
 rate = { per_second = 200, burst = 50 }
@@ -448,7 +472,79 @@ fn cases(prov: &str) -> Vec<Case> {
         "state": "JOB_STATE_CREATING", "model": "accounts/fireworks/models/llama-v3p1-8b-instruct",
         "inputDatasetId": "accounts/acme/datasets/in", "createTime": "2026-11-30T10:00:00Z",
         "jobProgress": {"percent": 0}});
+    // googleapis/python-aiplatform google/cloud/aiplatform_v1/types/batch_prediction_job.py
+    // (`BatchPredictionJob`); the create (`POST /v1/{parent}/batchPredictionJobs`,
+    // services/job_service/transports/rest_base.py) answers the job.
+    let vjob_name = "projects/p1/locations/us-central1/batchPredictionJobs/4567";
+    let vjob = json!({"name": vjob_name, "displayName": "nightly",
+        "model": "publishers/google/models/gemini-2.5-flash", "state": "JOB_STATE_PENDING",
+        "createTime": "2026-11-30T10:00:00Z"});
+    // boto/botocore botocore/data/bedrock/2023-04-20/service-2.json: CreateModelInvocationJob
+    // answers only `jobArn`; GetModelInvocationJob is read at the ARN as one encoded segment
+    // (serialize.py `_render_uri_template`). Authorised with a Bedrock API key (bearer).
+    let job_arn = "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abc123xyz789";
+    let bjob = json!({"jobArn": job_arn, "jobName": "nightly", "modelId": "anthropic.claude-3-haiku-20240307-v1:0",
+        "roleArn": "arn:aws:iam::123456789012:role/batch", "status": "Submitted",
+        "submitTime": "2026-11-30T10:00:00Z",
+        "inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://b/in/"}},
+        "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://b/out/"}}});
+    // runwayml/sdk-python src/runwayml/types/image_to_video_create_response.py (`{"id"}` only)
+    // and task_retrieve_response.py (`Running`).
+    let rw_id = "17f20503-6c24-4c16-946b-35dbbce2af2f";
+    let rw_task = json!({"id": rw_id, "createdAt": "2026-11-30T10:00:00.000Z",
+        "status": "RUNNING", "progress": 0.2});
     vec![
+        Case {
+            upstream: "rw",
+            create: (
+                "POST",
+                "v1/image_to_video",
+                json!({"model": "gen4_turbo", "promptImage": "https://example.com/a.png", "ratio": "1280:720"}),
+            ),
+            created: json!({"id": rw_id}),
+            created_headers: vec![],
+            operation: rw_id.into(),
+            status_path: format!("v1/tasks/{rw_id}"),
+            status_body: rw_task,
+            variant: None,
+            auth: ("authorization", "Bearer key_app"),
+            other_auth: "Bearer key_other",
+            seeds: false,
+        },
+        Case {
+            upstream: "vb",
+            create: (
+                "POST",
+                "v1/projects/p1/locations/us-central1/batchPredictionJobs",
+                json!({"displayName": "nightly", "model": "publishers/google/models/gemini-2.5-flash"}),
+            ),
+            created: vjob.clone(),
+            created_headers: vec![],
+            operation: vjob_name.into(),
+            status_path: format!("v1/{vjob_name}"),
+            status_body: vjob,
+            variant: Some(format!("v1beta1/{vjob_name}")),
+            auth: ("authorization", "Bearer ya29.app"),
+            other_auth: "Bearer ya29.other",
+            seeds: true,
+        },
+        Case {
+            upstream: "br",
+            create: (
+                "POST",
+                "model-invocation-job",
+                json!({"jobName": "nightly", "modelId": "anthropic.claude-3-haiku-20240307-v1:0"}),
+            ),
+            created: json!({"jobArn": job_arn}),
+            created_headers: vec![],
+            operation: job_arn.into(),
+            status_path: "model-invocation-job/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Amodel-invocation-job%2Fabc123xyz789".into(),
+            status_body: bjob,
+            variant: None,
+            auth: ("authorization", "Bearer bedrock-api-key-app"),
+            other_auth: "Bearer bedrock-api-key-other",
+            seeds: false,
+        },
         Case {
             upstream: "ob",
             create: (

@@ -10,6 +10,7 @@
 //! and [`Rig`]'s drivers that take a job from running to an end.
 
 mod anthropic;
+mod aws;
 mod azure;
 mod fal;
 mod fireworks;
@@ -18,6 +19,7 @@ mod google;
 mod mistral;
 mod openai;
 mod replicate;
+mod runway;
 mod together;
 
 use std::time::{Duration, SystemTime};
@@ -69,6 +71,11 @@ preset = "replicate"
 base_url = "{UP}/replicate/v1/"
 poll = FAST
 
+[upstreams.runway]
+preset = "runway-task"
+base_url = "{UP}/runway/v1/"
+poll = FAST
+
 [upstreams.anthropic]
 preset = "anthropic-batch"
 base_url = "{UP}/anthropic/v1/"
@@ -112,6 +119,24 @@ poll = FAST
 [upstreams.fireworks]
 preset = "fireworks-batch"
 base_url = "{UP}/fireworks/v1/"
+poll = FAST
+
+[upstreams.vertex-batch]
+preset = "vertex-batch"
+base_url = "{UP}/vertex/v1/"
+auth = { command = ["printf", "test-vertex-batch-token"] }
+poll = FAST
+
+[upstreams.bedrock-batch]
+preset = "bedrock-batch"
+base_url = "{UP}/bedrock/"
+auth = { aws_sigv4 = { service = "bedrock", region = "us-east-1" } }
+poll = FAST
+
+[upstreams.bedrock-invoke]
+preset = "bedrock-async-invoke"
+base_url = "{UP}/bedrock-runtime/"
+auth = { aws_sigv4 = { service = "bedrock", region = "us-east-1" } }
 poll = FAST
 
 [upstreams.generic-post]
@@ -181,11 +206,14 @@ fn env() -> Vec<(String, String)> {
         ("OPENAI_API_KEY", "test-openai-key"),
         ("REPLICATE_API_TOKEN", "test-replicate-token"),
         ("ANTHROPIC_API_KEY", "test-anthropic-key"),
+        ("RUNWAYML_API_SECRET", "test-runway-secret"),
         ("AZURE_KEY", "test-azure-key"),
         ("FAL_KEY", "test-fal-key"),
         ("MISTRAL_API_KEY", "test-mistral-key"),
         ("TOGETHER_API_KEY", "test-together-key"),
         ("FIREWORKS_API_KEY", "test-fireworks-key"),
+        ("AWS_ACCESS_KEY_ID", crate::credentials::AKID),
+        ("AWS_SECRET_ACCESS_KEY", crate::credentials::SECRET),
         ("HOOK_SECRET", PUSHY_SECRET),
     ]
     .into_iter()
