@@ -19,9 +19,14 @@ use serde::Deserialize;
 
 use crate::address::{Rules, check_callback_url, parse_port_range};
 
+use crate::clock::Timestamp;
 use crate::upstream::UpstreamConfig;
 use crate::upstream::config::{RawUpstream, resolve_upstream};
 use crate::values::{Dur, EnvLookup, Secret, Size, process_env};
+
+pub mod secrets;
+pub use secrets::{CallbackSigningKey, KeySource, PreviousSecret};
+use secrets::{RawKeys, RawPreviousSecret, resolve_keys};
 
 /// An error in the configuration: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +158,14 @@ struct RawCallbacks {
     default_url: Option<String>,
     #[serde(default = "d_secret_env")]
     secret_env: String,
+    /// The current secret from a file instead (re-read on SIGHUP).
+    secret_file: Option<PathBuf>,
+    /// Secrets callbacks are still signed with during a rotation.
+    #[serde(default)]
+    previous_secrets: Vec<RawPreviousSecret>,
+    /// An Ed25519 key (`whsk_…`): callbacks also carry a `v1a` signature.
+    signing_key_env: Option<String>,
+    signing_key_file: Option<PathBuf>,
     #[serde(default = "d_allowed")]
     allowed_hosts: Vec<String>,
     #[serde(default)]
@@ -194,6 +207,10 @@ impl Default for RawCallbacks {
         RawCallbacks {
             default_url: None,
             secret_env: d_secret_env(),
+            secret_file: None,
+            previous_secrets: Vec::new(),
+            signing_key_env: None,
+            signing_key_file: None,
             allowed_hosts: d_allowed(),
             allowed_networks: Vec::new(),
             allowed_ports: None,
@@ -315,9 +332,16 @@ pub struct StoreConfig {
 pub struct CallbackConfig {
     pub default_url: Option<Url>,
     pub secret_env: String,
-    /// The signing key when the environment provides one; otherwise the store's generated key
-    /// is used (see [`crate::delivery::load_or_create_secret`]).
+    /// The signing key when the environment or `secret_file` provides one; otherwise the
+    /// store's generated key is used (see [`crate::delivery::load_or_create_secret`]).
     pub secret: Option<Secret>,
+    /// Where `secret` came from (`None` with it).
+    pub secret_source: Option<KeySource>,
+    pub secret_file: Option<PathBuf>,
+    /// Older secrets callbacks are signed with too, during a rotation.
+    pub previous_secrets: Vec<PreviousSecret>,
+    /// The Ed25519 key for `v1a` signatures, when configured.
+    pub signing_key: Option<CallbackSigningKey>,
     /// Lower-case, without brackets: exact hosts, `*.suffix` patterns, or `*`
     /// (see [`crate::address`]).
     pub allowed_hosts: Vec<String>,
@@ -332,6 +356,23 @@ pub struct CallbackConfig {
 }
 
 impl CallbackConfig {
+    /// What is valid but probably a mistake: a previous secret past its `until` (no longer
+    /// signed with; remove it).
+    pub fn warnings(&self, now: Timestamp) -> Vec<String> {
+        self.previous_secrets
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.until.is_some_and(|u| now >= u))
+            .map(|(i, p)| {
+                format!(
+                    "`callbacks.previous_secrets[{i}]`: until {} has passed; callbacks are no longer signed with the secret in {} (remove the entry)",
+                    p.until.map(|u| u.rfc3339()).unwrap_or_default(),
+                    p.source
+                )
+            })
+            .collect()
+    }
+
     /// The destination rules, for [`crate::address::check_callback_url`] and the resolver.
     pub fn rules(&self) -> Rules<'_> {
         Rules {
@@ -503,7 +544,14 @@ impl Config {
             "callbacks": {
                 "default_url": self.callbacks.default_url.as_ref().map(|u| u.as_str()),
                 "secret_env": self.callbacks.secret_env,
-                "secret": if self.callbacks.secret.is_some() { "<redacted, from environment>" } else { "<generated in the data directory on first start>" },
+                "secret_file": self.callbacks.secret_file.as_ref().map(|p| p.display().to_string()),
+                "secret": match &self.callbacks.secret_source { Some(from) => format!("<redacted, from {from}>"), None => "<generated in the data directory on first start>".to_string() },
+                "previous_secrets": self.callbacks.previous_secrets.iter().map(|p| json!({
+                    "from": p.source.to_string(), "value": "<redacted>", "until": p.until.map(|t| t.rfc3339()),
+                })).collect::<Vec<_>>(),
+                "signing_key": self.callbacks.signing_key.as_ref().map(|k| json!({
+                    "from": k.source.to_string(), "value": "<redacted>", "public_key": k.public_whpk(),
+                })),
                 "allowed_hosts": self.callbacks.allowed_hosts,
                 "allowed_networks": self.callbacks.allowed_networks.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
                 "allowed_ports": self.callbacks.allowed_ports.as_ref().map(|ps| ps.iter().map(|r| if r.start() == r.end() { r.start().to_string() } else { format!("{}-{}", r.start(), r.end()) }).collect::<Vec<_>>()),
@@ -656,13 +704,20 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             check_callback_url(&u, rules).map_err(|e| format!("`callbacks.default_url`: {e}"))?,
         ),
     };
-    let secret =
-        match env(&cb.secret_env) {
-            None => None,
-            Some(s) => Some(Secret::from_whsec(&s).map_err(|e| {
-                format!("`callbacks.secret_env`: the value of {} {e}", cb.secret_env)
-            })?),
-        };
+    let keys = resolve_keys(
+        RawKeys {
+            secret_env: &cb.secret_env,
+            secret_file: cb.secret_file.as_deref(),
+            previous_secrets: &cb.previous_secrets,
+            signing_key_env: cb.signing_key_env.as_deref(),
+            signing_key_file: cb.signing_key_file.as_deref(),
+        },
+        env,
+    )?;
+    let (secret, secret_source) = match keys.secret {
+        Some((s, from)) => (Some(s), Some(from)),
+        None => (None, None),
+    };
     if cb.timeout.0.is_zero() {
         return Err("`callbacks.timeout`: must be more than 0s".into());
     }
@@ -741,6 +796,10 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             default_url,
             secret_env: cb.secret_env,
             secret,
+            secret_source,
+            secret_file: cb.secret_file,
+            previous_secrets: keys.previous,
+            signing_key: keys.signing_key,
             allowed_hosts,
             allowed_networks,
             allowed_ports,

@@ -105,15 +105,18 @@ fn init_logging(default: &str, format: LogFormat) {
     }
 }
 
-/// What is valid but probably a mistake, e.g. a previous webhook secret past its `until`.
+/// What is valid but probably a mistake, e.g. a previous secret past its `until`.
 fn warnings(config: &Config) -> Vec<String> {
     let now = SystemClock.now();
-    config
-        .upstreams
-        .iter()
-        .filter_map(|(name, u)| u.webhook.as_ref().map(|w| w.warnings(name, now)))
-        .flatten()
-        .collect()
+    let mut out = config.callbacks.warnings(now);
+    out.extend(
+        config
+            .upstreams
+            .iter()
+            .filter_map(|(name, u)| u.webhook.as_ref().map(|w| w.warnings(name, now)))
+            .flatten(),
+    );
+    out
 }
 
 fn main() -> ExitCode {

@@ -58,9 +58,11 @@ pub fn keyed_hash(callback_key: &[u8], upstream: &str, value: &[u8]) -> String {
 
 /// Whether a request with `headers` may read a cached status of an operation created with
 /// the credential hashed as `creator`: the same credential, or hookshim's own for `up`.
+/// `callback_keys`: the current callback secret and the previous ones (a hash made before a
+/// rotation matches under its key).
 pub fn may_read(
     up: &UpstreamConfig,
-    callback_key: &[u8],
+    callback_keys: &[&[u8]],
     creator: Option<&str>,
     headers: &HeaderMap,
 ) -> bool {
@@ -73,8 +75,10 @@ pub fn may_read(
         }
     }
     creator.is_some_and(|c| {
-        let h = keyed_hash(callback_key, &up.name, value);
-        bool::from(h.as_bytes().ct_eq(c.as_bytes()))
+        callback_keys.iter().any(|k| {
+            let h = keyed_hash(k, &up.name, value);
+            bool::from(h.as_bytes().ct_eq(c.as_bytes()))
+        })
     })
 }
 

@@ -23,6 +23,7 @@ mod ops;
 mod polling;
 mod presets;
 mod proxy;
+mod rotation;
 mod schemes;
 mod sdk;
 mod store_damage;
