@@ -632,6 +632,9 @@ pub fn reload(shim: &Shim, path: &Path) {
         serde_json::json!(*shim.allowed_hosts()).to_string(),
     );
     flatten("", &new.redacted(), &mut new_keys);
+    // Where keys came from is no setting.
+    old_keys.retain(|k, _| !k.starts_with("origins."));
+    new_keys.retain(|k, _| !k.starts_with("origins."));
     let changed: Vec<String> = old_keys
         .keys()
         .chain(new_keys.keys())

@@ -15,6 +15,7 @@ mod credentials;
 mod delivery;
 mod disk_full;
 mod docs;
+mod env_config;
 mod hardening;
 mod hostile;
 mod lifecycle;
