@@ -13,6 +13,7 @@ mod corpus;
 mod crash;
 mod credentials;
 mod delivery;
+mod demo;
 mod deploy;
 mod disk_full;
 mod docs;
