@@ -5,7 +5,8 @@
 //!
 //! - [`PRESETS`]: the table of presets; [`presets`]: [`PresetSpec`] and the [`Preset`] handle.
 //! - One file per provider family defines its presets completely: `generic`, `google` (Google
-//!   operations, Gemini batches and interactions), `openai`, `replicate`, `anthropic`, `azure`.
+//!   operations, Gemini batches and interactions), `openai`, `replicate`, `anthropic`, `azure`,
+//!   `fal`, `mistral`, `together`, `fireworks`.
 //! - [`config`]: `[upstreams.<name>]` resolved into an [`UpstreamConfig`].
 //! - [`webhook`]: `[upstreams.<name>.webhook]` resolved into a [`WebhookConfig`].
 //! - Here: the status [`Mapping`] (the generic reader and the presets' overrides), the helpers
@@ -14,11 +15,15 @@
 mod anthropic;
 mod azure;
 pub mod config;
+mod fal;
+mod fireworks;
 mod generic;
 mod google;
+mod mistral;
 mod openai;
 pub mod presets;
 mod replicate;
+mod together;
 pub mod webhook;
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
@@ -28,7 +33,10 @@ use serde_json::{Value, json};
 use crate::clock::Timestamp;
 
 pub use self::config::{CALLBACK_EVENTS, UpstreamConfig};
-pub use self::presets::{CreateId, CreateRule, Preset, PresetSpec, ProxyPatterns, WebhookDefaults};
+pub use self::presets::{
+    CreateId, CreateRule, Preset, PresetSpec, ProxyPatterns, ResultOutcome, ResultRead,
+    WebhookDefaults,
+};
 pub use self::webhook::{
     GEMINI_JWKS_URL, JwtConfig, KeyMaterial, WebhookConfig, WebhookKey, WebhookScheme,
 };
@@ -47,6 +55,10 @@ pub const PRESETS: &[Preset] = &[
     Preset::new(&replicate::PREDICTION),
     Preset::new(&anthropic::BATCH),
     Preset::new(&azure::ASYNC),
+    Preset::new(&fal::QUEUE),
+    Preset::new(&mistral::BATCH),
+    Preset::new(&together::BATCH),
+    Preset::new(&fireworks::BATCH),
 ];
 
 /// The config fields that describe a generic mapping (pointers already checked).
@@ -566,6 +578,27 @@ pub fn final_resource_url(
     let url = status_url
         .join(location)
         .map_err(|e| format!("the final resource location {location:?} is not a URL ({e})"))?;
+    ensure_under(&up.base_url, &url)?;
+    Ok(Some(url))
+}
+
+/// Where to read the result of an operation whose preset decides success by a result read
+/// ([`PresetSpec::result_read`]): `Ok(None)` when the preset has none or the status body names
+/// none. Like status URLs it must lie under the upstream's `base_url`.
+pub fn result_url(
+    up: &UpstreamConfig,
+    status_url: &Url,
+    body: &Value,
+) -> Result<Option<Url>, String> {
+    let Some(rr) = up.preset.defaults().result_read else {
+        return Ok(None);
+    };
+    let Some(location) = (rr.location)(status_url, body) else {
+        return Ok(None);
+    };
+    let url = status_url
+        .join(&location)
+        .map_err(|e| format!("the result location {location:?} is not a URL ({e})"))?;
     ensure_under(&up.base_url, &url)?;
     Ok(Some(url))
 }

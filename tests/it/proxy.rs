@@ -252,6 +252,38 @@ rate = { per_second = 200, burst = 50 }
 poll = SLOW
 proxy = { enabled = true }
 
+[upstreams.fal]
+preset = "fal-queue"
+base_url = "{PROV}/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
+[upstreams.mi]
+preset = "mistral-batch"
+base_url = "{PROV}/v1/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
+[upstreams.tg]
+preset = "together-batch"
+base_url = "{PROV}/together/v1/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
+[upstreams.fw]
+preset = "fireworks-batch"
+base_url = "{PROV}/v1/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
 [upstreams.jobs]
 base_url = "{PROV}/api/v2/"
 headers = { Authorization = "Bearer hookshim-own" }
@@ -404,6 +436,18 @@ fn cases(prov: &str) -> Vec<Case> {
     // Azure/azure-sdk-for-python sdk/core/azure-core/azure/core/polling/base_polling.py: the
     // create answers 201/202 with Azure-AsyncOperation; the status resource has `status`.
     let az_url = format!("{prov}/operations/azop1?api-version=2024-01-01");
+    let mistral_job = json!({"id": "mb-1", "object": "batch", "input_files": ["f1"],
+        "endpoint": "/v1/chat/completions", "model": "mistral-small-latest", "errors": [],
+        "status": "QUEUED", "created_at": 1_764_000_000, "total_requests": 0,
+        "completed_requests": 0, "succeeded_requests": 0, "failed_requests": 0});
+    let together_job = json!({"id": "tb-1", "user_id": "u1", "input_file_id": "file-in",
+        "file_size_bytes": 1024, "status": "VALIDATING", "job_deadline": "2026-12-01T10:00:00Z",
+        "created_at": "2026-11-30T10:00:00Z", "endpoint": "/v1/chat/completions",
+        "progress": 0, "model_id": "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"});
+    let fireworks_job = json!({"name": "accounts/acme/batchInferenceJobs/fj-1",
+        "state": "JOB_STATE_CREATING", "model": "accounts/fireworks/models/llama-v3p1-8b-instruct",
+        "inputDatasetId": "accounts/acme/datasets/in", "createTime": "2026-11-30T10:00:00Z",
+        "jobProgress": {"percent": 0}});
     vec![
         Case {
             upstream: "ob",
@@ -545,6 +589,82 @@ fn cases(prov: &str) -> Vec<Case> {
             auth: ("authorization", "Bearer eyJ-app"),
             other_auth: "Bearer eyJ-other",
             seeds: false,
+        },
+        // fal-ai/fal projects/fal_client/src/fal_client/client.py (`AsyncClient.submit` reads
+        // `request_id`, `response_url`, `status_url`, `cancel_url`; `_parse_status`).
+        Case {
+            upstream: "fal",
+            create: ("POST", "fal-ai/flux/dev", json!({"prompt": "a lighthouse"})),
+            created: json!({"request_id": "req-7", "status": "IN_QUEUE", "queue_position": 0,
+                "response_url": format!("{prov}/fal-ai/flux/requests/req-7"),
+                "status_url": format!("{prov}/fal-ai/flux/requests/req-7/status"),
+                "cancel_url": format!("{prov}/fal-ai/flux/requests/req-7/cancel")}),
+            created_headers: vec![],
+            operation: format!("{prov}/fal-ai/flux/requests/req-7/status"),
+            status_path: "fal-ai/flux/requests/req-7/status".into(),
+            status_body: json!({"status": "IN_PROGRESS", "request_id": "req-7", "logs": null,
+                "response_url": format!("{prov}/fal-ai/flux/requests/req-7")}),
+            variant: None,
+            auth: ("authorization", "Key fal-app"),
+            other_auth: "Key fal-other",
+            seeds: false,
+        },
+        // mistralai/client-python src/mistralai/client/models/batchjob.py (`BatchJob`).
+        Case {
+            upstream: "mi",
+            create: (
+                "POST",
+                "v1/batch/jobs",
+                json!({"input_files": ["f1"], "endpoint": "/v1/chat/completions", "model": "mistral-small-latest"}),
+            ),
+            created: mistral_job.clone(),
+            created_headers: vec![],
+            operation: "mb-1".into(),
+            status_path: "v1/batch/jobs/mb-1".into(),
+            status_body: mistral_job,
+            variant: None,
+            auth: ("authorization", "Bearer mistral-app"),
+            other_auth: "Bearer mistral-other",
+            seeds: true,
+        },
+        // togethercomputer/together-py src/together/types/batch_create_response.py: the
+        // create answers `{"job", "warning"}`, not the job. (Under its own base path: the
+        // provider counts requests by path, and openai-batch POSTs `v1/batches` too.)
+        Case {
+            upstream: "tg",
+            create: (
+                "POST",
+                "together/v1/batches",
+                json!({"input_file_id": "file-in", "endpoint": "/v1/chat/completions"}),
+            ),
+            created: json!({"job": together_job.clone(), "warning": null}),
+            created_headers: vec![],
+            operation: "tb-1".into(),
+            status_path: "together/v1/batches/tb-1".into(),
+            status_body: together_job,
+            variant: None,
+            auth: ("authorization", "Bearer together-app"),
+            other_auth: "Bearer together-other",
+            seeds: false,
+        },
+        // fw-ai-external/python-sdk src/fireworks/types/batch_inference_job.py.
+        Case {
+            upstream: "fw",
+            create: (
+                "POST",
+                "v1/accounts/acme/batchInferenceJobs",
+                json!({"model": "accounts/fireworks/models/llama-v3p1-8b-instruct",
+                       "inputDatasetId": "accounts/acme/datasets/in"}),
+            ),
+            created: fireworks_job.clone(),
+            created_headers: vec![],
+            operation: "accounts/acme/batchInferenceJobs/fj-1".into(),
+            status_path: "v1/accounts/acme/batchInferenceJobs/fj-1".into(),
+            status_body: fireworks_job,
+            variant: None,
+            auth: ("authorization", "Bearer fw-app"),
+            other_auth: "Bearer fw-other",
+            seeds: true,
         },
         Case {
             upstream: "jobs",

@@ -11,10 +11,14 @@
 
 mod anthropic;
 mod azure;
+mod fal;
+mod fireworks;
 mod generic;
 mod google;
+mod mistral;
 mod openai;
 mod replicate;
+mod together;
 
 use std::time::{Duration, SystemTime};
 
@@ -90,6 +94,26 @@ base_url = "{UP}/vertex/v1/"
 headers = { Authorization = "Bearer test-vertex-token" }
 poll = FAST
 
+[upstreams.fal]
+preset = "fal-queue"
+base_url = "{UP}/fal/"
+poll = FAST
+
+[upstreams.mistral]
+preset = "mistral-batch"
+base_url = "{UP}/mistral/v1/"
+poll = FAST
+
+[upstreams.together]
+preset = "together-batch"
+base_url = "{UP}/together/v1/"
+poll = FAST
+
+[upstreams.fireworks]
+preset = "fireworks-batch"
+base_url = "{UP}/fireworks/v1/"
+poll = FAST
+
 [upstreams.generic-post]
 preset = "generic"
 base_url = "{UP}/jobs/"
@@ -158,6 +182,10 @@ fn env() -> Vec<(String, String)> {
         ("REPLICATE_API_TOKEN", "test-replicate-token"),
         ("ANTHROPIC_API_KEY", "test-anthropic-key"),
         ("AZURE_KEY", "test-azure-key"),
+        ("FAL_KEY", "test-fal-key"),
+        ("MISTRAL_API_KEY", "test-mistral-key"),
+        ("TOGETHER_API_KEY", "test-together-key"),
+        ("FIREWORKS_API_KEY", "test-fireworks-key"),
         ("HOOK_SECRET", PUSHY_SECRET),
     ]
     .into_iter()
