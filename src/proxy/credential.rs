@@ -96,4 +96,26 @@ mod tests {
         assert!(!a.contains("sk-1"));
         assert_eq!(a.len(), 64);
     }
+
+    #[test]
+    fn a_hash_made_before_a_rotation_matches_while_its_key_is_configured() {
+        let config = crate::config::Config::parse(
+            "[upstreams.jobs]\nbase_url = \"http://127.0.0.1:9/\"\nstatus_path = \"j/{operation}\"\nstatus_field = \"/s\"\nsucceeded = [\"ok\"]\nfailed = [\"no\"]\n",
+            "t.toml",
+            &|_| None,
+        )
+        .unwrap();
+        let up = &config.upstreams["jobs"];
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer app-key".parse().unwrap());
+        let made_with_old = keyed_hash(b"old", "jobs", b"Bearer app-key");
+        let creator = Some(made_with_old.as_str());
+        assert!(may_read(up, &[b"new", b"old"], creator, &headers));
+        assert!(
+            !may_read(up, &[b"new"], creator, &headers),
+            "the old key removed"
+        );
+        headers.insert("authorization", "Bearer other".parse().unwrap());
+        assert!(!may_read(up, &[b"new", b"old"], creator, &headers));
+    }
 }

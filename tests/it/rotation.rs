@@ -493,3 +493,39 @@ fn signal(child: &std::process::Child, sig: &str) {
         .expect("run kill");
     assert!(status.success(), "kill -{sig} failed");
 }
+
+#[test]
+fn check_warns_of_a_previous_secret_past_its_until() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shim.toml");
+    std::fs::write(
+        &config,
+        "[callbacks]\nprevious_secrets = [{ env = \"ROT_OLD\", until = \"2001-01-01T00:00:00Z\" }, { env = \"ROT_OLDER\" }]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hookshim"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .env_remove("HOOKSHIM_CALLBACK_SECRET")
+        .env_remove("HOOKSHIM_CONFIG")
+        .env("ROT_OLD", CALLBACK_SECRET)
+        .env("ROT_OLDER", PUSHY_SECRET)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("warning: `callbacks.previous_secrets[0]`: until 2001-01-01T00:00:00.000Z has passed; callbacks are no longer signed with the secret in environment variable ROT_OLD (remove the entry)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("previous_secrets[1]"), "{stderr}");
+    for secret in [CALLBACK_SECRET, PUSHY_SECRET] {
+        assert!(!stdout.contains(&secret[6..]), "{stdout}");
+    }
+    assert!(
+        stdout.contains("\"from\": \"environment variable ROT_OLDER\""),
+        "{stdout}"
+    );
+}
