@@ -18,10 +18,14 @@ use subtle::ConstantTimeEq;
 
 use crate::ids::{DeliveryKey, OperationId};
 use crate::ingest::{IngestError, Ingested};
-use crate::operation::{Delivery, DeliveryState, Status};
+use crate::operation::Status;
 use crate::proxy::ProxyError;
-use crate::state::{RegisterError, Registration, Shim};
+use crate::state::{ManageError, RegisterError, Registration, Shim};
 use crate::store::{ListFilter, Registered, StoreError};
+mod manage;
+
+use manage::parse_delivery;
+
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
@@ -89,6 +93,12 @@ impl From<StoreError> for ApiError {
 
 impl From<RegisterError> for ApiError {
     fn from(e: RegisterError) -> ApiError {
+        ApiError::from_register(&e)
+    }
+}
+
+impl ApiError {
+    fn from_register(e: &RegisterError) -> ApiError {
         let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
         let (status, code) = match &e {
             RegisterError::UnknownUpstream(_) => (StatusCode::NOT_FOUND, "unknown_upstream"),
@@ -98,6 +108,19 @@ impl From<RegisterError> for ApiError {
             RegisterError::InvalidDeadline(_) => (unprocessable, "invalid_deadline"),
             RegisterError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             RegisterError::Store(e) => return ApiError::store(e.clone()),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<ManageError> for ApiError {
+    fn from(e: ManageError) -> ApiError {
+        let (status, code) = match &e {
+            ManageError::NotFound(_) => (StatusCode::NOT_FOUND, "operation_not_found"),
+            ManageError::Finished(_) => (StatusCode::CONFLICT, "already_terminal"),
+            ManageError::NotTerminal(_) => (StatusCode::CONFLICT, "not_terminal"),
+            ManageError::Invalid(e) => return ApiError::from_register(e),
+            ManageError::Store(e) => return ApiError::store(e.clone()),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -140,8 +163,12 @@ type ApiResult = Result<Response, ApiError>;
 pub fn router(shim: Arc<Shim>) -> Router {
     let v1 = Router::new()
         .route("/v1/operations", post(register).get(list))
-        .route("/v1/operations/{id}", get(get_one).delete(delete_one))
+        .route(
+            "/v1/operations/{id}",
+            get(get_one).delete(delete_one).patch(manage::patch),
+        )
         .route("/v1/operations/{id}/redeliver", post(redeliver))
+        .route("/v1/redeliver", post(manage::redeliver_bulk))
         .route("/v1/upstreams", get(upstreams))
         .route_layer(middleware::from_fn_with_state(shim.clone(), require_token));
     let routes = Router::new()
@@ -366,17 +393,7 @@ async fn list(
             )
         })?),
     };
-    let delivery_failed = match q.delivery.as_deref() {
-        None | Some("") => false,
-        Some("failed") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                format!("delivery {other:?}: only \"failed\" is supported"),
-            ));
-        }
-    };
+    let delivery = parse_delivery(q.delivery.as_deref())?;
     let limit = match q.limit {
         None => DEFAULT_LIMIT,
         Some(n @ 1..=MAX_LIMIT) => n,
@@ -400,14 +417,14 @@ async fn list(
         let found = crate::state::lookup(&shim, upstream, operation)
             .map_err(ApiError::store)?
             .filter(|op| status.is_none_or(|s| s == op.status))
-            .filter(|op| !delivery_failed || op.delivery.state == DeliveryState::Failed);
+            .filter(|op| delivery.is_none_or(|d| d == op.delivery.state));
         let ops: Vec<_> = found.into_iter().collect();
         return Ok(Json(json!({"operations": ops, "next_cursor": null})).into_response());
     }
     let filter = ListFilter {
         status,
         upstream: q.upstream.filter(|u| !u.is_empty()),
-        delivery_failed,
+        delivery,
         limit,
         cursor: q
             .cursor
@@ -448,37 +465,7 @@ async fn redeliver(
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let id = OperationId::from_text(path_param(id)?);
-    let now = shim.clock.now();
-    let updated = shim
-        .store
-        .update(&id, &|o| {
-            if !o.status.is_terminal() || o.callback_url.is_none() {
-                return false;
-            }
-            o.delivery = Delivery {
-                state: DeliveryState::Pending,
-                next_attempt_at: Some(now),
-                ..Delivery::default()
-            };
-            o.updated_at = now;
-            true
-        })
-        .map_err(ApiError::store)?
-        .ok_or_else(|| ApiError::not_found(&id))?;
-    let op = updated.op;
-    if !updated.written {
-        let why = if !op.status.is_terminal() {
-            format!(
-                "operation is {}; only terminal operations have a callback to redeliver",
-                op.status.as_str()
-            )
-        } else {
-            "operation has no callback_url".to_string()
-        };
-        return Err(ApiError::new(StatusCode::CONFLICT, "not_terminal", why));
-    }
-    shim.commit.flushed().await.map_err(ApiError::store)?;
-    shim.deliveries.schedule(&DeliveryKey::terminal(id), now);
+    let op = crate::state::redeliver(&shim, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }
 

@@ -100,12 +100,22 @@ pub enum DeliveryState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
     pub state: DeliveryState,
+    /// Attempts so far, manual redeliveries included.
     pub attempts: u32,
     pub last_attempt_at: Option<Timestamp>,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
     pub next_attempt_at: Option<Timestamp>,
     pub delivered_at: Option<Timestamp>,
+    /// Manual redeliveries (`POST …/redeliver`, `POST /v1/redeliver`) so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redeliveries: u32,
+    /// `attempts` when the latest redelivery started: the retry schedule counts from there.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts_before_redelivery: u32,
+    /// The latest attempts, oldest first, at most [`MAX_ATTEMPT_HISTORY`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptLog>,
 }
 
 impl Default for Delivery {
@@ -118,7 +128,66 @@ impl Default for Delivery {
             last_error: None,
             next_attempt_at: None,
             delivered_at: None,
+            redeliveries: 0,
+            attempts_before_redelivery: 0,
+            history: Vec::new(),
         }
+    }
+}
+
+/// Attempts one delivery record remembers (the oldest are dropped first).
+pub const MAX_ATTEMPT_HISTORY: usize = 20;
+/// Longest `error` an [`AttemptLog`] keeps, in bytes (cut at a character boundary).
+pub const MAX_ATTEMPT_ERROR: usize = 300;
+
+/// One callback attempt: when, what the receiver answered (or why nothing was), how long it took.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptLog {
+    pub at: Timestamp,
+    /// The receiver's HTTP status; absent when no answer came (timeout, network, refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// From sending the request to its answer (0 when nothing was sent).
+    pub duration_ms: u64,
+}
+
+impl Delivery {
+    /// Remember one attempt, keeping the latest [`MAX_ATTEMPT_HISTORY`].
+    pub fn log_attempt(&mut self, mut entry: AttemptLog) {
+        if let Some(e) = entry.error.as_mut() {
+            if e.len() > MAX_ATTEMPT_ERROR {
+                let mut cut = MAX_ATTEMPT_ERROR;
+                while !e.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                e.truncate(cut);
+                e.push('…');
+            }
+        }
+        if self.history.len() >= MAX_ATTEMPT_HISTORY {
+            let drop = self.history.len() + 1 - MAX_ATTEMPT_HISTORY;
+            self.history.drain(..drop);
+        }
+        self.history.push(entry);
+    }
+
+    /// Start a manual redelivery: pending now, the retry schedule afresh, the count and the
+    /// history kept.
+    pub fn redeliver(&mut self, now: Timestamp) {
+        self.state = DeliveryState::Pending;
+        self.next_attempt_at = Some(now);
+        self.delivered_at = None;
+        self.redeliveries += 1;
+        self.attempts_before_redelivery = self.attempts;
+    }
+
+    /// Attempts since the latest redelivery (or since the first attempt): what the retry
+    /// schedule counts.
+    pub fn attempts_this_round(&self) -> u32 {
+        self.attempts
+            .saturating_sub(self.attempts_before_redelivery)
     }
 }
 

@@ -179,7 +179,7 @@ pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, Regi
 }
 
 /// A duration (`"2h"`) from now, or an RFC 3339 time (`"2026-12-01T18:00:00Z"`).
-fn parse_deadline(d: &str, now: Timestamp) -> Result<Duration, RegisterError> {
+pub(super) fn parse_deadline(d: &str, now: Timestamp) -> Result<Duration, RegisterError> {
     let parsed = match humantime::parse_duration(d) {
         Ok(p) => p,
         Err(e) => match humantime::parse_rfc3339_weak(d) {
