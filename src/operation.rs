@@ -8,7 +8,7 @@ use crate::clock::Timestamp;
 use crate::ids::{DeliveryKey, OperationId, WebhookId};
 
 /// hookshim's status of an operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Pending,
@@ -64,7 +64,7 @@ impl Status {
 }
 
 /// How the terminal state was learned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DetectedVia {
     Poll,
@@ -82,7 +82,7 @@ impl DetectedVia {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// No callback: not terminal yet, or no callback URL (the app polls hookshim).
@@ -97,7 +97,7 @@ pub enum DeliveryState {
     Superseded,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivery {
     pub state: DeliveryState,
     /// Attempts so far, manual redeliveries included.
@@ -141,7 +141,7 @@ pub const MAX_ATTEMPT_HISTORY: usize = 20;
 pub const MAX_ATTEMPT_ERROR: usize = 300;
 
 /// One callback attempt: when, what the receiver answered (or why nothing was), how long it took.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptLog {
     pub at: Timestamp,
     /// The receiver's HTTP status; absent when no answer came (timeout, network, refused).
@@ -192,7 +192,7 @@ impl Delivery {
 }
 
 /// One tracked upstream operation. This is both the stored record and the API's view.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Operation {
     /// `op_<ULID>`: sorts by creation time.
     pub id: OperationId,
@@ -268,7 +268,7 @@ pub struct Operation {
 }
 
 /// Where a kept upstream body came from.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BodyMeta {
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -300,7 +300,7 @@ fn is_zero(n: &u32) -> bool {
 
 /// A callback sent before the end (`operation.requires_action`). Its body is fixed when the
 /// event happens, so every attempt sends the same bytes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventCallback {
     /// `requires_action_<n>`: unique within the operation; with the operation id it makes the
     /// `webhook-id` and the outbox key.

@@ -19,6 +19,7 @@ mod hardening;
 mod hostile;
 mod lifecycle;
 mod listeners;
+mod openapi;
 mod operator;
 mod ops;
 mod polling;
