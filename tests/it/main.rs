@@ -22,6 +22,7 @@ mod listeners;
 mod openapi;
 mod operator;
 mod ops;
+mod ops_cli;
 mod polling;
 mod presets;
 mod proxy;
