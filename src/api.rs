@@ -25,6 +25,7 @@ use crate::state::{ManageError, RegisterError, Registration, Shim};
 use crate::store::{ListFilter, Registered, StoreError};
 mod manage;
 mod openapi;
+mod ui;
 mod views;
 
 use manage::parse_delivery;
@@ -193,7 +194,9 @@ pub fn router(shim: Arc<Shim>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi::document));
+        .route("/openapi.json", get(openapi::document))
+        .route("/ui", get(ui::page))
+        .route("/ui/app.js", get(ui::script));
     with_error_contract(routes, shim)
 }
 

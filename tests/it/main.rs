@@ -29,4 +29,5 @@ mod proxy;
 mod schemes;
 mod sdk;
 mod store_damage;
+mod ui;
 mod vetting;
