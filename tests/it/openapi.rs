@@ -157,6 +157,8 @@ async fn schemathesis_finds_nothing_against_the_binary() {
         .args(["--max-examples", "25", "--seed", "1", "--workers", "1"])
         .args(["--request-timeout", "10"])
         .env("SCHEMATHESIS_HOOKS", "")
+        // Its crash cache (`.schemathesis/`) goes to the temp dir, not the work tree.
+        .current_dir(setup.dir.path())
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(240), run)
