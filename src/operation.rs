@@ -135,6 +135,18 @@ impl Default for Delivery {
     }
 }
 
+/// `text` cut to at most `max` bytes at a character boundary, with `…` when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// Attempts one delivery record remembers (the oldest are dropped first).
 pub const MAX_ATTEMPT_HISTORY: usize = 20;
 /// Longest `error` an [`AttemptLog`] keeps, in bytes (cut at a character boundary).
@@ -156,16 +168,7 @@ pub struct AttemptLog {
 impl Delivery {
     /// Remember one attempt, keeping the latest [`MAX_ATTEMPT_HISTORY`].
     pub fn log_attempt(&mut self, mut entry: AttemptLog) {
-        if let Some(e) = entry.error.as_mut() {
-            if e.len() > MAX_ATTEMPT_ERROR {
-                let mut cut = MAX_ATTEMPT_ERROR;
-                while !e.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                e.truncate(cut);
-                e.push('…');
-            }
-        }
+        entry.error = entry.error.map(|e| cut(&e, MAX_ATTEMPT_ERROR));
         if self.history.len() >= MAX_ATTEMPT_HISTORY {
             let drop = self.history.len() + 1 - MAX_ATTEMPT_HISTORY;
             self.history.drain(..drop);
@@ -265,6 +268,43 @@ pub struct Operation {
     /// proxy: a status read presenting the same credential is answered from `upstream_body`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_credential: Option<String>,
+    /// The status reads, as runs of reads with the same result (a batch read 300 times as
+    /// `in_progress` is one entry), oldest first, at most [`MAX_POLL_RUNS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub poll_log: Vec<PollRun>,
+}
+
+/// Runs of status reads one record remembers (the oldest are dropped first).
+pub const MAX_POLL_RUNS: usize = 10;
+
+/// What a status read found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PollResult {
+    /// A readable status (its value in `upstream_status`).
+    Status,
+    /// `304 Not Modified`.
+    NotModified,
+    /// The upstream said the operation does not exist.
+    NotFound,
+    /// No usable answer (network, timeout, 429, 5xx, unreadable body): `error` says which.
+    Error,
+}
+
+/// Consecutive status reads with the same result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PollRun {
+    pub first_at: Timestamp,
+    pub last_at: Timestamp,
+    /// Reads in this run.
+    pub polls: u32,
+    pub result: PollResult,
+    /// The upstream's raw status value (`status` results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<Value>,
+    /// Why the read was not usable (`error` results), at most [`MAX_ATTEMPT_ERROR`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Where a kept upstream body came from.
@@ -387,7 +427,42 @@ impl Operation {
             upstream_body_truncated: false,
             upstream_body_meta: None,
             proxy_credential: None,
+            poll_log: Vec::new(),
         }
+    }
+
+    /// Remember one status read: it extends the latest run when its result is the same, else
+    /// starts a new one (keeping the latest [`MAX_POLL_RUNS`]).
+    pub fn log_poll(
+        &mut self,
+        at: Timestamp,
+        result: PollResult,
+        upstream_status: Option<&Value>,
+        error: Option<&str>,
+    ) {
+        let error = error.map(|e| cut(e, MAX_ATTEMPT_ERROR));
+        if let Some(last) = self.poll_log.last_mut() {
+            if last.result == result
+                && last.upstream_status.as_ref() == upstream_status
+                && last.error == error
+            {
+                last.polls = last.polls.saturating_add(1);
+                last.last_at = at;
+                return;
+            }
+        }
+        if self.poll_log.len() >= MAX_POLL_RUNS {
+            let drop = self.poll_log.len() + 1 - MAX_POLL_RUNS;
+            self.poll_log.drain(..drop);
+        }
+        self.poll_log.push(PollRun {
+            first_at: at,
+            last_at: at,
+            polls: 1,
+            result,
+            upstream_status: upstream_status.cloned(),
+            error,
+        });
     }
 
     /// Keep `body` as the latest upstream status body: as JSON when it is JSON of at most `max`

@@ -80,7 +80,15 @@ function timeline(op) {
   const at = (t, what) => { if (t) ev.push([t, what]); };
   at(op.created_at, "registered: " + op.upstream + " " + op.operation);
   at(op.webhook_at, "webhook received");
-  if (op.polls > 0) {
+  const runs = op.poll_log || [];
+  for (const r of runs) {
+    const found = r.result === "status" ? cell(r.upstream_status)
+      : r.result === "not_modified" ? "not modified"
+      : r.result === "not_found" ? "not found" : "failed: " + cell(r.error);
+    at(r.first_at, r.polls === 1 ? "status read: " + found
+      : r.polls + " status reads until " + r.last_at + ": " + found);
+  }
+  if (op.polls > 0 && runs.length === 0) {
     const when = (op.upstream_body_meta && op.upstream_body_meta.at) || op.completed_at || op.updated_at;
     at(when, op.polls + " status read(s), upstream status " + cell(op.upstream_status) +
       (op.last_poll_error ? ", last error: " + op.last_poll_error : ""));

@@ -108,8 +108,24 @@ pub fn timeline(op: &Value) -> Vec<(String, String)> {
     if let Some(t) = op["webhook_at"].as_str() {
         at(&json!(t), "webhook received".into());
     }
+    let runs = op["poll_log"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    for run in runs {
+        let found = match run["result"].as_str() {
+            Some("status") => cell(&run["upstream_status"]),
+            Some("not_modified") => "not modified".into(),
+            Some("not_found") => "not found".into(),
+            _ => format!("failed: {}", cell(&run["error"])),
+        };
+        let n = run["polls"].as_u64().unwrap_or(1);
+        let what = if n == 1 {
+            format!("status read: {found}")
+        } else {
+            format!("{n} status reads until {}: {found}", cell(&run["last_at"]))
+        };
+        at(&run["first_at"], what);
+    }
     let polls = op["polls"].as_u64().unwrap_or(0);
-    if polls > 0 {
+    if polls > 0 && runs.is_empty() {
         let last_error = match op["last_poll_error"].as_str() {
             Some(e) => format!(", last error: {e}"),
             None => String::new(),
@@ -352,6 +368,21 @@ mod tests {
                     {"at": "2026-01-01T00:00:07.000Z", "status": 200, "duration_ms": 2}]}
         });
         let whats: Vec<String> = timeline(&op).into_iter().map(|(_, w)| w).collect();
+        let mut with_log = op.clone();
+        with_log["poll_log"] = json!([
+            {"first_at": "2026-01-01T00:00:01.000Z", "last_at": "2026-01-01T00:00:03.000Z", "polls": 3, "result": "status", "upstream_status": "running"},
+            {"first_at": "2026-01-01T00:00:03.500Z", "last_at": "2026-01-01T00:00:03.500Z", "polls": 1, "result": "error", "error": "upstream answered 503"},
+        ]);
+        let logged: Vec<String> = timeline(&with_log).into_iter().map(|(_, w)| w).collect();
+        assert_eq!(
+            logged[1],
+            "3 status reads until 2026-01-01T00:00:03.000Z: running"
+        );
+        assert_eq!(logged[2], "status read: failed: upstream answered 503");
+        assert!(
+            !logged.iter().any(|w| w.starts_with("2 status read(s)")),
+            "{logged:?}"
+        );
         assert_eq!(
             whats,
             [

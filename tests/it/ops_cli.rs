@@ -133,6 +133,7 @@ async fn ops_lists_shows_redelivers_deletes_and_counts() {
     for want in [
         "timeline",
         "registered: jobs a",
+        "status read: done",
         "ended succeeded (detected via poll)",
         "callback attempt: answered 200",
         "callback delivered",

@@ -175,7 +175,7 @@ def timeline_shows_callback(d, a):
     d.click(f'#ops button.op-link[data-id="{a.op}"]')
     d.wait("the timeline", lambda: "callback delivered" in (d.text("#timeline") or ""))
     items = d.js("return [...document.querySelectorAll('#timeline li')].map(li => li.textContent);")
-    wanted = ["registered: jobs", "ended succeeded (detected via poll)",
+    wanted = ["registered: jobs", "status read: done", "ended succeeded (detected via poll)",
               "callback attempt: answered 200", "callback delivered"]
     for w in wanted:
         assert any(w in i for i in items), f"{w!r} not in {items}"
