@@ -114,7 +114,7 @@ pub fn timeline(op: &Value) -> Vec<(String, String)> {
             Some("status") => cell(&run["upstream_status"]),
             Some("not_modified") => "not modified".into(),
             Some("not_found") => "not found".into(),
-            _ => format!("failed: {}", cell(&run["error"])),
+            _ => format!("failed: {}", run["error"].as_str().unwrap_or("-")),
         };
         let n = run["polls"].as_u64().unwrap_or(1);
         let what = if n == 1 {
