@@ -166,7 +166,8 @@ fn mark_for_redelivery(
 
 /// Most operations one bulk redelivery may resend.
 pub const MAX_BULK_REDELIVER: usize = 1000;
-/// Most records one bulk redelivery looks at; past that it returns a cursor to continue from.
+/// Most operations matching the list filter (delivery state, upstream, status) one bulk
+/// redelivery considers; past that it returns a cursor to continue from.
 pub const MAX_BULK_SCAN: usize = 100_000;
 
 /// Which operations a bulk redelivery resends.
@@ -189,8 +190,9 @@ pub struct BulkOutcome {
     pub next_cursor: Option<OperationId>,
 }
 
-/// Redeliver every terminal callback `req` selects, oldest first, at most `filter.limit`, looking
-/// at most at [`MAX_BULK_SCAN`] records. One flush covers them all, before any is scheduled.
+/// Redeliver every terminal callback `req` selects, oldest first, at most `filter.limit`,
+/// considering at most [`MAX_BULK_SCAN`] operations that pass the list filter. One flush covers
+/// them all, before any is scheduled.
 pub async fn redeliver_matching(
     shim: &Shim,
     req: &BulkRedeliver,
