@@ -5,6 +5,8 @@
 //! Map of the crate (each module's doc says what it owns). Imports go down, never up or around
 //! a loop (`scripts/import-cycles.py`):
 //! - wiring: [`service`] (start the loops and the server, stop in order), [`demo`].
+//! - [`opscli`]: `hookshim ops`, a client of a running instance's HTTP API (imports nothing of
+//!   the service but the bottom layer).
 //! - HTTP: [`api`], routes and the one mapping of every error to HTTP.
 //! - stages: [`ingest`] (inbound webhooks), [`poller`] (one status read), [`delivery`] (signed
 //!   callbacks with retries), [`proxy`] (the transparent proxy: creates registered, status
@@ -37,6 +39,7 @@ pub mod ids;
 pub mod ingest;
 pub mod metrics;
 pub mod operation;
+pub mod opscli;
 pub mod pace;
 pub mod poller;
 pub mod proxy;

@@ -1,4 +1,4 @@
-//! The `hookshim` command: `serve`, `check`, `demo`, `store verify`.
+//! The `hookshim` command: `serve`, `check`, `demo`, `store verify`, `ops`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +53,9 @@ enum Command {
         #[arg(long, default_value_t = 6)]
         jobs: usize,
     },
+    /// Look at and act on a running instance through its API: list, show, redeliver, delete,
+    /// stats (token from HOOKSHIM_TOKEN or HOOKSHIM_API_TOKEN).
+    Ops(Box<hookshim::opscli::OpsArgs>),
 }
 
 /// The command line with the config path settled.
@@ -249,6 +252,19 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Command::Ops(args) => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(hookshim::opscli::run(*args))
         }
         Command::Demo { jobs } => {
             let base = match given {

@@ -172,6 +172,7 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
 
     // A host removed from the allow-list since registration (or a port or address the rules
     // refuse now) is not called.
+    let started = std::time::Instant::now();
     let result = match shim.check_callback_url(&url) {
         Err(e) => AttemptResult::Refused(format!("not sent: callback_url {e}")),
         Ok(_) => match call(shim, &url, &webhook_id, signature, ts, body).await {
@@ -179,6 +180,7 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
             None => return,
         },
     };
+    let took = started.elapsed();
 
     // Handle.
     let now = shim.clock.now();
@@ -187,7 +189,7 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
     let wrote = Cell::new(false);
     let updated = shim.store.update(id, &|o| {
         let w = delivery_of(o, event)
-            .is_some_and(|d| record_attempt_on(d, &result, schedule, now, sample));
+            .is_some_and(|d| record_attempt_on(d, &result, schedule, now, sample, took));
         wrote.set(w);
         w
     });

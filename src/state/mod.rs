@@ -14,12 +14,18 @@
 //! - [`register`]: registration as a domain function (validate, build the record, store it,
 //!   schedule it, flush), used by the API and the proxy; [`lookup`] finds an operation by the
 //!   upstream's own id.
+//! - [`amend`], [`redeliver`], [`redeliver_matching`]: what an operator changes (`manage.rs`).
 
 mod learned;
+mod manage;
 mod register;
 
 pub use learned::{Learned, PRIORS_SAVE_EVERY, Recorded};
 
+pub use manage::{
+    Amendment, BulkOutcome, BulkRedeliver, MAX_BULK_REDELIVER, MAX_BULK_SCAN, ManageError, amend,
+    bulk_delivery_state, redeliver, redeliver_matching,
+};
 pub use register::{MAX_METADATA, RegisterError, Registration, register};
 
 use std::collections::HashMap;

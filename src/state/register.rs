@@ -179,12 +179,11 @@ pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, Regi
 }
 
 /// A duration (`"2h"`) from now, or an RFC 3339 time (`"2026-12-01T18:00:00Z"`).
-fn parse_deadline(d: &str, now: Timestamp) -> Result<Duration, RegisterError> {
+pub(super) fn parse_deadline(d: &str, now: Timestamp) -> Result<Duration, RegisterError> {
     let parsed = match humantime::parse_duration(d) {
         Ok(p) => p,
-        Err(e) => match humantime::parse_rfc3339_weak(d) {
+        Err(e) => match Timestamp::parse_rfc3339(d) {
             Ok(at) => {
-                let at = Timestamp::from_system(at);
                 if at <= now {
                     return Err(RegisterError::InvalidDeadline(format!(
                         "deadline {d:?} is in the past (now is {}); write a later time or a \
