@@ -49,6 +49,8 @@ struct RawConfig {
     upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    trace: crate::telemetry::RawTrace,
 }
 
 #[derive(Deserialize, Default)]
@@ -251,6 +253,8 @@ pub struct Config {
     pub workers: WorkerConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub log: LogConfig,
+    /// `[trace]`: `None` while traces are off (the default).
+    pub trace: Option<crate::telemetry::TraceConfig>,
 }
 
 /// `[log]`: how stderr lines look. The level filter is `HOOKSHIM_LOG` (not in the file).
@@ -515,6 +519,7 @@ impl Config {
                 "polls_in_flight_per_upstream": self.workers.polls_in_flight_per_upstream, "deliveries_in_flight_per_host": self.workers.deliveries_in_flight_per_host},
             "upstreams": ups,
             "log": {"format": self.log.format.as_str()},
+            "trace": crate::telemetry::config::describe(self.trace.as_ref()),
         })
     }
 }
@@ -717,8 +722,10 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             }
         },
     };
+    let trace = crate::telemetry::config::resolve(raw.trace, env)?;
     Ok(Config {
         log,
+        trace,
         source: source.to_string(),
         server: ServerConfig {
             listen,
