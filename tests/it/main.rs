@@ -26,4 +26,5 @@ mod proxy;
 mod schemes;
 mod sdk;
 mod store_damage;
+mod traces;
 mod vetting;
