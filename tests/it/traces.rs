@@ -277,8 +277,13 @@ headers = {{ authorization = "Bearer ${{OTLP_TEST_TOKEN}}" }}
         assert_eq!(h["content-type"], "application/x-protobuf");
         assert_eq!(h["authorization"], "Bearer t0k3n");
     }
+    let requests = seen.requests;
     drop(seen);
     let spans = collector.spans();
+    eprintln!(
+        "traces: {requests} export request(s) at shutdown carried {} spans for 2 operations",
+        spans.len()
+    );
     assert!(
         spans.iter().all(|s| s.service == "hookshim-it"),
         "{spans:?}"
