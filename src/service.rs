@@ -91,19 +91,10 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
             .await
             .map_err(|e| StartError::Secret(e.to_string()))??,
     );
-    let (callback_key, secret_path) = crate::delivery::load_or_create_secret(
-        config.callbacks.secret.as_ref(),
-        &config.store.path,
-    )
-    .map_err(StartError::Secret)?;
-    match &secret_path {
-        Some(p) => {
-            tracing::info!(path = %p.display(), "callback signing secret kept in the data directory (set {} to use your own)", config.callbacks.secret_env)
-        }
-        None => {
-            tracing::info!(env = %config.callbacks.secret_env, "callback signing secret from the environment")
-        }
-    }
+    let (callback_keys, secret_path) =
+        crate::delivery::callback_keys(&config.callbacks, &config.store.path)
+            .map_err(StartError::Secret)?;
+    log_callback_keys(&config, secret_path.as_deref());
 
     // No proxy from the environment (HTTP_PROXY, ALL_PROXY, ...): the upstream's credentials
     // and the callbacks go straight to their hosts, never to a proxy (the JWKS fetch shares
@@ -160,7 +151,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         proxy_http,
         metrics,
         clock: opts.clock,
-        callback_key,
+        callback_keys: std::sync::RwLock::new(Arc::new(callback_keys)),
         shutdown: CancellationToken::new(),
         workers_running: AtomicBool::new(false),
         reads: Default::default(),
@@ -569,15 +560,65 @@ impl Running {
     }
 }
 
-/// The keys a SIGHUP applies; every other change needs a restart (and is logged as such).
-pub const RELOADABLE: &[&str] = &["callbacks.allowed_hosts"];
+/// The keys a SIGHUP applies (each with the keys below it); every other change needs a
+/// restart (and is logged as such).
+pub const RELOADABLE: &[&str] = &[
+    "callbacks.allowed_hosts",
+    "callbacks.secret_env",
+    "callbacks.secret_file",
+    "callbacks.secret",
+    "callbacks.previous_secrets",
+    "callbacks.signing_key",
+];
 
-/// Re-read the config file: apply `callbacks.allowed_hosts`, log every other key that changed
-/// (they need a restart; secrets are compared by where they come from, not by value). A config
-/// that does not load changes nothing.
+/// Say where the callback signing keys come from, never their values; the Ed25519 public key
+/// (what receivers verify `v1a` entries with) is shown.
+fn log_callback_keys(config: &Config, generated: Option<&Path>) {
+    let cb = &config.callbacks;
+    match (&cb.secret_source, generated) {
+        (Some(from), _) => {
+            tracing::info!(from = %from, "callback signing secret from the {from}")
+        }
+        (None, Some(p)) => {
+            tracing::info!(path = %p.display(), "callback signing secret kept in the data directory (set {} to use your own)", cb.secret_env)
+        }
+        (None, None) => {}
+    }
+    if !cb.previous_secrets.is_empty() {
+        let from: Vec<String> = cb
+            .previous_secrets
+            .iter()
+            .map(|p| p.source.to_string())
+            .collect();
+        tracing::info!(
+            previous = cb.previous_secrets.len(),
+            from = from.join(", "),
+            "callbacks also carry a v1 signature with each previous secret (rotation)"
+        );
+    }
+    if let Some(k) = &cb.signing_key {
+        tracing::info!(
+            public_key = %k.public_whpk(),
+            from = %k.source,
+            "callbacks also carry a v1a (Ed25519) signature; receivers verify it with public_key"
+        );
+    }
+}
+
+/// Re-read the config file: apply `callbacks.allowed_hosts` and the callback signing keys
+/// (files named by `secret_file`, `previous_secrets` and `signing_key_file` are read again,
+/// and keys are compared by value), log every other key that changed (they need a restart). A
+/// config that does not load, or whose keys cannot be read, changes nothing.
 pub fn reload(shim: &Shim, path: &Path) {
     let new = match Config::load(path) {
         Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: config not reloaded; nothing changed");
+            return;
+        }
+    };
+    let keys = match crate::delivery::callback_keys(&new.callbacks, &shim.config.store.path) {
+        Ok((k, _)) => k,
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: config not reloaded; nothing changed");
             return;
@@ -591,6 +632,9 @@ pub fn reload(shim: &Shim, path: &Path) {
         serde_json::json!(*shim.allowed_hosts()).to_string(),
     );
     flatten("", &new.redacted(), &mut new_keys);
+    // Where keys came from is no setting.
+    old_keys.retain(|k, _| !k.starts_with("origins."));
+    new_keys.retain(|k, _| !k.starts_with("origins."));
     let changed: Vec<String> = old_keys
         .keys()
         .chain(new_keys.keys())
@@ -602,15 +646,30 @@ pub fn reload(shim: &Shim, path: &Path) {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let (applied, not): (Vec<String>, Vec<String>) = changed
-        .into_iter()
-        .partition(|k| RELOADABLE.contains(&k.as_str()));
-    if !applied.is_empty() {
+    let (mut applied, not): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| {
+        RELOADABLE
+            .iter()
+            .any(|r| k == r || k.strip_prefix(r).is_some_and(|rest| rest.starts_with('.')))
+    });
+    if applied.iter().any(|k| k == "callbacks.allowed_hosts") {
         let hosts = Arc::new(new.callbacks.allowed_hosts.clone());
         match shim.allowed_hosts.write() {
             Ok(mut h) => *h = hosts,
             Err(p) => *p.into_inner() = hosts,
         }
+    }
+    if *shim.callback_keys() == keys {
+        // Compared with the config at start: a source changed back, or changed by an earlier
+        // reload, is no change now.
+        applied.retain(|k| k == "callbacks.allowed_hosts");
+    } else {
+        let keys = Arc::new(keys);
+        match shim.callback_keys.write() {
+            Ok(mut k) => *k = keys,
+            Err(p) => *p.into_inner() = keys,
+        }
+        applied.push("callback signing keys".to_string());
+        log_callback_keys(&new, None);
     }
     if !not.is_empty() {
         tracing::warn!(

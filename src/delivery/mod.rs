@@ -29,11 +29,12 @@ use reqwest::header::CONTENT_TYPE;
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use crate::config::CallbackConfig;
 use crate::errors::error_chain;
 use crate::ids::{DeliveryKey, WebhookId};
 use crate::operation::{DeliveryState, Operation};
 use crate::schedule::{GROUP_FULL_RETRY, parse_hint};
-use crate::signing::sign_v1;
+use crate::signing::CallbackKeys;
 use crate::state::{SHUTDOWN_GRACE, Shim};
 use crate::telemetry;
 use crate::values::Secret;
@@ -74,6 +75,28 @@ pub fn load_or_create_secret(
             path.display()
         )),
     }
+}
+
+/// The keys callbacks are signed with, from `[callbacks]` (the current secret as
+/// [`load_or_create_secret`] finds it, the previous ones, the Ed25519 key). Also returns the
+/// file the current secret came from when it is the generated one.
+pub fn callback_keys(
+    config: &CallbackConfig,
+    data_dir: &Path,
+) -> Result<(CallbackKeys, Option<PathBuf>), String> {
+    let (current, path) = load_or_create_secret(config.secret.as_ref(), data_dir)?;
+    let mut secrets = vec![(current, None)];
+    secrets.extend(
+        config
+            .previous_secrets
+            .iter()
+            .map(|p| (p.secret.clone(), p.until)),
+    );
+    let keys = CallbackKeys {
+        secrets,
+        ed25519: config.signing_key.as_ref().map(|k| k.key.clone()),
+    };
+    Ok((keys, path))
 }
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -167,11 +190,11 @@ async fn attempt_once(
         }
     };
     let body = serde_json::to_vec(&body).unwrap_or_default();
-    let ts = shim.clock.now().unix_seconds();
-    let signature = format!(
-        "v1,{}",
-        sign_v1(&shim.callback_key.0, webhook_id.as_str(), ts, &body)
-    );
+    let now = shim.clock.now();
+    let ts = now.unix_seconds();
+    let signature = shim
+        .callback_keys()
+        .signature_header(webhook_id.as_str(), now, &body);
 
     // A host removed from the allow-list since registration (or a port or address the rules
     // refuse now) is not called.

@@ -491,6 +491,30 @@ fn check_shows_the_trace_section() {
     );
     assert!(!out.contains("s3cret"));
 
+    // A key set by HOOKSHIM_TRACE__… is a key set: it wins over the OTEL_* variables.
+    let (code, out, err) = check(
+        &setup.config,
+        &[
+            ("OTLP_TEST_TOKEN", "s3cret"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            (
+                "HOOKSHIM_TRACE__ENDPOINT",
+                "http://127.0.0.1:9999/v1/traces",
+            ),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let shown: Value = serde_json::from_str(out.rsplit_once("\nconfig OK").unwrap().0).unwrap();
+    assert_eq!(
+        shown["trace"]["endpoint"],
+        "http://127.0.0.1:9999/v1/traces"
+    );
+    assert_eq!(shown["trace"]["endpoint_from"], "trace.endpoint");
+    assert_eq!(
+        shown["origins"]["trace.endpoint"],
+        "HOOKSHIM_TRACE__ENDPOINT"
+    );
+
     // Off by default.
     let off = ProcSetup::new(
         &CONFIG
