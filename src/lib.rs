@@ -18,7 +18,8 @@
 //!   (due-queues, the polling policy and poll-outcome rules, learned priors, limits, slots, poll
 //!   config), [`upstream`] (presets as one table, upstream and webhook config), [`credentials`]
 //!   (upstream credentials that refresh, AWS SigV4), [`config`] (loading `shim.toml`, assembling
-//!   the parts), [`metrics`].
+//!   the parts), [`metrics`], [`telemetry`] (OpenTelemetry traces of each operation's stages,
+//!   exported over OTLP/HTTP when `[trace]` enables them).
 //! - the bottom, pure: [`operation`] (record and transition rules), [`ids`], [`pace`],
 //!   [`signing`], [`clock`], [`values`], [`errors`], [`body`] (size-capped body reads),
 //!   [`address`] (where a callback may go).
@@ -48,5 +49,6 @@ pub mod service;
 pub mod signing;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod upstream;
 pub mod values;

@@ -26,14 +26,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::header::CONTENT_TYPE;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::config::CallbackConfig;
 use crate::errors::error_chain;
 use crate::ids::{DeliveryKey, WebhookId};
-use crate::operation::DeliveryState;
+use crate::operation::{DeliveryState, Operation};
 use crate::schedule::{GROUP_FULL_RETRY, parse_hint};
 use crate::signing::CallbackKeys;
 use crate::state::{SHUTDOWN_GRACE, Shim};
+use crate::telemetry;
 use crate::values::Secret;
 use attempt::delivery_of;
 
@@ -147,6 +150,29 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
             .schedule(key, shim.clock.now().plus(GROUP_FULL_RETRY));
         return;
     };
+    let span = tracing::info_span!(target: telemetry::TARGET, "deliver", op = Empty,
+        upstream = %op.upstream, callback = %key, attempt = Empty, result = Empty,
+        http.response.status_code = Empty, error = Empty, otel.status_code = Empty);
+    telemetry::attach(&span, id);
+    attempt_once(shim, key, op, url, &span)
+        .instrument(span.clone())
+        .await;
+}
+
+/// Sign, send and record one attempt, in the attempt's span.
+async fn attempt_once(
+    shim: &Shim,
+    key: &DeliveryKey,
+    op: Operation,
+    url: String,
+    span: &tracing::Span,
+) {
+    let (id, event) = (&key.operation, key.event.as_deref());
+    let retry_later = |e: &dyn std::fmt::Display, what: &str| {
+        tracing::error!(op = %id, callback = %key, error = %e, "{what}; retrying in 30s");
+        shim.deliveries
+            .schedule(key, shim.clock.now().plus(Duration::from_secs(30)));
+    };
     let webhook_id = key.webhook_id();
     let body = match event {
         None => op.callback_body_with(shim.config.callbacks.include_upstream_body),
@@ -193,18 +219,41 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
         wrote.set(w);
         w
     });
-    shim.metrics.callback(match &result {
+    let label = match &result {
         AttemptResult::Delivered(_) => "delivered",
         AttemptResult::Gone => "gone",
         AttemptResult::Refused(_) => "refused",
         AttemptResult::Retry { label, .. } => label,
-    });
+    };
+    shim.metrics.callback(label);
+    span.record("result", label);
+    match &result {
+        AttemptResult::Delivered(status) => {
+            span.record("http.response.status_code", status);
+        }
+        AttemptResult::Retry { status, error, .. } => {
+            if let Some(s) = status {
+                span.record("http.response.status_code", s);
+            }
+            span.record("error", error.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+        AttemptResult::Refused(error) => {
+            span.record("error", error.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+        AttemptResult::Gone => {
+            span.record("http.response.status_code", 410);
+            span.record("otel.status_code", "ERROR");
+        }
+    }
     let after = match updated {
         Ok(Some(mut u)) if wrote.get() => delivery_of(&mut u.op, event).cloned(),
         Ok(_) => None,
         Err(e) => return retry_later(&e, "cannot record callback attempt"),
     };
     let Some(d) = after else { return };
+    span.record("attempt", d.attempts);
     match d.state {
         DeliveryState::Delivered => {
             if let (None, Some(done)) = (event, op.completed_at) {

@@ -260,6 +260,8 @@ impl Shim {
         self.polls.remove(&op.id);
         self.learn(op);
         tracing::info!(op = %op.id, upstream = %op.upstream, status = op.status.as_str(), detected_via = via, "operation finished");
+        // The root span of the operation's trace: sent once, as this transition happens once.
+        crate::telemetry::operation_ended(op);
         match self.commit.flushed().await {
             Ok(()) => {
                 if op.in_outbox() {

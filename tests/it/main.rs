@@ -33,5 +33,6 @@ mod rotation;
 mod schemes;
 mod sdk;
 mod store_damage;
+mod traces;
 mod ui;
 mod vetting;
