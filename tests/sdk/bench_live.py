@@ -23,7 +23,7 @@ Sides, all at the same time, each against its own fake upstream (same jobs, same
   `api_request` is a `requests.Session` GET of `/v1/{path}`, the role
   `google.cloud._http.JSONConnection.api_request` plays for a real client. Detection delay =
   when `result()` returned - the job's true end.
-- hookshim, one upstream per `poll.target_delay` value (--targets; `none` = no target), all in one
+- hookshim, one upstream per `poll.target_delay` value (--targets; `none` = "off"), all in one
   `hookshim serve` process (the release binary): preset `google-operation` with the `general`
   job kind's schedule and `max = "20s"`, the same cap as api-core (as benchmark 1b), default
   request budget (10/s, burst 10) and learned priors (on by default). Each job is registered
@@ -321,8 +321,9 @@ path = "{data_dir}"
 allowed_hosts = ["127.0.0.1"]
 """]
     for target, fake in fakes.items():
-        # benchmark 1b's hookshim: the `general` job kind (src/schedule/config.rs) with max 20 s.
-        t = "" if target == "none" else f', target_delay = "{target}s"'
+        # benchmark 1b's hookshim: the `general` job kind (src/schedule/config.rs) with max 20 s;
+        # `none` turns off the target the media kind ships (15 s).
+        t = ', target_delay = "off"' if target == "none" else f', target_delay = "{target}s"'
         out.append(f"""[upstreams.{upstream_name(target)}]
 preset = "google-operation"
 base_url = "http://127.0.0.1:{fake.port}/v1/"
@@ -434,7 +435,7 @@ def main() -> int:
     ap.add_argument("--warmup-window", type=float, default=100.0, help="seconds over which warm-up jobs start")
     ap.add_argument("--window", type=float, default=300.0, help="seconds over which measured jobs start")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--targets", default="none,15,17", help="hookshim poll.target_delay values (s), `none` = unset")
+    ap.add_argument("--targets", default="none,15,17", help="hookshim poll.target_delay values (s), `none` = \"off\"")
     ap.add_argument("--json", default="target/bench/live.json")
     a = ap.parse_args()
 
