@@ -40,8 +40,16 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// Every store error is `503 store_unavailable`: the disk said no (sled), the database is
+    /// unreachable or did not answer in time ([`StoreError::Unavailable`]), or a record is
+    /// damaged. Nothing was acknowledged; the client may retry.
     pub fn store(e: StoreError) -> ApiError {
-        tracing::error!(error = %e, "store error while serving a request");
+        match &e {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "database unavailable while serving a request")
+            }
+            _ => tracing::error!(error = %e, "store error while serving a request"),
+        }
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
@@ -332,6 +340,7 @@ async fn get_one(
     let op = shim
         .store
         .get(&id)
+        .await
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::not_found(&id))?;
     Ok(Json(op).into_response())
@@ -398,6 +407,7 @@ async fn list(
         };
         // One record at most, so it keeps its `upstream_body`.
         let found = crate::state::lookup(&shim, upstream, operation)
+            .await
             .map_err(ApiError::store)?
             .filter(|op| status.is_none_or(|s| s == op.status))
             .filter(|op| !delivery_failed || op.delivery.state == DeliveryState::Failed);
@@ -414,7 +424,7 @@ async fn list(
             .filter(|c| !c.is_empty())
             .map(OperationId::from_text),
     };
-    let (mut ops, next) = shim.store.list(&filter).map_err(ApiError::store)?;
+    let (mut ops, next) = shim.store.list(&filter).await.map_err(ApiError::store)?;
     // A page of up to 1000 records would carry up to 1000 kept bodies: the list leaves them
     // out (`GET /v1/operations/{id}` and the lookup by upstream id have them).
     for op in &mut ops {
@@ -431,6 +441,7 @@ async fn delete_one(
     let op = shim
         .store
         .delete(&id)
+        .await
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::not_found(&id))?;
     shim.commit.flushed().await.map_err(ApiError::store)?;
@@ -463,6 +474,7 @@ async fn redeliver(
             o.updated_at = now;
             true
         })
+        .await
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::not_found(&id))?;
     let op = updated.op;
@@ -603,6 +615,7 @@ async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
     let store_error = match shim
         .store
         .get(&OperationId::from_text("op_readiness_probe"))
+        .await
     {
         Err(e) => Some(e.to_string()),
         Ok(_) => shim.commit.last_error().map(|e| e.to_string()),
@@ -629,11 +642,23 @@ async fn metrics(State(shim): State<Arc<Shim>>, headers: HeaderMap) -> Response 
     shim.metrics
         .deliveries("pending")
         .set(shim.deliveries.len() as i64);
-    for (upstream, status, n) in shim.store.active_by_status() {
-        shim.metrics
-            .operations_by_status(&upstream, status.as_str(), n as i64);
+    if let Ok(counts) = shim.store.active_by_status().await {
+        // A store may leave out what it has none of: every configured upstream's series is
+        // set, to 0 when absent.
+        for upstream in shim.config.upstreams.keys() {
+            for status in [Status::Pending, Status::Running] {
+                if !counts.iter().any(|(u, s, _)| u == upstream && *s == status) {
+                    shim.metrics
+                        .operations_by_status(upstream, status.as_str(), 0);
+                }
+            }
+        }
+        for (upstream, status, n) in counts {
+            shim.metrics
+                .operations_by_status(&upstream, status.as_str(), n as i64);
+        }
     }
-    if let Ok(failed) = shim.store.failed_deliveries() {
+    if let Ok(failed) = shim.store.failed_deliveries().await {
         shim.metrics.deliveries("failed").set(failed as i64);
     }
     let openmetrics = headers

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use std::ops::RangeInclusive;
@@ -19,6 +19,8 @@ use serde::Deserialize;
 
 use crate::address::{Rules, check_callback_url, parse_port_range};
 
+pub use crate::store::config::{Backend, PgConfig, StoreConfig};
+use crate::store::config::{RawStore, resolve_store};
 use crate::upstream::UpstreamConfig;
 use crate::upstream::config::{RawUpstream, resolve_upstream};
 use crate::values::{Dur, EnvLookup, Secret, Size, process_env};
@@ -114,35 +116,6 @@ impl Default for RawServer {
             webhook_listen: None,
             allow_unauthenticated: false,
             max_connections_per_ip: d_max_connections_per_ip(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    #[serde(default = "d_path")]
-    path: PathBuf,
-    #[serde(default = "d_cache")]
-    cache: Size,
-    #[serde(default = "d_kept_upstream_body")]
-    max_upstream_body: Size,
-}
-fn d_kept_upstream_body() -> Size {
-    Size(256 << 10)
-}
-fn d_path() -> PathBuf {
-    "data".into()
-}
-fn d_cache() -> Size {
-    Size(64 << 20)
-}
-impl Default for RawStore {
-    fn default() -> Self {
-        RawStore {
-            path: d_path(),
-            cache: d_cache(),
-            max_upstream_body: d_kept_upstream_body(),
         }
     }
 }
@@ -300,15 +273,6 @@ pub struct ServerConfig {
     pub allow_unauthenticated: bool,
     /// Connections one client address may hold open at once on the public listener.
     pub max_connections_per_ip: usize,
-}
-
-#[derive(Clone, Debug)]
-pub struct StoreConfig {
-    pub path: PathBuf,
-    pub cache_bytes: u64,
-    /// The largest upstream status body kept with a record (`upstream_body`); a larger one is
-    /// kept cut to this size and flagged `upstream_body_truncated`.
-    pub max_upstream_body: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -499,7 +463,7 @@ impl Config {
                 "allow_unauthenticated": self.server.allow_unauthenticated,
                 "max_connections_per_ip": self.server.max_connections_per_ip,
             },
-            "store": {"path": self.store.path.display().to_string(), "cache_bytes": self.store.cache_bytes, "max_upstream_body": self.store.max_upstream_body},
+            "store": self.store.redacted(),
             "callbacks": {
                 "default_url": self.callbacks.default_url.as_ref().map(|u| u.as_str()),
                 "secret_env": self.callbacks.secret_env,
@@ -598,12 +562,7 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
         ));
     }
 
-    if raw.store.cache.0 < (1 << 20) {
-        return Err("`store.cache`: must be at least 1MiB".into());
-    }
-    if raw.store.max_upstream_body.0 > (16 << 20) {
-        return Err("`store.max_upstream_body`: at most 16MiB (every record carries it); write e.g. \"256KiB\"".into());
-    }
+    let store = resolve_store(raw.store, env)?;
 
     let cb = raw.callbacks;
     let allowed_hosts: Vec<String> = cb
@@ -732,11 +691,7 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             allow_unauthenticated: raw.server.allow_unauthenticated,
             max_connections_per_ip: raw.server.max_connections_per_ip,
         },
-        store: StoreConfig {
-            path: raw.store.path,
-            cache_bytes: raw.store.cache.0,
-            max_upstream_body: raw.store.max_upstream_body.0 as usize,
-        },
+        store,
         callbacks: CallbackConfig {
             default_url,
             secret_env: cb.secret_env,

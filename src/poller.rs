@@ -15,7 +15,7 @@ use crate::body::{BodyError, read_capped};
 use crate::clock::Timestamp;
 use crate::errors::error_chain;
 use crate::ids::OperationId;
-use crate::operation::{Observation, ObservedState, Operation, UpstreamBody};
+use crate::operation::{Observation, ObservedState, UpstreamBody};
 use crate::schedule::{
     GROUP_FULL_RETRY, PollOutcome, Reading, apply_outcome_with, classify, parse_hint, time_out,
 };
@@ -30,7 +30,7 @@ fn jitter_sample() -> f64 {
 /// Read one operation's status and record what it said.
 pub async fn poll_once(shim: &Shim, id: OperationId) {
     let id = &id;
-    let op = match shim.store.get(id) {
+    let op = match shim.store.get(id).await {
         Ok(Some(op)) if !op.status.is_terminal() => op,
         Ok(_) => return,
         Err(e) => {
@@ -114,13 +114,8 @@ pub async fn poll_once(shim: &Shim, id: OperationId) {
 /// Apply a change to the stored record in one atomic write, then hand on what it produced:
 /// a terminal operation to [`Shim::after_update`] (flush, then deliver), new event callbacks
 /// to delivery, otherwise the next poll to the queue.
-async fn record(
-    shim: &Shim,
-    id: &OperationId,
-    now: Timestamp,
-    change: &(dyn Fn(&mut Operation) -> bool + Sync),
-) {
-    match shim.store.update(id, change) {
+async fn record(shim: &Shim, id: &OperationId, now: Timestamp, change: &crate::store::Change<'_>) {
+    match shim.store.update(id, change).await {
         Ok(Some(updated)) => {
             shim.after_update(&updated).await;
             let after = &updated.op;

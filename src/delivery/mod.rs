@@ -21,8 +21,8 @@ pub mod vet;
 
 pub use attempt::{AttemptResult, classify, record_attempt, record_attempt_on};
 
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqwest::header::CONTENT_TYPE;
@@ -104,7 +104,7 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
         shim.deliveries
             .schedule(key, shim.clock.now().plus(Duration::from_secs(30)));
     };
-    let mut op = match shim.store.get(id) {
+    let mut op = match shim.store.get(id).await {
         Ok(Some(op)) => op,
         Ok(None) => return,
         Err(e) => return retry_later(&e, "cannot read outbox entry"),
@@ -161,13 +161,16 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
     let now = shim.clock.now();
     let sample = rand::random_range(-1.0..=1.0);
     let schedule = &shim.config.callbacks.retry_schedule;
-    let wrote = Cell::new(false);
-    let updated = shim.store.update(id, &|o| {
-        let w = delivery_of(o, event)
-            .is_some_and(|d| record_attempt_on(d, &result, schedule, now, sample));
-        wrote.set(w);
-        w
-    });
+    let wrote = AtomicBool::new(false);
+    let updated = shim
+        .store
+        .update(id, &|o| {
+            let w = delivery_of(o, event)
+                .is_some_and(|d| record_attempt_on(d, &result, schedule, now, sample));
+            wrote.store(w, Ordering::SeqCst);
+            w
+        })
+        .await;
     shim.metrics.callback(match &result {
         AttemptResult::Delivered(_) => "delivered",
         AttemptResult::Gone => "gone",
@@ -175,7 +178,7 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
         AttemptResult::Retry { label, .. } => label,
     });
     let after = match updated {
-        Ok(Some(mut u)) if wrote.get() => delivery_of(&mut u.op, event).cloned(),
+        Ok(Some(mut u)) if wrote.load(Ordering::SeqCst) => delivery_of(&mut u.op, event).cloned(),
         Ok(_) => None,
         Err(e) => return retry_later(&e, "cannot record callback attempt"),
     };

@@ -111,14 +111,14 @@ pub async fn receive(
     // with or without `batches/`, `operations/`, a model prefix): take the registered form,
     // else the canonical one (where an early event is kept).
     let ids = up.preset.webhook_ids(&operation);
-    let operation =
-        match shim
-            .store
-            .find_operation(upstream, &ids.candidates, ids.suffix.as_deref())?
-        {
-            Some(registered) => registered,
-            None => ids.candidates[0].clone(),
-        };
+    let operation = match shim
+        .store
+        .find_operation(upstream, &ids.candidates, ids.suffix.as_deref())
+        .await?
+    {
+        Some(registered) => registered,
+        None => ids.candidates[0].clone(),
+    };
     let outcome = event_type.and_then(|t| {
         wh.events.get(t).map(|status| EventOutcome {
             status: *status,
@@ -127,9 +127,10 @@ pub async fn receive(
         })
     });
 
-    let record =
-        shim.store
-            .record_webhook(upstream, &webhook_id, &operation, outcome.as_ref(), now)?;
+    let record = shim
+        .store
+        .record_webhook(upstream, &webhook_id, &operation, outcome.as_ref(), now)
+        .await?;
     shim.commit.flushed().await?;
     Ok(match record {
         WebhookRecord::Duplicate => {

@@ -135,7 +135,7 @@ mod tests {
                 let mut op = sample(Timestamp(1_000));
                 op.id = crate::ids::OperationId::from_text(format!("op_{i:026}"));
                 op.operation = format!("w{i}");
-                store.register(op, Duration::ZERO).unwrap();
+                store.register(op, Duration::ZERO).await.unwrap();
                 commit.flushed().await
             }));
         }

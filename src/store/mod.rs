@@ -5,11 +5,14 @@
 //! [`GroupCommit::flushed`] returns (invariant 1).
 
 mod commit;
+pub mod config;
 pub mod integrity;
+mod postgres;
 mod sled_codec;
 mod sled_store;
 
 pub use commit::GroupCommit;
+pub use postgres::{MIGRATIONS, PgStore, latest_schema_version};
 pub use sled_store::SledStore;
 
 use std::time::Duration;
@@ -31,6 +34,13 @@ pub enum StoreError {
     /// The store lost acknowledged data (see [`integrity`]); the message says what to do.
     #[error("{0}")]
     Damaged(String),
+    /// The database cannot be reached or did not answer in time (PostgreSQL). Requests answer
+    /// `503 store_unavailable` until it is back; nothing was acknowledged.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The database's schema is newer than this hookshim knows (a newer replica migrated it).
+    #[error("{0}")]
+    TooNew(String),
 }
 
 /// The result of registering an operation.
@@ -127,21 +137,34 @@ impl Updated {
     }
 }
 
-/// The store interface. Methods are synchronous and fast (they do not wait for the disk);
-/// durability comes from [`Store::flush`], which [`GroupCommit`] calls for many writers at once.
+/// The change [`Store::update`] applies (a named type, so that it stays higher-ranked in the
+/// trait's `async` methods).
+pub type Change<'a> = dyn Fn(&mut Operation) -> bool + Send + Sync + 'a;
+/// What [`Store::for_each_scheduled`] calls for each scheduled operation.
+pub type EachScheduled<'a> = dyn FnMut(OperationId, &str, Timestamp) + Send + 'a;
+
 /// At most this many registered operations of one upstream are looked at to match a webhook id
 /// by its last path segment ([`Store::find_operation`]).
 pub const SUFFIX_SCAN_MAX: usize = 100_000;
 
+/// The store interface. Methods are `async` so that a backend that waits on the network
+/// (PostgreSQL) does not block a runtime worker; sled's answer without waiting (its writes reach
+/// the disk with [`Store::flush`], which [`GroupCommit`] calls for many writers at once). A
+/// backend whose every write is committed before it returns makes `flush` a no-op.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Insert a new operation, or return the existing one for the same `(upstream, operation)`.
     /// A webhook kept for it within `early_window` is consumed and reported.
-    fn register(&self, op: Operation, early_window: Duration) -> Result<Registered, StoreError>;
-    fn get(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
+    async fn register(
+        &self,
+        op: Operation,
+        early_window: Duration,
+    ) -> Result<Registered, StoreError>;
+    async fn get(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
     /// The operation registered under the upstream's own id (`operation` in its canonical
     /// form), through the `(upstream, operation)` index; a stale index entry finds nothing.
-    fn find(&self, upstream: &str, operation: &str) -> Result<Option<Operation>, StoreError>;
-    fn list(
+    async fn find(&self, upstream: &str, operation: &str) -> Result<Option<Operation>, StoreError>;
+    async fn list(
         &self,
         filter: &ListFilter,
     ) -> Result<(Vec<Operation>, Option<OperationId>), StoreError>;
@@ -149,18 +172,15 @@ pub trait Store: Send + Sync + 'static {
     /// than once (on conflict), so it must only change the record it is given. The outbox and the
     /// schedule index follow the record (a terminal record is never durable without its outbox
     /// entry). `None`: no such operation.
-    fn update(
-        &self,
-        id: &OperationId,
-        f: &dyn Fn(&mut Operation) -> bool,
-    ) -> Result<Option<Updated>, StoreError>;
+    async fn update(&self, id: &OperationId, f: &Change<'_>)
+    -> Result<Option<Updated>, StoreError>;
     /// Stop tracking: remove the record and its indexes.
-    fn delete(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
+    async fn delete(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
     /// Which form of a webhook's operation id `upstream` has registered: the first of
     /// `candidates` that is registered, else (with `suffix`) the first registered operation of
     /// `upstream` whose name ends in `/{suffix}` (a scan of that upstream's keys, at most
     /// [`SUFFIX_SCAN_MAX`]). `None`: none is registered (yet).
-    fn find_operation(
+    async fn find_operation(
         &self,
         upstream: &str,
         candidates: &[String],
@@ -169,7 +189,7 @@ pub trait Store: Send + Sync + 'static {
     /// Record an inbound webhook durably-to-be (call [`Store::flush`] before answering). With
     /// an `outcome` (an event mapped in `webhook.events`) the operation ends in the same write;
     /// for an operation not registered yet the outcome is kept and applied at registration.
-    fn record_webhook(
+    async fn record_webhook(
         &self,
         upstream: &str,
         webhook_id: &str,
@@ -179,12 +199,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<WebhookRecord, StoreError>;
     /// Call `f(id, upstream, next poll)` for every non-terminal operation, without collecting
     /// them (a million owned `Due`s would cost a few hundred MB at start). Returns how many.
-    fn for_each_scheduled(
-        &self,
-        f: &mut dyn FnMut(OperationId, &str, Timestamp),
-    ) -> Result<usize, StoreError>;
+    async fn for_each_scheduled(&self, f: &mut EachScheduled<'_>) -> Result<usize, StoreError>;
     /// Every non-terminal operation and when it is next due for a poll.
-    fn scheduled(&self) -> Result<Vec<Due>, StoreError> {
+    async fn scheduled(&self) -> Result<Vec<Due>, StoreError> {
         let mut out = Vec::new();
         self.for_each_scheduled(&mut |id, upstream, at| {
             out.push(Due {
@@ -192,34 +209,41 @@ pub trait Store: Send + Sync + 'static {
                 upstream: upstream.to_string(),
                 at,
             })
-        })?;
+        })
+        .await?;
         Ok(out)
     }
     /// Every callback still to send (terminal and event callbacks), and when.
-    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
+    async fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
     /// Forget webhook ids and kept webhooks received before `older_than`. Returns how many.
-    fn purge_webhooks(
+    async fn purge_webhooks(
         &self,
         inbox_before: Timestamp,
         early_before: Timestamp,
     ) -> Result<usize, StoreError>;
-    /// Make every write so far durable. Blocking; call it through [`GroupCommit`].
+    /// Make every write so far durable. Blocking; call it through [`GroupCommit`]. A no-op for
+    /// a backend that commits every write before returning it.
     fn flush(&self) -> Result<(), StoreError>;
-    /// Non-terminal operations by upstream and status (`pending`, `running`): counted by
-    /// [`Store::for_each_scheduled`] at start, kept by every write since.
-    fn active_by_status(&self) -> Vec<(String, Status, u64)>;
+    /// Non-terminal operations by upstream and status (`pending`, `running`).
+    async fn active_by_status(&self) -> Result<Vec<(String, Status, u64)>, StoreError>;
     /// How many operations' terminal callbacks failed for good (cheap: an index, not a scan of
     /// every record; the first call on a store written before the index builds it).
-    fn failed_deliveries(&self) -> Result<u64, StoreError>;
+    async fn failed_deliveries(&self) -> Result<u64, StoreError>;
     /// Bytes on disk.
-    fn size_on_disk(&self) -> Result<u64, StoreError>;
+    async fn size_on_disk(&self) -> Result<u64, StoreError>;
     /// The learned job-length priors as last saved (`schedule::Priors::to_bytes`), if any.
-    fn load_priors(&self) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn load_priors(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(None)
     }
     /// Replace the saved priors (durable with the next flush; losing the last few seconds of
     /// learning in a crash is harmless).
-    fn save_priors(&self, _bytes: &[u8]) -> Result<(), StoreError> {
+    async fn save_priors(&self, _bytes: &[u8]) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// The callback signing secret every process on this store shares (`whsec_…` text): the
+    /// one stored, else `candidate`, stored now. `None`: this backend keeps no secret (sled's
+    /// is a file in its data directory, see [`crate::delivery::load_or_create_secret`]).
+    async fn shared_secret(&self, _candidate: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
     }
 }

@@ -46,7 +46,7 @@ use std::time::Duration;
 use super::integrity::{self, Mark, MarkWriter};
 use super::sled_codec::*;
 use super::{
-    ListFilter, OutboxEntry, Registered, SUFFIX_SCAN_MAX, Store, StoreError, Updated, WebhookRecord,
+    ListFilter, OutboxEntry, Registered, SUFFIX_SCAN_MAX, StoreError, Updated, WebhookRecord,
 };
 use crate::clock::Timestamp;
 use crate::ids::{DeliveryKey, OperationId};
@@ -429,8 +429,14 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
-    fn register(&self, op: Operation, early_window: Duration) -> Result<Registered, StoreError> {
+/// The store operations, synchronous: sled answers from memory (durability comes with
+/// [`SledStore::flush`]). [`Store`] is implemented by calling these.
+impl SledStore {
+    pub fn register(
+        &self,
+        op: Operation,
+        early_window: Duration,
+    ) -> Result<Registered, StoreError> {
         let key = pair_key(&op.upstream, &op.operation);
         let _pair = self.pair_locks.lock(&key);
         if let Some(existing) = self.keys.get(&key).map_err(io)? {
@@ -475,14 +481,14 @@ impl Store for SledStore {
         Ok(Registered::Created { op, early_webhook })
     }
 
-    fn get(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
+    pub fn get(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
         match self.ops.get(id.as_bytes()).map_err(io)? {
             None => Ok(None),
             Some(b) => decode(id.as_bytes(), &b).map(Some),
         }
     }
 
-    fn find(&self, upstream: &str, operation: &str) -> Result<Option<Operation>, StoreError> {
+    pub fn find(&self, upstream: &str, operation: &str) -> Result<Option<Operation>, StoreError> {
         let Some(id) = self.keys.get(pair_key(upstream, operation)).map_err(io)? else {
             return Ok(None);
         };
@@ -493,7 +499,10 @@ impl Store for SledStore {
             .filter(|op| op.upstream == upstream && op.operation == operation))
     }
 
-    fn list(&self, f: &ListFilter) -> Result<(Vec<Operation>, Option<OperationId>), StoreError> {
+    pub fn list(
+        &self,
+        f: &ListFilter,
+    ) -> Result<(Vec<Operation>, Option<OperationId>), StoreError> {
         let start = match &f.cursor {
             Some(c) => Bound::Excluded(c.as_bytes().to_vec()),
             None => Bound::Unbounded,
@@ -519,7 +528,7 @@ impl Store for SledStore {
         Ok((out, None))
     }
 
-    fn update(
+    pub fn update(
         &self,
         id: &OperationId,
         f: &dyn Fn(&mut Operation) -> bool,
@@ -530,7 +539,7 @@ impl Store for SledStore {
         Ok(Some(Updated::from_change(&old, op, write)))
     }
 
-    fn delete(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
+    pub fn delete(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
         let _g = self.id_locks.lock(id.as_bytes());
         let Some(op) = self.get(id)? else {
             return Ok(None);
@@ -560,7 +569,7 @@ impl Store for SledStore {
         Ok(Some(op))
     }
 
-    fn find_operation(
+    pub fn find_operation(
         &self,
         upstream: &str,
         candidates: &[String],
@@ -586,7 +595,7 @@ impl Store for SledStore {
         Ok(None)
     }
 
-    fn record_webhook(
+    pub fn record_webhook(
         &self,
         upstream: &str,
         webhook_id: &str,
@@ -662,7 +671,7 @@ impl Store for SledStore {
         Ok(record)
     }
 
-    fn for_each_scheduled(
+    pub fn for_each_scheduled(
         &self,
         f: &mut dyn FnMut(OperationId, &str, Timestamp),
     ) -> Result<usize, StoreError> {
@@ -687,7 +696,7 @@ impl Store for SledStore {
         Ok(n)
     }
 
-    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         let mut out = Vec::new();
         for item in self.outbox.iter() {
             let (k, v) = item.map_err(io)?;
@@ -704,7 +713,7 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn purge_webhooks(
+    pub fn purge_webhooks(
         &self,
         inbox_before: Timestamp,
         early_before: Timestamp,
@@ -729,9 +738,22 @@ impl Store for SledStore {
         Ok(removed)
     }
 
+    /// Every non-terminal operation and when it is next due for a poll.
+    pub fn scheduled(&self) -> Result<Vec<super::Due>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_scheduled(&mut |id, upstream, at| {
+            out.push(super::Due {
+                id,
+                upstream: upstream.to_string(),
+                at,
+            })
+        })?;
+        Ok(out)
+    }
+
     /// Flush; when anything was written since the last flush, write the next generation first
     /// and hand it to the mark writer after (see [`integrity`]).
-    fn flush(&self) -> Result<(), StoreError> {
+    pub fn flush(&self) -> Result<(), StoreError> {
         let mut generation = self.generation_lock();
         if !self.dirty.swap(false, Ordering::SeqCst) {
             return self.db.flush().map(|_| ()).map_err(io);
@@ -755,7 +777,7 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn active_by_status(&self) -> Vec<(String, Status, u64)> {
+    pub fn active_by_status(&self) -> Vec<(String, Status, u64)> {
         let counts = self.active_counts.lock().unwrap_or_else(|p| p.into_inner());
         counts
             .iter()
@@ -766,7 +788,7 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn failed_deliveries(&self) -> Result<u64, StoreError> {
+    pub fn failed_deliveries(&self) -> Result<u64, StoreError> {
         if !self.meta.contains_key(FAILED_INDEX).map_err(io)? {
             // A store written before the index: build it once from the records.
             self.touch();
@@ -784,20 +806,21 @@ impl Store for SledStore {
         Ok(self.failed_count.load(Ordering::SeqCst).max(0) as u64)
     }
 
-    fn load_priors(&self) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn load_priors(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.priors.get(PRIORS_KEY).map_err(io)?.map(|v| v.to_vec()))
     }
 
-    fn save_priors(&self, bytes: &[u8]) -> Result<(), StoreError> {
+    pub fn save_priors(&self, bytes: &[u8]) -> Result<(), StoreError> {
         self.touch();
         self.priors.insert(PRIORS_KEY, bytes).map_err(io)?;
         Ok(())
     }
 
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.db.size_on_disk().map_err(io)
     }
 }
 
+mod store_impl;
 #[cfg(test)]
 mod tests;

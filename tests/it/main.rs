@@ -21,6 +21,7 @@ mod lifecycle;
 mod listeners;
 mod ops;
 mod polling;
+mod postgres;
 mod presets;
 mod proxy;
 mod schemes;

@@ -1,0 +1,793 @@
+//! The PostgreSQL store: several replicas share one database.
+//!
+//! Tables (in `store.schema`, created by [`migrations`]): `operations` (the record as JSON plus
+//! the columns its indexes need: status, next poll, failed delivery), `outbox` (callbacks still
+//! to send, removed with their operation), `inbox` (webhook ids seen), `early` (webhooks for
+//! operations not registered yet), `priors`, `meta`.
+//!
+//! Every method is one transaction, **committed before it returns**: nothing hookshim
+//! acknowledges is uncommitted, so [`Store::flush`] has nothing to do. An operation's
+//! read-modify-write reads its row `FOR UPDATE` (writers of one operation queue on the row lock,
+//! in any replica), and writes the record, its derived columns and its outbox rows in the same
+//! transaction: a terminal record is never committed without its outbox entry. Registration and
+//! inbound webhooks for one `(upstream, operation)` first take a transaction-scoped advisory
+//! lock on that pair, so a webhook arriving at one replica while another registers the same
+//! operation is either applied to the new record or kept and consumed by it — never lost; the
+//! `UNIQUE (upstream, operation)` constraint keeps one record per pair whatever happens.
+//!
+//! The driver is `tokio-postgres` with a `deadpool-postgres` pool (see docs/store.md for why):
+//! statements are prepared once per connection and cached. Each call waits at most
+//! [`CALL_TIMEOUT`] (for a connection and for the answer); past that, or when the database
+//! cannot be reached, it fails with [`StoreError::Unavailable`], which the API answers as
+//! `503 store_unavailable`. A broken connection is dropped by the pool and a new one made on
+//! the next call, so service resumes by itself when the database is back.
+
+mod migrations;
+
+pub use migrations::{MIGRATIONS, latest as latest_schema_version};
+
+use std::future::Future;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
+use futures_util::{StreamExt, pin_mut};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::Json;
+
+use super::config::PgConfig;
+use super::{
+    Change, EachScheduled, ListFilter, OutboxEntry, Registered, SUFFIX_SCAN_MAX, Store, StoreError,
+    Updated, WebhookRecord,
+};
+use crate::clock::Timestamp;
+use crate::ids::{DeliveryKey, OperationId};
+use crate::operation::{DeliveryState, EventOutcome, Operation, Status, WEBHOOK_READS};
+
+/// The longest one store call may take (waiting for a connection included).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a new connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct PgStore {
+    pool: Pool,
+    schema: String,
+}
+
+/// A driver or pool error: the database is unreachable, or said no.
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.0.min(i64::MAX as u64) as i64
+}
+
+fn ts(v: i64) -> Timestamp {
+    Timestamp(v.max(0) as u64)
+}
+
+/// The advisory-lock key text of an `(upstream, operation)` pair (upstream names cannot hold
+/// `:`, so the pair is unambiguous).
+fn pair(upstream: &str, operation: &str) -> String {
+    format!("{upstream}:{operation}")
+}
+
+/// The outbox rows a record needs: `(event, due)`, `""` for the terminal callback.
+fn outbox_rows(op: &Operation) -> Vec<(String, i64)> {
+    let mut rows = Vec::new();
+    if op.in_outbox() {
+        let at = op.delivery.next_attempt_at.unwrap_or(op.updated_at);
+        rows.push((String::new(), ms(at)));
+    }
+    for e in &op.events {
+        if e.delivery.state == DeliveryState::Pending {
+            let at = e.delivery.next_attempt_at.unwrap_or(op.updated_at);
+            rows.push((e.name.clone(), ms(at)));
+        }
+    }
+    rows
+}
+
+/// The `poll_at` column: the next poll while not terminal (as sled's `active` index).
+fn poll_at(op: &Operation) -> Option<i64> {
+    (!op.status.is_terminal()).then(|| ms(op.next_poll_at.unwrap_or(op.deadline_at)))
+}
+
+fn failed(op: &Operation) -> bool {
+    op.delivery.state == DeliveryState::Failed
+}
+
+/// Decode the `record` column of `row` (column `idx`).
+fn record(row: &tokio_postgres::Row, idx: usize, id: &str) -> Result<Operation, StoreError> {
+    row.try_get::<_, Json<Operation>>(idx)
+        .map(|j| j.0)
+        .map_err(|e| StoreError::Corrupt {
+            key: id.to_string(),
+            message: e.to_string(),
+        })
+}
+
+impl PgStore {
+    /// Connect, create or migrate the schema, and check the database answers. Fails with
+    /// [`StoreError::TooNew`] against a schema newer than this binary knows.
+    pub async fn open(cfg: &PgConfig) -> Result<PgStore, StoreError> {
+        let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| StoreError::Open {
+            path: format!("the database named by {}", cfg.url_env),
+            message: format!("{e}"),
+        })?;
+        if pg.get_application_name().is_none() {
+            pg.application_name("hookshim");
+        }
+        pg.connect_timeout(CONNECT_TIMEOUT)
+            // Every statement names its tables unqualified: they are in `schema`.
+            .options(format!("-c search_path={}", cfg.schema));
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CALL_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Open {
+                path: format!("the database named by {}", cfg.url_env),
+                message: e.to_string(),
+            })?;
+        let store = PgStore {
+            pool,
+            schema: cfg.schema.clone(),
+        };
+        let mut client = store.pool.get().await.map_err(|e| StoreError::Open {
+            path: format!("the database named by {}", cfg.url_env),
+            message: e.to_string(),
+        })?;
+        let version = migrations::migrate(&mut client, &cfg.schema).await?;
+        tracing::info!(schema = %cfg.schema, version, pool_size = cfg.pool_size, "PostgreSQL store ready");
+        Ok(store)
+    }
+
+    /// The schema this store's tables are in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Run `f` with a pooled connection, bounded by [`CALL_TIMEOUT`].
+    async fn with<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(deadpool_postgres::Object) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let call = async {
+            let client = self.pool.get().await.map_err(unavailable)?;
+            f(client).await
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {}s",
+                CALL_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+/// `SELECT … FOR UPDATE` one operation in `tx`.
+async fn lock_op(tx: &Transaction<'_>, id: &str) -> Result<Option<Operation>, StoreError> {
+    let st = tx
+        .prepare_cached("SELECT record FROM operations WHERE id = $1 FOR UPDATE")
+        .await
+        .map_err(unavailable)?;
+    match tx.query_opt(&st, &[&id]).await.map_err(unavailable)? {
+        None => Ok(None),
+        Some(row) => record(&row, 0, id).map(Some),
+    }
+}
+
+/// Write `new` over `old` in `tx`: the record, its derived columns, and (when they change) its
+/// outbox rows.
+async fn write_op(
+    tx: &Transaction<'_>,
+    old: &Operation,
+    new: &Operation,
+) -> Result<(), StoreError> {
+    let st = tx
+        .prepare_cached(
+            "UPDATE operations SET status = $2, poll_at = $3, delivery_failed = $4, record = $5 \
+             WHERE id = $1",
+        )
+        .await
+        .map_err(unavailable)?;
+    tx.execute(
+        &st,
+        &[
+            &new.id.as_str(),
+            &new.status.as_str(),
+            &poll_at(new),
+            &failed(new),
+            &Json(new),
+        ],
+    )
+    .await
+    .map_err(unavailable)?;
+    let rows = outbox_rows(new);
+    if rows != outbox_rows(old) {
+        replace_outbox(tx, new.id.as_str(), &rows).await?;
+    }
+    Ok(())
+}
+
+/// Make `id`'s outbox rows exactly `rows`.
+async fn replace_outbox(
+    tx: &Transaction<'_>,
+    id: &str,
+    rows: &[(String, i64)],
+) -> Result<(), StoreError> {
+    let del = tx
+        .prepare_cached("DELETE FROM outbox WHERE op_id = $1")
+        .await
+        .map_err(unavailable)?;
+    tx.execute(&del, &[&id]).await.map_err(unavailable)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (events, dues): (Vec<&str>, Vec<i64>) = rows.iter().map(|(e, d)| (e.as_str(), *d)).unzip();
+    let ins = tx
+        .prepare_cached(
+            "INSERT INTO outbox (op_id, event, due_at) \
+             SELECT $1, e, d FROM unnest($2::text[], $3::bigint[]) AS t (e, d)",
+        )
+        .await
+        .map_err(unavailable)?;
+    tx.execute(&ins, &[&id, &events, &dues])
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Take the transaction-scoped advisory lock of an `(upstream, operation)` pair.
+async fn lock_pair(
+    tx: &Transaction<'_>,
+    upstream: &str,
+    operation: &str,
+) -> Result<(), StoreError> {
+    let st = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .await
+        .map_err(unavailable)?;
+    tx.execute(&st, &[&pair(upstream, operation)])
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn register(
+        &self,
+        op: Operation,
+        early_window: Duration,
+    ) -> Result<Registered, StoreError> {
+        self.with(|mut c| async move {
+            let tx = c.transaction().await.map_err(unavailable)?;
+            lock_pair(&tx, &op.upstream, &op.operation).await?;
+            let find = tx
+                .prepare_cached(
+                    "SELECT id, record FROM operations WHERE upstream = $1 AND operation = $2",
+                )
+                .await
+                .map_err(unavailable)?;
+            if let Some(row) = tx
+                .query_opt(&find, &[&op.upstream, &op.operation])
+                .await
+                .map_err(unavailable)?
+            {
+                let id: String = row.get(0);
+                let existing = record(&row, 1, &id)?;
+                tx.commit().await.map_err(unavailable)?;
+                return Ok(Registered::Existing(existing));
+            }
+            let take_early = tx
+                .prepare_cached(
+                    "DELETE FROM early WHERE upstream = $1 AND operation = $2 \
+                     RETURNING received_at, outcome",
+                )
+                .await
+                .map_err(unavailable)?;
+            let early = tx
+                .query_opt(&take_early, &[&op.upstream, &op.operation])
+                .await
+                .map_err(unavailable)?;
+            let mut op = op;
+            let mut early_webhook = None;
+            if let Some(row) = early {
+                let at = ts(row.get(0));
+                if at.plus(early_window) >= op.created_at {
+                    early_webhook = Some(at);
+                    op.webhook_at = Some(at);
+                    let outcome: Option<Json<EventOutcome>> = row.try_get(1).unwrap_or(None);
+                    match outcome {
+                        Some(Json(outcome)) => {
+                            op.finish_from_event(&outcome, op.created_at);
+                        }
+                        None => {
+                            op.webhook_reads = WEBHOOK_READS;
+                            op.next_poll_at = Some(op.created_at);
+                        }
+                    }
+                }
+            }
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO operations \
+                     (id, upstream, operation, status, poll_at, delivery_failed, record) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .await
+                .map_err(unavailable)?;
+            tx.execute(
+                &insert,
+                &[
+                    &op.id.as_str(),
+                    &op.upstream,
+                    &op.operation,
+                    &op.status.as_str(),
+                    &poll_at(&op),
+                    &failed(&op),
+                    &Json(&op),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+            let rows = outbox_rows(&op);
+            if !rows.is_empty() {
+                replace_outbox(&tx, op.id.as_str(), &rows).await?;
+            }
+            tx.commit().await.map_err(unavailable)?;
+            Ok(Registered::Created { op, early_webhook })
+        })
+        .await
+    }
+
+    async fn get(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
+        self.with(|c| async move {
+            let st = c
+                .prepare_cached("SELECT record FROM operations WHERE id = $1")
+                .await
+                .map_err(unavailable)?;
+            match c
+                .query_opt(&st, &[&id.as_str()])
+                .await
+                .map_err(unavailable)?
+            {
+                None => Ok(None),
+                Some(row) => record(&row, 0, id.as_str()).map(Some),
+            }
+        })
+        .await
+    }
+
+    async fn find(&self, upstream: &str, operation: &str) -> Result<Option<Operation>, StoreError> {
+        self.with(|c| async move {
+            let st = c
+                .prepare_cached(
+                    "SELECT id, record FROM operations WHERE upstream = $1 AND operation = $2",
+                )
+                .await
+                .map_err(unavailable)?;
+            match c
+                .query_opt(&st, &[&upstream, &operation])
+                .await
+                .map_err(unavailable)?
+            {
+                None => Ok(None),
+                Some(row) => {
+                    let id: String = row.get(0);
+                    record(&row, 1, &id).map(Some)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        f: &ListFilter,
+    ) -> Result<(Vec<Operation>, Option<OperationId>), StoreError> {
+        let limit = f.limit.max(1);
+        self.with(|c| async move {
+            let st = c
+                .prepare_cached(
+                    "SELECT id, record FROM operations \
+                     WHERE ($1::text IS NULL OR id > $1) \
+                       AND ($2::text IS NULL OR status = $2) \
+                       AND ($3::text IS NULL OR upstream = $3) \
+                       AND (NOT $4 OR delivery_failed) \
+                     ORDER BY id LIMIT $5",
+                )
+                .await
+                .map_err(unavailable)?;
+            let cursor = f.cursor.as_ref().map(|c| c.as_str());
+            let status = f.status.map(|s| s.as_str());
+            let rows = c
+                .query(
+                    &st,
+                    &[
+                        &cursor,
+                        &status,
+                        &f.upstream,
+                        &f.delivery_failed,
+                        &(limit as i64),
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let id: String = row.get(0);
+                out.push(record(row, 1, &id)?);
+            }
+            let next = (out.len() == limit)
+                .then(|| out.last().map(|o| o.id.clone()))
+                .flatten();
+            Ok((out, next))
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        id: &OperationId,
+        f: &Change<'_>,
+    ) -> Result<Option<Updated>, StoreError> {
+        self.with(|mut c| async move {
+            let tx = c.transaction().await.map_err(unavailable)?;
+            let Some(old) = lock_op(&tx, id.as_str()).await? else {
+                return Ok(None);
+            };
+            let mut op = old.clone();
+            let write = f(&mut op);
+            if write {
+                write_op(&tx, &old, &op).await?;
+                tx.commit().await.map_err(unavailable)?;
+            }
+            Ok(Some(Updated::from_change(&old, op, write)))
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
+        self.with(|c| async move {
+            // The outbox rows go with it (ON DELETE CASCADE).
+            let st = c
+                .prepare_cached("DELETE FROM operations WHERE id = $1 RETURNING record")
+                .await
+                .map_err(unavailable)?;
+            match c
+                .query_opt(&st, &[&id.as_str()])
+                .await
+                .map_err(unavailable)?
+            {
+                None => Ok(None),
+                Some(row) => record(&row, 0, id.as_str()).map(Some),
+            }
+        })
+        .await
+    }
+
+    async fn find_operation(
+        &self,
+        upstream: &str,
+        candidates: &[String],
+        suffix: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        self.with(|c| async move {
+            let st = c
+                .prepare_cached(
+                    "SELECT operation FROM operations WHERE upstream = $1 AND operation = ANY($2)",
+                )
+                .await
+                .map_err(unavailable)?;
+            let found: Vec<String> = c
+                .query(&st, &[&upstream, &candidates])
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if let Some(c) = candidates.iter().find(|c| found.contains(c)) {
+                return Ok(Some(c.clone()));
+            }
+            let Some(suffix) = suffix.filter(|s| !s.is_empty()) else {
+                return Ok(None);
+            };
+            // Like sled's scan: the first of at most SUFFIX_SCAN_MAX of this upstream's
+            // operations, in order, ending in `/{suffix}`.
+            let st = c
+                .prepare_cached(
+                    "SELECT operation FROM (SELECT operation FROM operations WHERE upstream = $1 \
+                     ORDER BY operation LIMIT $3) AS o \
+                     WHERE right(operation, char_length($2)) = $2 ORDER BY operation LIMIT 1",
+                )
+                .await
+                .map_err(unavailable)?;
+            let tail = format!("/{suffix}");
+            let row = c
+                .query_opt(&st, &[&upstream, &tail, &(SUFFIX_SCAN_MAX as i64)])
+                .await
+                .map_err(unavailable)?;
+            Ok(row.map(|r| r.get(0)))
+        })
+        .await
+    }
+
+    async fn record_webhook(
+        &self,
+        upstream: &str,
+        webhook_id: &str,
+        operation: &str,
+        outcome: Option<&EventOutcome>,
+        now: Timestamp,
+    ) -> Result<WebhookRecord, StoreError> {
+        self.with(|mut c| async move {
+            let tx = c.transaction().await.map_err(unavailable)?;
+            lock_pair(&tx, upstream, operation).await?;
+            let seen = tx
+                .prepare_cached(
+                    "INSERT INTO inbox (upstream, webhook_id, received_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .await
+                .map_err(unavailable)?;
+            if tx
+                .execute(&seen, &[&upstream, &webhook_id, &ms(now)])
+                .await
+                .map_err(unavailable)?
+                == 0
+            {
+                return Ok(WebhookRecord::Duplicate);
+            }
+            let find = tx
+                .prepare_cached(
+                    "SELECT id, record FROM operations WHERE upstream = $1 AND operation = $2 \
+                     FOR UPDATE",
+                )
+                .await
+                .map_err(unavailable)?;
+            let found = tx
+                .query_opt(&find, &[&upstream, &operation])
+                .await
+                .map_err(unavailable)?;
+            let result = match found {
+                None => {
+                    // The first outcome kept wins; a thin webhook never replaces one.
+                    let keep = tx
+                        .prepare_cached(
+                            "INSERT INTO early (upstream, operation, received_at, outcome) \
+                             VALUES ($1, $2, $3, $4) \
+                             ON CONFLICT (upstream, operation) DO UPDATE \
+                             SET received_at = EXCLUDED.received_at, outcome = EXCLUDED.outcome \
+                             WHERE early.outcome IS NULL",
+                        )
+                        .await
+                        .map_err(unavailable)?;
+                    tx.execute(
+                        &keep,
+                        &[&upstream, &operation, &ms(now), &outcome.map(Json)],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                    WebhookRecord::Kept
+                }
+                Some(row) => {
+                    let id: String = row.get(0);
+                    let old = record(&row, 1, &id)?;
+                    let mut op = old.clone();
+                    op.webhook_at = Some(now);
+                    let terminal = old.status.is_terminal();
+                    match (terminal, outcome) {
+                        (false, Some(outcome)) => {
+                            op.finish_from_event(outcome, now);
+                        }
+                        (true, _) => op.late_observations += 1,
+                        (false, None) => {
+                            op.webhook_reads = WEBHOOK_READS;
+                            op.next_poll_at = Some(now);
+                            op.updated_at = now;
+                        }
+                    }
+                    write_op(&tx, &old, &op).await?;
+                    if !terminal && outcome.is_some() {
+                        WebhookRecord::Finished(Box::new(op))
+                    } else {
+                        WebhookRecord::Applied {
+                            id: op.id,
+                            terminal,
+                        }
+                    }
+                }
+            };
+            tx.commit().await.map_err(unavailable)?;
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn for_each_scheduled(&self, f: &mut EachScheduled<'_>) -> Result<usize, StoreError> {
+        // Streamed: a million rows are never held at once. Not bounded by CALL_TIMEOUT (it
+        // runs once, at start).
+        let c = self.pool.get().await.map_err(unavailable)?;
+        let st = c
+            .prepare_cached(
+                "SELECT id, upstream, poll_at FROM operations WHERE poll_at IS NOT NULL",
+            )
+            .await
+            .map_err(unavailable)?;
+        let rows = c
+            .query_raw(&st, std::iter::empty::<&str>())
+            .await
+            .map_err(unavailable)?;
+        pin_mut!(rows);
+        let mut n = 0;
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(unavailable)?;
+            let id: String = row.get(0);
+            let upstream: String = row.get(1);
+            f(OperationId::from_text(id), &upstream, ts(row.get(2)));
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        let c = self.pool.get().await.map_err(unavailable)?;
+        let st = c
+            .prepare_cached("SELECT op_id, event, due_at FROM outbox")
+            .await
+            .map_err(unavailable)?;
+        let rows = c.query(&st, &[]).await.map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let id = OperationId::from_text(r.get::<_, String>(0));
+                let event: String = r.get(1);
+                OutboxEntry {
+                    key: if event.is_empty() {
+                        DeliveryKey::terminal(id)
+                    } else {
+                        DeliveryKey::event(id, event)
+                    },
+                    at: ts(r.get(2)),
+                }
+            })
+            .collect())
+    }
+
+    async fn purge_webhooks(
+        &self,
+        inbox_before: Timestamp,
+        early_before: Timestamp,
+    ) -> Result<usize, StoreError> {
+        self.with(|c| async move {
+            let a = c
+                .execute(
+                    "DELETE FROM inbox WHERE received_at < $1",
+                    &[&ms(inbox_before)],
+                )
+                .await
+                .map_err(unavailable)?;
+            let b = c
+                .execute(
+                    "DELETE FROM early WHERE received_at < $1",
+                    &[&ms(early_before)],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok((a + b) as usize)
+        })
+        .await
+    }
+
+    /// Every write was committed before it returned.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn active_by_status(&self) -> Result<Vec<(String, Status, u64)>, StoreError> {
+        self.with(|c| async move {
+            let st = c
+                .prepare_cached(
+                    "SELECT upstream, status, count(*) FROM operations \
+                     WHERE poll_at IS NOT NULL GROUP BY upstream, status",
+                )
+                .await
+                .map_err(unavailable)?;
+            let rows = c.query(&st, &[]).await.map_err(unavailable)?;
+            Ok(rows
+                .iter()
+                .filter_map(|r| {
+                    let status = Status::parse(r.get::<_, &str>(1))?;
+                    let n: i64 = r.get(2);
+                    Some((r.get::<_, String>(0), status, n.max(0) as u64))
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn failed_deliveries(&self) -> Result<u64, StoreError> {
+        self.with(|c| async move {
+            let st = c
+                .prepare_cached("SELECT count(*) FROM operations WHERE delivery_failed")
+                .await
+                .map_err(unavailable)?;
+            let n: i64 = c.query_one(&st, &[]).await.map_err(unavailable)?.get(0);
+            Ok(n.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.with(|c| async move {
+            let row = c
+                .query_one(
+                    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relkind = 'r'",
+                    &[&self.schema],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(row.get::<_, i64>(0).max(0) as u64)
+        })
+        .await
+    }
+
+    async fn load_priors(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|c| async move {
+            let row = c
+                .query_opt("SELECT value FROM priors WHERE key = 'priors'", &[])
+                .await
+                .map_err(unavailable)?;
+            Ok(row.map(|r| r.get(0)))
+        })
+        .await
+    }
+
+    async fn save_priors(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.with(|c| async move {
+            c.execute(
+                "INSERT INTO priors (key, value) VALUES ('priors', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&bytes],
+            )
+            .await
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn shared_secret(&self, candidate: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| async move {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES ('callback_secret', $1) \
+                 ON CONFLICT DO NOTHING",
+                &[&candidate],
+            )
+            .await
+            .map_err(unavailable)?;
+            let row = c
+                .query_one("SELECT value FROM meta WHERE key = 'callback_secret'", &[])
+                .await
+                .map_err(unavailable)?;
+            Ok(Some(row.get(0)))
+        })
+        .await
+    }
+}
