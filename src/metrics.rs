@@ -122,6 +122,8 @@ pub struct Metrics {
     pub credential_refreshes: Family<ResultLabels, Counter>,
     pub job_duration_quantile: Family<QuantileLabels, Gauge<f64, AtomicU64>>,
     pub requests_saved: Family<UpstreamLabel, Counter>,
+    /// The shared store's claims, leases, errors and call latency (PostgreSQL).
+    pub store: crate::store::StoreMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -237,7 +239,39 @@ impl Metrics {
             "Status requests not made compared to the plain blind schedule, per upstream (target_delay and learned priors)",
             requests_saved.clone(),
         );
+        let store = crate::store::StoreMetrics::default();
+        registry.register(
+            "hookshim_db_leases_held",
+            "Claims on due polls and callbacks this process holds (PostgreSQL store)",
+            store.leases_held.clone(),
+        );
+        registry.register(
+            "hookshim_db_claims",
+            "Due polls and callbacks claimed by this process (PostgreSQL store)",
+            store.claims.clone(),
+        );
+        registry.register(
+            "hookshim_db_lease_takeovers",
+            "Claims taken over from a process whose lease had expired (PostgreSQL store)",
+            store.takeovers.clone(),
+        );
+        registry.register(
+            "hookshim_db_leases_lost",
+            "Writes refused because this process's claim had expired or been taken over (PostgreSQL store)",
+            store.leases_lost.clone(),
+        );
+        registry.register(
+            "hookshim_db_errors",
+            "Database calls that failed: unreachable, timed out or refused (PostgreSQL store)",
+            store.errors.clone(),
+        );
+        registry.register(
+            "hookshim_db_call_seconds",
+            "Duration of database calls, waiting for a pooled connection included (PostgreSQL store)",
+            store.call_seconds.clone(),
+        );
         Metrics {
+            store,
             by_status,
             end_to_end,
             deliveries,

@@ -20,6 +20,7 @@ use crate::schedule::{
     GROUP_FULL_RETRY, PollOutcome, Reading, apply_outcome_with, classify, parse_hint, time_out,
 };
 use crate::state::{SHUTDOWN_GRACE, Shim};
+use crate::store::StoreError;
 use crate::upstream::UpstreamConfig;
 use crate::upstream::{final_resource_url, status_body, status_url};
 
@@ -30,7 +31,7 @@ fn jitter_sample() -> f64 {
 /// Read one operation's status and record what it said.
 pub async fn poll_once(shim: &Shim, id: OperationId) {
     let id = &id;
-    let op = match shim.store.get(id).await {
+    let op = match shim.store.claimed(id).await {
         Ok(Some(op)) if !op.status.is_terminal() => op,
         Ok(_) => return,
         Err(e) => {
@@ -115,7 +116,7 @@ pub async fn poll_once(shim: &Shim, id: OperationId) {
 /// a terminal operation to [`Shim::after_update`] (flush, then deliver), new event callbacks
 /// to delivery, otherwise the next poll to the queue.
 async fn record(shim: &Shim, id: &OperationId, now: Timestamp, change: &crate::store::Change<'_>) {
-    match shim.store.update(id, change).await {
+    match shim.store.update_claimed(id, change).await {
         Ok(Some(updated)) => {
             shim.after_update(&updated).await;
             let after = &updated.op;
@@ -124,6 +125,10 @@ async fn record(shim: &Shim, id: &OperationId, now: Timestamp, change: &crate::s
             }
         }
         Ok(None) => {} // deleted meanwhile
+        Err(e @ StoreError::LeaseLost(_)) => {
+            // Another replica took this poll over; it records its own reading.
+            tracing::info!(op = %id, error = %e, "poll result dropped");
+        }
         Err(e) => {
             tracing::error!(op = %id, error = %e, "cannot record poll result; retrying in 30s");
             shim.polls.schedule(id, now.plus(Duration::from_secs(30)));

@@ -85,6 +85,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
     drop(tokio::signal::unix::signal(
         tokio::signal::unix::SignalKind::hangup(),
     ));
+    let metrics = Metrics::new();
     let store: Arc<dyn Store> = match &config.store.backend {
         Backend::Sled => {
             let store_path = config.store.path.clone();
@@ -95,7 +96,9 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
                     .map_err(|e| StartError::Secret(e.to_string()))??,
             )
         }
-        Backend::Postgres(pg) => Arc::new(PgStore::open(pg).await?),
+        Backend::Postgres(pg) => {
+            Arc::new(PgStore::open(pg, opts.clock.clone(), metrics.store.clone()).await?)
+        }
     };
     let callback_key = callback_secret(&config, store.as_ref()).await?;
 
@@ -130,7 +133,6 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         .map(|(n, u)| (n.clone(), UpstreamLimiter::new(u.rate, opts.clock.now())))
         .collect();
     let commit = GroupCommit::new(store.clone());
-    let metrics = Metrics::new();
     let credentials = crate::credentials::Credentials::new(
         config
             .upstreams
@@ -186,6 +188,9 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         |s, key| async move { crate::delivery::deliver_once(&s, key).await },
     ));
     workers.spawn(purge_loop(shim.clone()));
+    if shim.store.shares_work() {
+        workers.spawn(claim_loop(shim.clone()));
+    }
     // Fetch every upstream credential once now, so a broken one shows in /readyz and the log
     // before a poll needs it (a poll meanwhile waits for the same fetch, not a second one).
     let warm = shim.clone();
@@ -458,11 +463,16 @@ async fn rebuild(shim: &Shim) -> Result<(), StartError> {
     let now = shim.clock.now();
     // Streamed into the queue (no list of a million owned ids); gauges counted per upstream and
     // set once.
+    // A store whose work is shared hands out due work by claims (`claim_loop`), not all of it
+    // to each process at start.
+    let own_all = !shim.store.shares_work();
     let mut per_upstream: HashMap<String, i64> = HashMap::new();
     let active = shim
         .store
         .for_each_scheduled(&mut |id, upstream, at| {
-            shim.polls.schedule(&id, at);
+            if own_all {
+                shim.polls.schedule(&id, at);
+            }
             match per_upstream.get_mut(upstream) {
                 Some(n) => *n += 1,
                 None => {
@@ -478,7 +488,11 @@ async fn rebuild(shim: &Shim) -> Result<(), StartError> {
     let overdue = shim.polls.spread_due(now, Duration::ZERO);
     let spread = RESTART_SPREAD_MAX.min(Duration::from_millis(overdue as u64 * 2));
     shim.polls.spread_due(now, spread);
-    let outbox = shim.store.outbox().await?;
+    let outbox = if own_all {
+        shim.store.outbox().await?
+    } else {
+        Vec::new()
+    };
     // Builds the failed-deliveries index of a store written before it (once).
     let failed = shim.store.failed_deliveries().await?;
     shim.metrics.deliveries("failed").set(failed as i64);
@@ -526,6 +540,57 @@ async fn dispatch<K, W, F>(
     }
 }
 
+/// How often an idle process asks the shared store for due work (besides NOTIFY wake-ups).
+pub const CLAIM_EVERY: Duration = Duration::from_secs(1);
+/// The most polls (and, separately, callbacks) one claim takes.
+pub const CLAIM_BATCH: usize = 256;
+
+/// With a shared store (PostgreSQL): claim due polls and callbacks for this process every
+/// [`CLAIM_EVERY`], at once when another process says work is due (NOTIFY), and again at once
+/// while claims come back full; put what was claimed on the local queues.
+async fn claim_loop(shim: Arc<Shim>) {
+    let mut wakes = shim.store.wakes();
+    let mut again = true;
+    loop {
+        if !again {
+            let wake = async {
+                match wakes.as_mut() {
+                    Some(w) => w.recv().await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(CLAIM_EVERY) => {}
+                w = wake => {
+                    if let Some(crate::store::Wake::Poll(id)) = w {
+                        // Another process got a webhook for an operation this one may hold:
+                        // read it now (skipped unless this process holds its claim).
+                        shim.polls.schedule_no_later_than(&id, shim.clock.now());
+                        continue;
+                    }
+                }
+                _ = shim.shutdown.cancelled() => return,
+            }
+        }
+        match shim.store.claim(CLAIM_BATCH).await {
+            Ok(claimed) => {
+                again =
+                    claimed.polls.len() >= CLAIM_BATCH || claimed.deliveries.len() >= CLAIM_BATCH;
+                for (id, at) in claimed.polls {
+                    shim.polls.schedule_no_later_than(&id, at);
+                }
+                for entry in claimed.deliveries {
+                    shim.deliveries.schedule_no_later_than(&entry.key, entry.at);
+                }
+            }
+            Err(e) => {
+                again = false;
+                tracing::warn!(error = %e, "claiming due work failed; trying again");
+            }
+        }
+    }
+}
+
 async fn purge_loop(shim: Arc<Shim>) {
     loop {
         tokio::select! {
@@ -560,6 +625,10 @@ impl Running {
         }
         self.workers.close();
         self.workers.wait().await;
+        // Whatever this process still holds goes to the others at once.
+        if let Err(e) = self.shim.store.release_claims().await {
+            tracing::warn!(error = %e, "cannot release this process's claims; they lapse by themselves");
+        }
         // What was learned since the last periodic save goes with the final flush.
         if let Some(bytes) = self.shim.learned.unsaved() {
             if let Err(e) = self.shim.store.save_priors(&bytes).await {

@@ -33,6 +33,7 @@ use crate::operation::DeliveryState;
 use crate::schedule::{GROUP_FULL_RETRY, parse_hint};
 use crate::signing::sign_v1;
 use crate::state::{SHUTDOWN_GRACE, Shim};
+use crate::store::StoreError;
 use crate::values::Secret;
 use attempt::delivery_of;
 
@@ -104,7 +105,7 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
         shim.deliveries
             .schedule(key, shim.clock.now().plus(Duration::from_secs(30)));
     };
-    let mut op = match shim.store.get(id).await {
+    let mut op = match shim.store.claimed_delivery(key).await {
         Ok(Some(op)) => op,
         Ok(None) => return,
         Err(e) => return retry_later(&e, "cannot read outbox entry"),
@@ -164,7 +165,7 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
     let wrote = AtomicBool::new(false);
     let updated = shim
         .store
-        .update(id, &|o| {
+        .update_delivery(key, &|o| {
             let w = delivery_of(o, event)
                 .is_some_and(|d| record_attempt_on(d, &result, schedule, now, sample));
             wrote.store(w, Ordering::SeqCst);
@@ -180,6 +181,11 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
     let after = match updated {
         Ok(Some(mut u)) if wrote.load(Ordering::SeqCst) => delivery_of(&mut u.op, event).cloned(),
         Ok(_) => None,
+        Err(e @ StoreError::LeaseLost(_)) => {
+            // Another replica took this callback over (and sends it, with the same id).
+            tracing::info!(op = %id, callback = %key, error = %e, "callback attempt result dropped");
+            return;
+        }
         Err(e) => return retry_later(&e, "cannot record callback attempt"),
     };
     let Some(d) = after else { return };

@@ -17,6 +17,10 @@ pub use sled_store::SledStore;
 
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
 use crate::clock::Timestamp;
 use crate::ids::{DeliveryKey, OperationId};
 use crate::operation::{EventOutcome, Operation, Status};
@@ -41,6 +45,59 @@ pub enum StoreError {
     /// The database's schema is newer than this hookshim knows (a newer replica migrated it).
     #[error("{0}")]
     TooNew(String),
+    /// This process's claim on the work expired or was taken over by another replica: the
+    /// write was refused (the other replica does the work).
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
+}
+
+/// The shared store's figures for `/metrics` (registered by `crate::metrics`; sled leaves them
+/// at zero).
+#[derive(Clone, Debug)]
+pub struct StoreMetrics {
+    /// Claims on polls and callbacks this process holds now.
+    pub leases_held: Gauge,
+    /// Polls and callbacks claimed.
+    pub claims: Counter,
+    /// Of those, claims taken over from another process whose lease had expired.
+    pub takeovers: Counter,
+    /// Writes refused because this process's claim had expired or been taken over.
+    pub leases_lost: Counter,
+    /// Database calls that failed (unreachable, timed out, refused).
+    pub errors: Counter,
+    /// How long database calls took (a connection from the pool included).
+    pub call_seconds: Histogram,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            leases_held: Gauge::default(),
+            claims: Counter::default(),
+            takeovers: Counter::default(),
+            leases_lost: Counter::default(),
+            errors: Counter::default(),
+            // 0.1 ms .. ~3.3 s, doubling.
+            call_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+        }
+    }
+}
+
+/// Due work [`Store::claim`] took for this process: polls and callbacks to run at their times.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub polls: Vec<(OperationId, Timestamp)>,
+    pub deliveries: Vec<OutboxEntry>,
+}
+
+/// A nudge from another process on the same store ([`Store::wakes`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wake {
+    /// Work may have become due: claim now.
+    Claim,
+    /// Read this operation's status now (a webhook for it arrived elsewhere), if this process
+    /// holds its claim.
+    Poll(OperationId),
 }
 
 /// The result of registering an operation.
@@ -239,6 +296,52 @@ pub trait Store: Send + Sync + 'static {
     /// learning in a crash is harmless).
     async fn save_priors(&self, _bytes: &[u8]) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// Whether several processes share this store's work (PostgreSQL): due polls and callbacks
+    /// are then [`Store::claim`]ed, and the stages read and write them through the `claimed`
+    /// methods below, which refuse work whose claim this process no longer holds. `false`
+    /// (sled): one process owns everything and those methods are the plain ones.
+    fn shares_work(&self) -> bool {
+        false
+    }
+    /// Claim up to `limit` polls and `limit` callbacks due soon, for this process, with a lease
+    /// (and renew the leases it holds when due). Nothing for a store that does not share work.
+    async fn claim(&self, _limit: usize) -> Result<Claimed, StoreError> {
+        Ok(Claimed::default())
+    }
+    /// Nudges from the other processes (a webhook for an operation this one holds), if any.
+    fn wakes(&self) -> Option<tokio::sync::broadcast::Receiver<Wake>> {
+        None
+    }
+    /// Give up every claim this process holds (graceful stop: the others take over at once).
+    async fn release_claims(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The operation, if this process holds its poll claim (sled: always).
+    async fn claimed(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
+        self.get(id).await
+    }
+    /// [`Store::update`] as the holder of the poll claim: [`StoreError::LeaseLost`] when this
+    /// process no longer holds it. The claim is kept while the next poll is soon, else released.
+    async fn update_claimed(
+        &self,
+        id: &OperationId,
+        f: &Change<'_>,
+    ) -> Result<Option<Updated>, StoreError> {
+        self.update(id, f).await
+    }
+    /// The operation of callback `key`, if this process holds that callback's claim.
+    async fn claimed_delivery(&self, key: &DeliveryKey) -> Result<Option<Operation>, StoreError> {
+        self.get(&key.operation).await
+    }
+    /// [`Store::update`] as the holder of callback `key`'s claim ([`StoreError::LeaseLost`]
+    /// otherwise).
+    async fn update_delivery(
+        &self,
+        key: &DeliveryKey,
+        f: &Change<'_>,
+    ) -> Result<Option<Updated>, StoreError> {
+        self.update(&key.operation, f).await
     }
     /// The callback signing secret every process on this store shares (`whsec_…` text): the
     /// one stored, else `candidate`, stored now. `None`: this backend keeps no secret (sled's

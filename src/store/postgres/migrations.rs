@@ -26,6 +26,11 @@ CREATE TABLE operations (
     poll_at bigint,
     delivery_failed boolean NOT NULL DEFAULT false,
     record json NOT NULL,
+    -- The claim on its next poll: which process, until when (ms), and the fencing token
+    -- (raised by every claim; a write by a process holding an older token is refused).
+    lease_owner text,
+    lease_until bigint,
+    lease_token bigint NOT NULL DEFAULT 0,
     UNIQUE (upstream, operation)
 );
 CREATE INDEX operations_poll_at ON operations (poll_at) WHERE poll_at IS NOT NULL;
@@ -35,6 +40,9 @@ CREATE TABLE outbox (
     op_id text NOT NULL REFERENCES operations (id) ON DELETE CASCADE,
     event text NOT NULL,
     due_at bigint NOT NULL,
+    lease_owner text,
+    lease_until bigint,
+    lease_token bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (op_id, event)
 );
 CREATE INDEX outbox_due_at ON outbox (due_at);

@@ -15,6 +15,12 @@
 //! operation is either applied to the new record or kept and consumed by it — never lost; the
 //! `UNIQUE (upstream, operation)` constraint keeps one record per pair whatever happens.
 //!
+//! Work is **claimed, not owned** (see [`claim`]): due polls and callbacks carry a lease (owner,
+//! expiry, fencing token); the poller and the deliverer read and write them through the
+//! `claimed` methods, which refuse work whose lease this process no longer holds. A write that
+//! makes work due soon (a registration, a terminal transition's callback, a webhook) claims it for
+//! the writing process in the same transaction, so it runs at once without a round of claiming.
+//!
 //! The driver is `tokio-postgres` with a `deadpool-postgres` pool (see docs/store.md for why):
 //! statements are prepared once per connection and cached. Each call waits at most
 //! [`CALL_TIMEOUT`] (for a connection and for the answer); past that, or when the database
@@ -22,95 +28,93 @@
 //! `503 store_unavailable`. A broken connection is dropped by the pool and a new one made on
 //! the next call, so service resumes by itself when the database is back.
 
+mod claim;
+mod listen;
 mod migrations;
+mod rows;
 
+use listen::hostname;
 pub use migrations::{MIGRATIONS, latest as latest_schema_version};
+use rows::*;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
 use futures_util::{StreamExt, pin_mut};
+use tokio::sync::broadcast;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::Json;
+use tokio_util::sync::CancellationToken;
 
 use super::config::PgConfig;
 use super::{
-    Change, EachScheduled, ListFilter, OutboxEntry, Registered, SUFFIX_SCAN_MAX, Store, StoreError,
-    Updated, WebhookRecord,
+    Change, Claimed, EachScheduled, ListFilter, OutboxEntry, Registered, SUFFIX_SCAN_MAX, Store,
+    StoreError, StoreMetrics, Updated, Wake, WebhookRecord,
 };
-use crate::clock::Timestamp;
+use crate::clock::{Clock, Timestamp};
 use crate::ids::{DeliveryKey, OperationId};
-use crate::operation::{DeliveryState, EventOutcome, Operation, Status, WEBHOOK_READS};
+use crate::operation::{EventOutcome, Operation, Status, WEBHOOK_READS};
 
 /// The longest one store call may take (waiting for a connection included).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a new connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Work due within this long is claimed ahead (and a claim is kept after a poll whose next one
+/// is due within it), so that it starts on time.
+pub const CLAIM_AHEAD: Duration = Duration::from_secs(2);
+
 pub struct PgStore {
     pool: Pool,
     schema: String,
+    /// This process, as it appears in `lease_owner`.
+    me: String,
+    clock: Arc<dyn Clock>,
+    /// How long a claim lasts without renewal (`store.lease`).
+    lease: Duration,
+    metrics: StoreMetrics,
+    /// The claims this process holds and their fencing tokens.
+    held: Mutex<Held>,
+    /// Nudges from other processes (LISTEN), and the NOTIFY channel they come on.
+    wakes: broadcast::Sender<Wake>,
+    channel: String,
+    /// Stops the listener when the store is dropped.
+    stop: CancellationToken,
+}
+
+/// Claims held: poll claims by operation id, callback claims by `(operation id, event)` (`""`
+/// for the terminal callback), each with its fencing token.
+#[derive(Default)]
+struct Held {
+    polls: HashMap<String, i64>,
+    callbacks: HashMap<(String, String), i64>,
+    /// When the leases were last renewed.
+    renewed: Option<Instant>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// A driver or pool error: the database is unreachable, or said no.
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-fn ms(t: Timestamp) -> i64 {
-    t.0.min(i64::MAX as u64) as i64
-}
-
-fn ts(v: i64) -> Timestamp {
-    Timestamp(v.max(0) as u64)
-}
-
-/// The advisory-lock key text of an `(upstream, operation)` pair (upstream names cannot hold
-/// `:`, so the pair is unambiguous).
-fn pair(upstream: &str, operation: &str) -> String {
-    format!("{upstream}:{operation}")
-}
-
-/// The outbox rows a record needs: `(event, due)`, `""` for the terminal callback.
-fn outbox_rows(op: &Operation) -> Vec<(String, i64)> {
-    let mut rows = Vec::new();
-    if op.in_outbox() {
-        let at = op.delivery.next_attempt_at.unwrap_or(op.updated_at);
-        rows.push((String::new(), ms(at)));
-    }
-    for e in &op.events {
-        if e.delivery.state == DeliveryState::Pending {
-            let at = e.delivery.next_attempt_at.unwrap_or(op.updated_at);
-            rows.push((e.name.clone(), ms(at)));
-        }
-    }
-    rows
-}
-
-/// The `poll_at` column: the next poll while not terminal (as sled's `active` index).
-fn poll_at(op: &Operation) -> Option<i64> {
-    (!op.status.is_terminal()).then(|| ms(op.next_poll_at.unwrap_or(op.deadline_at)))
-}
-
-fn failed(op: &Operation) -> bool {
-    op.delivery.state == DeliveryState::Failed
-}
-
-/// Decode the `record` column of `row` (column `idx`).
-fn record(row: &tokio_postgres::Row, idx: usize, id: &str) -> Result<Operation, StoreError> {
-    row.try_get::<_, Json<Operation>>(idx)
-        .map(|j| j.0)
-        .map_err(|e| StoreError::Corrupt {
-            key: id.to_string(),
-            message: e.to_string(),
-        })
+pub(crate) fn unavailable(e: impl std::error::Error) -> StoreError {
+    // The driver's own text is only "db error": the server's message is in the source chain.
+    StoreError::Unavailable(crate::errors::error_chain(&e))
 }
 
 impl PgStore {
     /// Connect, create or migrate the schema, and check the database answers. Fails with
     /// [`StoreError::TooNew`] against a schema newer than this binary knows.
-    pub async fn open(cfg: &PgConfig) -> Result<PgStore, StoreError> {
+    pub async fn open(
+        cfg: &PgConfig,
+        clock: Arc<dyn Clock>,
+        metrics: StoreMetrics,
+    ) -> Result<PgStore, StoreError> {
         let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| StoreError::Open {
             path: format!("the database named by {}", cfg.url_env),
             message: format!("{e}"),
@@ -121,6 +125,7 @@ impl PgStore {
         pg.connect_timeout(CONNECT_TIMEOUT)
             // Every statement names its tables unqualified: they are in `schema`.
             .options(format!("-c search_path={}", cfg.schema));
+        let listen_config = pg.clone();
         let manager = Manager::from_config(
             pg,
             NoTls,
@@ -139,17 +144,68 @@ impl PgStore {
                 path: format!("the database named by {}", cfg.url_env),
                 message: e.to_string(),
             })?;
+        let (wakes, _) = broadcast::channel(1024);
         let store = PgStore {
             pool,
             schema: cfg.schema.clone(),
+            me: format!(
+                "{}-{}-{:08x}",
+                hostname(),
+                std::process::id(),
+                rand::random::<u32>()
+            ),
+            clock,
+            lease: cfg.lease,
+            metrics,
+            held: Mutex::default(),
+            wakes,
+            channel: format!("hookshim_{}", cfg.schema),
+            stop: CancellationToken::new(),
         };
         let mut client = store.pool.get().await.map_err(|e| StoreError::Open {
             path: format!("the database named by {}", cfg.url_env),
             message: e.to_string(),
         })?;
         let version = migrations::migrate(&mut client, &cfg.schema).await?;
-        tracing::info!(schema = %cfg.schema, version, pool_size = cfg.pool_size, "PostgreSQL store ready");
+        listen::spawn(
+            listen_config,
+            store.channel.clone(),
+            store.wakes.clone(),
+            store.stop.clone(),
+        );
+        tracing::info!(schema = %cfg.schema, version, pool_size = cfg.pool_size, replica = %store.me, "PostgreSQL store ready");
         Ok(store)
+    }
+
+    fn held(&self) -> MutexGuard<'_, Held> {
+        // Plain maps: a panic elsewhere cannot leave them inconsistent.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The times a write needs: now, the end of the claim-ahead window, the lease.
+    fn write_ctx(&self) -> WriteCtx<'_> {
+        let now = ms(self.clock.now());
+        WriteCtx {
+            me: &self.me,
+            now,
+            soon: now + CLAIM_AHEAD.as_millis() as i64,
+            lease: self.lease.as_millis() as i64,
+            keep_poll_claim: false,
+        }
+    }
+
+    /// Record the callback claims a write took.
+    fn hold_callbacks(&self, id: &str, taken: Vec<(String, i64)>) {
+        if taken.is_empty() {
+            return;
+        }
+        let mut held = self.held();
+        for (event, token) in taken {
+            held.callbacks.insert((id.to_string(), event), token);
+        }
+        self.metrics
+            .leases_held
+            .set((held.polls.len() + held.callbacks.len()) as i64);
     }
 
     /// The schema this store's tables are in.
@@ -163,107 +219,26 @@ impl PgStore {
         F: FnOnce(deadpool_postgres::Object) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
+        let started = Instant::now();
         let call = async {
             let client = self.pool.get().await.map_err(unavailable)?;
             f(client).await
         };
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        let result = match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Unavailable(format!(
                 "no answer within {}s",
                 CALL_TIMEOUT.as_secs()
             ))),
+        };
+        self.metrics
+            .call_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(StoreError::Unavailable(_)) = &result {
+            self.metrics.errors.inc();
         }
+        result
     }
-}
-
-/// `SELECT … FOR UPDATE` one operation in `tx`.
-async fn lock_op(tx: &Transaction<'_>, id: &str) -> Result<Option<Operation>, StoreError> {
-    let st = tx
-        .prepare_cached("SELECT record FROM operations WHERE id = $1 FOR UPDATE")
-        .await
-        .map_err(unavailable)?;
-    match tx.query_opt(&st, &[&id]).await.map_err(unavailable)? {
-        None => Ok(None),
-        Some(row) => record(&row, 0, id).map(Some),
-    }
-}
-
-/// Write `new` over `old` in `tx`: the record, its derived columns, and (when they change) its
-/// outbox rows.
-async fn write_op(
-    tx: &Transaction<'_>,
-    old: &Operation,
-    new: &Operation,
-) -> Result<(), StoreError> {
-    let st = tx
-        .prepare_cached(
-            "UPDATE operations SET status = $2, poll_at = $3, delivery_failed = $4, record = $5 \
-             WHERE id = $1",
-        )
-        .await
-        .map_err(unavailable)?;
-    tx.execute(
-        &st,
-        &[
-            &new.id.as_str(),
-            &new.status.as_str(),
-            &poll_at(new),
-            &failed(new),
-            &Json(new),
-        ],
-    )
-    .await
-    .map_err(unavailable)?;
-    let rows = outbox_rows(new);
-    if rows != outbox_rows(old) {
-        replace_outbox(tx, new.id.as_str(), &rows).await?;
-    }
-    Ok(())
-}
-
-/// Make `id`'s outbox rows exactly `rows`.
-async fn replace_outbox(
-    tx: &Transaction<'_>,
-    id: &str,
-    rows: &[(String, i64)],
-) -> Result<(), StoreError> {
-    let del = tx
-        .prepare_cached("DELETE FROM outbox WHERE op_id = $1")
-        .await
-        .map_err(unavailable)?;
-    tx.execute(&del, &[&id]).await.map_err(unavailable)?;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let (events, dues): (Vec<&str>, Vec<i64>) = rows.iter().map(|(e, d)| (e.as_str(), *d)).unzip();
-    let ins = tx
-        .prepare_cached(
-            "INSERT INTO outbox (op_id, event, due_at) \
-             SELECT $1, e, d FROM unnest($2::text[], $3::bigint[]) AS t (e, d)",
-        )
-        .await
-        .map_err(unavailable)?;
-    tx.execute(&ins, &[&id, &events, &dues])
-        .await
-        .map_err(unavailable)?;
-    Ok(())
-}
-
-/// Take the transaction-scoped advisory lock of an `(upstream, operation)` pair.
-async fn lock_pair(
-    tx: &Transaction<'_>,
-    upstream: &str,
-    operation: &str,
-) -> Result<(), StoreError> {
-    let st = tx
-        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .await
-        .map_err(unavailable)?;
-    tx.execute(&st, &[&pair(upstream, operation)])
-        .await
-        .map_err(unavailable)?;
-    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -273,6 +248,7 @@ impl Store for PgStore {
         op: Operation,
         early_window: Duration,
     ) -> Result<Registered, StoreError> {
+        let ctx = self.write_ctx();
         self.with(|mut c| async move {
             let tx = c.transaction().await.map_err(unavailable)?;
             lock_pair(&tx, &op.upstream, &op.operation).await?;
@@ -324,12 +300,15 @@ impl Store for PgStore {
             }
             let insert = tx
                 .prepare_cached(
-                    "INSERT INTO operations \
-                     (id, upstream, operation, status, poll_at, delivery_failed, record) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO operations (id, upstream, operation, status, poll_at, \
+                     delivery_failed, record, lease_owner, lease_until, lease_token) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $5::bigint + $9::bigint, 1)",
                 )
                 .await
                 .map_err(unavailable)?;
+            // The first poll is due soon: this process claims it (it schedules it itself).
+            let at = poll_at(&op);
+            let claim = at.is_some_and(|at| at <= ctx.soon);
             tx.execute(
                 &insert,
                 &[
@@ -337,18 +316,26 @@ impl Store for PgStore {
                     &op.upstream,
                     &op.operation,
                     &op.status.as_str(),
-                    &poll_at(&op),
+                    &at,
                     &failed(&op),
                     &Json(&op),
+                    &claim.then_some(ctx.me),
+                    &claim.then_some(ctx.lease),
                 ],
             )
             .await
             .map_err(unavailable)?;
             let rows = outbox_rows(&op);
-            if !rows.is_empty() {
-                replace_outbox(&tx, op.id.as_str(), &rows).await?;
-            }
+            let taken = if rows.is_empty() {
+                Vec::new()
+            } else {
+                sync_outbox(&tx, op.id.as_str(), &rows, &ctx).await?
+            };
             tx.commit().await.map_err(unavailable)?;
+            if claim {
+                self.held().polls.insert(op.id.as_str().to_string(), 1);
+            }
+            self.hold_callbacks(op.id.as_str(), taken);
             Ok(Registered::Created { op, early_webhook })
         })
         .await
@@ -445,6 +432,7 @@ impl Store for PgStore {
         id: &OperationId,
         f: &Change<'_>,
     ) -> Result<Option<Updated>, StoreError> {
+        let ctx = self.write_ctx();
         self.with(|mut c| async move {
             let tx = c.transaction().await.map_err(unavailable)?;
             let Some(old) = lock_op(&tx, id.as_str()).await? else {
@@ -453,8 +441,9 @@ impl Store for PgStore {
             let mut op = old.clone();
             let write = f(&mut op);
             if write {
-                write_op(&tx, &old, &op).await?;
+                let (taken, _) = write_op(&tx, &old, &op, &ctx).await?;
                 tx.commit().await.map_err(unavailable)?;
+                self.hold_callbacks(id.as_str(), taken);
             }
             Ok(Some(Updated::from_change(&old, op, write)))
         })
@@ -534,6 +523,7 @@ impl Store for PgStore {
         outcome: Option<&EventOutcome>,
         now: Timestamp,
     ) -> Result<WebhookRecord, StoreError> {
+        let ctx = self.write_ctx();
         self.with(|mut c| async move {
             let tx = c.transaction().await.map_err(unavailable)?;
             lock_pair(&tx, upstream, operation).await?;
@@ -601,10 +591,16 @@ impl Store for PgStore {
                             op.updated_at = now;
                         }
                     }
-                    write_op(&tx, &old, &op).await?;
+                    let (taken, _) = write_op(&tx, &old, &op, &ctx).await?;
+                    self.hold_callbacks(&id, taken);
                     if !terminal && outcome.is_some() {
                         WebhookRecord::Finished(Box::new(op))
                     } else {
+                        if !terminal {
+                            // A status read now: by this process if the poll claim is free,
+                            // else by its holder, told through NOTIFY.
+                            self.claim_for_webhook(&tx, &id, &ctx).await?;
+                        }
                         WebhookRecord::Applied {
                             id: op.id,
                             terminal,
@@ -771,6 +767,46 @@ impl Store for PgStore {
             Ok(())
         })
         .await
+    }
+
+    fn shares_work(&self) -> bool {
+        true
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Claimed, StoreError> {
+        self.claim_due(limit).await
+    }
+
+    fn wakes(&self) -> Option<broadcast::Receiver<Wake>> {
+        Some(self.wakes.subscribe())
+    }
+
+    async fn release_claims(&self) -> Result<(), StoreError> {
+        self.release_all().await
+    }
+
+    async fn claimed(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
+        self.claimed_op(id).await
+    }
+
+    async fn update_claimed(
+        &self,
+        id: &OperationId,
+        f: &Change<'_>,
+    ) -> Result<Option<Updated>, StoreError> {
+        self.update_claimed_op(id, f).await
+    }
+
+    async fn claimed_delivery(&self, key: &DeliveryKey) -> Result<Option<Operation>, StoreError> {
+        self.claimed_callback(key).await
+    }
+
+    async fn update_delivery(
+        &self,
+        key: &DeliveryKey,
+        f: &Change<'_>,
+    ) -> Result<Option<Updated>, StoreError> {
+        self.update_callback(key, f).await
     }
 
     async fn shared_secret(&self, candidate: &str) -> Result<Option<String>, StoreError> {
