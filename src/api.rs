@@ -658,6 +658,13 @@ async fn metrics(State(shim): State<Arc<Shim>>, headers: HeaderMap) -> Response 
                 .operations_by_status(&upstream, status.as_str(), n as i64);
         }
     }
+    if shim.store.shares_work() {
+        // This process's share of each budget changes with the replicas alive: show it now.
+        let now = shim.clock.now();
+        for (upstream, l) in &shim.limiters {
+            shim.metrics.upstream_rate(upstream, l.current_rate(now));
+        }
+    }
     if let Ok(failed) = shim.store.failed_deliveries().await {
         shim.metrics.deliveries("failed").set(failed as i64);
     }

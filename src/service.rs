@@ -30,6 +30,11 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// Overdue polls found at start are spread over at most this long.
 const RESTART_SPREAD_MAX: Duration = Duration::from_secs(30);
 
+mod replicas;
+
+pub use replicas::{CLAIM_BATCH, CLAIM_EVERY, HEARTBEAT_EVERY};
+use replicas::{budget_loop, claim_loop, share_budgets};
+
 /// Options the binary and tests pass besides the config.
 pub struct StartOptions {
     pub clock: Arc<dyn Clock>,
@@ -189,7 +194,10 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
     ));
     workers.spawn(purge_loop(shim.clone()));
     if shim.store.shares_work() {
+        // The first beat before any request goes out: the share is right from the start.
+        share_budgets(&shim).await;
         workers.spawn(claim_loop(shim.clone()));
+        workers.spawn(budget_loop(shim.clone()));
     }
     // Fetch every upstream credential once now, so a broken one shows in /readyz and the log
     // before a poll needs it (a poll meanwhile waits for the same fetch, not a second one).
@@ -537,57 +545,6 @@ async fn dispatch<K, W, F>(
             job.await;
             drop(permit);
         });
-    }
-}
-
-/// How often an idle process asks the shared store for due work (besides NOTIFY wake-ups).
-pub const CLAIM_EVERY: Duration = Duration::from_secs(1);
-/// The most polls (and, separately, callbacks) one claim takes.
-pub const CLAIM_BATCH: usize = 256;
-
-/// With a shared store (PostgreSQL): claim due polls and callbacks for this process every
-/// [`CLAIM_EVERY`], at once when another process says work is due (NOTIFY), and again at once
-/// while claims come back full; put what was claimed on the local queues.
-async fn claim_loop(shim: Arc<Shim>) {
-    let mut wakes = shim.store.wakes();
-    let mut again = true;
-    loop {
-        if !again {
-            let wake = async {
-                match wakes.as_mut() {
-                    Some(w) => w.recv().await.ok(),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(CLAIM_EVERY) => {}
-                w = wake => {
-                    if let Some(crate::store::Wake::Poll(id)) = w {
-                        // Another process got a webhook for an operation this one may hold:
-                        // read it now (skipped unless this process holds its claim).
-                        shim.polls.schedule_no_later_than(&id, shim.clock.now());
-                        continue;
-                    }
-                }
-                _ = shim.shutdown.cancelled() => return,
-            }
-        }
-        match shim.store.claim(CLAIM_BATCH).await {
-            Ok(claimed) => {
-                again =
-                    claimed.polls.len() >= CLAIM_BATCH || claimed.deliveries.len() >= CLAIM_BATCH;
-                for (id, at) in claimed.polls {
-                    shim.polls.schedule_no_later_than(&id, at);
-                }
-                for entry in claimed.deliveries {
-                    shim.deliveries.schedule_no_later_than(&entry.key, entry.at);
-                }
-            }
-            Err(e) => {
-                again = false;
-                tracing::warn!(error = %e, "claiming due work failed; trying again");
-            }
-        }
     }
 }
 

@@ -90,6 +90,24 @@ pub struct Claimed {
     pub deliveries: Vec<OutboxEntry>,
 }
 
+/// What this process knows of an upstream's rate limiting, for the others ([`Store::heartbeat`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSignal {
+    pub upstream: String,
+    /// The last time a rate-limit answer lowered its rate.
+    pub throttled_at: Option<Timestamp>,
+    /// No request before this (a rate-limit answer's hint).
+    pub paused_until: Timestamp,
+}
+
+/// What [`Store::heartbeat`] learned: how many processes share the budgets, and every
+/// upstream's latest rate-limit signal from any of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shared {
+    pub replicas: usize,
+    pub signals: Vec<UpstreamSignal>,
+}
+
 /// A nudge from another process on the same store ([`Store::wakes`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Wake {
@@ -313,7 +331,16 @@ pub trait Store: Send + Sync + 'static {
     fn wakes(&self) -> Option<tokio::sync::broadcast::Receiver<Wake>> {
         None
     }
-    /// Give up every claim this process holds (graceful stop: the others take over at once).
+    /// Say this process is alive, publish its upstreams' rate-limit signals and read everyone's
+    /// (PostgreSQL: a heartbeat row per process). A store used by one process: just this one.
+    async fn heartbeat(&self, _signals: &[UpstreamSignal]) -> Result<Shared, StoreError> {
+        Ok(Shared {
+            replicas: 1,
+            signals: Vec::new(),
+        })
+    }
+    /// Give up every claim this process holds and stop counting it among the live processes
+    /// (graceful stop: the others take its work and its budget share over at once).
     async fn release_claims(&self) -> Result<(), StoreError> {
         Ok(())
     }

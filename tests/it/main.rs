@@ -24,6 +24,7 @@ mod polling;
 mod postgres;
 mod presets;
 mod proxy;
+mod replicas;
 mod schemes;
 mod sdk;
 mod store_damage;

@@ -68,6 +68,19 @@ CREATE TABLE priors (
     key text PRIMARY KEY,
     value bytea NOT NULL
 );
+-- Live processes (heartbeats, database time in ms): each takes an equal share of every
+-- upstream's budget.
+CREATE TABLE replicas (
+    id text PRIMARY KEY,
+    seen_at bigint NOT NULL
+);
+-- Each upstream's latest rate-limit answer seen by any process: the AIMD decrease and the
+-- pause it asked for apply to all.
+CREATE TABLE upstream_state (
+    upstream text PRIMARY KEY,
+    throttled_at bigint,
+    paused_until bigint NOT NULL DEFAULT 0
+);
 -- Shared settings, e.g. the generated callback signing secret every replica uses.
 CREATE TABLE meta (
     key text PRIMARY KEY,

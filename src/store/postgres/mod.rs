@@ -28,6 +28,7 @@
 //! `503 store_unavailable`. A broken connection is dropped by the pool and a new one made on
 //! the next call, so service resumes by itself when the database is back.
 
+mod budget;
 mod claim;
 mod listen;
 mod migrations;
@@ -51,8 +52,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::PgConfig;
 use super::{
-    Change, Claimed, EachScheduled, ListFilter, OutboxEntry, Registered, SUFFIX_SCAN_MAX, Store,
-    StoreError, StoreMetrics, Updated, Wake, WebhookRecord,
+    Change, Claimed, EachScheduled, ListFilter, OutboxEntry, Registered, SUFFIX_SCAN_MAX, Shared,
+    Store, StoreError, StoreMetrics, Updated, UpstreamSignal, Wake, WebhookRecord,
 };
 use crate::clock::{Clock, Timestamp};
 use crate::ids::{DeliveryKey, OperationId};
@@ -782,7 +783,12 @@ impl Store for PgStore {
     }
 
     async fn release_claims(&self) -> Result<(), StoreError> {
-        self.release_all().await
+        self.release_all().await?;
+        self.leave().await
+    }
+
+    async fn heartbeat(&self, signals: &[UpstreamSignal]) -> Result<Shared, StoreError> {
+        self.beat(signals).await
     }
 
     async fn claimed(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
