@@ -1,5 +1,6 @@
-//! `shim.toml`: the top-level schema (`server`, `store`, `callbacks`, `workers`), loading, the
-//! error format and the redacted view `hookshim check` prints. Each part owns its own
+//! `shim.toml`: the top-level schema (`server`, `store`, `callbacks`, `workers`), loading (with
+//! keys set from the environment, [`env`]), the error format; the callback keys are in
+//! [`secrets`], the redacted view `hookshim check` prints in `show`. Each part owns its own
 //! configuration and this module assembles them: `[upstreams.<name>]` is resolved by
 //! [`crate::upstream::config`] (with `poll` and `rate` from [`crate::schedule::config`] and
 //! `webhook` from [`crate::upstream::webhook`]); the small value types are in [`crate::values`].
@@ -8,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::ops::RangeInclusive;
@@ -19,11 +20,18 @@ use serde::Deserialize;
 
 use crate::address::{Rules, check_callback_url, parse_port_range};
 
+use crate::clock::Timestamp;
 pub use crate::store::config::{Backend, PgConfig, StoreConfig};
 use crate::store::config::{RawStore, resolve_store};
 use crate::upstream::UpstreamConfig;
 use crate::upstream::config::{RawUpstream, resolve_upstream};
 use crate::values::{Dur, EnvLookup, Secret, Size, process_env};
+
+pub mod env;
+pub mod secrets;
+mod show;
+pub use secrets::{CallbackSigningKey, KeySource, PreviousSecret};
+use secrets::{RawKeys, RawPreviousSecret, resolve_keys};
 
 /// An error in the configuration: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +134,14 @@ struct RawCallbacks {
     default_url: Option<String>,
     #[serde(default = "d_secret_env")]
     secret_env: String,
+    /// The current secret from a file instead (re-read on SIGHUP).
+    secret_file: Option<PathBuf>,
+    /// Secrets callbacks are still signed with during a rotation.
+    #[serde(default)]
+    previous_secrets: Vec<RawPreviousSecret>,
+    /// An Ed25519 key (`whsk_…`): callbacks also carry a `v1a` signature.
+    signing_key_env: Option<String>,
+    signing_key_file: Option<PathBuf>,
     #[serde(default = "d_allowed")]
     allowed_hosts: Vec<String>,
     #[serde(default)]
@@ -167,6 +183,10 @@ impl Default for RawCallbacks {
         RawCallbacks {
             default_url: None,
             secret_env: d_secret_env(),
+            secret_file: None,
+            previous_secrets: Vec::new(),
+            signing_key_env: None,
+            signing_key_file: None,
             allowed_hosts: d_allowed(),
             allowed_networks: Vec::new(),
             allowed_ports: None,
@@ -224,6 +244,9 @@ pub struct Config {
     pub workers: WorkerConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub log: LogConfig,
+    /// Where the keys that were set came from: the environment ([`env`]) or the file (dotted
+    /// key → `"file"` or the variable's name). Keys not listed have their default.
+    pub origins: BTreeMap<String, String>,
 }
 
 /// `[log]`: how stderr lines look. The level filter is `HOOKSHIM_LOG` (not in the file).
@@ -279,9 +302,16 @@ pub struct ServerConfig {
 pub struct CallbackConfig {
     pub default_url: Option<Url>,
     pub secret_env: String,
-    /// The signing key when the environment provides one; otherwise the store's generated key
-    /// is used (see [`crate::delivery::load_or_create_secret`]).
+    /// The signing key when the environment or `secret_file` provides one; otherwise the
+    /// store's generated key is used (see [`crate::delivery::load_or_create_secret`]).
     pub secret: Option<Secret>,
+    /// Where `secret` came from (`None` with it).
+    pub secret_source: Option<KeySource>,
+    pub secret_file: Option<PathBuf>,
+    /// Older secrets callbacks are signed with too, during a rotation.
+    pub previous_secrets: Vec<PreviousSecret>,
+    /// The Ed25519 key for `v1a` signatures, when configured.
+    pub signing_key: Option<CallbackSigningKey>,
     /// Lower-case, without brackets: exact hosts, `*.suffix` patterns, or `*`
     /// (see [`crate::address`]).
     pub allowed_hosts: Vec<String>,
@@ -296,6 +326,23 @@ pub struct CallbackConfig {
 }
 
 impl CallbackConfig {
+    /// What is valid but probably a mistake: a previous secret past its `until` (no longer
+    /// signed with; remove it).
+    pub fn warnings(&self, now: Timestamp) -> Vec<String> {
+        self.previous_secrets
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.until.is_some_and(|u| now >= u))
+            .map(|(i, p)| {
+                format!(
+                    "`callbacks.previous_secrets[{i}]`: until {} has passed; callbacks are no longer signed with the secret in {} (remove the entry)",
+                    p.until.map(|u| u.rfc3339()).unwrap_or_default(),
+                    p.source
+                )
+            })
+            .collect()
+    }
+
     /// The destination rules, for [`crate::address::check_callback_url`] and the resolver.
     pub fn rules(&self) -> Rules<'_> {
         Rules {
@@ -318,21 +365,78 @@ pub struct WorkerConfig {
 
 /// Bytes that must never be printed. `Debug` shows only their length.
 impl Config {
-    /// Read and resolve a config file with the process environment.
+    /// Read and resolve a config file with the process environment, keys set by `HOOKSHIM_…__…`
+    /// variables included ([`env`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.display().to_string(),
             message: format!("cannot read the config file: {e}"),
         })?;
-        Config::parse(&text, &path.display().to_string(), &process_env)
+        let vars = env::config_vars(std::env::vars());
+        Config::parse_with_vars(&text, &path.display().to_string(), &process_env, &vars)
     }
 
     /// Parse and resolve config text. `source` names the file in messages; `env` reads variables.
     pub fn parse(text: &str, source: &str, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        Config::parse_with_vars(text, source, env, &[])
+    }
+
+    /// [`Config::parse`] with keys set from the environment: `vars` as [`env::config_vars`]
+    /// picks them (name, value), applied over the file.
+    pub fn parse_with_vars(
+        text: &str,
+        source: &str,
+        env: EnvLookup<'_>,
+        vars: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
         let err = |message: String| ConfigError {
             file: source.to_string(),
             message,
         };
+        if vars.is_empty() {
+            let (raw, origins) = Config::raw(text).map_err(err)?;
+            return Config::resolve_all(raw, origins, source, env, &|| {
+                Config::raw(text).map(|r| r.0)
+            });
+        }
+        let merged = || -> Result<(RawConfig, BTreeMap<String, String>), String> {
+            // Not TOML at all: the file's own message (line and column).
+            let mut table: toml::Table = match toml::from_str(text) {
+                Ok(t) => t,
+                Err(_) => return Config::raw(text),
+            };
+            let mut origins = BTreeMap::new();
+            let mut keys = Vec::new();
+            env::keys_set("", &table, &mut keys);
+            origins.extend(keys.into_iter().map(|k| (k, "file".to_string())));
+            let applied = env::apply(&mut table, vars)?;
+            let raw = serde_path_to_error::deserialize::<_, RawConfig>(toml::Value::Table(table))
+                .map_err(|pe| {
+                let path = pe.path().to_string();
+                let by = applied
+                    .iter()
+                    .filter(|o| {
+                        path == o.key
+                            || path.starts_with(&format!("{}.", o.key))
+                            || path.starts_with(&format!("{}[", o.key))
+                    })
+                    .map(|o| o.var.as_str())
+                    .next_back();
+                let msg = pe.into_inner().to_string();
+                match by {
+                    Some(var) => format!("`{path}` (set by {var}): {msg}"),
+                    None => format!("`{path}`: {msg}"),
+                }
+            })?;
+            origins.extend(applied.into_iter().map(|o| (o.key, o.var)));
+            Ok((raw, origins))
+        };
+        let (raw, origins) = merged().map_err(err)?;
+        Config::resolve_all(raw, origins, source, env, &|| merged().map(|r| r.0))
+    }
+
+    /// The file as written, and the keys it sets.
+    fn raw(text: &str) -> Result<(RawConfig, BTreeMap<String, String>), String> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             // toml's message has the line, the column and the offending text; the dotted key
             // (`upstreams.jobs.poll.initial`) comes from re-reading the parsed table with
@@ -345,13 +449,37 @@ impl Config {
                 .map(|pe| pe.path().to_string())
                 .filter(|p| p != ".");
             let msg = e.to_string().trim_end().to_string();
-            err(match path {
+            match path {
                 Some(p) => format!("`{p}`: {msg}"),
                 None => msg,
-            })
+            }
         })?;
+        let mut keys = Vec::new();
+        if let Ok(table) = toml::from_str::<toml::Table>(text) {
+            env::keys_set("", &table, &mut keys);
+        }
+        let origins = keys.into_iter().map(|k| (k, "file".to_string())).collect();
+        Ok((raw, origins))
+    }
+
+    /// Resolve `raw`; when environment variables are missing, resolve again (`again` gives
+    /// the same raw config) to report every one at once.
+    fn resolve_all(
+        raw: RawConfig,
+        origins: BTreeMap<String, String>,
+        source: &str,
+        env: EnvLookup<'_>,
+        again: &dyn Fn() -> Result<RawConfig, String>,
+    ) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: source.to_string(),
+            message,
+        };
         let first = match resolve(raw, source, env) {
-            Ok(c) => return Ok(c),
+            Ok(mut c) => {
+                c.origins = origins;
+                return Ok(c);
+            }
             Err(e) => e,
         };
         let Some(var) = missing_variable(&first) else {
@@ -364,7 +492,7 @@ impl Config {
             let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
             let lookup =
                 |k: &str| env(k).or_else(|| names.contains(&k).then(|| "unset".to_string()));
-            let Ok(raw) = toml::from_str::<RawConfig>(text) else {
+            let Ok(raw) = again() else {
                 break;
             };
             match resolve(raw, source, &lookup) {
@@ -387,121 +515,6 @@ impl Config {
             lines.len(),
             lines.join("\n")
         )))
-    }
-
-    /// A human-readable rendering of the resolved config with every secret redacted.
-    pub fn redacted(&self) -> serde_json::Value {
-        use serde_json::json;
-        let ms = |d: Duration| humantime::format_duration(d).to_string();
-        let ups: serde_json::Map<String, serde_json::Value> = self
-            .upstreams
-            .values()
-            .map(|u| {
-                let headers: serde_json::Map<String, serde_json::Value> = u
-                    .header_templates
-                    .iter()
-                    .map(|(k, v)| (k.clone(), json!(shown_header(k, v))))
-                    .collect();
-                (
-                    u.name.clone(),
-                    json!({
-                        "preset": u.preset.name(),
-                        "base_url": u.base_url.as_str(),
-                        "status_path": u.status_path,
-                        "status_method": u.status_method.as_str(),
-                        "status_body": u.status_body,
-                        "headers": headers,
-                        "mapping": u.mapping.describe(),
-                        "not_found_after": u.not_found_after,
-                        "timeout": ms(u.timeout),
-                        "rate": {"per_second": u.rate.per_second, "burst": u.rate.burst,
-                            "min_per_second": u.rate.min_per_second, "increase_every": ms(u.rate.increase_every)},
-                        "poll": {
-                            "enabled": u.poll.enabled,
-                            "initial": ms(u.poll.initial), "multiplier": u.poll.multiplier,
-                            "max": ms(u.poll.max), "jitter": u.poll.jitter, "deadline": ms(u.poll.deadline),
-                            "finalizing": ms(u.poll.finalizing), "eta": u.poll.eta, "eta_max": ms(u.poll.eta_max),
-                            "stall_polls": u.poll.stall_polls, "hint_max": ms(u.poll.hint_max),
-                        },
-                        "webhook": u.webhook.as_ref().map(|w| json!({
-                            "scheme": w.scheme.name(),
-                            "secret_env": w.secret_env,
-                            "keys": w.keys.iter().map(|k| json!({
-                                "from": k.source, "env": k.env, "kind": k.material.kind(),
-                                "value": "<redacted>", "until": k.until.map(|t| t.rfc3339()),
-                            })).collect::<Vec<_>>(),
-                            "jwt": w.jwt.as_ref().map(|j| json!({
-                                "jwks_url": j.jwks_url.as_str(), "audience": j.audience,
-                                "jwks_ttl": ms(j.jwks_ttl), "jwks_min_interval": ms(j.jwks_min_interval),
-                            })),
-                            "operation_field": w.operation_field,
-                            "safety_poll": ms(w.safety_poll),
-                            "events": w.events.iter().map(|(k, v)| (k.clone(), json!(v.as_str()))).collect::<serde_json::Map<_, _>>(),
-                        })),
-                        "callback_events": u.callback_events,
-                        "proxy": {
-                            "enabled": u.proxy.enabled, "callback_url": u.proxy.callback_url,
-                            "max_wait": ms(u.proxy.max_wait),
-                            "create": u.proxy.create.as_ref().map(|c| json!({"method": c.method, "path": c.path, "id_field": c.id_field})),
-                        },
-                        "auth": u.auth.as_ref().map(|a| a.describe()),
-                    }),
-                )
-            })
-            .collect();
-        json!({
-            "source": self.source,
-            "server": {
-                "listen": self.server.listen.to_string(),
-                "api_token_env": self.server.api_token_env,
-                "api_token": if self.server.api_token.is_some() { "<redacted, set>" } else { "<unset: API is open>" },
-                "max_body": self.server.max_body,
-                "max_upstream_body": self.server.max_upstream_body,
-                "max_connections": self.server.max_connections,
-                "header_read_timeout": ms(self.server.header_read_timeout),
-                "webhook_listen": self.server.webhook_listen.map(|a| a.to_string()),
-                "allow_unauthenticated": self.server.allow_unauthenticated,
-                "max_connections_per_ip": self.server.max_connections_per_ip,
-            },
-            "store": self.store.redacted(),
-            "callbacks": {
-                "default_url": self.callbacks.default_url.as_ref().map(|u| u.as_str()),
-                "secret_env": self.callbacks.secret_env,
-                "secret": if self.callbacks.secret.is_some() { "<redacted, from environment>" } else { "<generated in the data directory on first start>" },
-                "allowed_hosts": self.callbacks.allowed_hosts,
-                "allowed_networks": self.callbacks.allowed_networks.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-                "allowed_ports": self.callbacks.allowed_ports.as_ref().map(|ps| ps.iter().map(|r| if r.start() == r.end() { r.start().to_string() } else { format!("{}-{}", r.start(), r.end()) }).collect::<Vec<_>>()),
-                "timeout": ms(self.callbacks.timeout),
-                "retry_schedule": self.callbacks.retry_schedule.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-                "include_upstream_body": self.callbacks.include_upstream_body,
-            },
-            "workers": {"polls_in_flight": self.workers.polls_in_flight, "deliveries_in_flight": self.workers.deliveries_in_flight,
-                "polls_in_flight_per_upstream": self.workers.polls_in_flight_per_upstream, "deliveries_in_flight_per_host": self.workers.deliveries_in_flight_per_host},
-            "upstreams": ups,
-            "log": {"format": self.log.format.as_str()},
-        })
-    }
-}
-
-/// Headers whose values are credentials whatever they are written as (any case).
-const AUTH_HEADERS: [&str; 6] = [
-    "authorization",
-    "x-api-key",
-    "x-goog-api-key",
-    "api-key",
-    "cookie",
-    "proxy-authorization",
-];
-
-/// How `check` shows a header: a value expanded from `${VAR}` (it may hold a secret) as its
-/// template, a credential header as `<redacted>`, anything else as written.
-fn shown_header(name: &str, template: &str) -> String {
-    if template.contains("${") {
-        format!("<redacted, from {template}>")
-    } else if AUTH_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
-        "<redacted>".to_string()
-    } else {
-        template.to_string()
     }
 }
 
@@ -615,13 +628,20 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             check_callback_url(&u, rules).map_err(|e| format!("`callbacks.default_url`: {e}"))?,
         ),
     };
-    let secret =
-        match env(&cb.secret_env) {
-            None => None,
-            Some(s) => Some(Secret::from_whsec(&s).map_err(|e| {
-                format!("`callbacks.secret_env`: the value of {} {e}", cb.secret_env)
-            })?),
-        };
+    let keys = resolve_keys(
+        RawKeys {
+            secret_env: &cb.secret_env,
+            secret_file: cb.secret_file.as_deref(),
+            previous_secrets: &cb.previous_secrets,
+            signing_key_env: cb.signing_key_env.as_deref(),
+            signing_key_file: cb.signing_key_file.as_deref(),
+        },
+        env,
+    )?;
+    let (secret, secret_source) = match keys.secret {
+        Some((s, from)) => (Some(s), Some(from)),
+        None => (None, None),
+    };
     if cb.timeout.0.is_zero() {
         return Err("`callbacks.timeout`: must be more than 0s".into());
     }
@@ -696,6 +716,10 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             default_url,
             secret_env: cb.secret_env,
             secret,
+            secret_source,
+            secret_file: cb.secret_file,
+            previous_secrets: keys.previous,
+            signing_key: keys.signing_key,
             allowed_hosts,
             allowed_networks,
             allowed_ports,
@@ -716,6 +740,7 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
                 .unwrap_or(share(raw.workers.deliveries_in_flight)),
         },
         upstreams,
+        origins: BTreeMap::new(),
     })
 }
 

@@ -4,6 +4,11 @@
 //!   jobs whose upstream also sends a signed Standard Webhooks webhook when they finish;
 //! - hookshim itself, on a temporary data directory;
 //! - a receiver that verifies every callback's signature and prints it as it arrives.
+//!
+//! Given a config (`hookshim -c shim.toml demo`), hookshim takes from it what shapes callbacks
+//! and the service — the callback signing keys (the receiver verifies with them, `v1a` too),
+//! retry schedule, timeout and `include_upstream_body`, `[workers]`, the server's limits and the
+//! log format — and keeps its own upstreams, store, listener and receiver.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::service::{StartOptions, start};
-use crate::signing::{sign_v1, verify_standard};
+use crate::signing::{StandardKey, sign_v1, verify_standard_keys};
 use crate::values::Secret;
 
 struct SimJob {
@@ -107,8 +112,51 @@ safety_poll = "1m"
     )
 }
 
+/// Apply what `base` says about callbacks and the service to the demo's `config`; returns what
+/// was taken, for the user.
+fn take_from(config: &mut Config, base: &Config) -> String {
+    let (cb, from) = (&mut config.callbacks, &base.callbacks);
+    if from.secret.is_some() {
+        cb.secret = from.secret.clone();
+        cb.secret_source = from.secret_source.clone();
+    }
+    cb.previous_secrets = from.previous_secrets.clone();
+    cb.signing_key = from.signing_key.clone();
+    cb.retry_schedule = from.retry_schedule.clone();
+    cb.timeout = from.timeout;
+    cb.include_upstream_body = from.include_upstream_body;
+    config.workers = base.workers.clone();
+    config.log = base.log.clone();
+    let (s, b) = (&mut config.server, &base.server);
+    s.max_body = b.max_body;
+    s.max_upstream_body = b.max_upstream_body;
+    s.max_connections = b.max_connections;
+    s.header_read_timeout = b.header_read_timeout;
+    let secret = match &from.secret_source {
+        Some(source) => format!("the callback secret from the {source}"),
+        None => {
+            "the demo's own callback secret (the config's would be generated in its data directory)"
+                .to_string()
+        }
+    };
+    format!(
+        "{}: {secret}{}{}, retry_schedule, timeout, include_upstream_body, [workers], server limits and log format",
+        base.source,
+        match from.previous_secrets.len() {
+            0 => String::new(),
+            n => format!(", {n} previous secret(s)"),
+        },
+        if from.signing_key.is_some() {
+            ", the Ed25519 signing key (v1a)"
+        } else {
+            ""
+        },
+    )
+}
+
 /// Run the demo with `n` jobs; returns when every callback has arrived (or after a minute).
-pub async fn run(n: usize) -> Result<(), String> {
+/// With `base`, hookshim takes that config's callback and service settings ([`take_from`]).
+pub async fn run(n: usize, base: Option<Config>) -> Result<(), String> {
     let n = n.clamp(1, 100);
     let t0 = Instant::now();
     let callback_secret = Secret(rand::random::<[u8; 24]>().to_vec());
@@ -123,17 +171,35 @@ pub async fn run(n: usize) -> Result<(), String> {
     )
     .await?;
 
-    // The receiver: verify, then print.
+    // The receiver: verify with the current secret (and the Ed25519 public key, when the given
+    // config signs v1a too), then print.
     let (tx, mut rx) = mpsc::unbounded_channel::<(bool, Value, String)>();
-    let key = callback_secret.0.clone();
+    let key = base
+        .as_ref()
+        .and_then(|b| b.callbacks.secret.clone())
+        .unwrap_or_else(|| callback_secret.clone())
+        .0;
+    let public = base
+        .as_ref()
+        .and_then(|b| b.callbacks.signing_key.as_ref())
+        .map(|k| k.key.verifying_key());
+    let verified_label = if public.is_some() {
+        "verified (v1 and v1a)"
+    } else {
+        "verified"
+    };
     let receiver_url = serve(Router::new().route(
         "/callback",
         post(move |headers: HeaderMap, body: Bytes| {
             let tx = tx.clone();
             let key = key.clone();
             async move {
-                let verified =
-                    verify_standard(&[&key], &headers, &body, SystemClock.now().unix_seconds());
+                let now = SystemClock.now().unix_seconds();
+                let v1 = verify_standard_keys(&[StandardKey::V1(&key)], &headers, &body, now);
+                let v1a = public
+                    .as_ref()
+                    .map(|p| verify_standard_keys(&[StandardKey::V1a(p)], &headers, &body, now));
+                let verified = v1.and(v1a.unwrap_or(Ok(String::new())));
                 let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let id = headers
                     .get("webhook-id")
@@ -161,7 +227,8 @@ pub async fn run(n: usize) -> Result<(), String> {
         "HOOKSHIM_CALLBACK_SECRET" => Some(cb_secret.clone()),
         _ => None,
     };
-    let config = Config::parse(&text, "demo.toml", &lookup).map_err(|e| e.to_string())?;
+    let mut config = Config::parse(&text, "demo.toml", &lookup).map_err(|e| e.to_string())?;
+    let taken = base.as_ref().map(|b| take_from(&mut config, b));
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| format!("cannot bind loopback: {e}"))?;
     let running = start(
@@ -183,6 +250,10 @@ pub async fn run(n: usize) -> Result<(), String> {
     println!(
         "  receiver            {receiver_url}/callback   (verifies every Standard Webhooks signature)"
     );
+    if let Some(taken) = &taken {
+        println!("  settings from       {taken}");
+        println!("                      (upstreams, store, listener and receiver: the demo's own)");
+    }
     println!();
 
     // Start jobs upstream and register each with hookshim right after, as an app would.
@@ -284,7 +355,7 @@ pub async fn run(n: usize) -> Result<(), String> {
             d["status"].as_str().unwrap_or("?"),
             d["detected_via"].as_str().unwrap_or("?"),
             d["polls"],
-            if verified { "verified" } else { "INVALID" },
+            if verified { verified_label } else { "INVALID" },
             webhook_id,
             detail
         );

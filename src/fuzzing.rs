@@ -282,11 +282,13 @@ fn fixed<const N: usize>(b: &[u8]) -> [u8; N] {
     out
 }
 
-/// Any environment variable a preset's headers name resolves to a placeholder; the callback
-/// secret is left unset (a generated one would be used), and so are hookshim's own settings
+/// Any environment variable a preset's headers name resolves to a placeholder (an API
+/// credential such as `RUNWAYML_API_SECRET` too); other secrets, such as the callback secret,
+/// are left unset (a generated one would be used), and so are hookshim's own settings
 /// (`HOOKSHIM_LOG_FORMAT`, …), which must be one of their values or absent.
 fn any_env(name: &str) -> Option<String> {
-    (!name.contains("SECRET") && !name.starts_with("HOOKSHIM_")).then(|| "fuzz".into())
+    let secret = name.contains("SECRET") && !name.ends_with("_API_SECRET");
+    (!secret && !name.starts_with("HOOKSHIM_")).then(|| "fuzz".into())
 }
 
 /// One upstream per preset, each with a base URL that has a path (`/api/v1/`).

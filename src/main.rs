@@ -21,15 +21,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Push semantics for long-running upstream jobs: poll or take webhooks, deliver exactly one signed callback"
 )]
 struct Cli {
-    /// The config file.
-    #[arg(
-        long,
-        short,
-        global = true,
-        default_value = "shim.toml",
-        env = "HOOKSHIM_CONFIG"
-    )]
-    config: PathBuf,
+    /// The config file [default: shim.toml]. `demo` uses it only when given.
+    #[arg(long, short, global = true, env = "HOOKSHIM_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,12 +45,20 @@ enum Command {
     /// Validate the config and print it resolved, with secrets redacted.
     Check,
     /// Run a simulated upstream, hookshim and a verifying receiver in one process on loopback,
-    /// and print each job's callback as it arrives.
+    /// and print each job's callback as it arrives. With `-c`, hookshim takes that file's
+    /// callback signing keys, retry schedule and timeout, workers, server limits and log format
+    /// (the upstreams, store and receiver stay the demo's own).
     Demo {
         /// How many jobs to run.
         #[arg(long, default_value_t = 6)]
         jobs: usize,
     },
+}
+
+/// The command line with the config path settled.
+struct Resolved {
+    config: PathBuf,
+    command: Command,
 }
 
 #[derive(Subcommand)]
@@ -105,19 +107,28 @@ fn init_logging(default: &str, format: LogFormat) {
     }
 }
 
-/// What is valid but probably a mistake, e.g. a previous webhook secret past its `until`.
+/// What is valid but probably a mistake, e.g. a previous secret past its `until`.
 fn warnings(config: &Config) -> Vec<String> {
     let now = SystemClock.now();
-    config
-        .upstreams
-        .iter()
-        .filter_map(|(name, u)| u.webhook.as_ref().map(|w| w.warnings(name, now)))
-        .flatten()
-        .collect()
+    let mut out = config.callbacks.warnings(now);
+    out.extend(
+        config
+            .upstreams
+            .iter()
+            .filter_map(|(name, u)| u.webhook.as_ref().map(|w| w.warnings(name, now)))
+            .flatten(),
+    );
+    out
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let given = cli.config.clone();
+    let config_path = cli.config.unwrap_or_else(|| PathBuf::from("shim.toml"));
+    let cli = Resolved {
+        config: config_path,
+        command: cli.command,
+    };
     match cli.command {
         Command::Check => match Config::load(&cli.config) {
             Ok(c) => {
@@ -257,7 +268,20 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { jobs } => {
-            init_logging("warn", LogFormat::Text);
+            let base = match given {
+                None => None,
+                Some(path) => match Config::load(&path) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            init_logging(
+                "warn",
+                base.as_ref().map_or(LogFormat::Text, |c| c.log.format),
+            );
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -265,7 +289,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(hookshim::demo::run(jobs)) {
+            match rt.block_on(hookshim::demo::run(jobs, base)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

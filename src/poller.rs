@@ -21,8 +21,8 @@ use crate::schedule::{
 };
 use crate::state::{SHUTDOWN_GRACE, Shim};
 use crate::store::StoreError;
-use crate::upstream::UpstreamConfig;
-use crate::upstream::{final_resource_url, status_body, status_url};
+use crate::upstream::{Mapping, ResultOutcome, UpstreamConfig};
+use crate::upstream::{final_resource_url, result_url, status_body, status_url};
 
 fn jitter_sample() -> f64 {
     rand::random_range(-1.0..=1.0)
@@ -222,6 +222,14 @@ async fn request(
         }
     };
     let (mut outcome, label) = classify(status, &body, |v| up.mapping.read(v));
+    shim.metrics.upstream_request(&up.name, label);
+    if let PollOutcome::Observed(obs) = outcome {
+        outcome = if obs.state == ObservedState::Succeeded {
+            decide_by_result(shim, up, &status_url, &body, obs).await
+        } else {
+            PollOutcome::Observed(obs)
+        };
+    }
     let kept = matches!(outcome, PollOutcome::Observed(_)).then(|| {
         let content_type = headers
             .get(CONTENT_TYPE)
@@ -230,7 +238,6 @@ async fn request(
         let raw = UpstreamBody::new(status.as_u16(), content_type, body.to_vec());
         (raw, shim.config.store.max_upstream_body)
     });
-    shim.metrics.upstream_request(&up.name, label);
     if let PollOutcome::Observed(obs) = &mut outcome {
         if obs.state == ObservedState::Succeeded && up.preset.defaults().final_resource.is_some() {
             final_resource(shim, up, &status_url, &body, obs).await;
@@ -306,6 +313,104 @@ async fn send(
         .await
         .map_err(SendError::Credential)?;
     client.execute(again).await.map_err(SendError::Http)
+}
+
+/// A success the preset only takes as provisional ([`crate::upstream::ResultRead`], the fal
+/// queue's `COMPLETED`): the result is read and its answer decides the outcome. A read that gets
+/// no usable answer (network, timeout, too large, throttled, a location outside `base_url`)
+/// decides nothing: the poll is transient, the operation stays running and its status is read
+/// again (invariant 4). Counted as `result_read` / `result_read_error`.
+async fn decide_by_result(
+    shim: &Shim,
+    up: &UpstreamConfig,
+    status_url: &reqwest::Url,
+    status_body: &[u8],
+    mut obs: Observation,
+) -> PollOutcome {
+    let Some(rr) = up.preset.defaults().result_read else {
+        return PollOutcome::Observed(obs);
+    };
+    let transient = |msg: String| {
+        shim.metrics.upstream_request(&up.name, "result_read_error");
+        PollOutcome::Transient(msg)
+    };
+    // The status body parsed a moment ago (it was observed).
+    let parsed = serde_json::from_slice::<serde_json::Value>(status_body).unwrap_or_default();
+    let url = match result_url(up, status_url, &parsed) {
+        Ok(Some(url)) => url,
+        Ok(None) => {
+            return transient("the status says done but names no result to read".into());
+        }
+        Err(e) => return transient(format!("not reading the result: {e}")),
+    };
+    // A request like any other to this upstream: it waits for the upstream's budget.
+    if let Some(limiter) = shim.limiters.get(&up.name) {
+        limiter.acquire(shim.clock.as_ref()).await;
+    }
+    let deadline = tokio::time::Instant::now() + up.timeout;
+    let read = async {
+        let req = shim
+            .upstream_http
+            .get(url)
+            .headers(up.headers.clone())
+            .timeout(up.timeout);
+        let resp = send(shim, up, req).await.map_err(|e| match e {
+            SendError::Http(e) => format!("request failed: {}", error_chain(&e)),
+            SendError::Credential(e) => format!("no credential: {e}"),
+        })?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = read_capped(resp, shim.config.server.max_upstream_body)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge { limit } => {
+                    format!("larger than {limit} bytes (server.max_upstream_body)")
+                }
+                BodyError::TimedOut => "timed out".to_string(),
+                BodyError::Read(e) => format!("reading failed: {e}"),
+            })?;
+        Ok::<_, String>((status, headers, bytes))
+    };
+    let read = tokio::time::timeout_at(deadline, read)
+        .await
+        .unwrap_or_else(|_| Err(format!("timed out after {:?}", up.timeout)));
+    let (status, headers, bytes) = match read {
+        Ok(answer) => answer,
+        Err(e) => return transient(format!("reading the result failed: {e}")),
+    };
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        // As for a status read: the whole upstream waits (invariant 5).
+        let now = shim.clock.now();
+        let wait = parse_hint(&headers, now, up.poll.hint_max).unwrap_or(Duration::from_secs(1));
+        if let Some(l) = shim.limiters.get(&up.name) {
+            l.pause_until(now.plus(wait));
+        }
+    }
+    match (rr.read)(status.as_u16(), &headers, &bytes) {
+        ResultOutcome::Succeeded(result) => {
+            shim.metrics.upstream_request(&up.name, "result_read");
+            obs.result = match &up.mapping {
+                Mapping::Preset {
+                    result_field: Some(p),
+                    ..
+                } => result.pointer(p).filter(|v| !v.is_null()).cloned(),
+                _ => Some(result),
+            };
+            obs.error = None;
+            obs.progress = Some(1.0);
+            PollOutcome::Observed(obs)
+        }
+        ResultOutcome::Ended(state, error) => {
+            shim.metrics.upstream_request(&up.name, "result_read");
+            obs.state = state;
+            obs.result = None;
+            obs.error = Some(error);
+            PollOutcome::Observed(obs)
+        }
+        ResultOutcome::Retry(why) => transient(format!(
+            "the result read ({status}) does not say how the job ended: {why}"
+        )),
+    }
 }
 
 /// After success, read the final resource the status body names (Azure's `resourceLocation`,

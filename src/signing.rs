@@ -9,10 +9,13 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use ed25519_dalek::{Signature, VerifyingKey};
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::HeaderMap;
 use sha2::Sha256;
+
+use crate::clock::Timestamp;
+use crate::values::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -101,6 +104,82 @@ pub fn sign_v1(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
     m.update(b".");
     m.update(body);
     B64.encode(m.finalize().into_bytes())
+}
+
+/// The Standard Webhooks `v1a` signature (base64 Ed25519, without the `v1a,` prefix) of
+/// `{id}.{ts}.{body}`.
+pub fn sign_v1a(key: &SigningKey, id: &str, timestamp: u64, body: &[u8]) -> String {
+    use ed25519_dalek::Signer;
+    let ts = timestamp.to_string();
+    let mut msg = Vec::with_capacity(id.len() + ts.len() + body.len() + 2);
+    msg.extend_from_slice(id.as_bytes());
+    msg.push(b'.');
+    msg.extend_from_slice(ts.as_bytes());
+    msg.push(b'.');
+    msg.extend_from_slice(body);
+    B64.encode(key.sign(&msg).to_bytes())
+}
+
+/// The keys callbacks are signed with: every `v1` secret in use (the current one first, then
+/// the previous ones of a rotation, each until its `until`) and an optional Ed25519 key for a
+/// `v1a` entry. A receiver that knows any one of them verifies the callback: Standard Webhooks
+/// lists one signature per key, space-separated, and a verifier accepts any entry that matches.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CallbackKeys {
+    /// `(secret, until)`: signed with while the attempt's time is before `until` (`None`: always).
+    pub secrets: Vec<(Secret, Option<Timestamp>)>,
+    pub ed25519: Option<SigningKey>,
+}
+
+impl std::fmt::Debug for CallbackKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CallbackKeys {{ v1: {}, v1a: {} }}",
+            self.secrets.len(),
+            self.ed25519.is_some()
+        )
+    }
+}
+
+impl CallbackKeys {
+    /// Only `secret` (no rotation, no `v1a`).
+    pub fn single(secret: Secret) -> CallbackKeys {
+        CallbackKeys {
+            secrets: vec![(secret, None)],
+            ed25519: None,
+        }
+    }
+
+    /// The current `v1` secret (what keyed hashes derive from).
+    pub fn current(&self) -> &[u8] {
+        self.secrets
+            .first()
+            .map(|(s, _)| s.0.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The `v1` secrets in use at `now`, the current one first.
+    pub fn active(&self, now: Timestamp) -> impl Iterator<Item = &[u8]> {
+        self.secrets
+            .iter()
+            .filter(move |(_, until)| until.is_none_or(|u| now < u))
+            .map(|(s, _)| s.0.as_slice())
+    }
+
+    /// The `webhook-signature` value for one attempt sent at `now`: `v1,<sig>` per secret in
+    /// use, then `v1a,<sig>` when an Ed25519 key is configured.
+    pub fn signature_header(&self, id: &str, now: Timestamp, body: &[u8]) -> String {
+        let ts = now.unix_seconds();
+        let mut entries: Vec<String> = self
+            .active(now)
+            .map(|k| format!("v1,{}", sign_v1(k, id, ts, body)))
+            .collect();
+        if let Some(k) = &self.ed25519 {
+            entries.push(format!("v1a,{}", sign_v1a(k, id, ts, body)));
+        }
+        entries.join(" ")
+    }
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &'static str) -> Result<&'a str, VerifyError> {
@@ -326,7 +405,6 @@ pub fn github_signature(key: &[u8], body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::values::Secret;
     use reqwest::header::HeaderValue;
 
     const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
@@ -383,6 +461,71 @@ mod tests {
         assert_eq!(
             verify_standard(&[&key.0], &HeaderMap::new(), BODY, TS),
             Err(VerifyError::MissingHeader("webhook-id"))
+        );
+    }
+
+    /// The Standard Webhooks Go library's `TestAsymmetricWebhookSign` vector
+    /// (standard-webhooks/standard-webhooks, libraries/go/webhook_asymmetric_test.go): the
+    /// `whsk_` key is the base64 of the 32-byte Ed25519 seed.
+    #[test]
+    fn signs_the_standard_webhooks_v1a_test_vector() {
+        let seed = B64
+            .decode("VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk=")
+            .unwrap();
+        let key = SigningKey::from_bytes(&seed.try_into().unwrap());
+        assert_eq!(
+            sign_v1a(
+                &key,
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                br#"{"test": 2432232314}"#
+            ),
+            "tQ9V2XOqn7jL/DQenEFpqIugdBVtiMmER5mhSkXBNwM0mkATuDe6KYYUuxqtaiHeYGb7KaaBRdM5WqyeFiL8Ag=="
+        );
+    }
+
+    #[test]
+    fn callbacks_carry_one_entry_per_key_in_use() {
+        let current = Secret::from_whsec(SECRET).unwrap();
+        let old = Secret(b"the previous secret".to_vec());
+        let ended = Secret(b"a secret whose overlap ended".to_vec());
+        let now = Timestamp(TS * 1000);
+        let keys = CallbackKeys {
+            secrets: vec![
+                (current.clone(), None),
+                (old.clone(), Some(Timestamp(now.0 + 1))),
+                (ended.clone(), Some(now)),
+            ],
+            ed25519: Some(rfc8032_key()),
+        };
+        let header = keys.signature_header(ID, now, BODY);
+        let entries: Vec<&str> = header.split(' ').collect();
+        assert_eq!(entries.len(), 3, "{header}");
+        assert_eq!(
+            entries[0],
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+        );
+        assert_eq!(entries[1], format!("v1,{}", sign_v1(&old.0, ID, TS, BODY)));
+        assert_eq!(entries[2], v1a(&rfc8032_key(), ID, TS, BODY));
+        // Each key verifies the header on its own; the ended one does not.
+        let public = rfc8032_key().verifying_key();
+        let h = headers(&header, TS);
+        for key in [
+            StandardKey::V1(&current.0),
+            StandardKey::V1(&old.0),
+            StandardKey::V1a(&public),
+        ] {
+            assert_eq!(verify_standard_keys(&[key], &h, BODY, TS).unwrap(), ID);
+        }
+        assert_eq!(
+            verify_standard(&[&ended.0], &h, BODY, TS),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(keys.current(), current.0.as_slice());
+        assert_eq!(
+            format!("{keys:?}"),
+            "CallbackKeys { v1: 3, v1a: true }",
+            "Debug shows no key"
         );
     }
 

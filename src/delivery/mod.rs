@@ -27,11 +27,12 @@ use std::time::Duration;
 
 use reqwest::header::CONTENT_TYPE;
 
+use crate::config::CallbackConfig;
 use crate::errors::error_chain;
 use crate::ids::{DeliveryKey, WebhookId};
 use crate::operation::DeliveryState;
 use crate::schedule::{GROUP_FULL_RETRY, parse_hint};
-use crate::signing::sign_v1;
+use crate::signing::CallbackKeys;
 use crate::state::{SHUTDOWN_GRACE, Shim};
 use crate::store::StoreError;
 use crate::values::Secret;
@@ -72,6 +73,28 @@ pub fn load_or_create_secret(
             path.display()
         )),
     }
+}
+
+/// The keys callbacks are signed with, from `[callbacks]` (the current secret as
+/// [`load_or_create_secret`] finds it, the previous ones, the Ed25519 key). Also returns the
+/// file the current secret came from when it is the generated one.
+pub fn callback_keys(
+    config: &CallbackConfig,
+    data_dir: &Path,
+) -> Result<(CallbackKeys, Option<PathBuf>), String> {
+    let (current, path) = load_or_create_secret(config.secret.as_ref(), data_dir)?;
+    let mut secrets = vec![(current, None)];
+    secrets.extend(
+        config
+            .previous_secrets
+            .iter()
+            .map(|p| (p.secret.clone(), p.until)),
+    );
+    let keys = CallbackKeys {
+        secrets,
+        ed25519: config.signing_key.as_ref().map(|k| k.key.clone()),
+    };
+    Ok((keys, path))
 }
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -142,11 +165,11 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
         }
     };
     let body = serde_json::to_vec(&body).unwrap_or_default();
-    let ts = shim.clock.now().unix_seconds();
-    let signature = format!(
-        "v1,{}",
-        sign_v1(&shim.callback_key.0, webhook_id.as_str(), ts, &body)
-    );
+    let now = shim.clock.now();
+    let ts = now.unix_seconds();
+    let signature = shim
+        .callback_keys()
+        .signature_header(webhook_id.as_str(), now, &body);
 
     // A host removed from the allow-list since registration (or a port or address the rules
     // refuse now) is not called.

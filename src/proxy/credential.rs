@@ -58,9 +58,11 @@ pub fn keyed_hash(callback_key: &[u8], upstream: &str, value: &[u8]) -> String {
 
 /// Whether a request with `headers` may read a cached status of an operation created with
 /// the credential hashed as `creator`: the same credential, or hookshim's own for `up`.
+/// `callback_keys`: the current callback secret and the previous ones (a hash made before a
+/// rotation matches under its key).
 pub fn may_read(
     up: &UpstreamConfig,
-    callback_key: &[u8],
+    callback_keys: &[&[u8]],
     creator: Option<&str>,
     headers: &HeaderMap,
 ) -> bool {
@@ -73,8 +75,10 @@ pub fn may_read(
         }
     }
     creator.is_some_and(|c| {
-        let h = keyed_hash(callback_key, &up.name, value);
-        bool::from(h.as_bytes().ct_eq(c.as_bytes()))
+        callback_keys.iter().any(|k| {
+            let h = keyed_hash(k, &up.name, value);
+            bool::from(h.as_bytes().ct_eq(c.as_bytes()))
+        })
     })
 }
 
@@ -91,5 +95,27 @@ mod tests {
         assert_ne!(a, keyed_hash(b"k1", "openai", b"Bearer sk-2"));
         assert!(!a.contains("sk-1"));
         assert_eq!(a.len(), 64);
+    }
+
+    #[test]
+    fn a_hash_made_before_a_rotation_matches_while_its_key_is_configured() {
+        let config = crate::config::Config::parse(
+            "[upstreams.jobs]\nbase_url = \"http://127.0.0.1:9/\"\nstatus_path = \"j/{operation}\"\nstatus_field = \"/s\"\nsucceeded = [\"ok\"]\nfailed = [\"no\"]\n",
+            "t.toml",
+            &|_| None,
+        )
+        .unwrap();
+        let up = &config.upstreams["jobs"];
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer app-key".parse().unwrap());
+        let made_with_old = keyed_hash(b"old", "jobs", b"Bearer app-key");
+        let creator = Some(made_with_old.as_str());
+        assert!(may_read(up, &[b"new", b"old"], creator, &headers));
+        assert!(
+            !may_read(up, &[b"new"], creator, &headers),
+            "the old key removed"
+        );
+        headers.insert("authorization", "Bearer other".parse().unwrap());
+        assert!(!may_read(up, &[b"new", b"old"], creator, &headers));
     }
 }

@@ -491,7 +491,7 @@ async fn create(
         .map(str::to_string)
         .or_else(|| up.proxy.callback_url.clone());
     let credential = credential::presented(up, &headers)
-        .map(|(_, v)| credential::keyed_hash(&shim.callback_key.0, &up.name, v));
+        .map(|(_, v)| credential::keyed_hash(shim.callback_keys().current(), &up.name, v));
     let registration = Registration {
         upstream: up.name.clone(),
         operation,
@@ -613,12 +613,10 @@ fn cached(
     headers: &HeaderMap,
 ) -> Option<Response> {
     let (body, meta) = op.servable_body()?;
-    if !credential::may_read(
-        up,
-        &shim.callback_key.0,
-        op.proxy_credential.as_deref(),
-        headers,
-    ) {
+    // Hashes made before a rotation still match while the old secret is configured.
+    let keys = shim.callback_keys();
+    let keys: Vec<&[u8]> = keys.secrets.iter().map(|(s, _)| s.0.as_slice()).collect();
+    if !credential::may_read(up, &keys, op.proxy_credential.as_deref(), headers) {
         return None;
     }
     let bytes = serde_json::to_vec(body).ok()?;

@@ -35,8 +35,8 @@ use crate::ids::{DeliveryKey, OperationId};
 use crate::metrics::{CompletedLabels, Metrics};
 use crate::operation::Operation;
 use crate::schedule::{DueQueue, GroupSlots, UpstreamLimiter};
+use crate::signing::CallbackKeys;
 use crate::store::{GroupCommit, Store, StoreError, Updated};
-use crate::values::Secret;
 
 /// How long a webhook for an unregistered operation is kept.
 pub const EARLY_WEBHOOK_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -90,7 +90,9 @@ pub struct Shim {
     /// Key sets for JWT-signed webhooks (`gemini-jwt`), cached per URL.
     pub jwks: crate::ingest::jwks::JwksCache,
     pub clock: Arc<dyn Clock>,
-    pub callback_key: Secret,
+    /// The keys callbacks are signed with (`[callbacks]` secrets), replaced by a SIGHUP reload.
+    /// Read them through [`Shim::callback_keys`].
+    pub callback_keys: std::sync::RwLock<Arc<CallbackKeys>>,
     pub shutdown: CancellationToken,
     pub workers_running: AtomicBool,
     /// Status reads in flight: `DELETE` cancels the read of the operation it removes.
@@ -152,6 +154,14 @@ impl Shim {
         self.allowed_hosts
             .read()
             .map(|h| h.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The callback signing keys in force (the config's at start, replaced by a SIGHUP reload).
+    pub fn callback_keys(&self) -> Arc<CallbackKeys> {
+        self.callback_keys
+            .read()
+            .map(|k| k.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 

@@ -197,6 +197,12 @@ pub fn resolve_upstream(
         .take()
         .map(|a| resolve_auth(name, a, env))
         .transpose()?;
+    if let (Some(signing_name), Some(AuthSource::AwsSigV4(s))) =
+        (defaults.aws_signing_name, auth.as_ref().map(|a| &a.source))
+    {
+        check_sigv4_scope(signing_name, &base_url, &s.service, &s.region)
+            .map_err(|e| format!("`{}`: {e}", key("auth.aws_sigv4")))?;
+    }
     let (header_templates, headers) =
         resolve_headers(&key, defaults, &u.headers, auth.as_ref(), env)?;
     let mapping = resolve_mapping(name, preset, polling, &u)?;
@@ -248,6 +254,35 @@ pub fn resolve_upstream(
         proxy,
         auth,
     })
+}
+
+/// A SigV4 signature for another service or region than the endpoint's is refused by AWS with
+/// `403` on every read (the job would end `timed_out`): the service must be the API's signing
+/// name, and the region the one an `{endpoint}.{region}.amazonaws.com` base URL names.
+fn check_sigv4_scope(
+    signing_name: &str,
+    base_url: &Url,
+    service: &str,
+    region: &str,
+) -> Result<(), String> {
+    if service != signing_name {
+        return Err(format!(
+            "this API signs as service {signing_name:?}, not {service:?}"
+        ));
+    }
+    let host = base_url.host_str().unwrap_or_default();
+    if let Some([_, host_region]) = host
+        .strip_suffix(".amazonaws.com")
+        .map(|h| h.split('.').collect::<Vec<_>>())
+        .as_deref()
+    {
+        if *host_region != region {
+            return Err(format!(
+                "region {region:?} is not the region of base_url {base_url} ({host_region:?})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `proxy`: off unless `enabled`; `create` only for a preset without its own patterns.

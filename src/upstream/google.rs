@@ -1,5 +1,5 @@
-//! Google: long-running Operations (Veo video and any Google API), Gemini Batch API jobs and
-//! Gemini background interactions.
+//! Google: long-running Operations (Veo video and any Google API), Vertex AI batch prediction
+//! jobs, Gemini Batch API jobs and Gemini background interactions.
 
 use std::time::Duration;
 
@@ -107,6 +107,50 @@ pub fn fetch_predict_path(operation: &str) -> Result<String, String> {
         _ => Err(
             "`operation` must be the full Vertex operation name, \
              projects/{project}/locations/{location}/publishers/google/models/{model}/operations/{id}"
+                .into(),
+        ),
+    }
+}
+
+/// `vertex-batch`: a Vertex AI batch prediction job (`BatchPredictionJob`, what google-genai's
+/// `client.batches` creates in Vertex mode), read with `GET {name}` (python-aiplatform
+/// `aiplatform_v1/services/job_service/transports/rest_base.py`:
+/// `/v1/{name=projects/*/locations/*/batchPredictionJobs/*}`). The registered operation is the
+/// full name. No default base URL (it names the location) and no default header: Vertex takes
+/// an OAuth access token, set with `auth`. Vertex sends no webhooks for these jobs.
+pub static VERTEX_BATCH: PresetSpec = PresetSpec {
+    name: "vertex-batch",
+    poll: PollConfig::batch(),
+    reads: "state (JOB_STATE_*; PARTIALLY_SUCCEEDED is succeeded), completionStats, outputInfo, partialFailures, error",
+    read: Some(read_vertex_batch),
+    status_path_for: Some(batch_prediction_job_path),
+    proxy: Some(ProxyPatterns {
+        // `POST projects/{p}/locations/{l}/batchPredictionJobs` answers the job, named by `name`.
+        create: |method, path| {
+            let ok = matches!(
+                segments(path).as_slice(),
+                ["projects", p, "locations", l, "batchPredictionJobs"] if !p.is_empty() && !l.is_empty()
+            );
+            (method == "POST" && ok).then(|| CreateRule::field("/name"))
+        },
+        status_read: |path, _| batch_prediction_job_path(path).ok(),
+        auth_headers: GOOGLE_AUTH,
+    }),
+    ..PresetSpec::BASE
+};
+
+/// The status path of a batch prediction job: its full name,
+/// `projects/{project}/locations/{location}/batchPredictionJobs/{id}`, checked.
+pub fn batch_prediction_job_path(operation: &str) -> Result<String, String> {
+    match segments(operation).as_slice() {
+        ["projects", p, "locations", l, "batchPredictionJobs", id]
+            if !p.is_empty() && !l.is_empty() && !id.is_empty() && !id.contains(':') =>
+        {
+            Ok(operation.to_string())
+        }
+        _ => Err(
+            "`operation` must be the full Vertex batch prediction job name, \
+             projects/{project}/locations/{location}/batchPredictionJobs/{id}"
                 .into(),
         ),
     }
@@ -345,6 +389,56 @@ pub fn read_batch(body: &Value) -> Result<Observation, String> {
                 ended(
                     &name.to_ascii_lowercase(),
                     format!("the batch ended in state {raw}"),
+                )
+            }));
+        }
+        _ => {}
+    }
+    Ok(obs)
+}
+
+/// A Vertex AI `BatchPredictionJob` (python-aiplatform `aiplatform_v1/types/
+/// batch_prediction_job.py`, `job_state.py`): `JOB_STATE_QUEUED` / `PENDING` are pending;
+/// `SUCCEEDED` and `PARTIALLY_SUCCEEDED` ("some results may be missing due to errors") are
+/// succeeded, with `outputInfo`, `completionStats` and `partialFailures` in `result`; `FAILED`,
+/// `CANCELLED`, `EXPIRED` end with the job's `error` (a `google.rpc.Status`, "only populated
+/// when the job's state is JOB_STATE_FAILED or JOB_STATE_CANCELLED"); `RUNNING`, `CANCELLING`,
+/// `UPDATING`, `PAUSED` (resumable), `UNSPECIFIED` and states added later are running.
+/// Progress is `completionStats`: (successful + failed) / (those + incomplete), where
+/// `incompleteCount` is -1 when unknown (then no progress).
+pub fn read_vertex_batch(body: &Value) -> Result<Observation, String> {
+    let raw = status_text(body, "/state")?;
+    let name = raw.strip_prefix("JOB_STATE_").unwrap_or(raw);
+    let state = match name {
+        "QUEUED" | "PENDING" => ObservedState::Pending,
+        "SUCCEEDED" | "PARTIALLY_SUCCEEDED" => ObservedState::Succeeded,
+        "FAILED" => ObservedState::Failed,
+        "CANCELLED" => ObservedState::Cancelled,
+        "EXPIRED" => ObservedState::Expired,
+        _ => ObservedState::Running,
+    };
+    let mut obs = Observation::new(state, Value::from(raw));
+    let stats = body.get("completionStats");
+    let stat = |k: &str| count(stats.and_then(|s| s.get(k)));
+    let finished = match (stat("successfulCount"), stat("failedCount")) {
+        (None, None) => None,
+        (s, f) => Some(s.unwrap_or(0.0) + f.unwrap_or(0.0)),
+    };
+    obs.progress = finished.and_then(|d| fraction(d, stat("incompleteCount").map(|i| i + d)));
+    match state {
+        ObservedState::Succeeded => {
+            obs.progress = Some(1.0);
+            obs.result = Some(serde_json::json!({
+                "outputInfo": non_null(body, "/outputInfo"),
+                "completionStats": non_null(body, "/completionStats"),
+                "partialFailures": non_null(body, "/partialFailures"),
+            }));
+        }
+        ObservedState::Failed | ObservedState::Cancelled | ObservedState::Expired => {
+            obs.error = Some(non_null(body, "/error").unwrap_or_else(|| {
+                ended(
+                    &name.to_ascii_lowercase(),
+                    format!("the batch prediction job ended in state {raw}"),
                 )
             }));
         }
@@ -641,6 +735,114 @@ mod tests {
 #[cfg(test)]
 mod vertex_proxy_tests {
     use super::*;
+
+    /// A `BatchPredictionJob` as Vertex's REST API writes it (camelCase JSON of python-aiplatform
+    /// `aiplatform_v1/types/batch_prediction_job.py`; int64 counts as strings).
+    fn vertex_job(state: &str) -> Value {
+        serde_json::json!({
+            "name": "projects/p/locations/us-central1/batchPredictionJobs/123",
+            "displayName": "nightly",
+            "model": "publishers/google/models/gemini-2.5-flash",
+            "state": state,
+            "createTime": "2026-11-30T10:00:00.000Z",
+            "completionStats": {"successfulCount": "30", "failedCount": "10", "incompleteCount": "60"},
+            "outputInfo": {"gcsOutputDirectory": "gs://b/out/prediction-123"},
+        })
+    }
+
+    #[test]
+    fn vertex_batch_states() {
+        let read = |s: &str| read_vertex_batch(&vertex_job(s)).unwrap();
+        for (s, want) in [
+            ("JOB_STATE_QUEUED", ObservedState::Pending),
+            ("JOB_STATE_PENDING", ObservedState::Pending),
+            ("JOB_STATE_RUNNING", ObservedState::Running),
+            ("JOB_STATE_CANCELLING", ObservedState::Running),
+            ("JOB_STATE_UPDATING", ObservedState::Running),
+            ("JOB_STATE_PAUSED", ObservedState::Running),
+            ("JOB_STATE_UNSPECIFIED", ObservedState::Running),
+            ("JOB_STATE_SUCCEEDED", ObservedState::Succeeded),
+            ("JOB_STATE_PARTIALLY_SUCCEEDED", ObservedState::Succeeded),
+            ("JOB_STATE_FAILED", ObservedState::Failed),
+            ("JOB_STATE_CANCELLED", ObservedState::Cancelled),
+            ("JOB_STATE_EXPIRED", ObservedState::Expired),
+        ] {
+            let o = read(s);
+            assert_eq!(o.state, want, "{s}");
+            assert_eq!(o.raw_status, s);
+            assert_eq!(o.result.is_some(), want == ObservedState::Succeeded, "{s}");
+            assert_eq!(
+                o.error.is_some(),
+                o.state.is_terminal() && want != ObservedState::Succeeded,
+                "{s}"
+            );
+        }
+        // 40 of 100 finished.
+        assert_eq!(read("JOB_STATE_RUNNING").progress, Some(0.4));
+        let done = read("JOB_STATE_PARTIALLY_SUCCEEDED");
+        assert_eq!(done.progress, Some(1.0));
+        let r = done.result.unwrap();
+        assert_eq!(
+            r["outputInfo"]["gcsOutputDirectory"],
+            "gs://b/out/prediction-123"
+        );
+        assert_eq!(r["completionStats"]["failedCount"], "10");
+        assert_eq!(r["partialFailures"], Value::Null);
+    }
+
+    #[test]
+    fn vertex_batch_errors_and_progress_edges() {
+        let mut job = vertex_job("JOB_STATE_FAILED");
+        job["error"] = serde_json::json!({"code": 3, "message": "bad input file"});
+        let o = read_vertex_batch(&job).unwrap();
+        assert_eq!(o.error.unwrap()["message"], "bad input file");
+        for (s, code) in [
+            ("JOB_STATE_CANCELLED", "cancelled"),
+            ("JOB_STATE_EXPIRED", "expired"),
+        ] {
+            let o = read_vertex_batch(&vertex_job(s)).unwrap();
+            let e = o.error.unwrap();
+            assert_eq!(e["code"], code);
+            assert!(e["message"].as_str().unwrap().contains(s));
+        }
+        // incompleteCount is -1 when unknown: no progress rather than a wrong one.
+        let mut job = vertex_job("JOB_STATE_RUNNING");
+        job["completionStats"]["incompleteCount"] = Value::from("-1");
+        assert_eq!(read_vertex_batch(&job).unwrap().progress, None);
+        job.as_object_mut().unwrap().remove("completionStats");
+        assert_eq!(read_vertex_batch(&job).unwrap().progress, None);
+        assert!(read_vertex_batch(&serde_json::json!({"name": "x"})).is_err());
+        assert!(read_vertex_batch(&serde_json::json!({"state": 3})).is_err());
+    }
+
+    #[test]
+    fn vertex_batch_names_are_checked_and_proxied() {
+        let name = "projects/p/locations/us-central1/batchPredictionJobs/123";
+        assert_eq!(batch_prediction_job_path(name).unwrap(), name);
+        for bad in [
+            "123",
+            "batchPredictionJobs/123",
+            "projects/p/locations/us-central1/batchPredictionJobs/123:cancel",
+            "projects/p/locations/us-central1/batchPredictionJobs/",
+            "projects/p/locations/us-central1/customJobs/123",
+        ] {
+            let e = batch_prediction_job_path(bad).unwrap_err();
+            assert!(
+                e.contains("projects/{project}/locations/{location}/batchPredictionJobs/{id}"),
+                "{bad}: {e}"
+            );
+        }
+        let proxy = VERTEX_BATCH.proxy.as_ref().unwrap();
+        let parent = "projects/p/locations/us-central1/batchPredictionJobs";
+        assert_eq!(
+            (proxy.create)("POST", parent),
+            Some(CreateRule::field("/name"))
+        );
+        assert!((proxy.create)("GET", parent).is_none());
+        assert!((proxy.create)("POST", name).is_none());
+        assert_eq!((proxy.status_read)(name, "").as_deref(), Some(name));
+        assert!((proxy.status_read)(&format!("{name}:cancel"), "").is_none());
+    }
 
     #[test]
     fn vertex_creates_are_recognised_and_status_posts_are_forwarded() {

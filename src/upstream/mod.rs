@@ -5,20 +5,28 @@
 //!
 //! - [`PRESETS`]: the table of presets; [`presets`]: [`PresetSpec`] and the [`Preset`] handle.
 //! - One file per provider family defines its presets completely: `generic`, `google` (Google
-//!   operations, Gemini batches and interactions), `openai`, `replicate`, `anthropic`, `azure`.
+//!   operations, Vertex batch prediction jobs, Gemini batches and interactions), `openai`,
+//!   `replicate`, `runway`, `anthropic`, `azure`, `aws` (Bedrock batch jobs and async
+//!   invocations), `fal`, `mistral`, `together`, `fireworks`.
 //! - [`config`]: `[upstreams.<name>]` resolved into an [`UpstreamConfig`].
 //! - [`webhook`]: `[upstreams.<name>.webhook]` resolved into a [`WebhookConfig`].
 //! - Here: the status [`Mapping`] (the generic reader and the presets' overrides), the helpers
 //!   the readers share, and status URLs.
 
 mod anthropic;
+mod aws;
 mod azure;
 pub mod config;
+mod fal;
+mod fireworks;
 mod generic;
 mod google;
+mod mistral;
 mod openai;
 pub mod presets;
 mod replicate;
+mod runway;
+mod together;
 pub mod webhook;
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
@@ -28,7 +36,10 @@ use serde_json::{Value, json};
 use crate::clock::Timestamp;
 
 pub use self::config::{CALLBACK_EVENTS, UpstreamConfig};
-pub use self::presets::{CreateId, CreateRule, Preset, PresetSpec, ProxyPatterns, WebhookDefaults};
+pub use self::presets::{
+    CreateId, CreateRule, Preset, PresetSpec, ProxyPatterns, ResultOutcome, ResultRead,
+    WebhookDefaults,
+};
 pub use self::webhook::{
     GEMINI_JWKS_URL, JwtConfig, KeyMaterial, WebhookConfig, WebhookKey, WebhookScheme,
 };
@@ -40,13 +51,21 @@ pub const PRESETS: &[Preset] = &[
     Preset::new(&generic::GENERIC),
     Preset::new(&google::OPERATION),
     Preset::new(&google::VERTEX_OPERATION),
+    Preset::new(&google::VERTEX_BATCH),
     Preset::new(&google::BATCH),
     Preset::new(&google::INTERACTION),
     Preset::new(&openai::BATCH),
     Preset::new(&openai::RESPONSE),
     Preset::new(&replicate::PREDICTION),
+    Preset::new(&runway::TASK),
     Preset::new(&anthropic::BATCH),
     Preset::new(&azure::ASYNC),
+    Preset::new(&fal::QUEUE),
+    Preset::new(&mistral::BATCH),
+    Preset::new(&together::BATCH),
+    Preset::new(&fireworks::BATCH),
+    Preset::new(&aws::BATCH),
+    Preset::new(&aws::ASYNC_INVOKE),
 ];
 
 /// The config fields that describe a generic mapping (pointers already checked).
@@ -457,6 +476,15 @@ const PATH_ESCAPE: &AsciiSet = &CONTROLS
     .add(b'^')
     .add(b'|');
 
+/// Characters escaped when an operation id is put into a URL path as one segment
+/// ([`PresetSpec::operation_segment`]): all but letters, digits and `-._~`, as botocore's
+/// `percent_encode` (`SAFE_CHARS = '-._~'`) renders a non-greedy URI label.
+const SEGMENT_ESCAPE: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Whether a path segment means "this" or "parent" directory to some server: `.` or `..` once
 /// percent-decoded (up to three times: `%252e` too), and with any `;` matrix parameters removed
 /// (Tomcat and Spring read `..;` as `..`); a decoded `/` or `\\` splits it further.
@@ -509,6 +537,9 @@ pub fn validate_operation_id(op: &str) -> Result<(), String> {
 pub fn prepare_operation(up: &UpstreamConfig, op: &str) -> Result<String, String> {
     validate_operation_id(op)?;
     let canonical = up.preset.canonical_operation(op);
+    if let Some(check) = up.preset.defaults().operation_check {
+        check(&canonical)?;
+    }
     status_url(up, &canonical)?;
     Ok(canonical)
 }
@@ -529,7 +560,12 @@ pub fn status_url(up: &UpstreamConfig, operation: &str) -> Result<Url, String> {
             .join(&encoded)
             .map_err(|e| format!("cannot build the status URL from {path:?}: {e}"))?
     } else {
-        let encoded = utf8_percent_encode(operation, PATH_ESCAPE).to_string();
+        let escape = if up.preset.defaults().operation_segment {
+            SEGMENT_ESCAPE
+        } else {
+            PATH_ESCAPE
+        };
+        let encoded = utf8_percent_encode(operation, escape).to_string();
         let path = up.status_path.replace("{operation}", &encoded);
         up.base_url
             .join(&path)
@@ -566,6 +602,27 @@ pub fn final_resource_url(
     let url = status_url
         .join(location)
         .map_err(|e| format!("the final resource location {location:?} is not a URL ({e})"))?;
+    ensure_under(&up.base_url, &url)?;
+    Ok(Some(url))
+}
+
+/// Where to read the result of an operation whose preset decides success by a result read
+/// ([`PresetSpec::result_read`]): `Ok(None)` when the preset has none or the status body names
+/// none. Like status URLs it must lie under the upstream's `base_url`.
+pub fn result_url(
+    up: &UpstreamConfig,
+    status_url: &Url,
+    body: &Value,
+) -> Result<Option<Url>, String> {
+    let Some(rr) = up.preset.defaults().result_read else {
+        return Ok(None);
+    };
+    let Some(location) = (rr.location)(status_url, body) else {
+        return Ok(None);
+    };
+    let url = status_url
+        .join(&location)
+        .map_err(|e| format!("the result location {location:?} is not a URL ({e})"))?;
     ensure_under(&up.base_url, &url)?;
     Ok(Some(url))
 }

@@ -9,9 +9,10 @@
 use std::fmt;
 
 use reqwest::Url;
+use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use super::{Observation, PRESETS};
+use super::{Observation, ObservedState, PRESETS};
 use crate::schedule::config::PollConfig;
 
 /// Reads a status body into an [`Observation`]; an `Err` means the body did not have the
@@ -20,6 +21,9 @@ pub type ReadStatus = fn(&Value) -> Result<Observation, String>;
 
 /// Parses a registered operation that is itself the status URL.
 pub type OperationUrl = fn(&str) -> Result<Url, String>;
+
+/// Checks the form of a registered operation.
+pub type CheckOperation = fn(&str) -> Result<(), String>;
 
 /// Derives the status path (relative to `base_url`) from a registered operation.
 pub type OperationPath = fn(&str) -> Result<String, String>;
@@ -70,6 +74,22 @@ pub struct PresetSpec {
     /// `pointer`, the final resource is read from there once and becomes `result` (azure-core's
     /// `resourceLocation`; see [`super::final_resource_url`]).
     pub final_resource: Option<&'static str>,
+    /// `Some`: a status read that says succeeded is provisional; the result is read once more
+    /// and that read decides the outcome (the fal queue's `COMPLETED` says nothing about
+    /// success). Unlike [`PresetSpec::final_resource`], a read that gets no usable answer is not
+    /// an outcome: the poll counts as transient and the status is read again.
+    pub result_read: Option<ResultRead>,
+    /// `Some`: checks the form of an operation an app registers (a clear `422` at registration
+    /// rather than an upstream's `400` on every read; e.g. a Bedrock job ARN).
+    pub operation_check: Option<CheckOperation>,
+    /// Whether the operation goes into `status_path` as one path segment, everything but
+    /// letters, digits and `-._~` percent-encoded, as botocore renders a non-greedy URI label
+    /// (`{jobIdentifier}`: an ARN's `:` and `/` become `%3A` and `%2F`). Otherwise `/` is kept,
+    /// so that names like `batches/x` stay paths.
+    pub operation_segment: bool,
+    /// `Some`: an AWS API's SigV4 signing name (`metadata.signingName` of its botocore model).
+    /// With `auth.aws_sigv4`, the config must sign as it, for the region `base_url` names.
+    pub aws_signing_name: Option<&'static str>,
 }
 
 impl PresetSpec {
@@ -93,6 +113,10 @@ impl PresetSpec {
         webhook_id_forms: no_other_forms,
         webhook_id_suffix: false,
         final_resource: None,
+        result_read: None,
+        operation_check: None,
+        operation_segment: false,
+        aws_signing_name: None,
     };
 }
 
@@ -169,6 +193,29 @@ impl CreateRule {
 /// `path`'s segments, for the matchers in the family files.
 pub fn segments(path: &str) -> Vec<&str> {
     path.split('/').collect()
+}
+
+/// Where a provisional success's result is and how its answer decides the outcome (see
+/// [`PresetSpec::result_read`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ResultRead {
+    /// The result's location, absolute or relative to the status URL, from the status URL and
+    /// the status body. Like status URLs it must lie under the upstream's `base_url`.
+    pub location: fn(status_url: &Url, body: &Value) -> Option<String>,
+    /// What the result read's answer (HTTP status, headers, body) means.
+    pub read: fn(status: u16, headers: &HeaderMap, body: &[u8]) -> ResultOutcome,
+}
+
+/// What a result read says.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResultOutcome {
+    /// The job succeeded with this result.
+    Succeeded(Value),
+    /// The job ended unsuccessfully (failed, cancelled or expired) with this error.
+    Ended(ObservedState, Value),
+    /// No usable answer (throttled, a gateway's error, a body that is not the result): read
+    /// the status again later. The string says why, for `last_poll_error`.
+    Retry(String),
 }
 
 /// What a preset knows about the webhooks its upstream sends.
@@ -325,6 +372,8 @@ mod tests {
                 "every preset but generic has proxy patterns"
             );
             assert!(spec.status_path_for.is_none() || spec.status_path.is_none());
+            // One second read after success at most.
+            assert!(spec.final_resource.is_none() || spec.result_read.is_none());
             assert!(["GET", "POST"].contains(&spec.status_method));
             if let Some(body) = spec.status_body {
                 let v: serde_json::Value = serde_json::from_str(body).unwrap();

@@ -337,12 +337,12 @@ struct AwsState {
     session_tokens: Vec<String>,
 }
 
-const AKID: &str = "AKIDHOOKSHIMTEST";
-const SECRET: &str = "hookshim/test/secret/key/EXAMPLEKEY";
+pub(crate) const AKID: &str = "AKIDHOOKSHIMTEST";
+pub(crate) const SECRET: &str = "hookshim/test/secret/key/EXAMPLEKEY";
 
 /// Recompute the signature of the received request with `aws-sigv4` (the same headers it says
 /// it signed, the same time) and compare the whole Authorization header.
-fn verify_sigv4(
+pub(crate) fn verify_sigv4(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,

@@ -252,6 +252,62 @@ rate = { per_second = 200, burst = 50 }
 poll = SLOW
 proxy = { enabled = true }
 
+[upstreams.fal]
+preset = "fal-queue"
+base_url = "{PROV}/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
+[upstreams.vb]
+preset = "vertex-batch"
+base_url = "{PROV}/v1/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
+[upstreams.br]
+preset = "bedrock-batch"
+base_url = "{PROV}/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
+[upstreams.mi]
+preset = "mistral-batch"
+base_url = "{PROV}/v1/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
+[upstreams.tg]
+preset = "together-batch"
+base_url = "{PROV}/together/v1/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
+[upstreams.fw]
+preset = "fireworks-batch"
+base_url = "{PROV}/v1/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
+[upstreams.rw]
+preset = "runway-task"
+base_url = "{PROV}/v1/"
+headers = { Authorization = "Bearer hookshim-own" }
+rate = { per_second = 200, burst = 50 }
+poll = SLOW
+proxy = { enabled = true }
+
 [upstreams.jobs]
 base_url = "{PROV}/api/v2/"
 headers = { Authorization = "Bearer hookshim-own" }
@@ -413,7 +469,91 @@ fn cases(prov: &str) -> Vec<Case> {
     // Azure/azure-sdk-for-python sdk/core/azure-core/azure/core/polling/base_polling.py: the
     // create answers 201/202 with Azure-AsyncOperation; the status resource has `status`.
     let az_url = format!("{prov}/operations/azop1?api-version=2024-01-01");
+    let mistral_job = json!({"id": "mb-1", "object": "batch", "input_files": ["f1"],
+        "endpoint": "/v1/chat/completions", "model": "mistral-small-latest", "errors": [],
+        "status": "QUEUED", "created_at": 1_764_000_000, "total_requests": 0,
+        "completed_requests": 0, "succeeded_requests": 0, "failed_requests": 0});
+    let together_job = json!({"id": "tb-1", "user_id": "u1", "input_file_id": "file-in",
+        "file_size_bytes": 1024, "status": "VALIDATING", "job_deadline": "2026-12-01T10:00:00Z",
+        "created_at": "2026-11-30T10:00:00Z", "endpoint": "/v1/chat/completions",
+        "progress": 0, "model_id": "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"});
+    let fireworks_job = json!({"name": "accounts/acme/batchInferenceJobs/fj-1",
+        "state": "JOB_STATE_CREATING", "model": "accounts/fireworks/models/llama-v3p1-8b-instruct",
+        "inputDatasetId": "accounts/acme/datasets/in", "createTime": "2026-11-30T10:00:00Z",
+        "jobProgress": {"percent": 0}});
+    // googleapis/python-aiplatform google/cloud/aiplatform_v1/types/batch_prediction_job.py
+    // (`BatchPredictionJob`); the create (`POST /v1/{parent}/batchPredictionJobs`,
+    // services/job_service/transports/rest_base.py) answers the job.
+    let vjob_name = "projects/p1/locations/us-central1/batchPredictionJobs/4567";
+    let vjob = json!({"name": vjob_name, "displayName": "nightly",
+        "model": "publishers/google/models/gemini-2.5-flash", "state": "JOB_STATE_PENDING",
+        "createTime": "2026-11-30T10:00:00Z"});
+    // boto/botocore botocore/data/bedrock/2023-04-20/service-2.json: CreateModelInvocationJob
+    // answers only `jobArn`; GetModelInvocationJob is read at the ARN as one encoded segment
+    // (serialize.py `_render_uri_template`). Authorised with a Bedrock API key (bearer).
+    let job_arn = "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abc123xyz789";
+    let bjob = json!({"jobArn": job_arn, "jobName": "nightly", "modelId": "anthropic.claude-3-haiku-20240307-v1:0",
+        "roleArn": "arn:aws:iam::123456789012:role/batch", "status": "Submitted",
+        "submitTime": "2026-11-30T10:00:00Z",
+        "inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://b/in/"}},
+        "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://b/out/"}}});
+    // runwayml/sdk-python src/runwayml/types/image_to_video_create_response.py (`{"id"}` only)
+    // and task_retrieve_response.py (`Running`).
+    let rw_id = "17f20503-6c24-4c16-946b-35dbbce2af2f";
+    let rw_task = json!({"id": rw_id, "createdAt": "2026-11-30T10:00:00.000Z",
+        "status": "RUNNING", "progress": 0.2});
     vec![
+        Case {
+            upstream: "rw",
+            create: (
+                "POST",
+                "v1/image_to_video",
+                json!({"model": "gen4_turbo", "promptImage": "https://example.com/a.png", "ratio": "1280:720"}),
+            ),
+            created: json!({"id": rw_id}),
+            created_headers: vec![],
+            operation: rw_id.into(),
+            status_path: format!("v1/tasks/{rw_id}"),
+            status_body: rw_task,
+            variant: None,
+            auth: ("authorization", "Bearer key_app"),
+            other_auth: "Bearer key_other",
+            seeds: false,
+        },
+        Case {
+            upstream: "vb",
+            create: (
+                "POST",
+                "v1/projects/p1/locations/us-central1/batchPredictionJobs",
+                json!({"displayName": "nightly", "model": "publishers/google/models/gemini-2.5-flash"}),
+            ),
+            created: vjob.clone(),
+            created_headers: vec![],
+            operation: vjob_name.into(),
+            status_path: format!("v1/{vjob_name}"),
+            status_body: vjob,
+            variant: Some(format!("v1beta1/{vjob_name}")),
+            auth: ("authorization", "Bearer ya29.app"),
+            other_auth: "Bearer ya29.other",
+            seeds: true,
+        },
+        Case {
+            upstream: "br",
+            create: (
+                "POST",
+                "model-invocation-job",
+                json!({"jobName": "nightly", "modelId": "anthropic.claude-3-haiku-20240307-v1:0"}),
+            ),
+            created: json!({"jobArn": job_arn}),
+            created_headers: vec![],
+            operation: job_arn.into(),
+            status_path: "model-invocation-job/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Amodel-invocation-job%2Fabc123xyz789".into(),
+            status_body: bjob,
+            variant: None,
+            auth: ("authorization", "Bearer bedrock-api-key-app"),
+            other_auth: "Bearer bedrock-api-key-other",
+            seeds: false,
+        },
         Case {
             upstream: "ob",
             create: (
@@ -554,6 +694,82 @@ fn cases(prov: &str) -> Vec<Case> {
             auth: ("authorization", "Bearer eyJ-app"),
             other_auth: "Bearer eyJ-other",
             seeds: false,
+        },
+        // fal-ai/fal projects/fal_client/src/fal_client/client.py (`AsyncClient.submit` reads
+        // `request_id`, `response_url`, `status_url`, `cancel_url`; `_parse_status`).
+        Case {
+            upstream: "fal",
+            create: ("POST", "fal-ai/flux/dev", json!({"prompt": "a lighthouse"})),
+            created: json!({"request_id": "req-7", "status": "IN_QUEUE", "queue_position": 0,
+                "response_url": format!("{prov}/fal-ai/flux/requests/req-7"),
+                "status_url": format!("{prov}/fal-ai/flux/requests/req-7/status"),
+                "cancel_url": format!("{prov}/fal-ai/flux/requests/req-7/cancel")}),
+            created_headers: vec![],
+            operation: format!("{prov}/fal-ai/flux/requests/req-7/status"),
+            status_path: "fal-ai/flux/requests/req-7/status".into(),
+            status_body: json!({"status": "IN_PROGRESS", "request_id": "req-7", "logs": null,
+                "response_url": format!("{prov}/fal-ai/flux/requests/req-7")}),
+            variant: None,
+            auth: ("authorization", "Key fal-app"),
+            other_auth: "Key fal-other",
+            seeds: false,
+        },
+        // mistralai/client-python src/mistralai/client/models/batchjob.py (`BatchJob`).
+        Case {
+            upstream: "mi",
+            create: (
+                "POST",
+                "v1/batch/jobs",
+                json!({"input_files": ["f1"], "endpoint": "/v1/chat/completions", "model": "mistral-small-latest"}),
+            ),
+            created: mistral_job.clone(),
+            created_headers: vec![],
+            operation: "mb-1".into(),
+            status_path: "v1/batch/jobs/mb-1".into(),
+            status_body: mistral_job,
+            variant: None,
+            auth: ("authorization", "Bearer mistral-app"),
+            other_auth: "Bearer mistral-other",
+            seeds: true,
+        },
+        // togethercomputer/together-py src/together/types/batch_create_response.py: the
+        // create answers `{"job", "warning"}`, not the job. (Under its own base path: the
+        // provider counts requests by path, and openai-batch POSTs `v1/batches` too.)
+        Case {
+            upstream: "tg",
+            create: (
+                "POST",
+                "together/v1/batches",
+                json!({"input_file_id": "file-in", "endpoint": "/v1/chat/completions"}),
+            ),
+            created: json!({"job": together_job.clone(), "warning": null}),
+            created_headers: vec![],
+            operation: "tb-1".into(),
+            status_path: "together/v1/batches/tb-1".into(),
+            status_body: together_job,
+            variant: None,
+            auth: ("authorization", "Bearer together-app"),
+            other_auth: "Bearer together-other",
+            seeds: false,
+        },
+        // fw-ai-external/python-sdk src/fireworks/types/batch_inference_job.py.
+        Case {
+            upstream: "fw",
+            create: (
+                "POST",
+                "v1/accounts/acme/batchInferenceJobs",
+                json!({"model": "accounts/fireworks/models/llama-v3p1-8b-instruct",
+                       "inputDatasetId": "accounts/acme/datasets/in"}),
+            ),
+            created: fireworks_job.clone(),
+            created_headers: vec![],
+            operation: "accounts/acme/batchInferenceJobs/fj-1".into(),
+            status_path: "v1/accounts/acme/batchInferenceJobs/fj-1".into(),
+            status_body: fireworks_job,
+            variant: None,
+            auth: ("authorization", "Bearer fw-app"),
+            other_auth: "Bearer fw-other",
+            seeds: true,
         },
         Case {
             upstream: "jobs",

@@ -318,3 +318,55 @@ fn webhook_event_maps_are_checked() {
         Status::Succeeded
     );
 }
+
+#[test]
+fn bedrock_sigv4_must_sign_as_bedrock_for_the_base_urls_region() {
+    let aws = |base: &str, service: &str, region: &str| {
+        upstream(&format!(
+            "[upstreams.b]\npreset = \"bedrock-batch\"\nbase_url = \"{base}\"\n\
+             auth = {{ aws_sigv4 = {{ service = \"{service}\", region = \"{region}\" }} }}\n"
+        ))
+    };
+    assert!(
+        aws(
+            "https://bedrock.us-east-1.amazonaws.com/",
+            "bedrock",
+            "us-east-1"
+        )
+        .is_ok()
+    );
+    // A loopback or proxy endpoint names no region.
+    assert!(aws("http://127.0.0.1:9000/", "bedrock", "eu-west-1").is_ok());
+    let e = aws(
+        "https://bedrock.us-east-1.amazonaws.com/",
+        "bedrock",
+        "us-west-2",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains(
+            "`upstreams.b.auth.aws_sigv4`: region \"us-west-2\" is not the region of base_url"
+        ),
+        "{e}"
+    );
+    // The runtime API signs as `bedrock` too (botocore bedrock-runtime `signingName`).
+    let e = upstream(
+        "[upstreams.r]\npreset = \"bedrock-async-invoke\"\n\
+         base_url = \"https://bedrock-runtime.us-east-1.amazonaws.com/\"\n\
+         auth = { aws_sigv4 = { service = \"bedrock-runtime\", region = \"us-east-1\" } }\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("this API signs as service \"bedrock\", not \"bedrock-runtime\""),
+        "{e}"
+    );
+    // Other presets are not checked (generic may sign for any service).
+    assert!(
+        upstream(
+            "[upstreams.g]\nbase_url = \"https://s3.us-east-1.amazonaws.com/\"\nstatus_path = \"{operation}\"\n\
+             status_field = \"/s\"\nsucceeded = [\"ok\"]\nfailed = [\"bad\"]\n\
+             auth = { aws_sigv4 = { service = \"s3\", region = \"eu-west-1\" } }\n"
+        )
+        .is_ok()
+    );
+}

@@ -71,6 +71,8 @@ pub struct UpstreamState {
     pub request_headers: Vec<(String, HeaderMap)>,
     /// The method and JSON body of every POST, by path.
     pub posts: Vec<(String, Value)>,
+    /// Every request as it arrived, by (decoded) path: the raw, still percent-encoded URI.
+    pub raw_uris: Vec<(String, axum::http::Uri)>,
 }
 
 #[derive(Clone)]
@@ -82,9 +84,11 @@ pub struct FakeUpstream {
 async fn upstream_get(
     State(st): State<Arc<Mutex<UpstreamState>>>,
     Path(path): Path<String>,
+    uri: axum::http::Uri,
     request_headers: HeaderMap,
 ) -> Response {
     let mut s = st.lock().unwrap();
+    s.raw_uris.push((path.clone(), uri));
     s.requests.push((Instant::now(), path.clone()));
     s.request_headers.push((path.clone(), request_headers));
     if let Some(sc) = s.scripts.get_mut(&path).and_then(|q| q.pop_front()) {
@@ -112,12 +116,13 @@ async fn upstream_get(
 async fn upstream_post(
     State(st): State<Arc<Mutex<UpstreamState>>>,
     Path(path): Path<String>,
+    uri: axum::http::Uri,
     request_headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     st.lock().unwrap().posts.push((path.clone(), json));
-    upstream_get(State(st), Path(path), request_headers).await
+    upstream_get(State(st), Path(path), uri, request_headers).await
 }
 
 impl FakeUpstream {
@@ -160,6 +165,16 @@ impl FakeUpstream {
             .map(|(t, _)| *t)
             .collect()
     }
+    /// Every request for (decoded) `path` as it arrived: its raw URI and headers.
+    pub fn raw_requests_for(&self, path: &str) -> Vec<(axum::http::Uri, HeaderMap)> {
+        let s = self.state.lock().unwrap();
+        let uris = s.raw_uris.iter().filter(|(p, _)| p == path);
+        let headers = s.request_headers.iter().filter(|(p, _)| p == path);
+        uris.zip(headers)
+            .map(|((_, u), (_, h))| (u.clone(), h.clone()))
+            .collect()
+    }
+
     /// The value of header `name` on every request for `path`.
     pub fn header_values(&self, path: &str, name: &str) -> Vec<String> {
         self.state

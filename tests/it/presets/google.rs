@@ -444,3 +444,137 @@ async fn vertex_operation_reads_status_with_a_post_and_each_end() {
         .await;
     assert_eq!(code, 422, "{body}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// vertex-batch (Vertex AI batch prediction jobs). Shapes: python-aiplatform
+// `google/cloud/aiplatform_v1/types/batch_prediction_job.py` (`BatchPredictionJob`: `name`,
+// `state`, `error`, `outputInfo`, `completionStats`, `partialFailures`; JSON in camelCase, int64
+// counts as strings), `types/job_state.py` (`JobState`, incl. `JOB_STATE_PARTIALLY_SUCCEEDED`),
+// and `services/job_service/transports/rest_base.py` (`GET /v1/{name=projects/*/locations/*/
+// batchPredictionJobs/*}`).
+
+fn vertex_job_name(id: &str) -> (String, String) {
+    let name = format!("projects/p1/locations/us-central1/batchPredictionJobs/{id}");
+    let path = format!("vertex/v1/{name}");
+    (name, path)
+}
+
+fn vertex_job(name: &str, state: &str, extra: Value) -> Value {
+    let mut job = json!({
+        "name": name,
+        "displayName": "nightly-eval",
+        "model": "projects/p1/locations/us-central1/publishers/google/models/gemini-2.5-flash",
+        "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": ["gs://b/in.jsonl"]}},
+        "outputConfig": {"predictionsFormat": "jsonl", "gcsDestination": {"outputUriPrefix": "gs://b/out"}},
+        "state": state,
+        "createTime": rfc3339(SystemTime::now()),
+        "updateTime": rfc3339(SystemTime::now()),
+        "completionStats": {"successfulCount": "25", "failedCount": "5", "incompleteCount": "70"},
+    });
+    job.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    job
+}
+
+#[tokio::test]
+async fn vertex_batch_from_queued_to_each_end() {
+    let r = rig().await;
+    let (name, path) = vertex_job_name("1111");
+    let out = json!({"outputInfo": {"gcsOutputDirectory": "gs://b/out/prediction-model-2026-11-30"},
+                     "completionStats": {"successfulCount": "100", "failedCount": "0", "incompleteCount": "0"}});
+    let data = r
+        .drive(
+            "vertex-batch",
+            &name,
+            &path,
+            vertex_job(&name, "JOB_STATE_QUEUED", json!({})),
+            "pending",
+            vertex_job(&name, "JOB_STATE_SUCCEEDED", out),
+            "succeeded",
+        )
+        .await;
+    assert_eq!(data["upstream_status"], "JOB_STATE_SUCCEEDED");
+    assert_eq!(
+        data["result"]["outputInfo"]["gcsOutputDirectory"],
+        "gs://b/out/prediction-model-2026-11-30"
+    );
+    assert_eq!(data["error"], Value::Null);
+    // The token comes from `auth.command`, sent as a bearer token.
+    assert_eq!(
+        r.up.header_values(&path, "authorization")[0],
+        "Bearer test-vertex-batch-token"
+    );
+
+    // Running with completion stats: progress 30 of 100.
+    let (name, path) = vertex_job_name("2222");
+    r.up.set(&path, vertex_job(&name, "JOB_STATE_RUNNING", json!({})));
+    let id = id_of(&r.register("vertex-batch", &name).await);
+    let seen = r.wait_read(&id, "running").await;
+    assert_eq!(seen["progress"], 0.3, "{seen}");
+    let partial = json!({"outputInfo": {"gcsOutputDirectory": "gs://b/out/p"},
+        "completionStats": {"successfulCount": "90", "failedCount": "10", "incompleteCount": "0"},
+        "partialFailures": [{"code": 3, "message": "line 17: invalid request"}]});
+    r.up.set(
+        &path,
+        vertex_job(&name, "JOB_STATE_PARTIALLY_SUCCEEDED", partial),
+    );
+    let data = r.terminal_callback(&id, "succeeded", "poll").await;
+    assert_eq!(data["upstream_status"], "JOB_STATE_PARTIALLY_SUCCEEDED");
+    assert_eq!(data["result"]["completionStats"]["failedCount"], "10");
+    assert_eq!(
+        data["result"]["partialFailures"][0]["message"],
+        "line 17: invalid request"
+    );
+
+    for (id, end, extra, status, code) in [
+        (
+            "3333",
+            "JOB_STATE_FAILED",
+            json!({"error": {"code": 3, "message": "Failed to read the input file"}}),
+            "failed",
+            json!(3),
+        ),
+        (
+            "4444",
+            "JOB_STATE_CANCELLED",
+            json!({"error": {"code": 1, "message": "CANCELED"}}),
+            "cancelled",
+            json!(1),
+        ),
+        (
+            "5555",
+            "JOB_STATE_EXPIRED",
+            json!({}),
+            "expired",
+            json!("expired"),
+        ),
+    ] {
+        let (name, path) = vertex_job_name(id);
+        let data = r
+            .drive(
+                "vertex-batch",
+                &name,
+                &path,
+                vertex_job(&name, "JOB_STATE_RUNNING", json!({})),
+                "running",
+                vertex_job(&name, end, extra),
+                status,
+            )
+            .await;
+        assert_eq!(data["upstream_status"], end);
+        assert_eq!(data["error"]["code"], code, "{data}");
+        assert_eq!(data["result"], Value::Null);
+    }
+
+    // Not the full job name: refused at registration, naming the form.
+    let (code, body) = r
+        .shim
+        .register(json!({"upstream": "vertex-batch", "operation": "1234"}))
+        .await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.to_string().contains("batchPredictionJobs/{id}"),
+        "{body}"
+    );
+}

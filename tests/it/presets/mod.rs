@@ -10,11 +10,17 @@
 //! and [`Rig`]'s drivers that take a job from running to an end.
 
 mod anthropic;
+mod aws;
 mod azure;
+mod fal;
+mod fireworks;
 mod generic;
 mod google;
+mod mistral;
 mod openai;
 mod replicate;
+mod runway;
+mod together;
 
 use std::time::{Duration, SystemTime};
 
@@ -65,6 +71,11 @@ preset = "replicate"
 base_url = "{UP}/replicate/v1/"
 poll = FAST
 
+[upstreams.runway]
+preset = "runway-task"
+base_url = "{UP}/runway/v1/"
+poll = FAST
+
 [upstreams.anthropic]
 preset = "anthropic-batch"
 base_url = "{UP}/anthropic/v1/"
@@ -88,6 +99,44 @@ poll = FAST
 preset = "vertex-operation"
 base_url = "{UP}/vertex/v1/"
 headers = { Authorization = "Bearer test-vertex-token" }
+poll = FAST
+
+[upstreams.fal]
+preset = "fal-queue"
+base_url = "{UP}/fal/"
+poll = FAST
+
+[upstreams.mistral]
+preset = "mistral-batch"
+base_url = "{UP}/mistral/v1/"
+poll = FAST
+
+[upstreams.together]
+preset = "together-batch"
+base_url = "{UP}/together/v1/"
+poll = FAST
+
+[upstreams.fireworks]
+preset = "fireworks-batch"
+base_url = "{UP}/fireworks/v1/"
+poll = FAST
+
+[upstreams.vertex-batch]
+preset = "vertex-batch"
+base_url = "{UP}/vertex/v1/"
+auth = { command = ["printf", "test-vertex-batch-token"] }
+poll = FAST
+
+[upstreams.bedrock-batch]
+preset = "bedrock-batch"
+base_url = "{UP}/bedrock/"
+auth = { aws_sigv4 = { service = "bedrock", region = "us-east-1" } }
+poll = FAST
+
+[upstreams.bedrock-invoke]
+preset = "bedrock-async-invoke"
+base_url = "{UP}/bedrock-runtime/"
+auth = { aws_sigv4 = { service = "bedrock", region = "us-east-1" } }
 poll = FAST
 
 [upstreams.generic-post]
@@ -157,7 +206,14 @@ fn env() -> Vec<(String, String)> {
         ("OPENAI_API_KEY", "test-openai-key"),
         ("REPLICATE_API_TOKEN", "test-replicate-token"),
         ("ANTHROPIC_API_KEY", "test-anthropic-key"),
+        ("RUNWAYML_API_SECRET", "test-runway-secret"),
         ("AZURE_KEY", "test-azure-key"),
+        ("FAL_KEY", "test-fal-key"),
+        ("MISTRAL_API_KEY", "test-mistral-key"),
+        ("TOGETHER_API_KEY", "test-together-key"),
+        ("FIREWORKS_API_KEY", "test-fireworks-key"),
+        ("AWS_ACCESS_KEY_ID", crate::credentials::AKID),
+        ("AWS_SECRET_ACCESS_KEY", crate::credentials::SECRET),
         ("HOOK_SECRET", PUSHY_SECRET),
     ]
     .into_iter()
