@@ -268,3 +268,134 @@ async fn two_processes_on_one_database_share_operations_and_webhooks() {
     assert!(call.verified);
     assert_eq!(call.webhook_id, format!("{id}_terminal"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutting_the_database_under_load_loses_no_acknowledged_operation() {
+    const N: usize = 120;
+    let db = pg_or_skip!();
+    let store = Backend::Postgres(db.clone());
+    let link = Arc::new(Cuttable::start(&db).await);
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let (config, _) = store.apply(CONFIG);
+    let shim = TestShim::start_on_with_env(
+        &Backend::Sled, // the config is already PostgreSQL's: only the URL differs
+        &config,
+        &up,
+        &recv,
+        vec![(TEST_URL_ENV.to_string(), link.url.clone())],
+    )
+    .await;
+    for n in 0..N {
+        up.set(
+            &format!("jobs/u{n}"),
+            json!({"state": "done", "output": {"n": n}}),
+        );
+    }
+    // Registrations, 8 at a time, while the database goes away twice and comes back.
+    let sem = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut set = tokio::task::JoinSet::new();
+    for n in 0..N {
+        if n == N / 3 || n == 2 * N / 3 {
+            link.cut().await;
+            let link = link.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                link.restore();
+            });
+        }
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let (http, url) = (shim.http.clone(), shim.url.clone());
+        set.spawn(async move {
+            let _permit = permit;
+            let r = http
+                .post(format!("{url}/v1/operations"))
+                .json(&json!({"upstream": "jobs", "operation": format!("u{n}")}))
+                .send()
+                .await
+                .unwrap();
+            let code = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (n, code, body)
+        });
+    }
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let (n, code, body) = r.unwrap();
+        match code {
+            201 => acknowledged.push((n, id_of(&body))),
+            503 => {
+                assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+                refused.push(n);
+            }
+            other => panic!("u{n}: {other} {body}"),
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "the cuts refused nothing: they came too late"
+    );
+    eventually(Duration::from_secs(20), "ready again", || async {
+        (shim.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    // Every acknowledged operation is there and gets its one callback.
+    for (n, id) in &acknowledged {
+        let (code, op) = shim.get(&format!("/v1/operations/{id}")).await;
+        assert_eq!(code, 200, "u{n} was acknowledged: {op}");
+    }
+    // A poll or callback that met the cut is tried again 30 s later (as after any store error).
+    let started = std::time::Instant::now();
+    loop {
+        let missing: Vec<&(usize, String)> = acknowledged
+            .iter()
+            .filter(|(_, id)| recv.calls_for(id).is_empty())
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(40) {
+            for (n, id) in &missing {
+                let rows = db
+                    .query(&format!(
+                        "SELECT status, poll_at, lease_owner, lease_until, lease_token, \
+                         (SELECT count(*) FROM outbox WHERE op_id = '{id}') FROM operations \
+                         WHERE id = '{id}'"
+                    ))
+                    .await;
+                let r = &rows[0];
+                eprintln!(
+                    "u{n} {id}: {} poll_at={:?} owner={:?} until={:?} token={} outbox={}",
+                    r.get::<_, String>(0),
+                    r.get::<_, Option<i64>>(1),
+                    r.get::<_, Option<String>>(2),
+                    r.get::<_, Option<i64>>(3),
+                    r.get::<_, i64>(4),
+                    r.get::<_, i64>(5)
+                );
+            }
+            eprintln!("now {}", time_now_secs());
+            panic!(
+                "{} acknowledged operations without a callback",
+                missing.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (n, id) in &acknowledged {
+        let ids: std::collections::BTreeSet<String> = recv
+            .calls_for(id)
+            .into_iter()
+            .map(|c| c.webhook_id)
+            .collect();
+        assert_eq!(ids.len(), 1, "u{n}: one webhook-id");
+    }
+    // A refused registration, retried as a client would, is registered (or was, after all).
+    for n in refused {
+        let (code, body) = shim
+            .register(json!({"upstream": "jobs", "operation": format!("u{n}")}))
+            .await;
+        assert!(code == 201 || code == 200, "u{n}: {code} {body}");
+    }
+}

@@ -118,17 +118,29 @@ impl PgStore {
         Ok(out)
     }
 
-    /// Extend every claim this process still holds; forget the ones it no longer does.
+    /// Extend the claims this process tracks and still holds; forget the ones it no longer
+    /// does. A claim it holds in the database but no longer tracks (its work left the queue) is
+    /// not renewed: it lapses and is claimed again, by this process or another.
     async fn renew(&self) -> Result<(), StoreError> {
         let ctx = self.write_ctx();
+        let (polls_before, callbacks_before) = {
+            let held = self.held();
+            (held.polls.clone(), held.callbacks.clone())
+        };
+        let poll_ids: Vec<&str> = polls_before.keys().map(String::as_str).collect();
+        let (cb_ids, cb_events): (Vec<&str>, Vec<&str>) = callbacks_before
+            .keys()
+            .map(|(i, e)| (i.as_str(), e.as_str()))
+            .unzip();
         let (polls, callbacks) = self
             .with(|c| async move {
                 let polls = c
                     .query(
                         "UPDATE operations SET lease_until = greatest(poll_at, $2::bigint) + $3::bigint \
                          WHERE lease_owner = $1 AND lease_until >= $2 AND poll_at IS NOT NULL \
+                           AND id = ANY($4::text[]) \
                          RETURNING id, lease_token",
-                        &[&ctx.me, &ctx.now, &ctx.lease],
+                        &[&ctx.me, &ctx.now, &ctx.lease, &poll_ids],
                     )
                     .await
                     .map_err(unavailable)?;
@@ -136,20 +148,35 @@ impl PgStore {
                     .query(
                         "UPDATE outbox SET lease_until = greatest(due_at, $2::bigint) + $3::bigint \
                          WHERE lease_owner = $1 AND lease_until >= $2 \
+                           AND (op_id, event) IN \
+                             (SELECT * FROM unnest($4::text[], $5::text[])) \
                          RETURNING op_id, event, lease_token",
-                        &[&ctx.me, &ctx.now, &ctx.lease],
+                        &[&ctx.me, &ctx.now, &ctx.lease, &cb_ids, &cb_events],
                     )
                     .await
                     .map_err(unavailable)?;
                 Ok((polls, callbacks))
             })
             .await?;
-        let mut held = self.held();
-        held.polls = polls.iter().map(|r| (r.get(0), r.get(1))).collect();
-        held.callbacks = callbacks
+        let polls: HashMap<String, i64> = polls.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let callbacks: HashMap<(String, String), i64> = callbacks
             .iter()
             .map(|r| ((r.get(0), r.get(1)), r.get(2)))
             .collect();
+        let mut held = self.held();
+        // Claims taken while the renewal ran (a registration, a webhook) are kept.
+        for (k, token) in &polls_before {
+            if !polls.contains_key(k) && held.polls.get(k) == Some(token) {
+                held.polls.remove(k);
+            }
+        }
+        for (k, token) in &callbacks_before {
+            if !callbacks.contains_key(k) && held.callbacks.get(k) == Some(token) {
+                held.callbacks.remove(k);
+            }
+        }
+        held.polls.extend(polls);
+        held.callbacks.extend(callbacks);
         held.renewed = Some(Instant::now());
         self.metrics
             .leases_held
@@ -178,7 +205,9 @@ impl PgStore {
         Ok(())
     }
 
-    /// Whether a row's lease is this process's current claim (`token` as given to it).
+    /// Whether a row's lease is this process's current claim: its owner, not lapsed, and the
+    /// token this process was given (or, if it tracks none, any: only this process writes its
+    /// own name).
     fn holds(
         &self,
         owner: Option<&str>,
@@ -188,7 +217,7 @@ impl PgStore {
     ) -> bool {
         owner == Some(self.me.as_str())
             && until.is_some_and(|u| u >= ms(self.clock.now()))
-            && given == Some(token)
+            && given.is_none_or(|g| g == token)
     }
 
     /// A webhook made `id` due now (in `tx`, whose row lock is held): claim its poll if the
@@ -249,10 +278,14 @@ impl PgStore {
             })
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let given = self.held().polls.get(id.as_str()).copied();
+        let mut held = self.held();
+        let given = held.polls.get(id.as_str()).copied();
         if !self.holds(row.get(1), row.get(2), row.get(3), given) {
+            held.polls.remove(id.as_str());
             return Ok(None);
         }
+        held.polls.insert(id.as_str().to_string(), row.get(3));
+        drop(held);
         record(&row, 0, id.as_str()).map(Some)
     }
 
@@ -334,14 +367,15 @@ impl PgStore {
             })
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let given = self
-            .held()
-            .callbacks
-            .get(&(id.to_string(), event.clone()))
-            .copied();
+        let mut held = self.held();
+        let key = (id.to_string(), event);
+        let given = held.callbacks.get(&key).copied();
         if !self.holds(row.get(1), row.get(2), row.get(3), given) {
+            held.callbacks.remove(&key);
             return Ok(None);
         }
+        held.callbacks.insert(key, row.get(3));
+        drop(held);
         record(&row, 0, id).map(Some)
     }
 
