@@ -668,6 +668,13 @@ async fn metrics(State(shim): State<Arc<Shim>>, headers: HeaderMap) -> Response 
     if let Ok(failed) = shim.store.failed_deliveries().await {
         shim.metrics.deliveries("failed").set(failed as i64);
     }
+    if shim.metrics.store_size_due(shim.store.size_sample_every()) {
+        if let Ok(bytes) = shim.store.size_on_disk().await {
+            shim.metrics
+                .store_bytes
+                .set(bytes.min(i64::MAX as u64) as i64);
+        }
+    }
     let openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()

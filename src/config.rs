@@ -23,6 +23,8 @@ use crate::address::{Rules, check_callback_url, parse_port_range};
 use crate::clock::Timestamp;
 pub use crate::store::config::{Backend, PgConfig, StoreConfig};
 use crate::store::config::{RawStore, resolve_store};
+pub use crate::store::retention::RetentionConfig;
+use crate::store::retention::{RawRetention, resolve_retention};
 use crate::upstream::UpstreamConfig;
 use crate::upstream::config::{RawUpstream, resolve_upstream};
 use crate::values::{Dur, EnvLookup, Secret, Size, process_env};
@@ -59,6 +61,8 @@ struct RawConfig {
     upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    retention: RawRetention,
 }
 
 #[derive(Deserialize, Default)]
@@ -244,6 +248,8 @@ pub struct Config {
     pub workers: WorkerConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub log: LogConfig,
+    /// `[retention]`: how long finished operations are kept.
+    pub retention: RetentionConfig,
     /// Where the keys that were set came from: the environment ([`env`]) or the file (dotted
     /// key → `"file"` or the variable's name). Keys not listed have their default.
     pub origins: BTreeMap<String, String>,
@@ -576,6 +582,7 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
     }
 
     let store = resolve_store(raw.store, env)?;
+    let retention = resolve_retention(raw.retention)?;
 
     let cb = raw.callbacks;
     let allowed_hosts: Vec<String> = cb
@@ -712,6 +719,7 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             max_connections_per_ip: raw.server.max_connections_per_ip,
         },
         store,
+        retention,
         callbacks: CallbackConfig {
             default_url,
             secret_env: cb.secret_env,

@@ -31,9 +31,11 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 const RESTART_SPREAD_MAX: Duration = Duration::from_secs(30);
 
 mod replicas;
+mod retention;
 
 pub use replicas::{CLAIM_BATCH, CLAIM_EVERY, HEARTBEAT_EVERY};
 use replicas::{budget_loop, claim_loop, share_budgets};
+pub use retention::{PURGE_BATCH, purge_pass};
 
 /// Options the binary and tests pass besides the config.
 pub struct StartOptions {
@@ -197,6 +199,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         |s, key| async move { crate::delivery::deliver_once(&s, key).await },
     ));
     workers.spawn(purge_loop(shim.clone()));
+    workers.spawn(retention::retention_loop(shim.clone()));
     if shim.store.shares_work() {
         // The first beat before any request goes out: the share is right from the start.
         share_budgets(&shim).await;

@@ -81,6 +81,7 @@ impl Config {
                 "max_connections_per_ip": self.server.max_connections_per_ip,
             },
             "store": self.store.redacted(),
+            "retention": self.retention.shown(),
             "callbacks": {
                 "default_url": self.callbacks.default_url.as_ref().map(|u| u.as_str()),
                 "secret_env": self.callbacks.secret_env,

@@ -8,6 +8,7 @@ mod commit;
 pub mod config;
 pub mod integrity;
 mod postgres;
+pub mod retention;
 mod sled_codec;
 mod sled_store;
 
@@ -141,6 +142,17 @@ pub enum WebhookRecord {
     Finished(Box<Operation>),
     /// Not registered yet: kept, and applied when the app registers it.
     Kept,
+}
+
+/// What one [`Store::purge_settled`] batch did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Purged {
+    /// Operations removed.
+    pub removed: u64,
+    /// Whether this pass has more to look at (call again, with `next`).
+    pub more: bool,
+    /// Where sled's next batch starts (PostgreSQL: `None`).
+    pub next: Option<OperationId>,
 }
 
 /// Filters for listing operations.
@@ -296,6 +308,19 @@ pub trait Store: Send + Sync + 'static {
         inbox_before: Timestamp,
         early_before: Timestamp,
     ) -> Result<usize, StoreError>;
+    /// One batch of a retention pass ([`retention`]): remove up to `limit` operations the
+    /// `cutoffs` purge — record, indexes and outbox rows — and return how many, and where the
+    /// next batch starts. sled walks `ops` in id order from after `after`, only over ids created
+    /// before the cutoffs (ULIDs sort by creation time, and an operation settles after it is
+    /// created), looking at `limit` records at most; PostgreSQL deletes through its
+    /// `settled_at` index in one transaction and ignores `after`. `more` is false when the
+    /// pass is done. Removals are durable with the next [`Store::flush`].
+    async fn purge_settled(
+        &self,
+        cutoffs: &retention::Cutoffs,
+        after: Option<&OperationId>,
+        limit: usize,
+    ) -> Result<Purged, StoreError>;
     /// Make every write so far durable. Blocking; call it through [`GroupCommit`]. A no-op for
     /// a backend that commits every write before returning it.
     fn flush(&self) -> Result<(), StoreError>;
@@ -306,6 +331,12 @@ pub trait Store: Send + Sync + 'static {
     async fn failed_deliveries(&self) -> Result<u64, StoreError>;
     /// Bytes on disk.
     async fn size_on_disk(&self) -> Result<u64, StoreError>;
+    /// How often `/metrics` reads [`Store::size_on_disk`] at most (between two reads it shows
+    /// the last one): sled's is a look at its files, read at every scrape; PostgreSQL's sums
+    /// the relation sizes of the schema's tables, read at most every minute.
+    fn size_sample_every(&self) -> Duration {
+        Duration::ZERO
+    }
     /// The learned job-length priors as last saved (`schedule::Priors::to_bytes`), if any.
     async fn load_priors(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(None)

@@ -544,6 +544,12 @@ impl SledStore {
         let Some(op) = self.get(id)? else {
             return Ok(None);
         };
+        self.remove_locked(id, &op)?;
+        Ok(Some(op))
+    }
+
+    /// Remove `op`'s record and its indexes; the caller holds its id lock.
+    fn remove_locked(&self, id: &OperationId, op: &Operation) -> Result<(), StoreError> {
         // Record first: whatever a crash leaves behind is an index entry without a record.
         self.touch();
         self.ops.remove(id.as_bytes()).map_err(io)?;
@@ -558,7 +564,7 @@ impl SledStore {
             )
             .map_err(io)?;
         self.active.remove(id.as_bytes()).map_err(io)?;
-        self.count_active(Some(&op), -1);
+        self.count_active(Some(op), -1);
         self.outbox.remove(id.as_bytes()).map_err(io)?;
         if self.failed.remove(id.as_bytes()).map_err(io)?.is_some() {
             self.failed_count.fetch_sub(1, Ordering::SeqCst);
@@ -566,7 +572,7 @@ impl SledStore {
         for e in &op.events {
             self.outbox.remove(pair_key(id, &e.name)).map_err(io)?;
         }
-        Ok(Some(op))
+        Ok(())
     }
 
     pub fn find_operation(
@@ -821,6 +827,7 @@ impl SledStore {
     }
 }
 
+mod purge;
 mod store_impl;
 #[cfg(test)]
 mod tests;

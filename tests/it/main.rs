@@ -28,6 +28,7 @@ mod postgres;
 mod presets;
 mod proxy;
 mod replicas;
+mod retention;
 mod rotation;
 mod schemes;
 mod sdk;

@@ -11,9 +11,10 @@ use tokio_postgres::Client;
 use crate::store::StoreError;
 
 /// `(version, SQL)`, in order, versions 1, 2, 3, …
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 -- One row per operation. `record` is the whole record as hookshim writes it (JSON, kept as
 -- text: `json`, not `jsonb`, so it reads back byte for byte); the other columns are derived
 -- from it in the same write, for the indexes.
@@ -87,7 +88,43 @@ CREATE TABLE meta (
     value text NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Retention: when the operation settled (ended with nothing left to send: its callback
+-- delivered, none to send, or every attempt failed; `settled_failed` then), NULL while not.
+-- Kept by every write of the record (`store::retention::settled` decides), read through the
+-- partial index by the purge.
+ALTER TABLE operations ADD COLUMN settled_at bigint,
+    ADD COLUMN settled_failed boolean NOT NULL DEFAULT false;
+CREATE INDEX operations_settled ON operations (settled_at) WHERE settled_at IS NOT NULL;
+-- Rows written before this version: the same rule, from the record. Times are RFC 3339 text.
+WITH d AS (
+    SELECT o.id,
+        bool_or(x.d->>'state' = 'pending') AS pending,
+        bool_or(x.d->>'state' = 'failed') AS failed,
+        max(greatest(
+            (extract(epoch FROM (x.d->>'delivered_at')::timestamptz) * 1000)::bigint,
+            (extract(epoch FROM (x.d->>'last_attempt_at')::timestamptz) * 1000)::bigint)) AS last
+    FROM operations o,
+        LATERAL (SELECT o.record->'delivery' AS d
+                 UNION ALL
+                 SELECT e->'delivery' FROM json_array_elements(
+                     coalesce(o.record->'events', '[]'::json)) AS e) AS x
+    WHERE o.status NOT IN ('pending', 'running')
+    GROUP BY o.id
+)
+UPDATE operations o SET
+    settled_at = greatest(
+        (extract(epoch FROM (coalesce(o.record->>'completed_at', o.record->>'updated_at'))::timestamptz) * 1000)::bigint,
+        d.last),
+    settled_failed = d.failed
+FROM d
+WHERE d.id = o.id AND NOT d.pending AND o.record->'delivery'->>'state' <> 'superseded';
+"#,
+    ),
+];
 
 /// The newest schema version this binary knows.
 pub fn latest() -> i32 {

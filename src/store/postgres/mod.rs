@@ -51,9 +51,10 @@ use tokio_postgres::types::Json;
 use tokio_util::sync::CancellationToken;
 
 use super::config::PgConfig;
+use super::retention::Cutoffs;
 use super::{
-    Change, Claimed, EachScheduled, ListFilter, OutboxEntry, Registered, SUFFIX_SCAN_MAX, Shared,
-    Store, StoreError, StoreMetrics, Updated, UpstreamSignal, Wake, WebhookRecord,
+    Change, Claimed, EachScheduled, ListFilter, OutboxEntry, Purged, Registered, SUFFIX_SCAN_MAX,
+    Shared, Store, StoreError, StoreMetrics, Updated, UpstreamSignal, Wake, WebhookRecord,
 };
 use crate::clock::{Clock, Timestamp};
 use crate::ids::{DeliveryKey, OperationId};
@@ -326,6 +327,7 @@ impl Store for PgStore {
             )
             .await
             .map_err(unavailable)?;
+            mark_settled(&tx, None, &op).await?;
             let rows = outbox_rows(&op);
             let taken = if rows.is_empty() {
                 Vec::new()
@@ -690,6 +692,44 @@ impl Store for PgStore {
         .await
     }
 
+    async fn purge_settled(
+        &self,
+        cutoffs: &Cutoffs,
+        _after: Option<&OperationId>,
+        limit: usize,
+    ) -> Result<Purged, StoreError> {
+        let never = i64::MIN;
+        let finished = cutoffs.finished.map_or(never, ms);
+        let failed = cutoffs.failed.map_or(never, ms);
+        let limit = limit.max(1) as i64;
+        self.with(|c| async move {
+            // One statement, one transaction. Rows another transaction holds (a redelivery,
+            // another replica's purge) are skipped, not waited for; a row whose write committed
+            // first is judged by its new columns. Outbox rows go with it (ON DELETE CASCADE).
+            let st = c
+                .prepare_cached(
+                    "DELETE FROM operations WHERE id IN (\
+                       SELECT id FROM operations \
+                       WHERE settled_at < greatest($1::bigint, $2::bigint) \
+                         AND ((NOT settled_failed AND settled_at < $1) \
+                           OR (settled_failed AND settled_at < $2)) \
+                       ORDER BY settled_at LIMIT $3 FOR UPDATE SKIP LOCKED)",
+                )
+                .await
+                .map_err(unavailable)?;
+            let removed = c
+                .execute(&st, &[&finished, &failed, &limit])
+                .await
+                .map_err(unavailable)?;
+            Ok(Purged {
+                removed,
+                more: removed >= limit as u64,
+                next: None,
+            })
+        })
+        .await
+    }
+
     /// Every write was committed before it returned.
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
@@ -743,6 +783,10 @@ impl Store for PgStore {
             Ok(row.get::<_, i64>(0).max(0) as u64)
         })
         .await
+    }
+
+    fn size_sample_every(&self) -> Duration {
+        Duration::from_secs(60)
     }
 
     async fn load_priors(&self) -> Result<Option<Vec<u8>>, StoreError> {

@@ -127,6 +127,7 @@ pub(super) async fn write_op(
         .await
         .map_err(unavailable)?;
     let still_claimed = row.get::<_, Option<bool>>(0).unwrap_or(false);
+    mark_settled(tx, Some(old), new).await?;
     let rows = outbox_rows(new);
     let taken = if rows != outbox_rows(old) {
         sync_outbox(tx, new.id.as_str(), &rows, ctx).await?
@@ -187,6 +188,34 @@ pub(super) async fn lock_pair(
         .await
         .map_err(unavailable)?;
     tx.execute(&st, &[&pair(upstream, operation)])
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Keep the retention columns (`settled_at`, `settled_failed`) with the record, in `tx`: a
+/// statement only when whether or when the operation settled changes (about once per
+/// operation: when its callback is delivered).
+pub(super) async fn mark_settled(
+    tx: &Transaction<'_>,
+    old: Option<&Operation>,
+    new: &Operation,
+) -> Result<(), StoreError> {
+    let settled = crate::store::retention::settled(new);
+    if old.map(crate::store::retention::settled) == Some(settled)
+        || (old.is_none() && settled.is_none())
+    {
+        return Ok(());
+    }
+    let st = tx
+        .prepare_cached("UPDATE operations SET settled_at = $2, settled_failed = $3 WHERE id = $1")
+        .await
+        .map_err(unavailable)?;
+    let (at, failed) = match settled {
+        Some((at, failed)) => (Some(ms(at)), failed),
+        None => (None, false),
+    };
+    tx.execute(&st, &[&new.id.as_str(), &at, &failed])
         .await
         .map_err(unavailable)?;
     Ok(())

@@ -7,8 +7,9 @@ use super::SledStore;
 use crate::clock::Timestamp;
 use crate::ids::OperationId;
 use crate::operation::{EventOutcome, Operation, Status};
+use crate::store::retention::Cutoffs;
 use crate::store::{
-    Change, EachScheduled, ListFilter, OutboxEntry, Registered, Store, StoreError, Updated,
+    Change, EachScheduled, ListFilter, OutboxEntry, Purged, Registered, Store, StoreError, Updated,
     WebhookRecord,
 };
 
@@ -73,6 +74,14 @@ impl Store for SledStore {
         early_before: Timestamp,
     ) -> Result<usize, StoreError> {
         SledStore::purge_webhooks(self, inbox_before, early_before)
+    }
+    async fn purge_settled(
+        &self,
+        cutoffs: &Cutoffs,
+        after: Option<&OperationId>,
+        limit: usize,
+    ) -> Result<Purged, StoreError> {
+        SledStore::purge_settled(self, cutoffs, after, limit)
     }
     fn flush(&self) -> Result<(), StoreError> {
         SledStore::flush(self)
