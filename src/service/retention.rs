@@ -4,14 +4,16 @@
 //!
 //! A pass runs every `retention.every`: it removes settled operations in batches of
 //! [`PURGE_BATCH`], each batch one durable step (sled: the group-commit flush that covers it,
-//! like any acknowledged write; PostgreSQL: one committed transaction), and yields between
-//! batches, so the polls, callbacks and requests sharing the runtime are never held up for
-//! more than one batch. On PostgreSQL every replica runs passes; the batches skip rows another
-//! transaction holds, so replicas purging at once neither wait for nor repeat each other.
+//! like any acknowledged write; PostgreSQL: one committed transaction). A batch runs on a
+//! blocking thread, so the polls, callbacks and requests on the runtime's workers never wait
+//! for it (a writer of an operation being removed waits on its lock for that one removal). On
+//! PostgreSQL every replica runs passes; the batches skip rows another transaction holds, so
+//! replicas purging at once neither wait for nor repeat each other.
 
 use std::sync::Arc;
 
 use crate::state::Shim;
+use crate::store::StoreError;
 
 /// Operations looked at (sled) or removed (PostgreSQL) per batch.
 pub const PURGE_BATCH: usize = 256;
@@ -42,11 +44,16 @@ pub async fn purge_pass(shim: &Shim) -> u64 {
     let mut after = None;
     let mut total = 0;
     while !shim.shutdown.is_cancelled() {
-        let batch = match shim
-            .store
-            .purge_settled(&cutoffs, after.as_ref(), PURGE_BATCH)
-            .await
-        {
+        // On a blocking thread: sled's batch is synchronous work (a debug build took ~30 ms
+        // for 256 removals) that must not hold a runtime worker the polls and requests need.
+        let (store, from) = (shim.store.clone(), after.take());
+        let handle = tokio::runtime::Handle::current();
+        let batch = tokio::task::spawn_blocking(move || {
+            handle.block_on(store.purge_settled(&cutoffs, from.as_ref(), PURGE_BATCH))
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Io(format!("the purge task failed: {e}"))));
+        let batch = match batch {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "retention: purging finished operations failed; trying again at the next pass");

@@ -76,38 +76,50 @@ async fn register(shim: &TestShim, body: Value) -> String {
     id_of(&op)
 }
 
+/// `old` (delivered), `bad` (its delivery failed for good) and `long` (running, deadline in
+/// 120 days), each settled as it is.
+async fn three_operations(
+    shim: &TestShim,
+    up: &FakeUpstream,
+    recv: &Receiver,
+    clock: &ManualClock,
+) -> (String, String, String) {
+    // A failed job's callback is answered 410: its delivery fails for good at once (no
+    // retries to wait for on a clock that only moves when told).
+    recv.set_for_type("operation.failed", Some(Behaviour::Status(410)));
+    up.set("jobs/old", json!({"state": "done"}));
+    up.set("jobs/bad", json!({"state": "error"}));
+    up.set("jobs/long", json!({"state": "running"}));
+    let old = register(shim, json!({"upstream": "jobs", "operation": "old"})).await;
+    let bad = register(shim, json!({"upstream": "jobs", "operation": "bad"})).await;
+    let long = register(
+        shim,
+        json!({"upstream": "jobs", "operation": "long", "deadline": "120d"}),
+    )
+    .await;
+    clock.advance(Duration::from_secs(1));
+    wait_delivery(shim, &old, "delivered").await;
+    wait_delivery(shim, &bad, "failed").await;
+    eventually(Duration::from_secs(10), "long to be polled", || async {
+        let op = shim.op(&long).await;
+        (op["polls"].as_u64() >= Some(1) && op["status"] == "running").then_some(())
+    })
+    .await;
+    (old, bad, long)
+}
+
 on_each_store! {
     #[tokio::test]
     async fn settled_operations_are_purged_after_the_retention_and_the_rest_is_kept(store) {
         let up = FakeUpstream::start().await;
         let recv = Receiver::start().await;
-        // A failed job's callback is answered 410: its delivery fails for good at once (no
-        // retries to wait for on a clock that only moves when told).
-        recv.set_for_type("operation.failed", Some(Behaviour::Status(410)));
         let clock = manual_clock();
         let shim = TestShim::start_on_with_clock(
             &store, &config(), &up, &recv, vec![], Arc::new(clock.clone()),
         )
         .await;
-        up.set("jobs/old", json!({"state": "done"}));
-        up.set("jobs/bad", json!({"state": "error"}));
-        up.set("jobs/long", json!({"state": "running"}));
+        let (old, bad, long) = three_operations(&shim, &up, &recv, &clock).await;
         up.set("jobs/recent", json!({"state": "done"}));
-        let old = register(&shim, json!({"upstream": "jobs", "operation": "old"})).await;
-        let bad = register(&shim, json!({"upstream": "jobs", "operation": "bad"})).await;
-        let long = register(
-            &shim,
-            json!({"upstream": "jobs", "operation": "long", "deadline": "120d"}),
-        )
-        .await;
-        clock.advance(Duration::from_secs(1));
-        wait_delivery(&shim, &old, "delivered").await;
-        wait_delivery(&shim, &bad, "failed").await;
-        eventually(Duration::from_secs(10), "long to be polled", || async {
-            let op = shim.op(&long).await;
-            (op["polls"].as_u64() >= Some(1) && op["status"] == "running").then_some(())
-        })
-        .await;
         // Nothing is old enough yet.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(listed(&shim).await.len(), 3);
@@ -219,6 +231,72 @@ on_each_store! {
             assert_eq!(shim.get(&format!("/v1/operations/{id}")).await.0, 404, "{id}");
         }
     }
+}
+
+/// PostgreSQL: migration 2's backfill of `settled_at`/`settled_failed` from the records agrees
+/// with what the writes themselves keep (`store::retention::settled`).
+#[tokio::test]
+async fn the_migration_backfills_the_retention_columns_as_the_writes_keep_them() {
+    let Some(store) = Backend::postgres().await else {
+        return;
+    };
+    let Backend::Postgres(db) = &store else {
+        unreachable!()
+    };
+    let up = FakeUpstream::start().await;
+    let recv = Receiver::start().await;
+    let clock = manual_clock();
+    let mut shim = TestShim::start_on_with_clock(
+        &store,
+        &config()
+            .replace("\"30d\"", "\"off\"")
+            .replace("\"60d\"", "\"off\""),
+        &up,
+        &recv,
+        vec![],
+        Arc::new(clock.clone()),
+    )
+    .await;
+    let (old, bad, long) = three_operations(&shim, &up, &recv, &clock).await;
+    shim.stop().await;
+    let columns = || async {
+        db.query("SELECT id, settled_at, settled_failed FROM operations ORDER BY id")
+            .await
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, Option<i64>>(1),
+                    r.get::<_, bool>(2),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let written = columns().await;
+    let by_id = |id: &str| written.iter().find(|r| r.0 == id).cloned().unwrap();
+    assert!(by_id(&old).1.is_some() && !by_id(&old).2, "{written:?}");
+    assert!(by_id(&bad).1.is_some() && by_id(&bad).2, "{written:?}");
+    assert_eq!(by_id(&long).1, None, "{written:?}");
+    let delivered = shim_op_time(&recv, &old);
+    assert!(by_id(&old).1 >= Some(delivered), "{written:?}");
+
+    db.query("UPDATE operations SET settled_at = NULL, settled_failed = false")
+        .await;
+    let (_, sql) = hookshim::store::MIGRATIONS[1];
+    let backfill = &sql[sql.find("WITH d AS").unwrap()..];
+    db.query(backfill).await;
+    assert_eq!(columns().await, written);
+}
+
+/// The callback's `timestamp` (the operation's end, ms) for `id`.
+fn shim_op_time(recv: &Receiver, id: &str) -> i64 {
+    let call = &recv.calls_for(id)[0];
+    let t = call.body["timestamp"].as_str().unwrap();
+    let secs = humantime::parse_rfc3339(t)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    secs.as_millis() as i64
 }
 
 /// `hookshim --config <file> check` with `env` as the only HOOKSHIM_* variables.
