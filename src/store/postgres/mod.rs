@@ -104,8 +104,23 @@ impl Drop for PgStore {
 
 /// A driver or pool error: the database is unreachable, or said no.
 pub(crate) fn unavailable(e: impl std::error::Error) -> StoreError {
-    // The driver's own text is only "db error": the server's message is in the source chain.
-    StoreError::Unavailable(crate::errors::error_chain(&e))
+    StoreError::Unavailable(chain(&e))
+}
+
+/// An error with its causes: the driver's own text is only "db error", the server's message is
+/// in the source chain (a cause the text already ends with is not repeated).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 impl PgStore {
@@ -143,7 +158,7 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Open {
                 path: format!("the database named by {}", cfg.url_env),
-                message: e.to_string(),
+                message: chain(&e),
             })?;
         let (wakes, _) = broadcast::channel(1024);
         let store = PgStore {
@@ -165,7 +180,7 @@ impl PgStore {
         };
         let mut client = store.pool.get().await.map_err(|e| StoreError::Open {
             path: format!("the database named by {}", cfg.url_env),
-            message: e.to_string(),
+            message: chain(&e),
         })?;
         let version = migrations::migrate(&mut client, &cfg.schema).await?;
         listen::spawn(
