@@ -59,6 +59,8 @@ struct RawConfig {
     upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    trace: crate::telemetry::RawTrace,
 }
 
 #[derive(Deserialize, Default)]
@@ -244,6 +246,8 @@ pub struct Config {
     pub workers: WorkerConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub log: LogConfig,
+    /// `[trace]`: `None` while traces are off (the default).
+    pub trace: Option<crate::telemetry::TraceConfig>,
     /// Where the keys that were set came from: the environment ([`env`]) or the file (dotted
     /// key → `"file"` or the variable's name). Keys not listed have their default.
     pub origins: BTreeMap<String, String>,
@@ -696,8 +700,10 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             }
         },
     };
+    let trace = crate::telemetry::config::resolve(raw.trace, env)?;
     Ok(Config {
         log,
+        trace,
         source: source.to_string(),
         server: ServerConfig {
             listen,

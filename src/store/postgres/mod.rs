@@ -317,7 +317,7 @@ impl Store for PgStore {
             let insert = tx
                 .prepare_cached(
                     "INSERT INTO operations (id, upstream, operation, status, poll_at, \
-                     delivery_failed, record, lease_owner, lease_until, lease_token) \
+                     delivery_state, record, lease_owner, lease_until, lease_token) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $5::bigint + $9::bigint, 1)",
                 )
                 .await
@@ -333,7 +333,7 @@ impl Store for PgStore {
                     &op.operation,
                     &op.status.as_str(),
                     &at,
-                    &failed(&op),
+                    &delivery_state(op.delivery.state),
                     &Json(&op),
                     &claim.then_some(ctx.me),
                     &claim.then_some(ctx.lease),
@@ -410,7 +410,7 @@ impl Store for PgStore {
                      WHERE ($1::text IS NULL OR id > $1) \
                        AND ($2::text IS NULL OR status = $2) \
                        AND ($3::text IS NULL OR upstream = $3) \
-                       AND (NOT $4 OR delivery_failed) \
+                       AND ($4::text IS NULL OR delivery_state = $4) \
                      ORDER BY id LIMIT $5",
                 )
                 .await
@@ -424,7 +424,7 @@ impl Store for PgStore {
                         &cursor,
                         &status,
                         &f.upstream,
-                        &f.delivery_failed,
+                        &f.delivery.map(delivery_state),
                         &(limit as i64),
                     ],
                 )
@@ -735,7 +735,7 @@ impl Store for PgStore {
     async fn failed_deliveries(&self) -> Result<u64, StoreError> {
         self.with(|c| async move {
             let st = c
-                .prepare_cached("SELECT count(*) FROM operations WHERE delivery_failed")
+                .prepare_cached("SELECT count(*) FROM operations WHERE delivery_state = 'failed'")
                 .await
                 .map_err(unavailable)?;
             let n: i64 = c.query_one(&st, &[]).await.map_err(unavailable)?.get(0);
