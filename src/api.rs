@@ -13,15 +13,28 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use crate::ids::{DeliveryKey, OperationId};
 use crate::ingest::{IngestError, Ingested};
-use crate::operation::{Delivery, DeliveryState, Status};
+use crate::operation::Operation;
+use crate::operation::Status;
 use crate::proxy::ProxyError;
-use crate::state::{RegisterError, Registration, Shim};
+use crate::state::{ManageError, RegisterError, Registration, Shim};
 use crate::store::{ListFilter, Registered, StoreError};
+mod manage;
+mod openapi;
+mod ui;
+mod views;
+
+use manage::parse_delivery;
+pub use openapi::ApiDoc;
+use views::{
+    ErrorBody, ErrorDetail, Health, OperationList, PriorView, Readiness, UpstreamView, Upstreams,
+    WebhookAnswer, WebhookResult,
+};
+
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
@@ -67,11 +80,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -97,6 +112,12 @@ impl From<StoreError> for ApiError {
 
 impl From<RegisterError> for ApiError {
     fn from(e: RegisterError) -> ApiError {
+        ApiError::from_register(&e)
+    }
+}
+
+impl ApiError {
+    fn from_register(e: &RegisterError) -> ApiError {
         let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
         let (status, code) = match &e {
             RegisterError::UnknownUpstream(_) => (StatusCode::NOT_FOUND, "unknown_upstream"),
@@ -106,6 +127,19 @@ impl From<RegisterError> for ApiError {
             RegisterError::InvalidDeadline(_) => (unprocessable, "invalid_deadline"),
             RegisterError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             RegisterError::Store(e) => return ApiError::store(e.clone()),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<ManageError> for ApiError {
+    fn from(e: ManageError) -> ApiError {
+        let (status, code) = match &e {
+            ManageError::NotFound(_) => (StatusCode::NOT_FOUND, "operation_not_found"),
+            ManageError::Finished(_) => (StatusCode::CONFLICT, "already_terminal"),
+            ManageError::NotTerminal(_) => (StatusCode::CONFLICT, "not_terminal"),
+            ManageError::Invalid(e) => return ApiError::from_register(e),
+            ManageError::Store(e) => return ApiError::store(e.clone()),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -148,8 +182,12 @@ type ApiResult = Result<Response, ApiError>;
 pub fn router(shim: Arc<Shim>) -> Router {
     let v1 = Router::new()
         .route("/v1/operations", post(register).get(list))
-        .route("/v1/operations/{id}", get(get_one).delete(delete_one))
+        .route(
+            "/v1/operations/{id}",
+            get(get_one).delete(delete_one).patch(manage::patch),
+        )
         .route("/v1/operations/{id}/redeliver", post(redeliver))
+        .route("/v1/redeliver", post(manage::redeliver_bulk))
         .route("/v1/upstreams", get(upstreams))
         .route_layer(middleware::from_fn_with_state(shim.clone(), require_token));
     let routes = Router::new()
@@ -163,7 +201,10 @@ pub fn router(shim: Arc<Shim>) -> Router {
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::document))
+        .route("/ui", get(ui::page))
+        .route("/ui/app.js", get(ui::script));
     with_error_contract(routes, shim)
 }
 
@@ -302,16 +343,42 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     })
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/operations`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RegisterRequest {
+    /// A configured upstream's name.
     upstream: String,
+    /// The upstream's id of the job (for `azure-async`, its status URL).
     operation: String,
+    /// Where the callback goes; `callbacks.default_url` when absent.
     callback_url: Option<String>,
+    /// Any JSON (at most 16 KiB), sent back in the callback.
     metadata: Option<Value>,
+    /// A duration from now (`"2h"`) or an RFC 3339 time; the upstream's `poll.deadline` when
+    /// absent.
     deadline: Option<String>,
 }
 
+/// Track an operation started at an upstream.
+#[utoipa::path(post, path = "/v1/operations", tag = "operations", security(("bearer" = [])),
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "registered", body = Operation, links(
+            ("GetOperation" = (operation_id = "get_one", parameters(("id" = "$response.body#/id")))),
+            ("PatchOperation" = (operation_id = "patch", parameters(("id" = "$response.body#/id")))),
+            ("RedeliverOperation" = (operation_id = "redeliver", parameters(("id" = "$response.body#/id")))),
+            ("DeleteOperation" = (operation_id = "delete_one", parameters(("id" = "$response.body#/id")))),
+        )),
+        (status = 200, description = "already registered: the existing record", body = Operation),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`unknown_upstream`", body = ErrorBody),
+        (status = 409, description = "`conflict`: registered with another `callback_url`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 422, description = "`callback_not_allowed`, `invalid_operation`, `metadata_too_large`, `invalid_deadline`", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+    ))]
 async fn register(State(shim): State<Arc<Shim>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let req: RegisterRequest = parse_json(&body?)?;
     let registered = crate::state::register(
@@ -332,6 +399,16 @@ async fn register(State(shim): State<Arc<Shim>>, body: Result<Bytes, BytesReject
     })
 }
 
+/// One operation's record.
+#[utoipa::path(get, path = "/v1/operations/{id}", tag = "operations", security(("bearer" = [])),
+    params(("id" = String, Path, description = "`op_<ULID>`")),
+    responses(
+        (status = 200, description = "the record", body = Operation),
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`operation_not_found`", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+    ))]
 async fn get_one(
     State(shim): State<Arc<Shim>>,
     id: Result<Path<String>, PathRejection>,
@@ -346,18 +423,36 @@ async fn get_one(
     Ok(Json(op).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only operations in this status.
+    #[param(value_type = Option<Status>)]
     status: Option<String>,
+    /// Only operations of this upstream.
     upstream: Option<String>,
+    /// Only operations whose terminal callback is in this state.
+    #[param(value_type = Option<views::DeliveryFilter>)]
     delivery: Option<String>,
+    /// Page size, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// With `upstream`: the operation registered under the upstream's own id.
     operation: Option<String>,
 }
 
+/// List operations (without their `upstream_body`), or look one up by the upstream's own id.
+#[utoipa::path(get, path = "/v1/operations", tag = "operations", security(("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "a page, oldest first", body = OperationList),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+    ))]
 async fn list(
     State(shim): State<Arc<Shim>>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -365,7 +460,7 @@ async fn list(
     let Query(q) =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let status = match q.status.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
             let all: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
             ApiError::new(
@@ -375,17 +470,7 @@ async fn list(
             )
         })?),
     };
-    let delivery_failed = match q.delivery.as_deref() {
-        None | Some("") => false,
-        Some("failed") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                format!("delivery {other:?}: only \"failed\" is supported"),
-            ));
-        }
-    };
+    let delivery = parse_delivery(q.delivery.as_deref())?;
     let limit = match q.limit {
         None => DEFAULT_LIMIT,
         Some(n @ 1..=MAX_LIMIT) => n,
@@ -398,26 +483,34 @@ async fn list(
         }
     };
     if let Some(operation) = q.operation.as_deref().filter(|o| !o.is_empty()) {
-        let Some(upstream) = q.upstream.as_deref().filter(|u| !u.is_empty()) else {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                "operation= needs upstream= too (the upstream's own id is only unique per upstream)",
-            ));
+        // At most one record per upstream, so they keep their `upstream_body`. Without
+        // `upstream=`, every configured upstream is asked (one index read each).
+        let upstreams: Vec<&str> = match q.upstream.as_deref().filter(|u| !u.is_empty()) {
+            Some(u) => vec![u],
+            None => shim.config.upstreams.keys().map(String::as_str).collect(),
         };
-        // One record at most, so it keeps its `upstream_body`.
-        let found = crate::state::lookup(&shim, upstream, operation)
-            .await
-            .map_err(ApiError::store)?
-            .filter(|op| status.is_none_or(|s| s == op.status))
-            .filter(|op| !delivery_failed || op.delivery.state == DeliveryState::Failed);
-        let ops: Vec<_> = found.into_iter().collect();
-        return Ok(Json(json!({"operations": ops, "next_cursor": null})).into_response());
+        let mut found = Vec::new();
+        for upstream in upstreams {
+            if let Some(op) = crate::state::lookup(&shim, upstream, operation)
+                .await
+                .map_err(ApiError::store)?
+            {
+                found.push(op);
+            }
+        }
+        found.retain(|op| status.is_none_or(|s| s == op.status));
+        found.retain(|op| delivery.is_none_or(|d| d == op.delivery.state));
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        let page = OperationList {
+            operations: found,
+            next_cursor: None,
+        };
+        return Ok(Json(page).into_response());
     }
     let filter = ListFilter {
         status,
         upstream: q.upstream.filter(|u| !u.is_empty()),
-        delivery_failed,
+        delivery,
         limit,
         cursor: q
             .cursor
@@ -430,9 +523,23 @@ async fn list(
     for op in &mut ops {
         op.upstream_body = None;
     }
-    Ok(Json(json!({"operations": ops, "next_cursor": next})).into_response())
+    let page = OperationList {
+        operations: ops,
+        next_cursor: next,
+    };
+    Ok(Json(page).into_response())
 }
 
+/// Stop tracking an operation (no callback); answers with the record as it was.
+#[utoipa::path(delete, path = "/v1/operations/{id}", tag = "operations", security(("bearer" = [])),
+    params(("id" = String, Path, description = "`op_<ULID>`")),
+    responses(
+        (status = 200, description = "the deleted record", body = Operation),
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`operation_not_found`", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+    ))]
 async fn delete_one(
     State(shim): State<Arc<Shim>>,
     id: Result<Path<String>, PathRejection>,
@@ -454,46 +561,39 @@ async fn delete_one(
     Ok(Json(op).into_response())
 }
 
+/// Send the terminal callback again (same `webhook-id`, same body).
+#[utoipa::path(post, path = "/v1/operations/{id}/redeliver", tag = "operations", security(("bearer" = [])),
+    params(("id" = String, Path, description = "`op_<ULID>`")),
+    responses(
+        (status = 202, description = "back in the outbox", body = Operation),
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`operation_not_found`", body = ErrorBody),
+        (status = 409, description = "`not_terminal`: not ended, or no callback URL", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+    ))]
 async fn redeliver(
     State(shim): State<Arc<Shim>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let id = OperationId::from_text(path_param(id)?);
-    let now = shim.clock.now();
-    let updated = shim
-        .store
-        .update(&id, &|o| {
-            if !o.status.is_terminal() || o.callback_url.is_none() {
-                return false;
-            }
-            o.delivery = Delivery {
-                state: DeliveryState::Pending,
-                next_attempt_at: Some(now),
-                ..Delivery::default()
-            };
-            o.updated_at = now;
-            true
-        })
-        .await
-        .map_err(ApiError::store)?
-        .ok_or_else(|| ApiError::not_found(&id))?;
-    let op = updated.op;
-    if !updated.written {
-        let why = if !op.status.is_terminal() {
-            format!(
-                "operation is {}; only terminal operations have a callback to redeliver",
-                op.status.as_str()
-            )
-        } else {
-            "operation has no callback_url".to_string()
-        };
-        return Err(ApiError::new(StatusCode::CONFLICT, "not_terminal", why));
-    }
-    shim.commit.flushed().await.map_err(ApiError::store)?;
-    shim.deliveries.schedule(&DeliveryKey::terminal(id), now);
+    let op = crate::state::redeliver(&shim, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }
 
+/// An upstream's webhook: verified, recorded, acknowledged.
+#[utoipa::path(post, path = "/webhooks/{upstream}", tag = "upstreams",
+    params(("upstream" = String, Path, description = "a configured upstream's name")),
+    request_body(content = Value, description = "the upstream's event, signed as its `webhook.scheme` says", content_type = "application/json"),
+    responses(
+        (status = 200, description = "`accepted`, `duplicate` or `ignored`", body = WebhookAnswer),
+        (status = 202, description = "`kept`: not registered yet", body = WebhookAnswer),
+        (status = 400, description = "`malformed_body`, `invalid_path`", body = ErrorBody),
+        (status = 401, description = "a signature or token failure (`bad_signature`, `missing_signature`, `stale_timestamp`, …)", body = ErrorBody),
+        (status = 404, description = "`unknown_upstream`, `webhooks_not_enabled`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 503, description = "`jwks_unavailable`, `store_unavailable`", body = ErrorBody),
+    ))]
 async fn webhook(
     State(shim): State<Arc<Shim>>,
     upstream: Result<Path<String>, PathRejection>,
@@ -519,34 +619,40 @@ async fn webhook(
     if let Err(IngestError::UnknownUpstream(_)) = &received {
         shim.metrics.webhook(label, "unknown_upstream");
     }
+    let answer = |result, webhook_id| WebhookAnswer {
+        result,
+        webhook_id,
+        id: None,
+        status: None,
+        reason: None,
+    };
     let (status, value) = match received? {
         Ingested::Ignored { webhook_id, reason } => (
             StatusCode::OK,
-            json!({"result": "ignored", "webhook_id": webhook_id, "reason": reason}),
+            WebhookAnswer {
+                reason: Some(reason.to_string()),
+                ..answer(WebhookResult::Ignored, webhook_id.to_string())
+            },
         ),
         Ingested::Duplicate { webhook_id } => (
             StatusCode::OK,
-            json!({"result": "duplicate", "webhook_id": webhook_id}),
+            answer(WebhookResult::Duplicate, webhook_id.to_string()),
         ),
         Ingested::Kept { webhook_id } => (
             StatusCode::ACCEPTED,
-            json!({"result": "kept", "webhook_id": webhook_id}),
+            answer(WebhookResult::Kept, webhook_id.to_string()),
         ),
         Ingested::Accepted {
             webhook_id,
             id,
-            status: Some(status),
+            status,
         } => (
             StatusCode::OK,
-            json!({"result": "accepted", "webhook_id": webhook_id, "id": id, "status": status}),
-        ),
-        Ingested::Accepted {
-            webhook_id,
-            id,
-            status: None,
-        } => (
-            StatusCode::OK,
-            json!({"result": "accepted", "webhook_id": webhook_id, "id": id}),
+            WebhookAnswer {
+                id: Some(id),
+                status,
+                ..answer(WebhookResult::Accepted, webhook_id.to_string())
+            },
         ),
     };
     Ok((status, Json(value)).into_response())
@@ -573,43 +679,57 @@ async fn proxy(
 
 /// `GET /v1/upstreams`: per upstream its configured rate, the rate AIMD allows now, the
 /// polling target and what hookshim has learned about its jobs' lengths.
+#[utoipa::path(get, path = "/v1/upstreams", tag = "upstreams", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "every configured upstream", body = Upstreams),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ))]
 async fn upstreams(State(shim): State<Arc<Shim>>) -> Response {
     let now = shim.clock.now();
-    let mut out = serde_json::Map::new();
+    let mut out = std::collections::BTreeMap::new();
     for (name, up) in &shim.config.upstreams {
         let (priors, saved) = shim.learned.of(name);
-        let priors: Vec<Value> = priors
+        let priors = priors
             .iter()
-            .map(|(key, p)| {
-                let q = |x: f64| p.quantile(x);
-                json!({
-                    "key": key,
-                    "completions": p.count,
-                    "warm": p.warm(),
-                    "p10_s": q(0.1), "p50_s": q(0.5), "p90_s": q(0.9),
-                })
+            .map(|(key, p)| PriorView {
+                key: key.clone(),
+                completions: p.count,
+                warm: p.warm(),
+                p10_s: p.quantile(0.1),
+                p50_s: p.quantile(0.5),
+                p90_s: p.quantile(0.9),
             })
             .collect();
         out.insert(
             name.clone(),
-            json!({
-                "rate_per_second": up.rate.per_second,
-                "burst": up.rate.burst,
-                "current_rate_per_second": shim.limiters.get(name).map(|l| l.current_rate(now)),
-                "target_delay_s": up.poll.target_delay.map(|d| d.as_secs_f64()),
-                "prior_key": up.prior_key,
-                "priors": priors,
-                "requests_saved": saved,
-            }),
+            UpstreamView {
+                rate_per_second: up.rate.per_second,
+                burst: up.rate.burst,
+                current_rate_per_second: shim.limiters.get(name).map(|l| l.current_rate(now)),
+                target_delay_s: up.poll.target_delay.map(|d| d.as_secs_f64()),
+                prior_key: up.prior_key.clone(),
+                priors,
+                requests_saved: saved,
+            },
         );
     }
-    Json(json!({"upstreams": out})).into_response()
+    Json(Upstreams { upstreams: out }).into_response()
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "service",
+    responses((status = 200, description = "the process is up", body = Health)))]
 async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+    Json(Health {
+        status: "ok".into(),
+    })
+    .into_response()
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "service",
+    responses(
+        (status = 200, description = "ready", body = Readiness),
+        (status = 503, description = "not ready (store or workers)", body = Readiness),
+    ))]
 async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
     let workers = shim.workers_running.load(Ordering::SeqCst) && !shim.shutdown.is_cancelled();
     let store_error = match shim
@@ -625,9 +745,15 @@ async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
     // does not make the service unready: registrations, webhooks, callbacks and every other
     // upstream still work, and its operations wait (transient) until the credential is back.
     let credentials = shim.credentials.errors();
-    let body = json!({"ready": ready, "store": store_error.is_none(), "store_error": store_error, "workers": workers,
-        "polls_scheduled": shim.polls.len(), "outbox": shim.deliveries.len(),
-        "credentials": credentials});
+    let body = Readiness {
+        ready,
+        store: store_error.is_none(),
+        store_error,
+        workers,
+        polls_scheduled: shim.polls.len(),
+        outbox: shim.deliveries.len(),
+        credentials,
+    };
     let status = if ready {
         StatusCode::OK
     } else {
@@ -638,6 +764,9 @@ async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
 
 /// Content negotiation: OpenMetrics when the scraper asks for it (Prometheus does, in its
 /// `Accept`), the classic text format 0.0.4 otherwise.
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Prometheus text 0.0.4, or OpenMetrics 1.0 when `Accept` asks for it",
+        content((String = "text/plain"), (String = "application/openmetrics-text")))))]
 async fn metrics(State(shim): State<Arc<Shim>>, headers: HeaderMap) -> Response {
     shim.metrics
         .deliveries("pending")

@@ -25,6 +25,54 @@ impl Timestamp {
             .contains(&self)
             .then_some(self)
     }
+    /// Parse an RFC 3339 time: `Z` or a numeric offset (`+01:00`), `T`/`t`/space between date
+    /// and time, optional fraction. A time whose local date is before 1970 is 1970-01-01T00:00Z
+    /// (no operation is older).
+    pub fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
+        let s = text.trim();
+        let split = s.len().checked_sub(6).filter(|&i| s.is_char_boundary(i));
+        let (base, offset_ms) = match split.map(|i| (&s[..i], &s[i..])) {
+            Some((base, tail))
+                if (tail.starts_with('+') || tail.starts_with('-'))
+                    && tail.as_bytes().get(3) == Some(&b':') =>
+            {
+                let (h, m) = (tail[1..3].parse::<u64>(), tail[4..6].parse::<u64>());
+                let (Ok(h), Ok(m)) = (h, m) else {
+                    return Err(format!("the offset {tail:?} is not +HH:MM or -HH:MM"));
+                };
+                if h > 23 || m > 59 {
+                    return Err(format!("the offset {tail:?} is out of range"));
+                }
+                let ms = (h * 60 + m) * 60_000;
+                (
+                    base.to_string(),
+                    if tail.starts_with('+') {
+                        ms as i64
+                    } else {
+                        -(ms as i64)
+                    },
+                )
+            }
+            _ => (s.trim_end_matches(['Z', 'z']).to_string(), 0),
+        };
+        let base = base.replacen('t', "T", 1);
+        let local = match humantime::parse_rfc3339_weak(&base) {
+            Ok(t) => Timestamp::from_system(t).0 as i64,
+            Err(e) => {
+                // humantime counts from 1970 and refuses earlier years.
+                let year: Option<u32> = base.get(..4).and_then(|y| y.parse().ok());
+                let later = base.get(4..).map(|rest| format!("1970{rest}"));
+                let valid = later.is_some_and(|l| humantime::parse_rfc3339_weak(&l).is_ok());
+                if year.is_some_and(|y| y < 1970) && valid {
+                    -(offset_ms.abs()) - 1
+                } else {
+                    return Err(e.to_string());
+                }
+            }
+        };
+        Ok(Timestamp((local - offset_ms).max(0) as u64))
+    }
+
     pub fn from_system(t: SystemTime) -> Self {
         Timestamp(
             t.duration_since(UNIX_EPOCH)
@@ -105,9 +153,52 @@ impl Clock for ManualClock {
     }
 }
 
+/// In the OpenAPI document: an RFC 3339 time.
+impl utoipa::PartialSchema for Timestamp {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::{KnownFormat, ObjectBuilder, SchemaFormat, schema::Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .description(Some("RFC 3339 UTC time with milliseconds"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Timestamp {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_with_offsets_fractions_and_old_years() {
+        let z = Timestamp::parse_rfc3339("2000-01-04T18:47:30Z").unwrap();
+        assert_eq!(z.rfc3339(), "2000-01-04T18:47:30.000Z");
+        let plus = Timestamp::parse_rfc3339("2000-01-04T18:47:30+16:44").unwrap();
+        assert_eq!(plus.rfc3339(), "2000-01-04T02:03:30.000Z");
+        let minus = Timestamp::parse_rfc3339("2000-01-04t18:47:30.25-05:00").unwrap();
+        assert_eq!(minus.rfc3339(), "2000-01-04T23:47:30.250Z");
+        assert_eq!(
+            Timestamp::parse_rfc3339("0251-01-11T14:16:11Z"),
+            Ok(Timestamp(0))
+        );
+        // Any local time before 1970 is taken as 1970 (a bound no operation precedes).
+        assert_eq!(
+            Timestamp::parse_rfc3339("1969-12-31T23:00:00-02:00"),
+            Ok(Timestamp(0))
+        );
+        for bad in [
+            "",
+            "soon",
+            "2000-01-04",
+            "2000-01-04T18:47:30+24:00",
+            "0251-13-11T14:16:11Z",
+            "2000-01-04T18:47:30+ab:00",
+        ] {
+            assert!(Timestamp::parse_rfc3339(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn timestamp_round_trips_through_rfc3339() {

@@ -63,6 +63,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     retention: RawRetention,
+    #[serde(default)]
+    trace: crate::telemetry::RawTrace,
 }
 
 #[derive(Deserialize, Default)]
@@ -250,6 +252,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[retention]`: how long finished operations are kept.
     pub retention: RetentionConfig,
+    /// `[trace]`: `None` while traces are off (the default).
+    pub trace: Option<crate::telemetry::TraceConfig>,
     /// Where the keys that were set came from: the environment ([`env`]) or the file (dotted
     /// key → `"file"` or the variable's name). Keys not listed have their default.
     pub origins: BTreeMap<String, String>,
@@ -703,8 +707,10 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             }
         },
     };
+    let trace = crate::telemetry::config::resolve(raw.trace, env)?;
     Ok(Config {
         log,
+        trace,
         source: source.to_string(),
         server: ServerConfig {
             listen,

@@ -37,6 +37,18 @@ impl OperationId {
     }
 }
 
+/// In the OpenAPI document: a string (`op_<ULID>`).
+impl utoipa::PartialSchema for OperationId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("hookshim's id of an operation, `op_<ULID>`"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for OperationId {}
+
 impl fmt::Display for OperationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

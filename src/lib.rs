@@ -5,6 +5,8 @@
 //! Map of the crate (each module's doc says what it owns). Imports go down, never up or around
 //! a loop (`scripts/import-cycles.py`):
 //! - wiring: [`service`] (start the loops and the server, stop in order), [`demo`].
+//! - [`opscli`]: `hookshim ops`, a client of a running instance's HTTP API (imports nothing of
+//!   the service but the bottom layer).
 //! - HTTP: [`api`], routes and the one mapping of every error to HTTP.
 //! - stages: [`ingest`] (inbound webhooks), [`poller`] (one status read), [`delivery`] (signed
 //!   callbacks with retries), [`proxy`] (the transparent proxy: creates registered, status
@@ -16,7 +18,8 @@
 //!   (due-queues, the polling policy and poll-outcome rules, learned priors, limits, slots, poll
 //!   config), [`upstream`] (presets as one table, upstream and webhook config), [`credentials`]
 //!   (upstream credentials that refresh, AWS SigV4), [`config`] (loading `shim.toml`, assembling
-//!   the parts), [`metrics`].
+//!   the parts), [`metrics`], [`telemetry`] (OpenTelemetry traces of each operation's stages,
+//!   exported over OTLP/HTTP when `[trace]` enables them).
 //! - the bottom, pure: [`operation`] (record and transition rules), [`ids`], [`pace`],
 //!   [`signing`], [`clock`], [`values`], [`errors`], [`body`] (size-capped body reads),
 //!   [`address`] (where a callback may go).
@@ -37,6 +40,7 @@ pub mod ids;
 pub mod ingest;
 pub mod metrics;
 pub mod operation;
+pub mod opscli;
 pub mod pace;
 pub mod poller;
 pub mod proxy;
@@ -45,5 +49,6 @@ pub mod service;
 pub mod signing;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod upstream;
 pub mod values;

@@ -1,4 +1,4 @@
-//! The `hookshim` command: `serve`, `check`, `demo`, `store verify`.
+//! The `hookshim` command: `serve`, `check`, `demo`, `store verify`, `ops`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use hookshim::clock::{Clock, SystemClock};
 use hookshim::config::{Backend, Config, LogFormat};
 use hookshim::service::{StartError, StartOptions, start};
 use hookshim::store::{SledStore, StoreError};
+use hookshim::telemetry::export::Pipeline;
 
 /// glibc's malloc was a fifth of the service's CPU time under load (`perf` on the e2e
 /// benchmark); mimalloc is made for many small, short-lived allocations across threads.
@@ -53,6 +54,9 @@ enum Command {
         #[arg(long, default_value_t = 6)]
         jobs: usize,
     },
+    /// Look at and act on a running instance through its API: list, show, redeliver, delete,
+    /// stats (token from HOOKSHIM_TOKEN or HOOKSHIM_API_TOKEN).
+    Ops(Box<hookshim::opscli::OpsArgs>),
 }
 
 /// The command line with the config path settled.
@@ -86,25 +90,33 @@ fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
     })
 }
 
-fn init_logging(default: &str, format: LogFormat) {
+/// Log lines to stderr; with a trace pipeline, its layer records the stage spans. The stage
+/// spans themselves stay out of the log lines (which carry `op` already).
+fn init_logging(default: &str, format: LogFormat, trace: Option<&Pipeline>) {
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(log_filter(default))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder
+    use tracing_subscriber::filter::{FilterExt, filter_fn};
+    use tracing_subscriber::prelude::*;
+    let not_stage_spans =
+        filter_fn(|m| !(m.is_span() && m.target() == hookshim::telemetry::TARGET));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt
             .with_target(false)
             .with_ansi(std::io::stderr().is_terminal())
-            .init(),
+            .boxed(),
         // One object per line; the event's fields at the top level next to `message`.
-        LogFormat::Json => builder
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
             .with_target(true)
-            .init(),
-    }
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(log_filter(default).and(not_stage_spans)))
+        .with(trace.map(|p| p.layer()))
+        .init();
 }
 
 /// What is valid but probably a mistake, e.g. a previous secret past its `until`.
@@ -157,7 +169,31 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging("hookshim=info,warn", config.log.format);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // The trace pipeline's sender runs on the runtime; with `[trace]` off, none.
+            let pipeline = match &config.trace {
+                None => None,
+                Some(t) => {
+                    let _entered = rt.enter();
+                    match hookshim::telemetry::export::install(t) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            eprintln!("error: {}: {e}", config.source);
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+            };
+            init_logging("hookshim=info,warn", config.log.format, pipeline.as_ref());
+            if let Some(t) = &config.trace {
+                tracing::info!(endpoint = %t.endpoint, service_name = %t.service_name, sample_ratio = t.sample_ratio, "sending traces over OTLP/HTTP");
+            }
             for w in warnings(&config) {
                 tracing::warn!("{w}");
             }
@@ -180,15 +216,8 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
             rt.block_on(async {
-                match start(config, StartOptions::default()).await {
+                let code = match start(config, StartOptions::default()).await {
                     Ok(running) => {
                         running.run_until_signal_reloading(cli.config.clone()).await;
                         ExitCode::SUCCESS
@@ -203,7 +232,12 @@ fn main() -> ExitCode {
                         eprintln!("error: {e}");
                         ExitCode::FAILURE
                     }
+                };
+                // After the service stopped: its last spans are queued; send them.
+                if let Some(p) = pipeline {
+                    p.shutdown().await;
                 }
+                code
             })
         }
         Command::Store {
@@ -267,6 +301,19 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ops(args) => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(hookshim::opscli::run(*args))
+        }
         Command::Demo { jobs } => {
             let base = match given {
                 None => None,
@@ -281,6 +328,7 @@ fn main() -> ExitCode {
             init_logging(
                 "warn",
                 base.as_ref().map_or(LogFormat::Text, |c| c.log.format),
+                None,
             );
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,

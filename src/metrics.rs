@@ -52,6 +52,28 @@ pub const CALLBACK_RESULTS: [&str; 8] = [
     "network_error",
 ];
 pub const DELIVERY_STATES: [&str; 2] = ["pending", "failed"];
+/// What became of a finished span of the trace pipeline (`[trace]`): sent to the collector,
+/// dropped because the queue was full, or lost in an export that failed.
+pub const TRACE_SPAN_RESULTS: [&str; 3] = ["exported", "dropped", "failed"];
+
+/// Spans of the trace pipeline by result. Process-wide, as the pipeline is (one per process,
+/// installed by `serve`), so it lives outside [`Metrics`] and every registry shows it.
+pub static TRACE_SPANS: std::sync::LazyLock<Family<ResultLabel, Counter>> =
+    std::sync::LazyLock::new(Family::default);
+
+/// Count `n` spans of the trace pipeline as `result` (one of [`TRACE_SPAN_RESULTS`]).
+pub fn trace_spans(result: &str, n: u64) {
+    TRACE_SPANS
+        .get_or_create(&ResultLabel {
+            result: result.into(),
+        })
+        .inc_by(n);
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
 pub const ACTIVE_STATUSES: [&str; 2] = ["pending", "running"];
 
 /// The content type of the classic Prometheus text format (what `/metrics` answers unless the
@@ -287,6 +309,14 @@ impl Metrics {
             "hookshim_operations_purged",
             "Finished operations removed by retention ([retention] finished and failed)",
             purged.clone(),
+        );
+        for r in TRACE_SPAN_RESULTS {
+            trace_spans(r, 0);
+        }
+        registry.register(
+            "hookshim_trace_spans",
+            "Finished spans of the OTLP trace pipeline ([trace]) by result: exported, dropped (queue full), failed (export error or timeout)",
+            TRACE_SPANS.clone(),
         );
         Metrics {
             store_bytes,

@@ -8,7 +8,7 @@ use crate::clock::Timestamp;
 use crate::ids::{DeliveryKey, OperationId, WebhookId};
 
 /// hookshim's status of an operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Pending,
@@ -64,7 +64,7 @@ impl Status {
 }
 
 /// How the terminal state was learned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DetectedVia {
     Poll,
@@ -82,7 +82,7 @@ impl DetectedVia {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// No callback: not terminal yet, or no callback URL (the app polls hookshim).
@@ -97,15 +97,25 @@ pub enum DeliveryState {
     Superseded,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivery {
     pub state: DeliveryState,
+    /// Attempts so far, manual redeliveries included.
     pub attempts: u32,
     pub last_attempt_at: Option<Timestamp>,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
     pub next_attempt_at: Option<Timestamp>,
     pub delivered_at: Option<Timestamp>,
+    /// Manual redeliveries (`POST …/redeliver`, `POST /v1/redeliver`) so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redeliveries: u32,
+    /// `attempts` when the latest redelivery started: the retry schedule counts from there.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts_before_redelivery: u32,
+    /// The latest attempts, oldest first, at most [`MAX_ATTEMPT_HISTORY`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptLog>,
 }
 
 impl Default for Delivery {
@@ -118,12 +128,74 @@ impl Default for Delivery {
             last_error: None,
             next_attempt_at: None,
             delivered_at: None,
+            redeliveries: 0,
+            attempts_before_redelivery: 0,
+            history: Vec::new(),
         }
     }
 }
 
+/// `text` cut to at most `max` bytes at a character boundary, with `…` when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Attempts one delivery record remembers (the oldest are dropped first).
+pub const MAX_ATTEMPT_HISTORY: usize = 20;
+/// Longest `error` an [`AttemptLog`] keeps, in bytes (cut at a character boundary).
+pub const MAX_ATTEMPT_ERROR: usize = 300;
+
+/// One callback attempt: when, what the receiver answered (or why nothing was), how long it took.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AttemptLog {
+    pub at: Timestamp,
+    /// The receiver's HTTP status; absent when no answer came (timeout, network, refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// From sending the request to its answer (0 when nothing was sent).
+    pub duration_ms: u64,
+}
+
+impl Delivery {
+    /// Remember one attempt, keeping the latest [`MAX_ATTEMPT_HISTORY`].
+    pub fn log_attempt(&mut self, mut entry: AttemptLog) {
+        entry.error = entry.error.map(|e| cut(&e, MAX_ATTEMPT_ERROR));
+        if self.history.len() >= MAX_ATTEMPT_HISTORY {
+            let drop = self.history.len() + 1 - MAX_ATTEMPT_HISTORY;
+            self.history.drain(..drop);
+        }
+        self.history.push(entry);
+    }
+
+    /// Start a manual redelivery: pending now, the retry schedule afresh, the count and the
+    /// history kept.
+    pub fn redeliver(&mut self, now: Timestamp) {
+        self.state = DeliveryState::Pending;
+        self.next_attempt_at = Some(now);
+        self.delivered_at = None;
+        self.redeliveries += 1;
+        self.attempts_before_redelivery = self.attempts;
+    }
+
+    /// Attempts since the latest redelivery (or since the first attempt): what the retry
+    /// schedule counts.
+    pub fn attempts_this_round(&self) -> u32 {
+        self.attempts
+            .saturating_sub(self.attempts_before_redelivery)
+    }
+}
+
 /// One tracked upstream operation. This is both the stored record and the API's view.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Operation {
     /// `op_<ULID>`: sorts by creation time.
     pub id: OperationId,
@@ -196,10 +268,47 @@ pub struct Operation {
     /// proxy: a status read presenting the same credential is answered from `upstream_body`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_credential: Option<String>,
+    /// The status reads, as runs of reads with the same result (a batch read 300 times as
+    /// `in_progress` is one entry), oldest first, at most [`MAX_POLL_RUNS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub poll_log: Vec<PollRun>,
+}
+
+/// Runs of status reads one record remembers (the oldest are dropped first).
+pub const MAX_POLL_RUNS: usize = 10;
+
+/// What a status read found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PollResult {
+    /// A readable status (its value in `upstream_status`).
+    Status,
+    /// `304 Not Modified`.
+    NotModified,
+    /// The upstream said the operation does not exist.
+    NotFound,
+    /// No usable answer (network, timeout, 429, 5xx, unreadable body): `error` says which.
+    Error,
+}
+
+/// Consecutive status reads with the same result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PollRun {
+    pub first_at: Timestamp,
+    pub last_at: Timestamp,
+    /// Reads in this run.
+    pub polls: u32,
+    pub result: PollResult,
+    /// The upstream's raw status value (`status` results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<Value>,
+    /// Why the read was not usable (`error` results), at most [`MAX_ATTEMPT_ERROR`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Where a kept upstream body came from.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BodyMeta {
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,7 +340,7 @@ fn is_zero(n: &u32) -> bool {
 
 /// A callback sent before the end (`operation.requires_action`). Its body is fixed when the
 /// event happens, so every attempt sends the same bytes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventCallback {
     /// `requires_action_<n>`: unique within the operation; with the operation id it makes the
     /// `webhook-id` and the outbox key.
@@ -318,7 +427,42 @@ impl Operation {
             upstream_body_truncated: false,
             upstream_body_meta: None,
             proxy_credential: None,
+            poll_log: Vec::new(),
         }
+    }
+
+    /// Remember one status read: it extends the latest run when its result is the same, else
+    /// starts a new one (keeping the latest [`MAX_POLL_RUNS`]).
+    pub fn log_poll(
+        &mut self,
+        at: Timestamp,
+        result: PollResult,
+        upstream_status: Option<&Value>,
+        error: Option<&str>,
+    ) {
+        let error = error.map(|e| cut(e, MAX_ATTEMPT_ERROR));
+        if let Some(last) = self.poll_log.last_mut() {
+            if last.result == result
+                && last.upstream_status.as_ref() == upstream_status
+                && last.error == error
+            {
+                last.polls = last.polls.saturating_add(1);
+                last.last_at = at;
+                return;
+            }
+        }
+        if self.poll_log.len() >= MAX_POLL_RUNS {
+            let drop = self.poll_log.len() + 1 - MAX_POLL_RUNS;
+            self.poll_log.drain(..drop);
+        }
+        self.poll_log.push(PollRun {
+            first_at: at,
+            last_at: at,
+            polls: 1,
+            result,
+            upstream_status: upstream_status.cloned(),
+            error,
+        });
     }
 
     /// Keep `body` as the latest upstream status body: as JSON when it is JSON of at most `max`

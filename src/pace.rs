@@ -8,7 +8,7 @@ use crate::clock::Timestamp;
 
 /// What the policy remembers about an operation's progress between polls (kept in the record,
 /// so an estimate survives a restart).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Pace {
     /// The last progress value that differed from the one before (0..=1).
     pub progress: Option<f64>,

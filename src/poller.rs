@@ -10,17 +10,20 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::body::{BodyError, read_capped};
 use crate::clock::Timestamp;
 use crate::errors::error_chain;
 use crate::ids::OperationId;
-use crate::operation::{Observation, ObservedState, UpstreamBody};
+use crate::operation::{Observation, ObservedState, Operation, Status, UpstreamBody};
 use crate::schedule::{
     GROUP_FULL_RETRY, PollOutcome, Reading, apply_outcome_with, classify, parse_hint, time_out,
 };
 use crate::state::{SHUTDOWN_GRACE, Shim};
 use crate::store::StoreError;
+use crate::telemetry;
 use crate::upstream::{Mapping, ResultOutcome, UpstreamConfig};
 use crate::upstream::{final_resource_url, result_url, status_body, status_url};
 
@@ -80,6 +83,18 @@ pub async fn poll_once(shim: &Shim, id: OperationId) {
             return;
         }
     }
+    // Traced from here (the request), not while waiting for a slot or the budget.
+    let span = tracing::info_span!(target: telemetry::TARGET, "poll", op = Empty,
+        upstream = %op.upstream, outcome = Empty, error = Empty, status = Empty);
+    telemetry::attach(&span, id);
+    read_and_record(shim, up, &op, &span)
+        .instrument(span.clone())
+        .await;
+}
+
+/// The status request of a poll and its recording, in the poll's span.
+async fn read_and_record(shim: &Shim, up: &UpstreamConfig, op: &Operation, span: &tracing::Span) {
+    let id = &op.id;
     // A DELETE of the operation meanwhile drops the request (and its connection) at once.
     let in_flight = shim.reads.start(id);
     let read = async {
@@ -98,24 +113,42 @@ pub async fn poll_once(shim: &Shim, id: OperationId) {
         }
     };
     let Some(Some(reading)) = shim.unless_stopping(SHUTDOWN_GRACE, read).await else {
+        span.record("outcome", "abandoned");
         return;
     };
     drop(in_flight);
+    match &reading.outcome {
+        PollOutcome::Observed(_) => span.record("outcome", "observed"),
+        PollOutcome::Unchanged => span.record("outcome", "not_modified"),
+        PollOutcome::NotFound => span.record("outcome", "not_found"),
+        PollOutcome::Transient(e) => {
+            span.record("error", e.as_str());
+            span.record("outcome", "transient")
+        }
+    };
     let (now, sample) = (shim.clock.now(), jitter_sample());
     let rules = up.rules();
     let prior = shim
         .learned
         .prior(&op.upstream, up.prior_key.as_deref(), op.metadata.as_ref());
-    record(shim, id, now, &|o| {
+    let status = record(shim, id, now, &|o| {
         apply_outcome_with(o, &rules, prior.as_ref(), &reading, now, sample)
     })
     .await;
+    if let Some(status) = status {
+        span.record("status", status.as_str());
+    }
 }
 
 /// Apply a change to the stored record in one atomic write, then hand on what it produced:
 /// a terminal operation to [`Shim::after_update`] (flush, then deliver), new event callbacks
-/// to delivery, otherwise the next poll to the queue.
-async fn record(shim: &Shim, id: &OperationId, now: Timestamp, change: &crate::store::Change<'_>) {
+/// to delivery, otherwise the next poll to the queue. Returns the status after the write.
+async fn record(
+    shim: &Shim,
+    id: &OperationId,
+    now: Timestamp,
+    change: &crate::store::Change<'_>,
+) -> Option<Status> {
     match shim.store.update_claimed(id, change).await {
         Ok(Some(updated)) => {
             shim.after_update(&updated).await;
@@ -123,15 +156,18 @@ async fn record(shim: &Shim, id: &OperationId, now: Timestamp, change: &crate::s
             if let Some(at) = after.next_poll_at.filter(|_| !after.status.is_terminal()) {
                 shim.polls.schedule(id, at);
             }
+            Some(after.status)
         }
-        Ok(None) => {} // deleted meanwhile
+        Ok(None) => None, // deleted meanwhile
         Err(e @ StoreError::LeaseLost(_)) => {
             // Another replica took this poll over; it records its own reading.
             tracing::info!(op = %id, error = %e, "poll result dropped");
+            None
         }
         Err(e) => {
             tracing::error!(op = %id, error = %e, "cannot record poll result; retrying in 30s");
             shim.polls.schedule(id, now.plus(Duration::from_secs(30)));
+            None
         }
     }
 }

@@ -20,6 +20,27 @@ pub fn process_env(name: &str) -> Option<String> {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dur(pub Duration);
 
+/// A duration, or `"off"` (`None`): for a setting a preset may turn on that the config can
+/// turn off again (`poll.target_delay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurOrOff(pub Option<Duration>);
+
+impl<'de> Deserialize<'de> for DurOrOff {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(DurOrOff(None));
+        }
+        humantime::parse_duration(&s)
+            .map(|d| DurOrOff(Some(d)))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {s:?} ({e}); write e.g. \"15s\", \"2m\", or \"off\""
+                ))
+            })
+    }
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;

@@ -104,6 +104,7 @@ impl Config {
                 "polls_in_flight_per_upstream": self.workers.polls_in_flight_per_upstream, "deliveries_in_flight_per_host": self.workers.deliveries_in_flight_per_host},
             "upstreams": ups,
             "log": {"format": self.log.format.as_str()},
+            "trace": crate::telemetry::config::describe(self.trace.as_ref()),
             "origins": self.origins,
         })
     }

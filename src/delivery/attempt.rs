@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 use crate::clock::Timestamp;
-use crate::operation::{Delivery, DeliveryState, Operation};
+use crate::operation::{AttemptLog, Delivery, DeliveryState, Operation};
 use crate::schedule::callback_retry_delay;
 
 /// The answer to one attempt.
@@ -65,22 +65,51 @@ pub fn record_attempt(
     now: Timestamp,
     sample: f64,
 ) -> bool {
-    record_attempt_on(&mut o.delivery, result, schedule, now, sample)
+    record_attempt_on(
+        &mut o.delivery,
+        result,
+        schedule,
+        now,
+        sample,
+        Duration::ZERO,
+    )
 }
 
-/// Record an attempt on one callback's delivery record. Returns whether to write.
+/// Record an attempt on one callback's delivery record (`took`: from sending to the answer),
+/// in its counters and its bounded history. Returns whether to write.
 pub fn record_attempt_on(
     d: &mut Delivery,
     result: &AttemptResult,
     schedule: &[Duration],
     now: Timestamp,
     sample: f64,
+    took: Duration,
 ) -> bool {
     if d.state != DeliveryState::Pending {
         return false;
     }
     d.attempts += 1;
     d.last_attempt_at = Some(now);
+    record_outcome(d, result, schedule, now, sample);
+    d.log_attempt(AttemptLog {
+        at: now,
+        status: d.last_status,
+        error: match d.state {
+            DeliveryState::Delivered => None,
+            _ => d.last_error.clone(),
+        },
+        duration_ms: took.as_millis().min(u64::MAX as u128) as u64,
+    });
+    true
+}
+
+fn record_outcome(
+    d: &mut Delivery,
+    result: &AttemptResult,
+    schedule: &[Duration],
+    now: Timestamp,
+    sample: f64,
+) {
     match result {
         AttemptResult::Delivered(code) => {
             d.state = DeliveryState::Delivered;
@@ -108,20 +137,22 @@ pub fn record_attempt_on(
             ..
         } => {
             d.last_status = *status;
-            match callback_retry_delay(schedule, d.attempts, *hint, sample) {
+            match callback_retry_delay(schedule, d.attempts_this_round(), *hint, sample) {
                 Some(wait) => {
                     d.last_error = Some(error.clone());
                     d.next_attempt_at = Some(now.plus(wait));
                 }
                 None => {
                     d.state = DeliveryState::Failed;
-                    d.last_error = Some(format!("{error}; gave up after {} attempts", d.attempts));
+                    d.last_error = Some(format!(
+                        "{error}; gave up after {} attempts",
+                        d.attempts_this_round()
+                    ));
                     d.next_attempt_at = None;
                 }
             }
         }
     }
-    true
 }
 
 /// The delivery record of the callback `event` names (the terminal one for `None`).
@@ -188,6 +219,56 @@ mod tests {
         assert_eq!(op.delivery.state, DeliveryState::Failed);
         assert_eq!(op.delivery.attempts, 3);
         assert!(!op.in_outbox());
+    }
+
+    #[test]
+    fn history_keeps_the_latest_attempts_and_redelivery_restarts_the_schedule() {
+        let sched = [Duration::from_secs(5)];
+        let err = AttemptResult::Retry {
+            status: None,
+            error: "é".repeat(400),
+            hint: None,
+            label: "network_error",
+        };
+        let mut d = pending_op().delivery;
+        for round in 0..15u64 {
+            let t = Timestamp(round * 100_000);
+            assert!(record_attempt_on(
+                &mut d,
+                &err,
+                &sched,
+                t,
+                0.0,
+                Duration::from_millis(7)
+            ));
+            assert_eq!(d.state, DeliveryState::Pending, "round {round}");
+            assert!(record_attempt_on(
+                &mut d,
+                &err,
+                &sched,
+                t.plus(Duration::from_secs(5)),
+                0.0,
+                Duration::ZERO
+            ));
+            assert_eq!(d.state, DeliveryState::Failed, "two attempts per round");
+            d.redeliver(t.plus(Duration::from_secs(6)));
+        }
+        assert_eq!(d.attempts, 30);
+        assert_eq!(d.redeliveries, 15);
+        assert_eq!(d.history.len(), crate::operation::MAX_ATTEMPT_HISTORY);
+        assert_eq!(
+            d.history[0].at,
+            Timestamp(5 * 100_000),
+            "the oldest ten were dropped"
+        );
+        assert_eq!(d.history[0].duration_ms, 7);
+        let e = d.history[0].error.as_deref().unwrap();
+        assert!(
+            e.len() <= crate::operation::MAX_ATTEMPT_ERROR + '…'.len_utf8(),
+            "{}",
+            e.len()
+        );
+        assert!(e.ends_with('…'));
     }
 
     #[test]

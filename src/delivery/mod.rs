@@ -26,15 +26,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqwest::header::CONTENT_TYPE;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::config::CallbackConfig;
 use crate::errors::error_chain;
 use crate::ids::{DeliveryKey, WebhookId};
-use crate::operation::DeliveryState;
+use crate::operation::{DeliveryState, Operation};
 use crate::schedule::{GROUP_FULL_RETRY, parse_hint};
 use crate::signing::CallbackKeys;
 use crate::state::{SHUTDOWN_GRACE, Shim};
 use crate::store::StoreError;
+use crate::telemetry;
 use crate::values::Secret;
 use attempt::delivery_of;
 
@@ -148,6 +151,29 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
             .schedule(key, shim.clock.now().plus(GROUP_FULL_RETRY));
         return;
     };
+    let span = tracing::info_span!(target: telemetry::TARGET, "deliver", op = Empty,
+        upstream = %op.upstream, callback = %key, attempt = Empty, result = Empty,
+        http.response.status_code = Empty, error = Empty, otel.status_code = Empty);
+    telemetry::attach(&span, id);
+    attempt_once(shim, key, op, url, &span)
+        .instrument(span.clone())
+        .await;
+}
+
+/// Sign, send and record one attempt, in the attempt's span.
+async fn attempt_once(
+    shim: &Shim,
+    key: &DeliveryKey,
+    op: Operation,
+    url: String,
+    span: &tracing::Span,
+) {
+    let (id, event) = (&key.operation, key.event.as_deref());
+    let retry_later = |e: &dyn std::fmt::Display, what: &str| {
+        tracing::error!(op = %id, callback = %key, error = %e, "{what}; retrying in 30s");
+        shim.deliveries
+            .schedule(key, shim.clock.now().plus(Duration::from_secs(30)));
+    };
     let webhook_id = key.webhook_id();
     let body = match event {
         None => op.callback_body_with(shim.config.callbacks.include_upstream_body),
@@ -173,6 +199,7 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
 
     // A host removed from the allow-list since registration (or a port or address the rules
     // refuse now) is not called.
+    let started = std::time::Instant::now();
     let result = match shim.check_callback_url(&url) {
         Err(e) => AttemptResult::Refused(format!("not sent: callback_url {e}")),
         Ok(_) => match call(shim, &url, &webhook_id, signature, ts, body).await {
@@ -180,6 +207,7 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
             None => return,
         },
     };
+    let took = started.elapsed();
 
     // Handle.
     let now = shim.clock.now();
@@ -190,17 +218,39 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
         .store
         .update_delivery(key, &|o| {
             let w = delivery_of(o, event)
-                .is_some_and(|d| record_attempt_on(d, &result, schedule, now, sample));
+                .is_some_and(|d| record_attempt_on(d, &result, schedule, now, sample, took));
             wrote.store(w, Ordering::SeqCst);
             w
         })
         .await;
-    shim.metrics.callback(match &result {
+    let label = match &result {
         AttemptResult::Delivered(_) => "delivered",
         AttemptResult::Gone => "gone",
         AttemptResult::Refused(_) => "refused",
         AttemptResult::Retry { label, .. } => label,
-    });
+    };
+    shim.metrics.callback(label);
+    span.record("result", label);
+    match &result {
+        AttemptResult::Delivered(status) => {
+            span.record("http.response.status_code", status);
+        }
+        AttemptResult::Retry { status, error, .. } => {
+            if let Some(s) = status {
+                span.record("http.response.status_code", s);
+            }
+            span.record("error", error.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+        AttemptResult::Refused(error) => {
+            span.record("error", error.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+        AttemptResult::Gone => {
+            span.record("http.response.status_code", 410);
+            span.record("otel.status_code", "ERROR");
+        }
+    }
     let after = match updated {
         Ok(Some(mut u)) if wrote.load(Ordering::SeqCst) => delivery_of(&mut u.op, event).cloned(),
         Ok(_) => None,
@@ -212,6 +262,7 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
         Err(e) => return retry_later(&e, "cannot record callback attempt"),
     };
     let Some(d) = after else { return };
+    span.record("attempt", d.attempts);
     match d.state {
         DeliveryState::Delivered => {
             if let (None, Some(done)) = (event, op.completed_at) {

@@ -17,6 +17,7 @@ use crate::ids::OperationId;
 use crate::operation::{EventOutcome, Status};
 use crate::state::Shim;
 use crate::store::{StoreError, WebhookRecord};
+use crate::telemetry;
 
 pub use verify::VerifyError;
 
@@ -52,12 +53,56 @@ pub enum Ingested {
     },
 }
 
-/// Handle one inbound webhook body. The caller has already enforced `max_body`.
+/// Handle one inbound webhook body. The caller has already enforced `max_body`. Traced as the
+/// span `webhook` of the operation it names, once that is known (an unattributed webhook is
+/// not traced).
 pub async fn receive(
     shim: &Shim,
     upstream: &str,
     headers: &HeaderMap,
     body: &[u8],
+) -> Result<Ingested, IngestError> {
+    use tracing::Instrument;
+    use tracing::field::Empty;
+    let span = tracing::info_span!(target: telemetry::TARGET, "webhook", op = Empty, upstream,
+        webhook_id = Empty, event = Empty, result = Empty, status = Empty);
+    let got = receive_in(shim, upstream, headers, body, &span)
+        .instrument(span.clone())
+        .await;
+    match &got {
+        Ok(Ingested::Accepted {
+            webhook_id,
+            id,
+            status,
+        }) => {
+            telemetry::attach(&span, id);
+            span.record("webhook_id", webhook_id.as_str());
+            span.record(
+                "result",
+                if status.is_some() {
+                    "finished"
+                } else {
+                    "accepted"
+                },
+            );
+            if let Some(s) = status {
+                span.record("status", s.as_str());
+            }
+        }
+        Ok(_) => {}
+        Err(_) => {
+            span.record("result", "error");
+        }
+    }
+    got
+}
+
+async fn receive_in(
+    shim: &Shim,
+    upstream: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    span: &tracing::Span,
 ) -> Result<Ingested, IngestError> {
     let up = shim
         .config
@@ -119,6 +164,9 @@ pub async fn receive(
         Some(registered) => registered,
         None => ids.candidates[0].clone(),
     };
+    if let Some(t) = event_type {
+        span.record("event", t);
+    }
     let outcome = event_type.and_then(|t| {
         wh.events.get(t).map(|status| EventOutcome {
             status: *status,

@@ -247,3 +247,60 @@ fn webhook_id_is_stable_and_has_no_dot() {
     assert_eq!(op.callback_webhook_id(), op.clone().callback_webhook_id());
     assert!(!op.callback_webhook_id().as_str().contains('.'));
 }
+
+#[test]
+fn the_poll_log_keeps_runs_of_equal_reads_and_the_latest_ten() {
+    let mut op = sample(Timestamp(0));
+    let running = json!("running");
+    for t in 1..=300 {
+        op.log_poll(Timestamp(t), PollResult::Status, Some(&running), None);
+    }
+    op.log_poll(
+        Timestamp(301),
+        PollResult::Error,
+        None,
+        Some("receiver answered 503"),
+    );
+    op.log_poll(
+        Timestamp(302),
+        PollResult::Error,
+        None,
+        Some("receiver answered 503"),
+    );
+    op.log_poll(
+        Timestamp(303),
+        PollResult::Status,
+        Some(&json!("done")),
+        None,
+    );
+    let runs: Vec<(u64, u64, u32, PollResult)> = op
+        .poll_log
+        .iter()
+        .map(|r| (r.first_at.0, r.last_at.0, r.polls, r.result))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            (1, 300, 300, PollResult::Status),
+            (301, 302, 2, PollResult::Error),
+            (303, 303, 1, PollResult::Status)
+        ]
+    );
+    // Alternating results make a run each; the oldest go first.
+    for t in 0..20u64 {
+        let e = format!("error {t} {}", "x".repeat(400));
+        op.log_poll(Timestamp(1000 + t), PollResult::Error, None, Some(&e));
+    }
+    assert_eq!(op.poll_log.len(), MAX_POLL_RUNS);
+    assert_eq!(op.poll_log[0].first_at, Timestamp(1010));
+    assert!(op.poll_log[0].error.as_ref().unwrap().len() <= MAX_ATTEMPT_ERROR + '…'.len_utf8());
+    // Kept in the stored record, left out while empty.
+    let back: Operation = serde_json::from_value(serde_json::to_value(&op).unwrap()).unwrap();
+    assert_eq!(back.poll_log, op.poll_log);
+    assert!(
+        serde_json::to_value(sample(Timestamp(0)))
+            .unwrap()
+            .get("poll_log")
+            .is_none()
+    );
+}

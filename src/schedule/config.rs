@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::values::Dur;
+use crate::values::{Dur, DurOrOff};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RateConfig {
@@ -54,11 +54,13 @@ pub struct PollConfig {
     pub stall_polls: u32,
     /// Server hints longer than this are clamped to it.
     pub hint_max: Duration,
-    /// The detection delay to aim for at p99 (`poll.target_delay`). `None` (the default) is the
-    /// schedule above as it is. Set, the policy spends as few requests as it can within it: with
-    /// progress it polls at the estimated end minus the target, then at the end; blind, no gap
-    /// is longer than the target once the job could plausibly be done (see
-    /// `schedule::policy::plan`).
+    /// The detection delay to aim for at p99 (`poll.target_delay`). `None` (the `general`
+    /// and batch kinds' default, or `"off"`) is the schedule above as it is; the media kind
+    /// ships 15 s (its `max`), so its cold blind schedule is unchanged and only progress and
+    /// learned job lengths spend fewer requests (docs/benchmarks.md §1, §1b). Set, the policy
+    /// spends as few requests as it can within it: with progress it polls at the estimated end
+    /// minus the target, then at the end; blind, no gap is longer than the target once the job
+    /// could plausibly be done (see `schedule::policy::plan`).
     pub target_delay: Option<Duration>,
 }
 
@@ -77,7 +79,7 @@ impl PollConfig {
             eta_max: Duration::from_secs(60),
             stall_polls: 3,
             hint_max: Duration::from_secs(3600),
-            target_delay: None,
+            target_delay: Some(Duration::from_secs(15)),
         }
     }
 
@@ -143,7 +145,7 @@ pub struct RawPoll {
     eta_max: Option<Dur>,
     stall_polls: Option<u32>,
     hint_max: Option<Dur>,
-    target_delay: Option<Dur>,
+    target_delay: Option<DurOrOff>,
     prior_key: Option<String>,
 }
 
@@ -227,7 +229,10 @@ pub fn resolve_poll(prefix: &str, p: &RawPoll, dp: PollConfig) -> Result<PollCon
         ),
         stall_polls: p.stall_polls.unwrap_or(dp.stall_polls),
         hint_max: p.hint_max.map(|d| d.0).unwrap_or(dp.hint_max),
-        target_delay: p.target_delay.map(|d| d.0).or(dp.target_delay),
+        target_delay: match p.target_delay {
+            Some(DurOrOff(t)) => t,
+            None => dp.target_delay,
+        },
     };
     if poll.initial.is_zero() {
         return Err(format!("`{}`: must be more than 0s", key("poll.initial")));
@@ -278,7 +283,7 @@ pub fn resolve_poll(prefix: &str, p: &RawPoll, dp: PollConfig) -> Result<PollCon
         .is_some_and(|t| t < Duration::from_secs(1))
     {
         return Err(format!(
-            "`{}`: must be at least 1s (or left out for the plain schedule)",
+            "`{}`: must be at least 1s (or \"off\" for the plain schedule)",
             key("poll.target_delay")
         ));
     }
@@ -340,15 +345,28 @@ mod tests {
 
     #[test]
     fn target_delay_and_prior_key_are_read_and_checked() {
+        // The media kind ships a 15 s target (its `max`); the config may change it or turn it
+        // off. The batch and general kinds ship none.
+        let media = |text: &str| {
+            let raw: RawPoll = toml::from_str(text).unwrap();
+            resolve_poll("upstreams.u", &raw, PollConfig::media())
+        };
+        assert_eq!(
+            media("").unwrap().target_delay,
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(media("target_delay = \"off\"").unwrap().target_delay, None);
         assert_eq!(poll("").unwrap().target_delay, None);
         assert_eq!(
             poll("target_delay = \"15s\"").unwrap().target_delay,
             Some(Duration::from_secs(15))
         );
+        assert_eq!(poll("target_delay = \"off\"").unwrap().target_delay, None);
         assert_eq!(
             poll("target_delay = \"100ms\"").unwrap_err(),
-            "`upstreams.u.poll.target_delay`: must be at least 1s (or left out for the plain schedule)"
+            "`upstreams.u.poll.target_delay`: must be at least 1s (or \"off\" for the plain schedule)"
         );
+        assert!(toml::from_str::<RawPoll>("target_delay = \"soon\"").is_err());
         let raw: RawPoll = toml::from_str("prior_key = \"/model\"").unwrap();
         assert_eq!(
             raw.prior_key("upstreams.u").unwrap().as_deref(),

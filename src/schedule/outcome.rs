@@ -12,7 +12,9 @@ use serde_json::Value;
 use super::{PollConfig, Prior, backoff, first_wait, next_poll_at, plan};
 use crate::clock::Timestamp;
 use crate::operation::Observation;
-use crate::operation::{DetectedVia, Operation, Status, UpstreamBody, WEBHOOK_READS, shim_error};
+use crate::operation::{
+    DetectedVia, Operation, PollResult, Status, UpstreamBody, WEBHOOK_READS, shim_error,
+};
 
 /// What of an upstream's configuration the poll-outcome rules read.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -150,6 +152,14 @@ pub fn apply_outcome_with(
     }
     o.polls += 1;
     o.updated_at = now;
+    match outcome {
+        PollOutcome::Observed(obs) => {
+            o.log_poll(now, PollResult::Status, Some(&obs.raw_status), None)
+        }
+        PollOutcome::Unchanged => o.log_poll(now, PollResult::NotModified, None, None),
+        PollOutcome::NotFound => o.log_poll(now, PollResult::NotFound, None, None),
+        PollOutcome::Transient(e) => o.log_poll(now, PollResult::Error, None, Some(e)),
+    }
     match outcome {
         PollOutcome::Observed(obs) => {
             o.etag = reading.etag.clone();

@@ -215,8 +215,10 @@ pub fn interval(
 ///    (`eta > T`) the next poll goes to `max(eta - T, eta / 2)`: the end minus what the target
 ///    allows (halving only when the end is within `2T`), but never further than [`ETA_FAR`]
 ///    of the estimate (progress that speeds up makes it late) nor [`ETA_TRUST`] × the job's
-///    age (a small step of progress is no estimate); within `T` of the end it goes just past
-///    the estimated end, never more than `T` away. No floor at `initial`.
+///    age (a small step of progress is no estimate); once the end is near enough that a job
+///    ending at [`ETA_FAR`] of the estimate would still be seen within `T`
+///    (`1.05·eta − ETA_FAR·eta ≤ T`, about `3T`), it goes straight to just past the estimated
+///    end. No floor at `initial`.
 /// 2. **Finalizing or stalled, with a target** — today's rule, never a gap longer than `T`.
 /// 3. **Blind, warm prior** — each poll where [`prior::HAZARD_MASS`] of the jobs still running
 ///    are expected to have finished (short gaps where completions are likely), at least
@@ -256,13 +258,24 @@ pub fn plan(
                 }
             } else {
                 let elapsed = secs_since(created, now);
-                let eta = pace.eta_secs(now).or_else(|| {
-                    (progress > 0.0 && elapsed > 0.0).then(|| elapsed * (1.0 - progress) / progress)
-                });
+                // From the smoothed rate, else (one reading so far) from the progress made
+                // since creation, which steps of progress make an overestimate.
+                let (eta, from_rate) = match pace.eta_secs(now) {
+                    Some(eta) => (Some(eta), true),
+                    None => (
+                        (progress > 0.0 && elapsed > 0.0)
+                            .then(|| elapsed * (1.0 - progress) / progress),
+                        false,
+                    ),
+                };
                 if let Some(eta) = eta {
-                    let wait = if eta <= target {
-                        // Just past the estimated end; not jittered (it would land before it).
-                        (eta.max(0.0) * 1.05 + 0.05).min(target)
+                    let end = eta.max(0.0) * 1.05 + 0.05;
+                    let wait = if end - ETA_FAR * eta <= target && (from_rate || eta <= target) {
+                        // Just past the estimated end (not jittered: it would land before it),
+                        // when even a job that ends at ETA_FAR of a rate's estimate is seen
+                        // within the target — the assumption the far jump below makes too. An
+                        // estimate from one reading may be late: then only within the target.
+                        end.min(if from_rate { f64::MAX } else { target })
                     } else {
                         // An estimate from a little progress can be far too late (progress
                         // moves in steps): never jump more than ETA_TRUST × the job's age.

@@ -17,16 +17,24 @@ pub const CLAIM_BATCH: usize = 256;
 pub(super) async fn claim_loop(shim: Arc<Shim>) {
     let mut wakes = shim.store.wakes();
     let mut again = true;
+    // A deadline, not a sleep per turn: wake-ups for single operations do not delay claiming.
+    let mut next = tokio::time::Instant::now();
     loop {
         if !again {
             let wake = async {
+                use tokio::sync::broadcast::error::RecvError;
                 match wakes.as_mut() {
-                    Some(w) => w.recv().await.ok(),
+                    Some(w) => match w.recv().await {
+                        Ok(wake) => Some(wake),
+                        // Missed some: claim.
+                        Err(RecvError::Lagged(_)) => None,
+                        Err(RecvError::Closed) => std::future::pending().await,
+                    },
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                _ = tokio::time::sleep(CLAIM_EVERY) => {}
+                _ = tokio::time::sleep_until(next) => {}
                 w = wake => {
                     if let Some(crate::store::Wake::Poll(id)) = w {
                         // Another process got a webhook for an operation this one may hold:
@@ -38,6 +46,7 @@ pub(super) async fn claim_loop(shim: Arc<Shim>) {
                 _ = shim.shutdown.cancelled() => return,
             }
         }
+        next = tokio::time::Instant::now() + CLAIM_EVERY;
         match shim.store.claim(CLAIM_BATCH).await {
             Ok(claimed) => {
                 again =

@@ -14,12 +14,18 @@
 //! - [`register`]: registration as a domain function (validate, build the record, store it,
 //!   schedule it, flush), used by the API and the proxy; [`lookup`] finds an operation by the
 //!   upstream's own id.
+//! - [`amend`], [`redeliver`], [`redeliver_matching`]: what an operator changes (`manage.rs`).
 
 mod learned;
+mod manage;
 mod register;
 
 pub use learned::{Learned, PRIORS_SAVE_EVERY, Recorded};
 
+pub use manage::{
+    Amendment, BulkOutcome, BulkRedeliver, MAX_BULK_REDELIVER, MAX_BULK_SCAN, ManageError, amend,
+    bulk_delivery_state, redeliver, redeliver_matching,
+};
 pub use register::{MAX_METADATA, RegisterError, Registration, register};
 
 use std::collections::HashMap;
@@ -255,6 +261,8 @@ impl Shim {
         self.polls.remove(&op.id);
         self.learn(op).await;
         tracing::info!(op = %op.id, upstream = %op.upstream, status = op.status.as_str(), detected_via = via, "operation finished");
+        // The root span of the operation's trace: sent once, as this transition happens once.
+        crate::telemetry::operation_ended(op);
         match self.commit.flushed().await {
             Ok(()) => {
                 if op.in_outbox() {

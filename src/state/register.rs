@@ -14,6 +14,7 @@ use crate::metrics::UpstreamLabel;
 use crate::operation::{NewOperation, Operation, UpstreamBody};
 use crate::schedule::first_poll_with;
 use crate::store::{Registered, StoreError};
+use crate::telemetry;
 use crate::upstream::prepare_operation;
 
 /// Largest `metadata` kept with an operation, in bytes of JSON.
@@ -75,8 +76,36 @@ impl RegisterError {
 }
 
 /// Register an operation: durable before it returns (invariant 1). `Created` for a new record,
-/// `Existing` when the same `(upstream, operation)` was registered before.
+/// `Existing` when the same `(upstream, operation)` was registered before. Traced as the span
+/// `register` of the operation (a refused registration: a trace of its own).
 pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, RegisterError> {
+    use tracing::Instrument;
+    use tracing::field::Empty;
+    let span = tracing::info_span!(target: telemetry::TARGET, "register", op = Empty,
+        upstream = %req.upstream, operation = %req.operation, outcome = Empty,
+        otel.status_code = Empty);
+    let result = register_in(shim, req, &span).instrument(span.clone()).await;
+    match &result {
+        Ok(Registered::Created { .. }) => {
+            span.record("outcome", "created");
+        }
+        Ok(Registered::Existing(existing)) => {
+            telemetry::attach(&span, &existing.id);
+            span.record("outcome", "existing");
+        }
+        Err(e) => {
+            span.record("outcome", e.code());
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    result
+}
+
+async fn register_in(
+    shim: &Shim,
+    req: Registration,
+    span: &tracing::Span,
+) -> Result<Registered, RegisterError> {
     let up = shim
         .config
         .upstreams
@@ -132,6 +161,7 @@ pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, Regi
         deadline_at,
         callback_events: up.callback_events.clone(),
     });
+    telemetry::attach(span, &op.id);
     // Kept in the same write as the record: a cached read survives a crash right after.
     if let Some(body) = &req.upstream_body {
         op.keep_body(body, shim.config.store.max_upstream_body, now);
@@ -141,6 +171,7 @@ pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, Regi
     let registered = shim.store.register(op, EARLY_WEBHOOK_WINDOW).await?;
     if let (Registered::Existing(existing), Some(url)) = (&registered, explicit_url) {
         if existing.callback_url != url {
+            telemetry::attach(span, &existing.id);
             return Err(RegisterError::Conflict(format!(
                 "{} {:?} is already registered (id {}) with callback_url {}; register it with \
                  the same callback_url, or DELETE /v1/operations/{} first",
@@ -179,12 +210,11 @@ pub async fn register(shim: &Shim, req: Registration) -> Result<Registered, Regi
 }
 
 /// A duration (`"2h"`) from now, or an RFC 3339 time (`"2026-12-01T18:00:00Z"`).
-fn parse_deadline(d: &str, now: Timestamp) -> Result<Duration, RegisterError> {
+pub(super) fn parse_deadline(d: &str, now: Timestamp) -> Result<Duration, RegisterError> {
     let parsed = match humantime::parse_duration(d) {
         Ok(p) => p,
-        Err(e) => match humantime::parse_rfc3339_weak(d) {
+        Err(e) => match Timestamp::parse_rfc3339(d) {
             Ok(at) => {
-                let at = Timestamp::from_system(at);
                 if at <= now {
                     return Err(RegisterError::InvalidDeadline(format!(
                         "deadline {d:?} is in the past (now is {}); write a later time or a \

@@ -24,7 +24,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use crate::clock::Timestamp;
 use crate::ids::{DeliveryKey, OperationId};
-use crate::operation::{EventOutcome, Operation, Status};
+use crate::operation::{DeliveryState, EventOutcome, Operation, Status};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -160,11 +160,21 @@ pub struct Purged {
 pub struct ListFilter {
     pub status: Option<Status>,
     pub upstream: Option<String>,
-    /// Only operations whose delivery failed (for the "failed deliveries" view).
-    pub delivery_failed: bool,
+    /// Only operations whose terminal callback is in this state (`failed`: the "failed
+    /// deliveries" view).
+    pub delivery: Option<DeliveryState>,
     pub limit: usize,
     /// List ids strictly after this one.
     pub cursor: Option<OperationId>,
+}
+
+impl ListFilter {
+    /// Whether `op` passes the status, upstream and delivery filters (not the cursor/limit).
+    pub fn matches(&self, op: &Operation) -> bool {
+        self.status.is_none_or(|s| s == op.status)
+            && self.upstream.as_ref().is_none_or(|u| u == &op.upstream)
+            && self.delivery.is_none_or(|d| d == op.delivery.state)
+    }
 }
 
 /// A scheduled poll found in the store at start: the operation, its upstream, when it is due.

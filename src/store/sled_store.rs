@@ -512,11 +512,7 @@ impl SledStore {
         for item in self.ops.range((start, Bound::Unbounded)) {
             let (k, v) = item.map_err(io)?;
             let op = decode(&k, &v)?;
-            if f.status.is_some_and(|s| s != op.status)
-                || f.upstream.as_ref().is_some_and(|u| u != &op.upstream)
-                || (f.delivery_failed
-                    && op.delivery.state != crate::operation::DeliveryState::Failed)
-            {
+            if !f.matches(&op) {
                 continue;
             }
             out.push(op);

@@ -432,7 +432,7 @@ async fn unknown_ids_and_routes_are_json_404s() {
 
     let got = shim.get("/v1/operations?limit=lots").await;
     assert_error(got, 400, "invalid_query");
-    let got = shim.get("/v1/operations?delivery=pending").await;
+    let got = shim.get("/v1/operations?delivery=lost").await;
     assert_error(got, 400, "invalid_query");
     assert_still_serving(&shim, &up, &mut n).await;
 }

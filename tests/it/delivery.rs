@@ -197,7 +197,33 @@ on_each_store! {
         assert_same_verified_id(&calls, &id);
         assert_eq!(calls[4].answered, 200);
         assert_eq!(calls[4].raw, calls[0].raw, "the same callback body");
-        assert_eq!(op["delivery"]["attempts"], 1, "attempts count afresh: {op}");
+        // The count and the history go on across the redelivery; the retry schedule restarts.
+        assert_eq!(op["delivery"]["attempts"], 5, "{op}");
+        assert_eq!(op["delivery"]["redeliveries"], 1, "{op}");
+        assert_eq!(op["delivery"]["attempts_before_redelivery"], 4, "{op}");
+        let history = op["delivery"]["history"].as_array().unwrap();
+        let statuses: Vec<&Value> = history.iter().map(|a| &a["status"]).collect();
+        assert_eq!(
+            statuses,
+            [500, 500, 500, 500, 200]
+                .map(|s| json!(s))
+                .iter()
+                .collect::<Vec<_>>(),
+            "{op}"
+        );
+        assert!(
+            history[..4]
+                .iter()
+                .all(|a| a["error"].as_str().unwrap().contains("500")),
+            "{op}"
+        );
+        assert!(history[4].get("error").is_none(), "{op}");
+        assert!(
+            history
+                .iter()
+                .all(|a| a["duration_ms"].is_u64() && a["at"].is_string()),
+            "{op}"
+        );
         let (_, list) = shim.get("/v1/operations?delivery=failed").await;
         assert!(failed_delivery_ids(&list).is_empty(), "{list}");
     }
@@ -222,7 +248,12 @@ on_each_store! {
         assert_eq!(calls[1].body["type"], "operation.succeeded");
         assert_eq!(calls[1].raw, calls[0].raw);
         let op = wait_delivery(&shim, &id, "delivered").await;
-        assert_eq!(op["delivery"]["attempts"], 1);
+        assert_eq!(op["delivery"]["attempts"], 2, "{op}");
+        assert_eq!(
+            op["delivery"]["history"].as_array().unwrap().len(),
+            2,
+            "{op}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(recv.calls_for(&id).len(), 2, "one redelivery, one call");
 

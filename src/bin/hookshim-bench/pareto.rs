@@ -177,7 +177,7 @@ impl Policy {
     }
 }
 
-const POLICIES: [Policy; 12] = [
+const POLICIES: [Policy; 13] = [
     Policy::Hookshim {
         target: None,
         learn: false,
@@ -196,6 +196,10 @@ const POLICIES: [Policy; 12] = [
     },
     Policy::Hookshim {
         target: Some(15.0),
+        learn: true,
+    },
+    Policy::Hookshim {
+        target: Some(17.0),
         learn: true,
     },
     Policy::Hookshim {

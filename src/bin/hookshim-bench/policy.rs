@@ -287,9 +287,10 @@ fn upstream_config(class: Class) -> UpstreamConfig {
         "[upstreams.sim]\npreset = \"{}\"\nrate = {{ per_second = {rate}, burst = {burst} }}\n",
         class.preset()
     );
-    // The presets read their API keys from the environment; any value does here.
+    // The presets read their API keys from the environment; any value does here (hookshim's
+    // own variables, which override config keys, stay unset).
     Config::parse(&text, "policy-sim", &|var| {
-        (var != "HOOKSHIM_CALLBACK_SECRET").then(|| "sim-key".to_string())
+        (!var.starts_with("HOOKSHIM_")).then(|| "sim-key".to_string())
     })
     .expect("the simulated upstream's config is valid")
     .upstreams["sim"]

@@ -416,9 +416,10 @@ mod plan_rules {
             0.0,
         );
         assert!((secs(w0) - 50.0).abs() < 0.01, "{w0:?}");
-        // Within 2T of the end: halving, never a gap that leaves more than T.
-        let (w, _) = plan(&c, &pace(0.85, Some(0.01), now), 3, now, T0, None, 0.0);
-        assert!((secs(w) - 7.5).abs() < 0.01, "{w:?}");
+        // eta = 40 s: a job ending at ETA_FAR of it (30 s) would be seen 12.05 s late from
+        // just past the end, more than T: the end minus the target (30 s).
+        let (w, _) = plan(&c, &pace(0.6, Some(0.01), now), 3, now, T0, None, 0.0);
+        assert!((secs(w) - 30.0).abs() < 0.01, "{w:?}");
     }
 
     #[test]
@@ -429,18 +430,26 @@ mod plan_rules {
         let (w, rule) = plan(&c, &pace(0.96, Some(0.01), now), 3, now, T0, None, 0.0);
         assert_eq!(rule, Rule::Target);
         assert!((secs(w) - 4.25).abs() < 0.01, "{w:?}");
-        // eta = 10 s: never more than the target away.
-        let (w, _) = plan(&c, &pace(0.9, Some(0.01), now), 3, now, T0, None, 0.0);
-        assert!(secs(w) <= 10.0, "{w:?}");
+        // eta = 30 s: a job ending at ETA_FAR of it (22.5 s) is still seen within T (9.05 s
+        // late) from just past the end, so the poll goes straight there, past the target.
+        let (w, _) = plan(&c, &pace(0.7, Some(0.01), now), 3, now, T0, None, 0.0);
+        assert!((secs(w) - 31.55).abs() < 0.01, "{w:?}");
+        // eta = 35 s: 10.55 s late at worst, more than T: not yet; the far rule (25 s).
+        let (w, _) = plan(&c, &pace(0.65, Some(0.01), now), 3, now, T0, None, 0.0);
+        assert!((secs(w) - 25.0).abs() < 0.01, "{w:?}");
     }
 
     #[test]
     fn before_a_rate_the_estimate_comes_from_the_progress_since_creation() {
         let c = targeted(10);
         let now = at(10);
-        // A quarter done after 10 s: 30 s left, so the end minus the target is 20 s away.
-        let (w, rule) = plan(&c, &pace(0.25, None, now), 0, now, T0, None, 0.0);
+        // A fifth done after 10 s: 40 s left, so the end minus the target is 30 s away.
+        let (w, rule) = plan(&c, &pace(0.2, None, now), 0, now, T0, None, 0.0);
         assert_eq!(rule, Rule::Target);
+        assert!((secs(w) - 30.0).abs() < 0.01, "{w:?}");
+        // A quarter after 10 s: 30 s left. From a rate that would be near enough to go straight
+        // past the end; from one reading (steps of progress make it late) it is the far rule.
+        let (w, _) = plan(&c, &pace(0.25, None, now), 0, now, T0, None, 0.0);
         assert!((secs(w) - 20.0).abs() < 0.01, "{w:?}");
         // 1 % after 20 s says 1980 s left, but a step of progress that small is no
         // estimate: the jump is at most ETA_TRUST × the job's age (80 s).

@@ -25,7 +25,8 @@ CREATE TABLE operations (
     status text NOT NULL,
     -- Next poll (ms since the epoch) while not terminal; NULL once terminal.
     poll_at bigint,
-    delivery_failed boolean NOT NULL DEFAULT false,
+    -- The terminal callback's delivery state (`none`, `pending`, `delivered`, `failed`, …).
+    delivery_state text NOT NULL,
     record json NOT NULL,
     -- The claim on its next poll: which process, until when (ms), and the fencing token
     -- (raised by every claim; a write by a process holding an older token is refused).
@@ -35,7 +36,7 @@ CREATE TABLE operations (
     UNIQUE (upstream, operation)
 );
 CREATE INDEX operations_poll_at ON operations (poll_at) WHERE poll_at IS NOT NULL;
-CREATE INDEX operations_failed ON operations (id) WHERE delivery_failed;
+CREATE INDEX operations_failed ON operations (id) WHERE delivery_state = 'failed';
 -- Callbacks still to send: `event` '' is the terminal callback, else the event's name.
 CREATE TABLE outbox (
     op_id text NOT NULL REFERENCES operations (id) ON DELETE CASCADE,

@@ -105,8 +105,23 @@ impl Drop for PgStore {
 
 /// A driver or pool error: the database is unreachable, or said no.
 pub(crate) fn unavailable(e: impl std::error::Error) -> StoreError {
-    // The driver's own text is only "db error": the server's message is in the source chain.
-    StoreError::Unavailable(crate::errors::error_chain(&e))
+    StoreError::Unavailable(chain(&e))
+}
+
+/// An error with its causes: the driver's own text is only "db error", the server's message is
+/// in the source chain (a cause the text already ends with is not repeated).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 impl PgStore {
@@ -144,7 +159,7 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Open {
                 path: format!("the database named by {}", cfg.url_env),
-                message: e.to_string(),
+                message: chain(&e),
             })?;
         let (wakes, _) = broadcast::channel(1024);
         let store = PgStore {
@@ -166,7 +181,7 @@ impl PgStore {
         };
         let mut client = store.pool.get().await.map_err(|e| StoreError::Open {
             path: format!("the database named by {}", cfg.url_env),
-            message: e.to_string(),
+            message: chain(&e),
         })?;
         let version = migrations::migrate(&mut client, &cfg.schema).await?;
         listen::spawn(
@@ -303,7 +318,7 @@ impl Store for PgStore {
             let insert = tx
                 .prepare_cached(
                     "INSERT INTO operations (id, upstream, operation, status, poll_at, \
-                     delivery_failed, record, lease_owner, lease_until, lease_token) \
+                     delivery_state, record, lease_owner, lease_until, lease_token) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $5::bigint + $9::bigint, 1)",
                 )
                 .await
@@ -319,7 +334,7 @@ impl Store for PgStore {
                     &op.operation,
                     &op.status.as_str(),
                     &at,
-                    &failed(&op),
+                    &delivery_state(op.delivery.state),
                     &Json(&op),
                     &claim.then_some(ctx.me),
                     &claim.then_some(ctx.lease),
@@ -397,7 +412,7 @@ impl Store for PgStore {
                      WHERE ($1::text IS NULL OR id > $1) \
                        AND ($2::text IS NULL OR status = $2) \
                        AND ($3::text IS NULL OR upstream = $3) \
-                       AND (NOT $4 OR delivery_failed) \
+                       AND ($4::text IS NULL OR delivery_state = $4) \
                      ORDER BY id LIMIT $5",
                 )
                 .await
@@ -411,7 +426,7 @@ impl Store for PgStore {
                         &cursor,
                         &status,
                         &f.upstream,
-                        &f.delivery_failed,
+                        &f.delivery.map(delivery_state),
                         &(limit as i64),
                     ],
                 )
@@ -760,7 +775,7 @@ impl Store for PgStore {
     async fn failed_deliveries(&self) -> Result<u64, StoreError> {
         self.with(|c| async move {
             let st = c
-                .prepare_cached("SELECT count(*) FROM operations WHERE delivery_failed")
+                .prepare_cached("SELECT count(*) FROM operations WHERE delivery_state = 'failed'")
                 .await
                 .map_err(unavailable)?;
             let n: i64 = c.query_one(&st, &[]).await.map_err(unavailable)?.get(0);

@@ -44,8 +44,12 @@ pub(super) fn poll_at(op: &Operation) -> Option<i64> {
     (!op.status.is_terminal()).then(|| ms(op.next_poll_at.unwrap_or(op.deadline_at)))
 }
 
-pub(super) fn failed(op: &Operation) -> bool {
-    op.delivery.state == DeliveryState::Failed
+/// The `delivery_state` column: the state as the API writes it (`failed`, `pending`, …).
+pub(super) fn delivery_state(state: DeliveryState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Decode the `record` column of `row` (column `idx`).
@@ -100,7 +104,7 @@ pub(super) async fn write_op(
 ) -> Result<(Vec<(String, i64)>, bool), StoreError> {
     let st = tx
         .prepare_cached(
-            "UPDATE operations SET status = $2, poll_at = $3, delivery_failed = $4, record = $5, \
+            "UPDATE operations SET status = $2, poll_at = $3, delivery_state = $4, record = $5, \
                lease_owner = CASE WHEN NOT $6 THEN lease_owner \
                  WHEN $3::bigint <= $7 THEN lease_owner ELSE NULL END, \
                lease_until = CASE WHEN NOT $6 THEN lease_until \
@@ -116,7 +120,7 @@ pub(super) async fn write_op(
                 &new.id.as_str(),
                 &new.status.as_str(),
                 &poll_at(new),
-                &failed(new),
+                &delivery_state(new.delivery.state),
                 &Json(new),
                 &ctx.keep_poll_claim,
                 &ctx.soon,

@@ -6,6 +6,7 @@
 //! prints one `skipped: no PostgreSQL at …` line and passes — except in CI (`CI=true`), where
 //! that is a failure.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,12 +174,29 @@ impl Drop for PgSchema {
 }
 
 fn no_database(url: &str, why: &str) -> Option<PgSchema> {
+    // The URL as shown: without a password.
+    let shown = match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    };
+    let url = shown.as_str();
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!(
             "no PostgreSQL at {url} ({why}); CI needs it: start it or set HOOKSHIM_TEST_DATABASE_URL"
         );
     }
-    eprintln!("skipped: no PostgreSQL at {url} ({why})");
+    // Straight to stderr (not the test harness's captured output), named after the test thread.
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a database test")
+        .to_string();
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test} skipped: no PostgreSQL at {url} ({why}); set HOOKSHIM_TEST_DATABASE_URL"
+    );
     None
 }
 
