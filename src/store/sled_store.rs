@@ -129,24 +129,35 @@ impl SledStore {
         let created = !path.exists();
         std::fs::create_dir_all(path).map_err(|e| open_err(&e))?;
         private_dir(path, created).map_err(|e| open_err(&e))?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
             // Only the group-commit task flushes (see DESIGN.md: sled's concurrent flushes).
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("lock") =>
-                {
-                    open_err(&format!(
-                        "{e}; is another hookshim process using this data directory?"
-                    ))
+            .flush_every_ms(None);
+        let locked = |e: &sled::Error| {
+            matches!(e, sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"))
+        };
+        // sled's background IO threads let go of the directory's file lock a moment after the
+        // last handle in this process is dropped (a reopen in the same process, a restart right
+        // after a stop): wait up to a second for it before saying another process holds it.
+        let mut opened = config.open();
+        for _ in 0..20 {
+            match &opened {
+                Err(e) if locked(e) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    opened = config.open();
                 }
-                e @ sled::Error::Corruption { .. } => corrupt(path, &e),
-                other => open_err(&other),
-            })?;
+                _ => break,
+            }
+        }
+        let db = opened.map_err(|e| match e {
+            ref e if locked(e) => open_err(&format!(
+                "{e}; is another hookshim process using this data directory?"
+            )),
+            e @ sled::Error::Corruption { .. } => corrupt(path, &e),
+            other => open_err(&other),
+        })?;
         private_files(path);
         let tree = |name: &str| {
             db.open_tree(name).map_err(|e| match e {
