@@ -53,8 +53,16 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// Every store error is `503 store_unavailable`: the disk said no (sled), the database is
+    /// unreachable or did not answer in time ([`StoreError::Unavailable`]), or a record is
+    /// damaged. Nothing was acknowledged; the client may retry.
     pub fn store(e: StoreError) -> ApiError {
-        tracing::error!(error = %e, "store error while serving a request");
+        match &e {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "database unavailable while serving a request")
+            }
+            _ => tracing::error!(error = %e, "store error while serving a request"),
+        }
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
@@ -409,6 +417,7 @@ async fn get_one(
     let op = shim
         .store
         .get(&id)
+        .await
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::not_found(&id))?;
     Ok(Json(op).into_response())
@@ -482,8 +491,9 @@ async fn list(
         };
         let mut found = Vec::new();
         for upstream in upstreams {
-            if let Some(op) =
-                crate::state::lookup(&shim, upstream, operation).map_err(ApiError::store)?
+            if let Some(op) = crate::state::lookup(&shim, upstream, operation)
+                .await
+                .map_err(ApiError::store)?
             {
                 found.push(op);
             }
@@ -507,7 +517,7 @@ async fn list(
             .filter(|c| !c.is_empty())
             .map(OperationId::from_text),
     };
-    let (mut ops, next) = shim.store.list(&filter).map_err(ApiError::store)?;
+    let (mut ops, next) = shim.store.list(&filter).await.map_err(ApiError::store)?;
     // A page of up to 1000 records would carry up to 1000 kept bodies: the list leaves them
     // out (`GET /v1/operations/{id}` and the lookup by upstream id have them).
     for op in &mut ops {
@@ -538,6 +548,7 @@ async fn delete_one(
     let op = shim
         .store
         .delete(&id)
+        .await
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::not_found(&id))?;
     shim.commit.flushed().await.map_err(ApiError::store)?;
@@ -724,6 +735,7 @@ async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
     let store_error = match shim
         .store
         .get(&OperationId::from_text("op_readiness_probe"))
+        .await
     {
         Err(e) => Some(e.to_string()),
         Ok(_) => shim.commit.last_error().map(|e| e.to_string()),
@@ -759,12 +771,38 @@ async fn metrics(State(shim): State<Arc<Shim>>, headers: HeaderMap) -> Response 
     shim.metrics
         .deliveries("pending")
         .set(shim.deliveries.len() as i64);
-    for (upstream, status, n) in shim.store.active_by_status() {
-        shim.metrics
-            .operations_by_status(&upstream, status.as_str(), n as i64);
+    if let Ok(counts) = shim.store.active_by_status().await {
+        // A store may leave out what it has none of: every configured upstream's series is
+        // set, to 0 when absent.
+        for upstream in shim.config.upstreams.keys() {
+            for status in [Status::Pending, Status::Running] {
+                if !counts.iter().any(|(u, s, _)| u == upstream && *s == status) {
+                    shim.metrics
+                        .operations_by_status(upstream, status.as_str(), 0);
+                }
+            }
+        }
+        for (upstream, status, n) in counts {
+            shim.metrics
+                .operations_by_status(&upstream, status.as_str(), n as i64);
+        }
     }
-    if let Ok(failed) = shim.store.failed_deliveries() {
+    if shim.store.shares_work() {
+        // This process's share of each budget changes with the replicas alive: show it now.
+        let now = shim.clock.now();
+        for (upstream, l) in &shim.limiters {
+            shim.metrics.upstream_rate(upstream, l.current_rate(now));
+        }
+    }
+    if let Ok(failed) = shim.store.failed_deliveries().await {
         shim.metrics.deliveries("failed").set(failed as i64);
+    }
+    if shim.metrics.store_size_due(shim.store.size_sample_every()) {
+        if let Ok(bytes) = shim.store.size_on_disk().await {
+            shim.metrics
+                .store_bytes
+                .set(bytes.min(i64::MAX as u64) as i64);
+        }
     }
     let openmetrics = headers
         .get_all(header::ACCEPT)

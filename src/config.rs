@@ -21,6 +21,10 @@ use serde::Deserialize;
 use crate::address::{Rules, check_callback_url, parse_port_range};
 
 use crate::clock::Timestamp;
+pub use crate::store::config::{Backend, PgConfig, StoreConfig};
+use crate::store::config::{RawStore, resolve_store};
+pub use crate::store::retention::RetentionConfig;
+use crate::store::retention::{RawRetention, resolve_retention};
 use crate::upstream::UpstreamConfig;
 use crate::upstream::config::{RawUpstream, resolve_upstream};
 use crate::values::{Dur, EnvLookup, Secret, Size, process_env};
@@ -57,6 +61,8 @@ struct RawConfig {
     upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    retention: RawRetention,
     #[serde(default)]
     trace: crate::telemetry::RawTrace,
 }
@@ -124,35 +130,6 @@ impl Default for RawServer {
             webhook_listen: None,
             allow_unauthenticated: false,
             max_connections_per_ip: d_max_connections_per_ip(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    #[serde(default = "d_path")]
-    path: PathBuf,
-    #[serde(default = "d_cache")]
-    cache: Size,
-    #[serde(default = "d_kept_upstream_body")]
-    max_upstream_body: Size,
-}
-fn d_kept_upstream_body() -> Size {
-    Size(256 << 10)
-}
-fn d_path() -> PathBuf {
-    "data".into()
-}
-fn d_cache() -> Size {
-    Size(64 << 20)
-}
-impl Default for RawStore {
-    fn default() -> Self {
-        RawStore {
-            path: d_path(),
-            cache: d_cache(),
-            max_upstream_body: d_kept_upstream_body(),
         }
     }
 }
@@ -273,6 +250,8 @@ pub struct Config {
     pub workers: WorkerConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub log: LogConfig,
+    /// `[retention]`: how long finished operations are kept.
+    pub retention: RetentionConfig,
     /// `[trace]`: `None` while traces are off (the default).
     pub trace: Option<crate::telemetry::TraceConfig>,
     /// Where the keys that were set came from: the environment ([`env`]) or the file (dotted
@@ -327,15 +306,6 @@ pub struct ServerConfig {
     pub allow_unauthenticated: bool,
     /// Connections one client address may hold open at once on the public listener.
     pub max_connections_per_ip: usize,
-}
-
-#[derive(Clone, Debug)]
-pub struct StoreConfig {
-    pub path: PathBuf,
-    pub cache_bytes: u64,
-    /// The largest upstream status body kept with a record (`upstream_body`); a larger one is
-    /// kept cut to this size and flagged `upstream_body_truncated`.
-    pub max_upstream_body: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -615,12 +585,8 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
         ));
     }
 
-    if raw.store.cache.0 < (1 << 20) {
-        return Err("`store.cache`: must be at least 1MiB".into());
-    }
-    if raw.store.max_upstream_body.0 > (16 << 20) {
-        return Err("`store.max_upstream_body`: at most 16MiB (every record carries it); write e.g. \"256KiB\"".into());
-    }
+    let store = resolve_store(raw.store, env)?;
+    let retention = resolve_retention(raw.retention)?;
 
     let cb = raw.callbacks;
     let allowed_hosts: Vec<String> = cb
@@ -758,11 +724,8 @@ fn resolve(raw: RawConfig, source: &str, env: EnvLookup<'_>) -> Result<Config, S
             allow_unauthenticated: raw.server.allow_unauthenticated,
             max_connections_per_ip: raw.server.max_connections_per_ip,
         },
-        store: StoreConfig {
-            path: raw.store.path,
-            cache_bytes: raw.store.cache.0,
-            max_upstream_body: raw.store.max_upstream_body.0 as usize,
-        },
+        store,
+        retention,
         callbacks: CallbackConfig {
             default_url,
             secret_env: cb.secret_env,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hookshim::clock::{Clock, SystemClock};
-use hookshim::config::{Config, LogFormat};
+use hookshim::config::{Backend, Config, LogFormat};
 use hookshim::service::{StartError, StartOptions, start};
 use hookshim::store::{SledStore, StoreError};
 use hookshim::telemetry::export::Pipeline;
@@ -197,6 +197,13 @@ fn main() -> ExitCode {
             for w in warnings(&config) {
                 tracing::warn!("{w}");
             }
+            if accept_damaged_store && config.store.backend != Backend::Sled {
+                eprintln!(
+                    "error: --accept-damaged-store is for sled's data directory; the PostgreSQL \
+                     store commits every write and has no mark to accept"
+                );
+                return ExitCode::from(2);
+            }
             if accept_damaged_store {
                 let accepted =
                     SledStore::open_unchecked(&config.store.path, config.store.cache_bytes)
@@ -215,7 +222,9 @@ fn main() -> ExitCode {
                         running.run_until_signal_reloading(cli.config.clone()).await;
                         ExitCode::SUCCESS
                     }
-                    Err(StartError::Store(e @ StoreError::Damaged(_))) => {
+                    Err(StartError::Store(
+                        e @ (StoreError::Damaged(_) | StoreError::TooNew(_)),
+                    )) => {
                         eprintln!("error: {e}");
                         ExitCode::from(2)
                     }
@@ -241,6 +250,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if config.store.backend != Backend::Sled {
+                eprintln!(
+                    "error: `store verify` checks sled's data directory; with store.backend = \
+                     \"postgres\" every write is one committed transaction (use PostgreSQL's own \
+                     tools to check the database)"
+                );
+                return ExitCode::from(2);
+            }
             let report = SledStore::open_unchecked(&config.store.path, config.store.cache_bytes)
                 .and_then(|s| {
                     // sled panics on some damaged pages rather than returning an error.

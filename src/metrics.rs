@@ -144,6 +144,14 @@ pub struct Metrics {
     pub credential_refreshes: Family<ResultLabels, Counter>,
     pub job_duration_quantile: Family<QuantileLabels, Gauge<f64, AtomicU64>>,
     pub requests_saved: Family<UpstreamLabel, Counter>,
+    /// The shared store's claims, leases, errors and call latency (PostgreSQL).
+    pub store: crate::store::StoreMetrics,
+    /// The store's size (sled: on disk; PostgreSQL: its schema's tables), sampled when scraped.
+    pub store_bytes: Gauge,
+    /// When `store_bytes` was last sampled.
+    store_bytes_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Operations removed by retention (`[retention]`).
+    pub purged: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -259,6 +267,49 @@ impl Metrics {
             "Status requests not made compared to the plain blind schedule, per upstream (target_delay and learned priors)",
             requests_saved.clone(),
         );
+        let store = crate::store::StoreMetrics::default();
+        registry.register(
+            "hookshim_db_leases_held",
+            "Claims on due polls and callbacks this process holds (PostgreSQL store)",
+            store.leases_held.clone(),
+        );
+        registry.register(
+            "hookshim_db_claims",
+            "Due polls and callbacks claimed by this process (PostgreSQL store)",
+            store.claims.clone(),
+        );
+        registry.register(
+            "hookshim_db_lease_takeovers",
+            "Claims taken over from a process whose lease had expired (PostgreSQL store)",
+            store.takeovers.clone(),
+        );
+        registry.register(
+            "hookshim_db_leases_lost",
+            "Writes refused because this process's claim had expired or been taken over (PostgreSQL store)",
+            store.leases_lost.clone(),
+        );
+        registry.register(
+            "hookshim_db_errors",
+            "Database calls that failed: unreachable, timed out or refused (PostgreSQL store)",
+            store.errors.clone(),
+        );
+        registry.register(
+            "hookshim_db_call_seconds",
+            "Duration of database calls, waiting for a pooled connection included (PostgreSQL store)",
+            store.call_seconds.clone(),
+        );
+        let store_bytes = Gauge::default();
+        registry.register(
+            "hookshim_store_bytes",
+            "Size of the store in bytes (sled: its data directory on disk, read at each scrape; PostgreSQL: pg_total_relation_size of the schema's tables, read at most every minute)",
+            store_bytes.clone(),
+        );
+        let purged = Counter::default();
+        registry.register(
+            "hookshim_operations_purged",
+            "Finished operations removed by retention ([retention] finished and failed)",
+            purged.clone(),
+        );
         for r in TRACE_SPAN_RESULTS {
             trace_spans(r, 0);
         }
@@ -268,6 +319,10 @@ impl Metrics {
             TRACE_SPANS.clone(),
         );
         Metrics {
+            store_bytes,
+            store_bytes_at: std::sync::Mutex::new(None),
+            purged,
+            store,
             by_status,
             end_to_end,
             deliveries,
@@ -286,6 +341,21 @@ impl Metrics {
             callback_attempts,
             delivery_latency,
         }
+    }
+
+    /// Whether the store's size is due for a new sample (`every` after the last); if so, the
+    /// caller samples it now ([`Metrics::store_bytes`]).
+    pub fn store_size_due(&self, every: std::time::Duration) -> bool {
+        let mut at = self
+            .store_bytes_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if at.is_some_and(|t| now.duration_since(t) < every) {
+            return false;
+        }
+        *at = Some(now);
+        true
     }
 
     pub fn upstream_request(&self, upstream: &str, outcome: &str) {

@@ -22,6 +22,7 @@ use crate::schedule::{
     GROUP_FULL_RETRY, PollOutcome, Reading, apply_outcome_with, classify, parse_hint, time_out,
 };
 use crate::state::{SHUTDOWN_GRACE, Shim};
+use crate::store::StoreError;
 use crate::telemetry;
 use crate::upstream::{Mapping, ResultOutcome, UpstreamConfig};
 use crate::upstream::{final_resource_url, result_url, status_body, status_url};
@@ -33,7 +34,7 @@ fn jitter_sample() -> f64 {
 /// Read one operation's status and record what it said.
 pub async fn poll_once(shim: &Shim, id: OperationId) {
     let id = &id;
-    let op = match shim.store.get(id) {
+    let op = match shim.store.claimed(id).await {
         Ok(Some(op)) if !op.status.is_terminal() => op,
         Ok(_) => return,
         Err(e) => {
@@ -146,9 +147,9 @@ async fn record(
     shim: &Shim,
     id: &OperationId,
     now: Timestamp,
-    change: &(dyn Fn(&mut Operation) -> bool + Sync),
+    change: &crate::store::Change<'_>,
 ) -> Option<Status> {
-    match shim.store.update(id, change) {
+    match shim.store.update_claimed(id, change).await {
         Ok(Some(updated)) => {
             shim.after_update(&updated).await;
             let after = &updated.op;
@@ -158,6 +159,11 @@ async fn record(
             Some(after.status)
         }
         Ok(None) => None, // deleted meanwhile
+        Err(e @ StoreError::LeaseLost(_)) => {
+            // Another replica took this poll over; it records its own reading.
+            tracing::info!(op = %id, error = %e, "poll result dropped");
+            None
+        }
         Err(e) => {
             tracing::error!(op = %id, error = %e, "cannot record poll result; retrying in 30s");
             shim.polls.schedule(id, now.plus(Duration::from_secs(30)));

@@ -18,16 +18,24 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::metrics::Metrics;
 use crate::schedule::{DueQueue, GroupSlots, QueueId, UpstreamLimiter};
 use crate::state::{EARLY_WEBHOOK_WINDOW, INBOX_RETENTION, Shim};
-use crate::store::{GroupCommit, SledStore, Store};
+use crate::store::{GroupCommit, PgStore, SledStore, Store};
+use crate::values::Secret;
 
 /// How often old webhook ids and kept webhooks are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// Overdue polls found at start are spread over at most this long.
 const RESTART_SPREAD_MAX: Duration = Duration::from_secs(30);
+
+mod replicas;
+mod retention;
+
+pub use replicas::{CLAIM_BATCH, CLAIM_EVERY, HEARTBEAT_EVERY};
+use replicas::{budget_loop, claim_loop, share_budgets};
+pub use retention::{PURGE_BATCH, purge_pass};
 
 /// Options the binary and tests pass besides the config.
 pub struct StartOptions {
@@ -84,15 +92,24 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
     drop(tokio::signal::unix::signal(
         tokio::signal::unix::SignalKind::hangup(),
     ));
-    let store_path = config.store.path.clone();
-    let cache = config.store.cache_bytes;
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || SledStore::open(&store_path, cache))
-            .await
-            .map_err(|e| StartError::Secret(e.to_string()))??,
-    );
+    let metrics = Metrics::new();
+    let store: Arc<dyn Store> = match &config.store.backend {
+        Backend::Sled => {
+            let store_path = config.store.path.clone();
+            let cache = config.store.cache_bytes;
+            Arc::new(
+                tokio::task::spawn_blocking(move || SledStore::open(&store_path, cache))
+                    .await
+                    .map_err(|e| StartError::Secret(e.to_string()))??,
+            )
+        }
+        Backend::Postgres(pg) => {
+            Arc::new(PgStore::open(pg, opts.clock.clone(), metrics.store.clone()).await?)
+        }
+    };
+    let callbacks = with_shared_secret(&config, store.as_ref()).await?;
     let (callback_keys, secret_path) =
-        crate::delivery::callback_keys(&config.callbacks, &config.store.path)
+        crate::delivery::callback_keys(&callbacks, &config.store.path)
             .map_err(StartError::Secret)?;
     log_callback_keys(&config, secret_path.as_deref());
 
@@ -127,7 +144,6 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         .map(|(n, u)| (n.clone(), UpstreamLimiter::new(u.rate, opts.clock.now())))
         .collect();
     let commit = GroupCommit::new(store.clone());
-    let metrics = Metrics::new();
     let credentials = crate::credentials::Credentials::new(
         config
             .upstreams
@@ -136,7 +152,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         metrics.credential_refreshes.clone(),
         upstream_http.clone(),
     );
-    let store_for_priors = store.clone();
+    let learned = crate::state::Learned::load(store.as_ref()).await;
     let shim = Arc::new(Shim {
         store,
         commit: commit.clone(),
@@ -157,13 +173,13 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         reads: Default::default(),
         allowed_hosts: std::sync::RwLock::new(Arc::new(config.callbacks.allowed_hosts.clone())),
         credentials,
-        learned: crate::state::Learned::load(store_for_priors.as_ref()),
+        learned,
         config,
     });
 
     shim.metrics
         .init_series(shim.config.upstreams.keys().map(String::as_str));
-    rebuild(&shim)?;
+    rebuild(&shim).await?;
 
     let flusher_stop = CancellationToken::new();
     let flusher = tokio::spawn(commit.run(flusher_stop.clone()));
@@ -183,6 +199,13 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         |s, key| async move { crate::delivery::deliver_once(&s, key).await },
     ));
     workers.spawn(purge_loop(shim.clone()));
+    workers.spawn(retention::retention_loop(shim.clone()));
+    if shim.store.shares_work() {
+        // The first beat before any request goes out: the share is right from the start.
+        share_budgets(&shim).await;
+        workers.spawn(claim_loop(shim.clone()));
+        workers.spawn(budget_loop(shim.clone()));
+    }
     // Fetch every upstream credential once now, so a broken one shows in /readyz and the log
     // before a poll needs it (a poll meanwhile waits for the same fetch, not a second one).
     let warm = shim.clone();
@@ -234,6 +257,30 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         flusher,
         flusher_stop,
     })
+}
+
+/// `[callbacks]` with the current secret every replica on a shared store uses, when none is
+/// configured (PostgreSQL: generated by the first replica and kept in the database). Unchanged
+/// otherwise (sled generates one in its data directory).
+async fn with_shared_secret(
+    config: &Config,
+    store: &dyn Store,
+) -> Result<crate::config::CallbackConfig, StartError> {
+    let mut callbacks = config.callbacks.clone();
+    if callbacks.secret.is_some() || config.store.backend == Backend::Sled {
+        return Ok(callbacks);
+    }
+    let candidate = Secret(rand::random::<[u8; 32]>().to_vec()).to_whsec();
+    if let Some(shared) = store.shared_secret(&candidate).await? {
+        let secret = Secret::from_whsec(&shared)
+            .map_err(|e| StartError::Secret(format!("the callback secret in the database {e}")))?;
+        tracing::info!(
+            "callback signing secret kept in the database, shared by every replica (set {} to use your own)",
+            callbacks.secret_env
+        );
+        callbacks.secret = Some(secret);
+    }
+    Ok(callbacks)
 }
 
 /// Use the given listener (tests bind port 0) or bind `at`.
@@ -424,20 +471,28 @@ fn same_origin_redirects(max: usize) -> reqwest::redirect::Policy {
 
 /// Rebuild the in-memory schedule and outbox from the store (invariant 6). Overdue polls are
 /// spread over a short window instead of all firing at once.
-fn rebuild(shim: &Shim) -> Result<(), StartError> {
+async fn rebuild(shim: &Shim) -> Result<(), StartError> {
     let now = shim.clock.now();
     // Streamed into the queue (no list of a million owned ids); gauges counted per upstream and
     // set once.
+    // A store whose work is shared hands out due work by claims (`claim_loop`), not all of it
+    // to each process at start.
+    let own_all = !shim.store.shares_work();
     let mut per_upstream: HashMap<String, i64> = HashMap::new();
-    let active = shim.store.for_each_scheduled(&mut |id, upstream, at| {
-        shim.polls.schedule(&id, at);
-        match per_upstream.get_mut(upstream) {
-            Some(n) => *n += 1,
-            None => {
-                per_upstream.insert(upstream.to_string(), 1);
+    let active = shim
+        .store
+        .for_each_scheduled(&mut |id, upstream, at| {
+            if own_all {
+                shim.polls.schedule(&id, at);
             }
-        }
-    })?;
+            match per_upstream.get_mut(upstream) {
+                Some(n) => *n += 1,
+                None => {
+                    per_upstream.insert(upstream.to_string(), 1);
+                }
+            }
+        })
+        .await?;
     for (upstream, n) in &per_upstream {
         shim.metrics.active(upstream).inc_by(*n);
     }
@@ -445,9 +500,13 @@ fn rebuild(shim: &Shim) -> Result<(), StartError> {
     let overdue = shim.polls.spread_due(now, Duration::ZERO);
     let spread = RESTART_SPREAD_MAX.min(Duration::from_millis(overdue as u64 * 2));
     shim.polls.spread_due(now, spread);
-    let outbox = shim.store.outbox()?;
+    let outbox = if own_all {
+        shim.store.outbox().await?
+    } else {
+        Vec::new()
+    };
     // Builds the failed-deliveries index of a store written before it (once).
-    let failed = shim.store.failed_deliveries()?;
+    let failed = shim.store.failed_deliveries().await?;
     shim.metrics.deliveries("failed").set(failed as i64);
     for entry in &outbox {
         shim.deliveries.schedule(&entry.key, entry.at.max(now));
@@ -504,6 +563,7 @@ async fn purge_loop(shim: Arc<Shim>) {
         match shim
             .store
             .purge_webhooks(before(INBOX_RETENTION), before(EARLY_WEBHOOK_WINDOW))
+            .await
         {
             Ok(n) if n > 0 => tracing::info!(removed = n, "purged old webhook records"),
             Ok(_) => {}
@@ -526,9 +586,13 @@ impl Running {
         }
         self.workers.close();
         self.workers.wait().await;
+        // Whatever this process still holds goes to the others at once.
+        if let Err(e) = self.shim.store.release_claims().await {
+            tracing::warn!(error = %e, "cannot release this process's claims; they lapse by themselves");
+        }
         // What was learned since the last periodic save goes with the final flush.
         if let Some(bytes) = self.shim.learned.unsaved() {
-            if let Err(e) = self.shim.store.save_priors(&bytes) {
+            if let Err(e) = self.shim.store.save_priors(&bytes).await {
                 tracing::warn!(error = %e, "cannot save the learned job-length priors");
             }
         }
@@ -617,7 +681,12 @@ pub fn reload(shim: &Shim, path: &Path) {
             return;
         }
     };
-    let keys = match crate::delivery::callback_keys(&new.callbacks, &shim.config.store.path) {
+    // On a shared store with no secret configured, the current secret is the database's: keep it.
+    let mut callbacks = new.callbacks.clone();
+    if callbacks.secret.is_none() && shim.config.store.backend != Backend::Sled {
+        callbacks.secret = shim.callback_keys().secrets.first().map(|(s, _)| s.clone());
+    }
+    let keys = match crate::delivery::callback_keys(&callbacks, &shim.config.store.path) {
         Ok((k, _)) => k,
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: config not reloaded; nothing changed");

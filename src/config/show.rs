@@ -80,7 +80,8 @@ impl Config {
                 "allow_unauthenticated": self.server.allow_unauthenticated,
                 "max_connections_per_ip": self.server.max_connections_per_ip,
             },
-            "store": {"path": self.store.path.display().to_string(), "cache_bytes": self.store.cache_bytes, "max_upstream_body": self.store.max_upstream_body},
+            "store": self.store.redacted(),
+            "retention": self.retention.shown(),
             "callbacks": {
                 "default_url": self.callbacks.default_url.as_ref().map(|u| u.as_str()),
                 "secret_env": self.callbacks.secret_env,

@@ -168,3 +168,83 @@ fn redacted_view_has_no_secrets() {
         "{text}"
     );
 }
+
+#[test]
+fn store_backend_defaults_to_sled() {
+    let c = Config::parse(GOOD, "shim.toml", &env).unwrap();
+    assert_eq!(c.store.backend, Backend::Sled);
+}
+
+#[test]
+fn postgres_store_reads_its_url_from_the_environment_and_never_prints_it() {
+    let url = "postgres://app:hunter2@127.0.0.1:5432/hooks";
+    let lookup = |name: &str| match name {
+        "MY_DB" => Some(url.to_string()),
+        other => env(other),
+    };
+    let text = GOOD.replace(
+        "[store]\n",
+        "[store]\nbackend = \"postgres\"\nurl_env = \"MY_DB\"\npool_size = 3\nschema = \"hooks_1\"\n",
+    );
+    let c = Config::parse(&text, "shim.toml", &lookup).unwrap();
+    let Backend::Postgres(pg) = &c.store.backend else {
+        panic!("not postgres: {:?}", c.store.backend)
+    };
+    assert_eq!(
+        (pg.url.as_str(), pg.pool_size, pg.schema.as_str()),
+        (url, 3, "hooks_1")
+    );
+    assert_eq!(pg.lease, Duration::from_secs(30));
+    let shown = format!("{} {:?}", c.redacted(), c.store);
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("<redacted, from MY_DB>"), "{shown}");
+}
+
+#[test]
+fn postgres_store_settings_are_checked() {
+    let with = |extra: &str| GOOD.replace("[store]\n", &format!("[store]\n{extra}\n"));
+    let e = err_of(&with("backend = \"postgre\""));
+    assert!(
+        e.contains("`store.backend`: \"postgre\" is not a store"),
+        "{e}"
+    );
+    let e = err_of(&with("backend = \"postgres\"\nurl_env = \"NO_SUCH_VAR\""));
+    assert!(e.contains("`store.url_env`: NO_SUCH_VAR is not set"), "{e}");
+    let lookup = |name: &str| match name {
+        "DB" => Some("postgres://u:secretpw@127.0.0.1:5432/x?sslmode=sometimes".to_string()),
+        other => env(other),
+    };
+    let e = Config::parse(
+        &with("backend = \"postgres\"\nurl_env = \"DB\""),
+        "shim.toml",
+        &lookup,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("the value of DB is not a PostgreSQL URL"), "{e}");
+    assert!(!e.contains("secretpw"), "{e}");
+    let good_url = |name: &str| match name {
+        "DB" => Some("postgres://127.0.0.1/x".to_string()),
+        other => env(other),
+    };
+    for (extra, expect) in [
+        (
+            "schema = \"Hooks\"",
+            "`store.schema`: \"Hooks\" is not a plain schema name",
+        ),
+        ("schema = \"a; drop\"", "`store.schema`"),
+        ("pool_size = 0", "`store.pool_size`: 0 is out of range"),
+        (
+            "lease = \"100ms\"",
+            "`store.lease`: must be between 1s and 1h",
+        ),
+    ] {
+        let text = with(&format!(
+            "backend = \"postgres\"\nurl_env = \"DB\"\n{extra}"
+        ));
+        let e = Config::parse(&text, "shim.toml", &good_url)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expect), "{extra}: {e}");
+    }
+}

@@ -21,8 +21,8 @@ pub mod vet;
 
 pub use attempt::{AttemptResult, classify, record_attempt, record_attempt_on};
 
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqwest::header::CONTENT_TYPE;
@@ -36,6 +36,7 @@ use crate::operation::{DeliveryState, Operation};
 use crate::schedule::{GROUP_FULL_RETRY, parse_hint};
 use crate::signing::CallbackKeys;
 use crate::state::{SHUTDOWN_GRACE, Shim};
+use crate::store::StoreError;
 use crate::telemetry;
 use crate::values::Secret;
 use attempt::delivery_of;
@@ -130,7 +131,7 @@ pub async fn deliver_once(shim: &Shim, key: DeliveryKey) {
         shim.deliveries
             .schedule(key, shim.clock.now().plus(Duration::from_secs(30)));
     };
-    let mut op = match shim.store.get(id) {
+    let mut op = match shim.store.claimed_delivery(key).await {
         Ok(Some(op)) => op,
         Ok(None) => return,
         Err(e) => return retry_later(&e, "cannot read outbox entry"),
@@ -212,13 +213,16 @@ async fn attempt_once(
     let now = shim.clock.now();
     let sample = rand::random_range(-1.0..=1.0);
     let schedule = &shim.config.callbacks.retry_schedule;
-    let wrote = Cell::new(false);
-    let updated = shim.store.update(id, &|o| {
-        let w = delivery_of(o, event)
-            .is_some_and(|d| record_attempt_on(d, &result, schedule, now, sample, took));
-        wrote.set(w);
-        w
-    });
+    let wrote = AtomicBool::new(false);
+    let updated = shim
+        .store
+        .update_delivery(key, &|o| {
+            let w = delivery_of(o, event)
+                .is_some_and(|d| record_attempt_on(d, &result, schedule, now, sample, took));
+            wrote.store(w, Ordering::SeqCst);
+            w
+        })
+        .await;
     let label = match &result {
         AttemptResult::Delivered(_) => "delivered",
         AttemptResult::Gone => "gone",
@@ -248,8 +252,13 @@ async fn attempt_once(
         }
     }
     let after = match updated {
-        Ok(Some(mut u)) if wrote.get() => delivery_of(&mut u.op, event).cloned(),
+        Ok(Some(mut u)) if wrote.load(Ordering::SeqCst) => delivery_of(&mut u.op, event).cloned(),
         Ok(_) => None,
+        Err(e @ StoreError::LeaseLost(_)) => {
+            // Another replica took this callback over (and sends it, with the same id).
+            tracing::info!(op = %id, callback = %key, error = %e, "callback attempt result dropped");
+            return;
+        }
         Err(e) => return retry_later(&e, "cannot record callback attempt"),
     };
     let Some(d) = after else { return };

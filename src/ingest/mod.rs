@@ -156,14 +156,14 @@ async fn receive_in(
     // with or without `batches/`, `operations/`, a model prefix): take the registered form,
     // else the canonical one (where an early event is kept).
     let ids = up.preset.webhook_ids(&operation);
-    let operation =
-        match shim
-            .store
-            .find_operation(upstream, &ids.candidates, ids.suffix.as_deref())?
-        {
-            Some(registered) => registered,
-            None => ids.candidates[0].clone(),
-        };
+    let operation = match shim
+        .store
+        .find_operation(upstream, &ids.candidates, ids.suffix.as_deref())
+        .await?
+    {
+        Some(registered) => registered,
+        None => ids.candidates[0].clone(),
+    };
     if let Some(t) = event_type {
         span.record("event", t);
     }
@@ -175,9 +175,10 @@ async fn receive_in(
         })
     });
 
-    let record =
-        shim.store
-            .record_webhook(upstream, &webhook_id, &operation, outcome.as_ref(), now)?;
+    let record = shim
+        .store
+        .record_webhook(upstream, &webhook_id, &operation, outcome.as_ref(), now)
+        .await?;
     shim.commit.flushed().await?;
     Ok(match record {
         WebhookRecord::Duplicate => {

@@ -548,7 +548,7 @@ async fn status_read(
     url: reqwest::Url,
     mut req: Request,
 ) -> Result<Response, ProxyError> {
-    let tracked = match crate::state::lookup(shim, &up.name, op) {
+    let tracked = match crate::state::lookup(shim, &up.name, op).await {
         Ok(t) => t,
         Err(e) => {
             // Without the store the read still works: forwarded.
@@ -585,14 +585,18 @@ async fn status_read(
                 let kept = UpstreamBody::new(status.as_u16(), ct, bytes.to_vec());
                 let max = shim.config.store.max_upstream_body;
                 let now = shim.clock.now();
-                if let Err(e) = shim.store.update(&tracked.id, &|o| {
-                    // A read sent before the end must not replace the terminal body.
-                    if !o.may_keep_body_sent_at(sent) {
-                        return false;
-                    }
-                    o.keep_body(&kept, max, now);
-                    true
-                }) {
+                if let Err(e) = shim
+                    .store
+                    .update(&tracked.id, &|o| {
+                        // A read sent before the end must not replace the terminal body.
+                        if !o.may_keep_body_sent_at(sent) {
+                            return false;
+                        }
+                        o.keep_body(&kept, max, now);
+                        true
+                    })
+                    .await
+                {
                     tracing::warn!(op = %tracked.id, error = %e, "could not keep a proxied status body");
                 }
             }

@@ -4,6 +4,11 @@
 //! rate, which recovers by a tenth of the ceiling every `rate.increase_every` without another
 //! one ([`Aimd`]). While the rate is below the ceiling, requests are spaced `1/rate` apart with no
 //! burst. The limiter also spreads the first polls of operations registered together.
+//!
+//! Several processes sharing one store share each budget ([`UpstreamLimiter::set_share`]): each
+//! sends at most its share of the adaptive rate, paced without burst, and a rate-limit answer
+//! seen by any of them lowers the rate and pauses the upstream in all
+//! ([`UpstreamLimiter::throttled_elsewhere`]).
 
 use std::num::NonZeroU32;
 use std::sync::Mutex;
@@ -34,6 +39,8 @@ struct Pacer {
     next_slot: f64,
     /// The next free first-poll slot for newly registered operations.
     next_first_poll: Timestamp,
+    /// This process's share of the budget (1 alone; 1/n of n live processes on a shared store).
+    share: f64,
 }
 
 impl UpstreamLimiter {
@@ -52,6 +59,7 @@ impl UpstreamLimiter {
                 ),
                 next_slot: 0.0,
                 next_first_poll: Timestamp(0),
+                share: 1.0,
             }),
         }
     }
@@ -74,9 +82,26 @@ impl UpstreamLimiter {
         self.pacer().aimd.throttled(now)
     }
 
-    /// The request rate allowed now (per second).
+    /// The request rate this process may send now (per second): its share of the adaptive rate.
     pub fn current_rate(&self, now: Timestamp) -> f64 {
-        self.pacer().aimd.rate(now)
+        let mut p = self.pacer();
+        p.aimd.rate(now) * p.share
+    }
+
+    /// Take `share` (0..=1) of the budget: the others sharing the store take the rest.
+    pub fn set_share(&self, share: f64) {
+        self.pacer().share = share.clamp(0.001, 1.0);
+    }
+
+    /// When a rate-limit answer here last lowered the rate (for the other processes).
+    pub fn last_throttled(&self) -> Option<Timestamp> {
+        self.pacer().aimd.last_decrease()
+    }
+
+    /// Another process sharing the budget got a rate-limit answer at `at`: lower the rate here
+    /// too (once per congestion event, as for an answer here).
+    pub fn throttled_elsewhere(&self, at: Timestamp) -> bool {
+        self.pacer().aimd.throttled(at)
     }
 
     /// When a newly registered operation should first be polled, given that its schedule says
@@ -84,7 +109,8 @@ impl UpstreamLimiter {
     /// poll, so a burst of registrations does not become a burst of polls.
     pub fn spread_first_poll(&self, at: Timestamp, now: Timestamp) -> Timestamp {
         let mut p = self.pacer();
-        let gap = (1000.0 / p.aimd.rate(now).max(0.001)).ceil() as u64;
+        let rate = p.aimd.rate(now) * p.share;
+        let gap = (1000.0 / rate.max(0.001)).ceil() as u64;
         let slot = at.max(p.next_first_poll).min(at.plus(SPREAD_MAX));
         p.next_first_poll = Timestamp(slot.0 + gap);
         slot
@@ -104,7 +130,9 @@ impl UpstreamLimiter {
             let wait = {
                 let now = clock.now();
                 let mut p = self.pacer();
-                let rate = p.aimd.rate(now);
+                // A share below 1 always paces: n processes with no burst each add up to the
+                // rate, never n bursts.
+                let rate = p.aimd.rate(now) * p.share;
                 if rate < p.aimd.ceiling() {
                     let slot = p.next_slot.max(now.0 as f64);
                     p.next_slot = slot + 1000.0 / rate.max(0.001);

@@ -409,6 +409,11 @@ impl Aimd {
     pub fn ceiling(&self) -> f64 {
         self.ceiling
     }
+
+    /// When a rate-limit answer last lowered the rate.
+    pub fn last_decrease(&self) -> Option<Timestamp> {
+        self.last_decrease
+    }
 }
 
 /// When to poll next: the later of the backoff and the hint, but never after the deadline (the

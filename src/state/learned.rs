@@ -45,8 +45,8 @@ pub struct Recorded {
 
 impl Learned {
     /// Start from what the store kept (nothing, or unreadable: start cold, with a warning).
-    pub fn load(store: &dyn Store) -> Learned {
-        let priors = match store.load_priors() {
+    pub async fn load(store: &dyn Store) -> Learned {
+        let priors = match store.load_priors().await {
             Ok(Some(bytes)) => Priors::from_bytes(&bytes).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "the stored job-length priors are unreadable; starting without them");
                 Priors::default()

@@ -67,12 +67,14 @@ pub async fn amend(
         Some(d) => Some(now.plus(parse_deadline(d, now)?)),
         None => None,
     };
-    let refused = std::cell::RefCell::new(None);
+    let refused = std::sync::Mutex::new(None);
     let updated = shim
         .store
         .update(id, &|o| {
-            *refused.borrow_mut() = refusal(o, &change);
-            if refused.borrow().is_some() {
+            let why = refusal(o, &change);
+            let refuse = why.is_some();
+            *refused.lock().unwrap_or_else(|p| p.into_inner()) = why;
+            if refuse {
                 return false;
             }
             if let Some(u) = &callback_url {
@@ -89,9 +91,10 @@ pub async fn amend(
             }
             o.updated_at = now;
             true
-        })?
+        })
+        .await?
         .ok_or_else(|| ManageError::NotFound(id.clone()))?;
-    if let Some(why) = refused.into_inner() {
+    if let Some(why) = refused.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(ManageError::Finished(why));
     }
     shim.commit.flushed().await?;
@@ -127,14 +130,14 @@ fn refusal(o: &Operation, change: &Amendment) -> Option<String> {
 /// retry schedule afresh, attempts and history kept. Durable before it returns.
 pub async fn redeliver(shim: &Shim, id: &OperationId) -> Result<Operation, ManageError> {
     let now = shim.clock.now();
-    let op = mark_for_redelivery(shim, id, now)?;
+    let op = mark_for_redelivery(shim, id, now).await?;
     shim.commit.flushed().await?;
     shim.deliveries
         .schedule(&DeliveryKey::terminal(id.clone()), now);
     Ok(op)
 }
 
-fn mark_for_redelivery(
+async fn mark_for_redelivery(
     shim: &Shim,
     id: &OperationId,
     now: Timestamp,
@@ -148,7 +151,8 @@ fn mark_for_redelivery(
             o.delivery.redeliver(now);
             o.updated_at = now;
             true
-        })?
+        })
+        .await?
         .ok_or_else(|| ManageError::NotFound(id.clone()))?;
     let op = updated.op;
     if !updated.written {
@@ -206,7 +210,7 @@ pub async fn redeliver_matching(
     let mut out = BulkOutcome::default();
     let mut scanned = 0;
     'pages: loop {
-        let (ops, next) = shim.store.list(&page)?;
+        let (ops, next) = shim.store.list(&page).await?;
         for op in &ops {
             scanned += 1;
             let in_range = op.completed_at.is_some_and(|c| {
@@ -214,7 +218,7 @@ pub async fn redeliver_matching(
                     && req.completed_before.is_none_or(|b| c < b)
             });
             if in_range && op.callback_url.is_some() {
-                match mark_for_redelivery(shim, &op.id, now) {
+                match mark_for_redelivery(shim, &op.id, now).await {
                     Ok(_) => out.redelivered.push(op.id.clone()),
                     // Deleted meanwhile, or changed so it no longer qualifies: skip it.
                     Err(ManageError::NotFound(_) | ManageError::NotTerminal(_)) => {}

@@ -55,7 +55,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The operation registered under upstream `upstream`'s own id `operation`, in any spelling
 /// its preset normalises (`batches/123` and `123` for a Gemini batch). `None` for an upstream
 /// not in the config.
-pub fn lookup(
+pub async fn lookup(
     shim: &Shim,
     upstream: &str,
     operation: &str,
@@ -65,6 +65,7 @@ pub fn lookup(
     };
     shim.store
         .find(upstream, &up.preset.canonical_operation(operation))
+        .await
 }
 
 /// Everything the API and the workers share.
@@ -209,7 +210,7 @@ impl Shim {
 
     /// Feed a finished operation's length to its upstream's prior (only successes say how
     /// long a job takes), publish the quantiles, and save the priors when a save is due.
-    fn learn(&self, op: &Operation) {
+    async fn learn(&self, op: &Operation) {
         if op.status != crate::operation::Status::Succeeded {
             return;
         }
@@ -240,7 +241,7 @@ impl Shim {
                 .inc_by(r.saved);
         }
         if let Some(bytes) = r.save {
-            if let Err(e) = self.store.save_priors(&bytes) {
+            if let Err(e) = self.store.save_priors(&bytes).await {
                 tracing::warn!(error = %e, "cannot save the learned job-length priors");
             }
         }
@@ -258,7 +259,7 @@ impl Shim {
         self.metrics.completed.get_or_create(&labels).inc();
         self.metrics.active(&op.upstream).dec();
         self.polls.remove(&op.id);
-        self.learn(op);
+        self.learn(op).await;
         tracing::info!(op = %op.id, upstream = %op.upstream, status = op.status.as_str(), detected_via = via, "operation finished");
         // The root span of the operation's trace: sent once, as this transition happens once.
         crate::telemetry::operation_ended(op);

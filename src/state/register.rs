@@ -168,7 +168,7 @@ async fn register_in(
     }
     op.proxy_credential = req.proxy_credential;
     let explicit_url = req.callback_url.is_some().then(|| op.callback_url.clone());
-    let registered = shim.store.register(op, EARLY_WEBHOOK_WINDOW)?;
+    let registered = shim.store.register(op, EARLY_WEBHOOK_WINDOW).await?;
     if let (Registered::Existing(existing), Some(url)) = (&registered, explicit_url) {
         if existing.callback_url != url {
             telemetry::attach(span, &existing.id);

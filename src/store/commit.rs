@@ -135,7 +135,7 @@ mod tests {
                 let mut op = sample(Timestamp(1_000));
                 op.id = crate::ids::OperationId::from_text(format!("op_{i:026}"));
                 op.operation = format!("w{i}");
-                store.register(op, Duration::ZERO).unwrap();
+                store.register(op, Duration::ZERO).await.unwrap();
                 commit.flushed().await
             }));
         }
@@ -153,19 +153,7 @@ mod tests {
         // Everything acknowledged is readable after reopening.
         drop(commit);
         drop(store);
-        // sled's own flusher thread lets go of the directory's lock a moment after the last
-        // handle is dropped: retry the open for up to 5 s rather than race it.
-        let mut tries = 0;
-        let reopened = loop {
-            match SledStore::open(dir.path(), 8 << 20) {
-                Ok(s) => break s,
-                Err(e) if tries < 100 && e.to_string().contains("lock") => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("reopen: {e}"),
-            }
-        };
+        let reopened = SledStore::open(dir.path(), 8 << 20).unwrap();
         assert_eq!(reopened.scheduled().unwrap().len(), 200);
     }
 }

@@ -46,7 +46,7 @@ use std::time::Duration;
 use super::integrity::{self, Mark, MarkWriter};
 use super::sled_codec::*;
 use super::{
-    ListFilter, OutboxEntry, Registered, SUFFIX_SCAN_MAX, Store, StoreError, Updated, WebhookRecord,
+    ListFilter, OutboxEntry, Registered, SUFFIX_SCAN_MAX, StoreError, Updated, WebhookRecord,
 };
 use crate::clock::Timestamp;
 use crate::ids::{DeliveryKey, OperationId};
@@ -129,24 +129,35 @@ impl SledStore {
         let created = !path.exists();
         std::fs::create_dir_all(path).map_err(|e| open_err(&e))?;
         private_dir(path, created).map_err(|e| open_err(&e))?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
             // Only the group-commit task flushes (see DESIGN.md: sled's concurrent flushes).
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("lock") =>
-                {
-                    open_err(&format!(
-                        "{e}; is another hookshim process using this data directory?"
-                    ))
+            .flush_every_ms(None);
+        let locked = |e: &sled::Error| {
+            matches!(e, sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"))
+        };
+        // sled's background IO threads let go of the directory's file lock a moment after the
+        // last handle in this process is dropped (a reopen in the same process, a restart right
+        // after a stop): wait up to a second for it before saying another process holds it.
+        let mut opened = config.open();
+        for _ in 0..20 {
+            match &opened {
+                Err(e) if locked(e) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    opened = config.open();
                 }
-                e @ sled::Error::Corruption { .. } => corrupt(path, &e),
-                other => open_err(&other),
-            })?;
+                _ => break,
+            }
+        }
+        let db = opened.map_err(|e| match e {
+            ref e if locked(e) => open_err(&format!(
+                "{e}; is another hookshim process using this data directory?"
+            )),
+            e @ sled::Error::Corruption { .. } => corrupt(path, &e),
+            other => open_err(&other),
+        })?;
         private_files(path);
         let tree = |name: &str| {
             db.open_tree(name).map_err(|e| match e {
@@ -429,8 +440,14 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
-    fn register(&self, op: Operation, early_window: Duration) -> Result<Registered, StoreError> {
+/// The store operations, synchronous: sled answers from memory (durability comes with
+/// [`SledStore::flush`]). [`Store`] is implemented by calling these.
+impl SledStore {
+    pub fn register(
+        &self,
+        op: Operation,
+        early_window: Duration,
+    ) -> Result<Registered, StoreError> {
         let key = pair_key(&op.upstream, &op.operation);
         let _pair = self.pair_locks.lock(&key);
         if let Some(existing) = self.keys.get(&key).map_err(io)? {
@@ -475,14 +492,14 @@ impl Store for SledStore {
         Ok(Registered::Created { op, early_webhook })
     }
 
-    fn get(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
+    pub fn get(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
         match self.ops.get(id.as_bytes()).map_err(io)? {
             None => Ok(None),
             Some(b) => decode(id.as_bytes(), &b).map(Some),
         }
     }
 
-    fn find(&self, upstream: &str, operation: &str) -> Result<Option<Operation>, StoreError> {
+    pub fn find(&self, upstream: &str, operation: &str) -> Result<Option<Operation>, StoreError> {
         let Some(id) = self.keys.get(pair_key(upstream, operation)).map_err(io)? else {
             return Ok(None);
         };
@@ -493,7 +510,10 @@ impl Store for SledStore {
             .filter(|op| op.upstream == upstream && op.operation == operation))
     }
 
-    fn list(&self, f: &ListFilter) -> Result<(Vec<Operation>, Option<OperationId>), StoreError> {
+    pub fn list(
+        &self,
+        f: &ListFilter,
+    ) -> Result<(Vec<Operation>, Option<OperationId>), StoreError> {
         let start = match &f.cursor {
             Some(c) => Bound::Excluded(c.as_bytes().to_vec()),
             None => Bound::Unbounded,
@@ -515,7 +535,7 @@ impl Store for SledStore {
         Ok((out, None))
     }
 
-    fn update(
+    pub fn update(
         &self,
         id: &OperationId,
         f: &dyn Fn(&mut Operation) -> bool,
@@ -526,11 +546,17 @@ impl Store for SledStore {
         Ok(Some(Updated::from_change(&old, op, write)))
     }
 
-    fn delete(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
+    pub fn delete(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
         let _g = self.id_locks.lock(id.as_bytes());
         let Some(op) = self.get(id)? else {
             return Ok(None);
         };
+        self.remove_locked(id, &op)?;
+        Ok(Some(op))
+    }
+
+    /// Remove `op`'s record and its indexes; the caller holds its id lock.
+    fn remove_locked(&self, id: &OperationId, op: &Operation) -> Result<(), StoreError> {
         // Record first: whatever a crash leaves behind is an index entry without a record.
         self.touch();
         self.ops.remove(id.as_bytes()).map_err(io)?;
@@ -545,7 +571,7 @@ impl Store for SledStore {
             )
             .map_err(io)?;
         self.active.remove(id.as_bytes()).map_err(io)?;
-        self.count_active(Some(&op), -1);
+        self.count_active(Some(op), -1);
         self.outbox.remove(id.as_bytes()).map_err(io)?;
         if self.failed.remove(id.as_bytes()).map_err(io)?.is_some() {
             self.failed_count.fetch_sub(1, Ordering::SeqCst);
@@ -553,10 +579,10 @@ impl Store for SledStore {
         for e in &op.events {
             self.outbox.remove(pair_key(id, &e.name)).map_err(io)?;
         }
-        Ok(Some(op))
+        Ok(())
     }
 
-    fn find_operation(
+    pub fn find_operation(
         &self,
         upstream: &str,
         candidates: &[String],
@@ -582,7 +608,7 @@ impl Store for SledStore {
         Ok(None)
     }
 
-    fn record_webhook(
+    pub fn record_webhook(
         &self,
         upstream: &str,
         webhook_id: &str,
@@ -658,7 +684,7 @@ impl Store for SledStore {
         Ok(record)
     }
 
-    fn for_each_scheduled(
+    pub fn for_each_scheduled(
         &self,
         f: &mut dyn FnMut(OperationId, &str, Timestamp),
     ) -> Result<usize, StoreError> {
@@ -683,7 +709,7 @@ impl Store for SledStore {
         Ok(n)
     }
 
-    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         let mut out = Vec::new();
         for item in self.outbox.iter() {
             let (k, v) = item.map_err(io)?;
@@ -700,7 +726,7 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn purge_webhooks(
+    pub fn purge_webhooks(
         &self,
         inbox_before: Timestamp,
         early_before: Timestamp,
@@ -725,9 +751,22 @@ impl Store for SledStore {
         Ok(removed)
     }
 
+    /// Every non-terminal operation and when it is next due for a poll.
+    pub fn scheduled(&self) -> Result<Vec<super::Due>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_scheduled(&mut |id, upstream, at| {
+            out.push(super::Due {
+                id,
+                upstream: upstream.to_string(),
+                at,
+            })
+        })?;
+        Ok(out)
+    }
+
     /// Flush; when anything was written since the last flush, write the next generation first
     /// and hand it to the mark writer after (see [`integrity`]).
-    fn flush(&self) -> Result<(), StoreError> {
+    pub fn flush(&self) -> Result<(), StoreError> {
         let mut generation = self.generation_lock();
         if !self.dirty.swap(false, Ordering::SeqCst) {
             return self.db.flush().map(|_| ()).map_err(io);
@@ -751,7 +790,7 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn active_by_status(&self) -> Vec<(String, Status, u64)> {
+    pub fn active_by_status(&self) -> Vec<(String, Status, u64)> {
         let counts = self.active_counts.lock().unwrap_or_else(|p| p.into_inner());
         counts
             .iter()
@@ -762,7 +801,7 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn failed_deliveries(&self) -> Result<u64, StoreError> {
+    pub fn failed_deliveries(&self) -> Result<u64, StoreError> {
         if !self.meta.contains_key(FAILED_INDEX).map_err(io)? {
             // A store written before the index: build it once from the records.
             self.touch();
@@ -780,20 +819,22 @@ impl Store for SledStore {
         Ok(self.failed_count.load(Ordering::SeqCst).max(0) as u64)
     }
 
-    fn load_priors(&self) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn load_priors(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.priors.get(PRIORS_KEY).map_err(io)?.map(|v| v.to_vec()))
     }
 
-    fn save_priors(&self, bytes: &[u8]) -> Result<(), StoreError> {
+    pub fn save_priors(&self, bytes: &[u8]) -> Result<(), StoreError> {
         self.touch();
         self.priors.insert(PRIORS_KEY, bytes).map_err(io)?;
         Ok(())
     }
 
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.db.size_on_disk().map_err(io)
     }
 }
 
+mod purge;
+mod store_impl;
 #[cfg(test)]
 mod tests;

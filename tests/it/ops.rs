@@ -737,98 +737,102 @@ async fn deadline_takes_a_duration_or_an_rfc3339_time() {
     }
 }
 
-#[tokio::test]
-async fn a_re_registration_with_another_callback_url_is_a_conflict() {
-    let up = FakeUpstream::start().await;
-    let recv = Receiver::start().await;
-    let shim = TestShim::start(CONFIG, &up, &recv).await;
-    up.set("jobs/c", json!({"state": "running"}));
-    let first = format!("{}/one", recv.url);
-    let (code, op) = shim
-        .register(json!({"upstream": "jobs", "operation": "c", "callback_url": first}))
-        .await;
-    assert_eq!(code, 201, "{op}");
-    // The same again, and without a callback_url: the existing record.
-    let (code, again) = shim
-        .register(json!({"upstream": "jobs", "operation": "c", "callback_url": first}))
-        .await;
-    assert_eq!((code, &again["id"]), (200, &op["id"]), "{again}");
-    let (code, again) = shim
-        .register(json!({"upstream": "jobs", "operation": "c"}))
-        .await;
-    assert_eq!((code, &again["id"]), (200, &op["id"]), "{again}");
-    let (code, e) = shim
-        .register(json!({"upstream": "jobs", "operation": "c", "callback_url": format!("{}/two", recv.url)}))
-        .await;
-    assert_eq!(code, 409, "{e}");
-    assert_eq!(e["error"]["code"], "conflict", "{e}");
-    assert!(
-        e["error"]["message"].as_str().unwrap().contains("/one"),
-        "{e}"
-    );
-    assert_eq!(shim.op(&id_of(&op)).await["callback_url"], first.as_str());
-}
-
-#[tokio::test]
-async fn operations_by_status_follow_transitions_and_restarts() {
-    let up = FakeUpstream::start().await;
-    let recv = Receiver::start().await;
-    let config = CONFIG.replace(
-        "expired = [\"expired\"]",
-        "expired = [\"expired\"]\npending = [\"queued\"]",
-    );
-    assert_ne!(config, CONFIG);
-    let mut shim = TestShim::start(&config, &up, &recv).await;
-    let gauge = |text: &str, upstream: &str, status: &str| {
-        line_value(
-            text,
-            &format!(r#"hookshim_operations_by_status{{upstream="{upstream}",status="{status}"}}"#),
-        )
-    };
-    let text = shim.metrics().await;
-    for (u, s) in [
-        ("jobs", "pending"),
-        ("jobs", "running"),
-        ("pushy", "running"),
-    ] {
-        assert_eq!(gauge(&text, u, s), Some(0.0), "{u} {s}:\n{text}");
-    }
-    up.set("jobs/q1", json!({"state": "queued"}));
-    up.set("jobs/q2", json!({"state": "queued"}));
-    up.set("jobs/r1", json!({"state": "running"}));
-    let mut ids = Vec::new();
-    for name in ["q1", "q2", "r1"] {
+on_each_store! {
+    #[tokio::test]
+    async fn a_re_registration_with_another_callback_url_is_a_conflict(store) {
+        let up = FakeUpstream::start().await;
+        let recv = Receiver::start().await;
+        let shim = TestShim::start_on(&store, CONFIG, &up, &recv).await;
+        up.set("jobs/c", json!({"state": "running"}));
+        let first = format!("{}/one", recv.url);
         let (code, op) = shim
-            .register(json!({"upstream": "jobs", "operation": name}))
+            .register(json!({"upstream": "jobs", "operation": "c", "callback_url": first}))
             .await;
         assert_eq!(code, 201, "{op}");
-        ids.push(id_of(&op));
+        // The same again, and without a callback_url: the existing record.
+        let (code, again) = shim
+            .register(json!({"upstream": "jobs", "operation": "c", "callback_url": first}))
+            .await;
+        assert_eq!((code, &again["id"]), (200, &op["id"]), "{again}");
+        let (code, again) = shim
+            .register(json!({"upstream": "jobs", "operation": "c"}))
+            .await;
+        assert_eq!((code, &again["id"]), (200, &op["id"]), "{again}");
+        let (code, e) = shim
+            .register(json!({"upstream": "jobs", "operation": "c", "callback_url": format!("{}/two", recv.url)}))
+            .await;
+        assert_eq!(code, 409, "{e}");
+        assert_eq!(e["error"]["code"], "conflict", "{e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains("/one"),
+            "{e}"
+        );
+        assert_eq!(shim.op(&id_of(&op)).await["callback_url"], first.as_str());
     }
-    wait_status(&shim, &ids[2], "running").await;
-    let counts = |text: &str| {
-        (
-            gauge(text, "jobs", "pending"),
-            gauge(text, "jobs", "running"),
-        )
-    };
-    assert_eq!(counts(&shim.metrics().await), (Some(2.0), Some(1.0)));
+}
 
-    shim.restart().await;
-    assert_eq!(counts(&shim.metrics().await), (Some(2.0), Some(1.0)));
+on_each_store! {
+    #[tokio::test]
+    async fn operations_by_status_follow_transitions_and_restarts(store) {
+        let up = FakeUpstream::start().await;
+        let recv = Receiver::start().await;
+        let config = CONFIG.replace(
+            "expired = [\"expired\"]",
+            "expired = [\"expired\"]\npending = [\"queued\"]",
+        );
+        assert_ne!(config, CONFIG);
+        let mut shim = TestShim::start_on(&store, &config, &up, &recv).await;
+        let gauge = |text: &str, upstream: &str, status: &str| {
+            line_value(
+                text,
+                &format!(r#"hookshim_operations_by_status{{upstream="{upstream}",status="{status}"}}"#),
+            )
+        };
+        let text = shim.metrics().await;
+        for (u, s) in [
+            ("jobs", "pending"),
+            ("jobs", "running"),
+            ("pushy", "running"),
+        ] {
+            assert_eq!(gauge(&text, u, s), Some(0.0), "{u} {s}:\n{text}");
+        }
+        up.set("jobs/q1", json!({"state": "queued"}));
+        up.set("jobs/q2", json!({"state": "queued"}));
+        up.set("jobs/r1", json!({"state": "running"}));
+        let mut ids = Vec::new();
+        for name in ["q1", "q2", "r1"] {
+            let (code, op) = shim
+                .register(json!({"upstream": "jobs", "operation": name}))
+                .await;
+            assert_eq!(code, 201, "{op}");
+            ids.push(id_of(&op));
+        }
+        wait_status(&shim, &ids[2], "running").await;
+        let counts = |text: &str| {
+            (
+                gauge(text, "jobs", "pending"),
+                gauge(text, "jobs", "running"),
+            )
+        };
+        assert_eq!(counts(&shim.metrics().await), (Some(2.0), Some(1.0)));
 
-    up.set("jobs/r1", json!({"state": "done"}));
-    up.set("jobs/q1", json!({"state": "running"}));
-    wait_status(&shim, &ids[2], "succeeded").await;
-    wait_status(&shim, &ids[0], "running").await;
-    let (code, _) = {
-        let r = shim
-            .http
-            .delete(format!("{}/v1/operations/{}", shim.url, ids[1]))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), ())
-    };
-    assert!(code < 300, "{code}");
-    assert_eq!(counts(&shim.metrics().await), (Some(0.0), Some(1.0)));
+        shim.restart().await;
+        assert_eq!(counts(&shim.metrics().await), (Some(2.0), Some(1.0)));
+
+        up.set("jobs/r1", json!({"state": "done"}));
+        up.set("jobs/q1", json!({"state": "running"}));
+        wait_status(&shim, &ids[2], "succeeded").await;
+        wait_status(&shim, &ids[0], "running").await;
+        let (code, _) = {
+            let r = shim
+                .http
+                .delete(format!("{}/v1/operations/{}", shim.url, ids[1]))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), ())
+        };
+        assert!(code < 300, "{code}");
+        assert_eq!(counts(&shim.metrics().await), (Some(0.0), Some(1.0)));
+    }
 }

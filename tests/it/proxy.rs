@@ -339,14 +339,23 @@ async fn rig() -> (Provider, Receiver, TestShim) {
     rig_with(CONFIG).await
 }
 
+/// [`rig`] on the given store.
+async fn rig_on(store: &Backend) -> (Provider, Receiver, TestShim) {
+    rig_with_on(store, CONFIG).await
+}
+
 async fn rig_with(config: &str) -> (Provider, Receiver, TestShim) {
+    rig_with_on(&Backend::Sled, config).await
+}
+
+async fn rig_with_on(store: &Backend, config: &str) -> (Provider, Receiver, TestShim) {
     let provider = Provider::start().await;
     let recv = Receiver::start().await;
     let unused = FakeUpstream::start().await;
     let config = config
         .replace("{PROV}", &provider.url)
         .replace("= SLOW", &format!("= {SLOW}"));
-    let shim = TestShim::start(&config, &unused, &recv).await;
+    let shim = TestShim::start_on(store, &config, &unused, &recv).await;
     (provider, recv, shim)
 }
 
@@ -783,184 +792,186 @@ fn provider_path(proxied: &str) -> &str {
     proxied.split('?').next().unwrap_or(proxied)
 }
 
-#[tokio::test]
-async fn every_preset_registers_its_creates_and_answers_status_reads_from_the_kept_body() {
-    let (prov, _recv, shim) = rig().await;
-    for c in cases(&prov.url) {
-        let name = c.upstream;
-        let (method, path, body) = &c.create;
-        prov.route_with(
-            method,
-            provider_path(path),
-            200,
-            c.created_headers.clone(),
-            c.created.clone(),
-        );
-        let status_query = if name == "az" {
-            "?api-version=2024-01-01"
-        } else {
-            ""
-        };
-        prov.route("GET", &c.status_path, 200, c.status_body.clone());
-
-        // The create goes through, answered as the provider answered, and is registered.
-        let (status, h, bytes) = call(
-            &shim,
-            method,
-            &format!("/proxy/{name}/{path}"),
-            &[c.auth, ("hookshim-metadata", r#"{"order": 7}"#)],
-            Some(body.clone()),
-        )
-        .await;
-        assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&bytes));
-        assert_eq!(
-            json_of(&bytes),
-            c.created,
-            "{name}: the create answer is unchanged"
-        );
-        assert_eq!(header(&h, "hookshim-error"), None, "{name}");
-        let op_id = header(&h, "hookshim-operation-id")
-            .unwrap_or_else(|| panic!("{name}: no Hookshim-Operation-Id"))
-            .to_string();
-        assert_eq!(prov.count(method, provider_path(path)), 1, "{name}");
-        let found = lookup(&shim, name, &c.operation).await;
-        assert_eq!(found.len(), 1, "{name}: lookup by upstream id");
-        assert_eq!(found[0]["id"], op_id.as_str(), "{name}");
-        assert_eq!(found[0]["metadata"]["order"], 7, "{name}");
-        // No hookshim header and the credential went upstream unchanged.
-        let seen = prov.seen();
-        let create_seen = &seen
-            .iter()
-            .rev()
-            .find(|(k, _, _)| k.starts_with(method))
-            .unwrap()
-            .2;
-        assert_eq!(
-            create_seen.get(c.auth.0).map(String::as_str),
-            Some(c.auth.1),
-            "{name}"
-        );
-        let authority = prov.url.trim_start_matches("http://");
-        assert_eq!(
-            create_seen.get("host").map(String::as_str),
-            Some(authority),
-            "{name}: Host is the upstream's, not hookshim's"
-        );
-        assert!(
-            !create_seen.contains_key("hookshim-metadata"),
-            "{name}: Hookshim-* stays home"
-        );
-
-        // The status read with the creator's credential.
-        let read_path = format!("/proxy/{name}/{}{status_query}", c.status_path);
-        let (status, h, bytes) = call(&shim, "GET", &read_path, &[c.auth], None).await;
-        assert_eq!(status, 200, "{name}");
-        if c.seeds {
-            assert_eq!(
-                prov.count("GET", &c.status_path),
-                0,
-                "{name}: served from the kept body"
+on_each_store! {
+    #[tokio::test]
+    async fn every_preset_registers_its_creates_and_answers_status_reads_from_the_kept_body(store) {
+        let (prov, _recv, shim) = rig_on(&store).await;
+        for c in cases(&prov.url) {
+            let name = c.upstream;
+            let (method, path, body) = &c.create;
+            prov.route_with(
+                method,
+                provider_path(path),
+                200,
+                c.created_headers.clone(),
+                c.created.clone(),
             );
-            assert!(
-                header(&h, "hookshim-cache").is_some_and(|v| v.starts_with("hit; age=")),
-                "{name}"
-            );
+            let status_query = if name == "az" {
+                "?api-version=2024-01-01"
+            } else {
+                ""
+            };
+            prov.route("GET", &c.status_path, 200, c.status_body.clone());
+
+            // The create goes through, answered as the provider answered, and is registered.
+            let (status, h, bytes) = call(
+                &shim,
+                method,
+                &format!("/proxy/{name}/{path}"),
+                &[c.auth, ("hookshim-metadata", r#"{"order": 7}"#)],
+                Some(body.clone()),
+            )
+            .await;
+            assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&bytes));
             assert_eq!(
                 json_of(&bytes),
                 c.created,
-                "{name}: the create answer seeded the cache"
+                "{name}: the create answer is unchanged"
             );
-        } else {
-            // Nothing kept yet: forwarded once, then served.
-            assert_eq!(prov.count("GET", &c.status_path), 1, "{name}");
-            assert_eq!(json_of(&bytes), c.status_body, "{name}");
-            let (_, h, bytes) = call(&shim, "GET", &read_path, &[c.auth], None).await;
+            assert_eq!(header(&h, "hookshim-error"), None, "{name}");
+            let op_id = header(&h, "hookshim-operation-id")
+                .unwrap_or_else(|| panic!("{name}: no Hookshim-Operation-Id"))
+                .to_string();
+            assert_eq!(prov.count(method, provider_path(path)), 1, "{name}");
+            let found = lookup(&shim, name, &c.operation).await;
+            assert_eq!(found.len(), 1, "{name}: lookup by upstream id");
+            assert_eq!(found[0]["id"], op_id.as_str(), "{name}");
+            assert_eq!(found[0]["metadata"]["order"], 7, "{name}");
+            // No hookshim header and the credential went upstream unchanged.
+            let seen = prov.seen();
+            let create_seen = &seen
+                .iter()
+                .rev()
+                .find(|(k, _, _)| k.starts_with(method))
+                .unwrap()
+                .2;
             assert_eq!(
-                prov.count("GET", &c.status_path),
-                1,
-                "{name}: then from the kept body"
+                create_seen.get(c.auth.0).map(String::as_str),
+                Some(c.auth.1),
+                "{name}"
             );
-            assert!(header(&h, "hookshim-cache").is_some(), "{name}");
+            let authority = prov.url.trim_start_matches("http://");
+            assert_eq!(
+                create_seen.get("host").map(String::as_str),
+                Some(authority),
+                "{name}: Host is the upstream's, not hookshim's"
+            );
+            assert!(
+                !create_seen.contains_key("hookshim-metadata"),
+                "{name}: Hookshim-* stays home"
+            );
+
+            // The status read with the creator's credential.
+            let read_path = format!("/proxy/{name}/{}{status_query}", c.status_path);
+            let (status, h, bytes) = call(&shim, "GET", &read_path, &[c.auth], None).await;
+            assert_eq!(status, 200, "{name}");
+            if c.seeds {
+                assert_eq!(
+                    prov.count("GET", &c.status_path),
+                    0,
+                    "{name}: served from the kept body"
+                );
+                assert!(
+                    header(&h, "hookshim-cache").is_some_and(|v| v.starts_with("hit; age=")),
+                    "{name}"
+                );
+                assert_eq!(
+                    json_of(&bytes),
+                    c.created,
+                    "{name}: the create answer seeded the cache"
+                );
+            } else {
+                // Nothing kept yet: forwarded once, then served.
+                assert_eq!(prov.count("GET", &c.status_path), 1, "{name}");
+                assert_eq!(json_of(&bytes), c.status_body, "{name}");
+                let (_, h, bytes) = call(&shim, "GET", &read_path, &[c.auth], None).await;
+                assert_eq!(
+                    prov.count("GET", &c.status_path),
+                    1,
+                    "{name}: then from the kept body"
+                );
+                assert!(header(&h, "hookshim-cache").is_some(), "{name}");
+                assert_eq!(json_of(&bytes), c.status_body, "{name}");
+            }
+            assert_eq!(
+                header(&h, "content-type"),
+                Some("application/json"),
+                "{name}"
+            );
+            let before = prov.count("GET", &c.status_path);
+
+            // The same job under another API version is the same read.
+            if let Some(v) = &c.variant {
+                let (status, h, _) =
+                    call(&shim, "GET", &format!("/proxy/{name}/{v}"), &[c.auth], None).await;
+                assert_eq!(status, 200, "{name} {v}");
+                assert!(
+                    header(&h, "hookshim-cache").is_some(),
+                    "{name} {v}: a version variant hits too"
+                );
+            }
+            // hookshim's own credential may read it too (except google-operation, which has none).
+            if name != "go" {
+                let own = match c.auth.0 {
+                    "authorization" => "Bearer hookshim-own",
+                    _ => "hookshim-own",
+                };
+                let (_, h, _) = call(&shim, "GET", &read_path, &[(c.auth.0, own)], None).await;
+                assert!(
+                    header(&h, "hookshim-cache").is_some(),
+                    "{name}: own credential"
+                );
+            }
+            assert_eq!(prov.count("GET", &c.status_path), before, "{name}");
+
+            // Another credential is forwarded, and its answer becomes the kept body.
+            let (status, h, bytes) =
+                call(&shim, "GET", &read_path, &[(c.auth.0, c.other_auth)], None).await;
+            assert_eq!(status, 200, "{name}");
+            assert_eq!(
+                header(&h, "hookshim-cache"),
+                None,
+                "{name}: another credential is not served"
+            );
+            assert_eq!(prov.count("GET", &c.status_path), before + 1, "{name}");
             assert_eq!(json_of(&bytes), c.status_body, "{name}");
-        }
-        assert_eq!(
-            header(&h, "content-type"),
-            Some("application/json"),
-            "{name}"
-        );
-        let before = prov.count("GET", &c.status_path);
+            // No credential at all: forwarded too.
+            let (_, h, _) = call(&shim, "GET", &read_path, &[], None).await;
+            assert_eq!(header(&h, "hookshim-cache"), None, "{name}");
+            assert_eq!(prov.count("GET", &c.status_path), before + 2, "{name}");
+            let (_, _, bytes) = call(&shim, "GET", &read_path, &[c.auth], None).await;
+            assert_eq!(
+                json_of(&bytes),
+                c.status_body,
+                "{name}: the forwarded answer is kept"
+            );
+            assert_eq!(prov.count("GET", &c.status_path), before + 2, "{name}");
 
-        // The same job under another API version is the same read.
-        if let Some(v) = &c.variant {
-            let (status, h, _) =
-                call(&shim, "GET", &format!("/proxy/{name}/{v}"), &[c.auth], None).await;
-            assert_eq!(status, 200, "{name} {v}");
-            assert!(
-                header(&h, "hookshim-cache").is_some(),
-                "{name} {v}: a version variant hits too"
+            // The same create again is the same operation (idempotent).
+            let (_, h, _) = call(
+                &shim,
+                method,
+                &format!("/proxy/{name}/{path}"),
+                &[c.auth],
+                Some(body.clone()),
+            )
+            .await;
+            assert_eq!(
+                header(&h, "hookshim-operation-id"),
+                Some(op_id.as_str()),
+                "{name}"
             );
         }
-        // hookshim's own credential may read it too (except google-operation, which has none).
-        if name != "go" {
-            let own = match c.auth.0 {
-                "authorization" => "Bearer hookshim-own",
-                _ => "hookshim-own",
-            };
-            let (_, h, _) = call(&shim, "GET", &read_path, &[(c.auth.0, own)], None).await;
-            assert!(
-                header(&h, "hookshim-cache").is_some(),
-                "{name}: own credential"
-            );
+        let m = shim.metrics().await;
+        for want in [
+            r#"hookshim_proxy_requests_total{upstream="ob",outcome="create_registered"} 2"#,
+            r#"hookshim_proxy_requests_total{upstream="ob",outcome="cache_hit"} 4"#,
+            r#"hookshim_proxy_requests_total{upstream="ob",outcome="forwarded"} 2"#,
+            r#"hookshim_proxy_upstream_requests_saved_total{upstream="ob"} 4"#,
+            r#"hookshim_proxy_requests_total{upstream="az",outcome="forwarded"} 3"#,
+        ] {
+            assert!(m.contains(want), "metrics lack {want}:\n{m}");
         }
-        assert_eq!(prov.count("GET", &c.status_path), before, "{name}");
-
-        // Another credential is forwarded, and its answer becomes the kept body.
-        let (status, h, bytes) =
-            call(&shim, "GET", &read_path, &[(c.auth.0, c.other_auth)], None).await;
-        assert_eq!(status, 200, "{name}");
-        assert_eq!(
-            header(&h, "hookshim-cache"),
-            None,
-            "{name}: another credential is not served"
-        );
-        assert_eq!(prov.count("GET", &c.status_path), before + 1, "{name}");
-        assert_eq!(json_of(&bytes), c.status_body, "{name}");
-        // No credential at all: forwarded too.
-        let (_, h, _) = call(&shim, "GET", &read_path, &[], None).await;
-        assert_eq!(header(&h, "hookshim-cache"), None, "{name}");
-        assert_eq!(prov.count("GET", &c.status_path), before + 2, "{name}");
-        let (_, _, bytes) = call(&shim, "GET", &read_path, &[c.auth], None).await;
-        assert_eq!(
-            json_of(&bytes),
-            c.status_body,
-            "{name}: the forwarded answer is kept"
-        );
-        assert_eq!(prov.count("GET", &c.status_path), before + 2, "{name}");
-
-        // The same create again is the same operation (idempotent).
-        let (_, h, _) = call(
-            &shim,
-            method,
-            &format!("/proxy/{name}/{path}"),
-            &[c.auth],
-            Some(body.clone()),
-        )
-        .await;
-        assert_eq!(
-            header(&h, "hookshim-operation-id"),
-            Some(op_id.as_str()),
-            "{name}"
-        );
-    }
-    let m = shim.metrics().await;
-    for want in [
-        r#"hookshim_proxy_requests_total{upstream="ob",outcome="create_registered"} 2"#,
-        r#"hookshim_proxy_requests_total{upstream="ob",outcome="cache_hit"} 4"#,
-        r#"hookshim_proxy_requests_total{upstream="ob",outcome="forwarded"} 2"#,
-        r#"hookshim_proxy_upstream_requests_saved_total{upstream="ob"} 4"#,
-        r#"hookshim_proxy_requests_total{upstream="az",outcome="forwarded"} 3"#,
-    ] {
-        assert!(m.contains(want), "metrics lack {want}:\n{m}");
     }
 }
 

@@ -2,8 +2,10 @@
 //! are fine there), and the real hookshim library started over loopback on a real sled store in
 //! a temp dir. The real binary as a child process is in [`process`].
 
+mod pg;
 mod process;
 
+pub use pg::*;
 pub use process::*;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -434,6 +436,8 @@ pub struct TestShim {
     pub running: Option<Running>,
     /// The service's clock (the wall clock unless started with [`TestShim::start_with_clock`]).
     pub clock: Arc<dyn Clock>,
+    /// The store it runs on (a PostgreSQL schema is dropped after the shim stops).
+    pub _backend: Backend,
 }
 
 impl TestShim {
@@ -451,6 +455,26 @@ impl TestShim {
         TestShim::start_with_clock(config, up, recv, env, Arc::new(SystemClock)).await
     }
 
+    /// Start on the given store (see [`on_each_store!`]).
+    pub async fn start_on(
+        store: &Backend,
+        config: &str,
+        up: &FakeUpstream,
+        recv: &Receiver,
+    ) -> TestShim {
+        TestShim::start_on_with_env(store, config, up, recv, Vec::new()).await
+    }
+
+    pub async fn start_on_with_env(
+        store: &Backend,
+        config: &str,
+        up: &FakeUpstream,
+        recv: &Receiver,
+        env: Vec<(String, String)>,
+    ) -> TestShim {
+        TestShim::start_on_with_clock(store, config, up, recv, env, Arc::new(SystemClock)).await
+    }
+
     /// Start with the given clock, e.g. a [`hookshim::clock::ManualClock`] that tests move.
     pub async fn start_with_clock(
         config: &str,
@@ -459,6 +483,19 @@ impl TestShim {
         env: Vec<(String, String)>,
         clock: Arc<dyn Clock>,
     ) -> TestShim {
+        TestShim::start_on_with_clock(&Backend::Sled, config, up, recv, env, clock).await
+    }
+
+    pub async fn start_on_with_clock(
+        store: &Backend,
+        config: &str,
+        up: &FakeUpstream,
+        recv: &Receiver,
+        env: Vec<(String, String)>,
+        clock: Arc<dyn Clock>,
+    ) -> TestShim {
+        let (config, store_env) = store.apply(config);
+        let env = env.into_iter().chain(store_env).collect();
         let dir = tempfile::tempdir().unwrap();
         let text = config
             .replace("{UP}", &up.url)
@@ -473,6 +510,7 @@ impl TestShim {
             env,
             running: None,
             clock,
+            _backend: store.clone(),
         };
         s.boot().await;
         s

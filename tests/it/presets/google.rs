@@ -259,79 +259,81 @@ fn gemini_event(kind: &str, id: &str) -> Value {
            "data": {"id": id}})
 }
 
-#[tokio::test]
-async fn gemini_webhook_ids_match_registrations_in_every_form() {
-    let r = rig().await;
-    // gemini-batch: (registered, event id, fake status path).
-    for (registered, event_id, path) in [
-        // The docs' example form against the API's name, both ways.
-        (
-            "batches/123456",
-            "batch_123456",
-            "gemini/v1beta/batches/123456",
-        ),
-        (
-            "batch_223456",
-            "223456",
-            "gemini/v1beta/batches/batch_223456",
-        ),
-        // Short registration, long event; long registration, short event.
-        ("323456", "batches/323456", "gemini/v1beta/batches/323456"),
-        ("batches/423456", "423456", "gemini/v1beta/batches/423456"),
-        // An Operation-style name.
-        (
-            "batches/523456",
-            "operations/523456",
-            "gemini/v1beta/batches/523456",
-        ),
-    ] {
-        r.drive_by_webhook(
-            "gbatch-hooks",
-            registered,
-            path,
-            gemini_batch("BATCH_STATE_RUNNING", false, json!({})),
-            gemini_event("batch.succeeded", event_id),
-            gemini_batch(
-                "BATCH_STATE_SUCCEEDED",
-                false,
-                json!({"output": {"responsesFile": "files/o"}}),
+on_each_store! {
+    #[tokio::test]
+    async fn gemini_webhook_ids_match_registrations_in_every_form(store) {
+        let r = rig_on(&store).await;
+        // gemini-batch: (registered, event id, fake status path).
+        for (registered, event_id, path) in [
+            // The docs' example form against the API's name, both ways.
+            (
+                "batches/123456",
+                "batch_123456",
+                "gemini/v1beta/batches/123456",
             ),
-            "succeeded",
-        )
-        .await;
-    }
-    // gemini-interaction: with and without `interactions/`, both ways.
-    for (registered, event_id) in [("interactions/v1_a", "v1_a"), ("v1_b", "interactions/v1_b")] {
-        let bare = registered.trim_start_matches("interactions/");
-        r.drive_by_webhook(
-            "gint-hooks",
-            registered,
-            &format!("gemini/v1beta/interactions/{bare}"),
-            interaction("in_progress", json!({})),
-            gemini_event("interaction.completed", event_id),
-            interaction("completed", json!({"outputs": []})),
-            "succeeded",
-        )
-        .await;
-    }
-    // google-operation (Veo): the full name registered, the event naming `x` or `operations/x`;
-    // `operations/x` registered, the event naming the full name.
-    for (registered, event_id) in [
-        ("models/veo-3/operations/vid1", "vid1"),
-        ("models/veo-3/operations/vid2", "operations/vid2"),
-        ("operations/vid3", "models/veo-3/operations/vid3"),
-    ] {
-        r.drive_by_webhook(
-            "veo-hooks",
-            registered,
-            &format!("gemini/v1beta/{registered}"),
-            veo(None),
-            gemini_event("video.generated", event_id),
-            veo(Some(json!({"response": {"generateVideoResponse": {
-                "generatedSamples": [{"video": {"uri": VIDEO_URI}}]}}}))),
-            "succeeded",
-        )
-        .await;
+            (
+                "batch_223456",
+                "223456",
+                "gemini/v1beta/batches/batch_223456",
+            ),
+            // Short registration, long event; long registration, short event.
+            ("323456", "batches/323456", "gemini/v1beta/batches/323456"),
+            ("batches/423456", "423456", "gemini/v1beta/batches/423456"),
+            // An Operation-style name.
+            (
+                "batches/523456",
+                "operations/523456",
+                "gemini/v1beta/batches/523456",
+            ),
+        ] {
+            r.drive_by_webhook(
+                "gbatch-hooks",
+                registered,
+                path,
+                gemini_batch("BATCH_STATE_RUNNING", false, json!({})),
+                gemini_event("batch.succeeded", event_id),
+                gemini_batch(
+                    "BATCH_STATE_SUCCEEDED",
+                    false,
+                    json!({"output": {"responsesFile": "files/o"}}),
+                ),
+                "succeeded",
+            )
+            .await;
+        }
+        // gemini-interaction: with and without `interactions/`, both ways.
+        for (registered, event_id) in [("interactions/v1_a", "v1_a"), ("v1_b", "interactions/v1_b")] {
+            let bare = registered.trim_start_matches("interactions/");
+            r.drive_by_webhook(
+                "gint-hooks",
+                registered,
+                &format!("gemini/v1beta/interactions/{bare}"),
+                interaction("in_progress", json!({})),
+                gemini_event("interaction.completed", event_id),
+                interaction("completed", json!({"outputs": []})),
+                "succeeded",
+            )
+            .await;
+        }
+        // google-operation (Veo): the full name registered, the event naming `x` or `operations/x`;
+        // `operations/x` registered, the event naming the full name.
+        for (registered, event_id) in [
+            ("models/veo-3/operations/vid1", "vid1"),
+            ("models/veo-3/operations/vid2", "operations/vid2"),
+            ("operations/vid3", "models/veo-3/operations/vid3"),
+        ] {
+            r.drive_by_webhook(
+                "veo-hooks",
+                registered,
+                &format!("gemini/v1beta/{registered}"),
+                veo(None),
+                gemini_event("video.generated", event_id),
+                veo(Some(json!({"response": {"generateVideoResponse": {
+                    "generatedSamples": [{"video": {"uri": VIDEO_URI}}]}}}))),
+                "succeeded",
+            )
+            .await;
+        }
     }
 }
 

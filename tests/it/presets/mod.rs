@@ -222,10 +222,15 @@ fn env() -> Vec<(String, String)> {
 }
 
 async fn rig() -> Rig {
+    rig_on(&Backend::Sled).await
+}
+
+/// [`rig`] on the given store.
+async fn rig_on(store: &Backend) -> Rig {
     let up = FakeUpstream::start().await;
     let recv = Receiver::start().await;
     let config = CONFIG.replace("FAST", FAST);
-    let shim = TestShim::start_with_env(&config, &up, &recv, env()).await;
+    let shim = TestShim::start_on_with_env(store, &config, &up, &recv, env()).await;
     Rig { up, recv, shim }
 }
 
