@@ -91,26 +91,11 @@ fn python(test: &str) -> Option<std::ffi::OsString> {
     }
 }
 
-const PROC_CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:{PORT}"
-api_token_env = "OPENAPI_TEST_TOKEN"
-
-[store]
-path = "{DATA}"
-
-[callbacks]
-default_url = "{RECV}/callback"
-retry_schedule = ["100ms"]
-
-[upstreams.jobs]
-base_url = "{UP}/"
-status_path = "jobs/{operation}"
-status_field = "/state"
-succeeded = ["done"]
-failed = ["error"]
-poll = { initial = "50ms", max = "200ms" }
-
+const PROC_CONFIG: &str = proc_config!(
+    r#"api_token_env = "OPENAPI_TEST_TOKEN"
+"#,
+    "",
+    r#"
 [upstreams.pushy]
 base_url = "{UP}/"
 status_path = "pushy/{operation}"
@@ -122,7 +107,8 @@ failed = ["error"]
 scheme = "standard-webhooks"
 secret_env = "PUSHY_SECRET"
 operation_field = "/data/id"
-"#;
+"#
+);
 
 #[tokio::test]
 async fn schemathesis_finds_nothing_against_the_binary() {

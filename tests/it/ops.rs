@@ -251,25 +251,7 @@ async fn metrics_negotiate_the_format_and_parse_with_the_official_parsers() {
     );
 }
 
-const PROC_CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:{PORT}"
-
-[store]
-path = "{DATA}"
-
-[callbacks]
-default_url = "{RECV}/callback"
-retry_schedule = ["100ms"]
-
-[upstreams.jobs]
-base_url = "{UP}/"
-status_path = "jobs/{operation}"
-status_field = "/state"
-succeeded = ["done"]
-failed = ["error"]
-poll = { initial = "50ms", max = "200ms" }
-"#;
+const PROC_CONFIG: &str = proc_config!("", "", "");
 
 /// The real binary with `env`, stderr to a file in the temp dir.
 fn spawn(setup: &ProcSetup, env: &[(&str, &str)]) -> (std::process::Child, std::path::PathBuf) {

@@ -125,25 +125,10 @@ impl Collector {
     }
 }
 
-const CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:{PORT}"
-
-[store]
-path = "{DATA}"
-
-[callbacks]
-default_url = "{RECV}/callback"
-retry_schedule = ["100ms"]
-
-[upstreams.jobs]
-base_url = "{UP}/"
-status_path = "jobs/{operation}"
-status_field = "/state"
-succeeded = ["done"]
-failed = ["error"]
-poll = { initial = "50ms", max = "200ms" }
-
+const CONFIG: &str = proc_config!(
+    "",
+    "",
+    r#"
 [upstreams.pushy]
 base_url = "{UP}/"
 status_path = "pushy/{operation}"
@@ -157,7 +142,8 @@ scheme = "standard-webhooks"
 secret_env = "PUSHY_SECRET"
 operation_field = "/data/id"
 safety_poll = "1h"
-"#;
+"#
+);
 
 /// The standard OpenTelemetry variables, removed from the child so the test's own
 /// environment cannot change what it does (`""` removes a variable).

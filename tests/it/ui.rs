@@ -16,27 +16,13 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-const PROC_CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:{PORT}"
-api_token_env = "UI_TEST_TOKEN"
-
-[store]
-path = "{DATA}"
-
-[callbacks]
-default_url = "{RECV}/callback"
-retry_schedule = ["100ms"]
-
-[upstreams.jobs]
-base_url = "{UP}/"
-status_path = "jobs/{operation}"
-status_field = "/state"
-succeeded = ["done"]
-failed = ["error"]
-rate = { per_second = 50, burst = 5 }
-poll = { initial = "50ms", max = "200ms" }
-"#;
+const PROC_CONFIG: &str = proc_config!(
+    r#"api_token_env = "UI_TEST_TOKEN"
+"#,
+    r#"rate = { per_second = 50, burst = 5 }
+"#,
+    ""
+);
 
 const TOKEN: &str = "ui-test-token";
 

@@ -373,6 +373,38 @@ retry_schedule = ["100ms", "200ms", "300ms"]
 }
 pub(crate) use store_and_callbacks;
 
+/// The config most `hookshim serve` process tests ([`ProcSetup`]) start with (a literal, for
+/// `concat!`): the API on `{PORT}` plus the `$server` lines, the store in `{DATA}`, callbacks to
+/// `{RECV}/callback` with one 100 ms retry, and the polling-only upstream `jobs` at `{UP}/jobs/…`
+/// (`state` = `done` / `error`) plus the `$jobs` lines; then `$rest`.
+macro_rules! proc_config {
+    ($server:literal, $jobs:literal, $rest:literal) => {
+        concat!(
+            "\n[server]\nlisten = \"127.0.0.1:{PORT}\"\n",
+            $server,
+            r#"
+[store]
+path = "{DATA}"
+
+[callbacks]
+default_url = "{RECV}/callback"
+retry_schedule = ["100ms"]
+
+[upstreams.jobs]
+base_url = "{UP}/"
+status_path = "jobs/{operation}"
+status_field = "/state"
+succeeded = ["done"]
+failed = ["error"]
+poll = { initial = "50ms", max = "200ms" }
+"#,
+            $jobs,
+            $rest
+        )
+    };
+}
+pub(crate) use proc_config;
+
 /// The standard test config: `jobs` polls only, `pushy` has Standard Webhooks on. Timings are
 /// short so tests run in milliseconds. `{UP}`, `{RECV}` and `{DATA}` are filled in.
 pub const CONFIG: &str = concat!(
